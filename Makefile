@@ -1,0 +1,99 @@
+# BERT QA with TensorRT in Beam RunInference. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON_BIN ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PYTHONPATH := $(CURDIR)
+
+# --- main job settings (override on the command line) --------------------------------------
+MODEL ?= ../shared/models/minilm-l6-squad2
+INPUT ?= samples/squad_sample.jsonl
+OUTPUT ?= out/answers
+BACKEND ?= onnx
+ENGINE ?=
+ONNX ?=
+DATA ?= ../shared/data/squad/squad_B1.json
+CACHE ?= cache
+EXTRA_ARGS ?=
+
+.PHONY: help install test test-gpu lint typecheck run eval eval-inprocess onnx engine engine-bert-large \
+        gpu-check submit-dataflow container container-push bench notebook clean
+
+help:
+	@grep -E '^## ' Makefile | sed 's/^## //'
+
+## install          create .venv with everything the CPU path, engine building and the tests need
+install:
+	$(PYTHON_BIN) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install "torch==2.13.0"
+	$(PY) -m pip install -e ".[all-cpu,gpu]"
+
+## test             unit, integration and CPU engine-build tests (GPU tests are skipped with the reason)
+test:
+	$(PY) -m pytest -q -ra tests
+
+## test-gpu         only the tests marked gpu (run on a machine with an NVIDIA GPU)
+test-gpu:
+	$(PY) -m pytest -q -ra -m gpu tests
+
+## lint / typecheck ruff, and mypy (strict on the engine, build and handler modules)
+lint:
+	$(PY) -m ruff check trt_handler pipelines tests benchmarks
+
+typecheck:
+	$(PY) -m trt_handler.typecheck
+
+## run              answer INPUT with the local Beam pipeline (BACKEND=onnx|tensorrt, MODEL=dir|hub id)
+run:
+	$(PY) -m pipelines.qa_batch --input $(INPUT) --output $(OUTPUT) --model $(MODEL) \
+	  --backend $(BACKEND) $(if $(ENGINE),--engine $(ENGINE)) --cache-dir $(CACHE) --show 5 $(EXTRA_ARGS)
+
+## eval             official SQuAD metric of MODEL on DATA through the Beam pipeline (last line: JSON)
+eval:
+	$(PY) -m pipelines.qa_batch --input $(DATA) --output $(OUTPUT)-eval --model $(MODEL) \
+	  --backend $(BACKEND) $(if $(ENGINE),--engine $(ENGINE)) --cache-dir $(CACHE) --eval $(EXTRA_ARGS)
+
+## eval-inprocess   the same metric without Beam (features -> ONNX Runtime -> answers in one process)
+eval-inprocess:
+	$(PY) -m trt_handler.evaluate --data $(DATA) --model $(MODEL) --cache-dir $(CACHE) $(EXTRA_ARGS)
+
+## onnx             export MODEL to ONNX (cached under CACHE, checked against PyTorch)
+onnx:
+	$(PY) -m trt_handler.export --model $(MODEL) --cache-dir $(CACHE)
+
+## engine           build a TensorRT / TensorRT-RTX engine from MODEL's ONNX (see README: engine guide)
+engine:
+	$(PY) -m trt_handler.build --model $(MODEL) --cache-dir $(CACHE) $(EXTRA_ARGS)
+
+## engine-bert-large  build a BERT-large-shaped (24 layers, hidden 1024, random weights) engine; prints build time
+engine-bert-large:
+	$(PY) -m trt_handler.build --bert-large-random --cache-dir $(CACHE) $(EXTRA_ARGS)
+
+## gpu-check        compare ENGINE with ONNX Runtime on real SQuAD windows (needs a GPU + TensorRT)
+gpu-check:
+	$(PY) -m trt_handler.gpu_check --engine $(ENGINE) --onnx $(ONNX) --model $(MODEL) --data $(DATA) $(EXTRA_ARGS)
+
+## submit-dataflow  submit the pipeline to Dataflow GPU workers (DRY_RUN=1 prints the command)
+submit-dataflow:
+	$(PY) -m pipelines.submit_dataflow --project "$(PROJECT)" --region "$(REGION)" --bucket "$(BUCKET)" \
+	  --image "$(IMAGE)" --engine "$(ENGINE)" --model "$(MODEL)" --input "$(INPUT)" --output "$(OUTPUT)" \
+	  --gpu "$(or $(GPU),T4)" $(if $(DRY_RUN),--dry-run) $(EXTRA_ARGS)
+
+## container        build the Dataflow worker image (needs Docker); container-push pushes IMAGE
+container:
+	bash container/build.sh "$(IMAGE)"
+
+container-push:
+	bash container/build.sh "$(IMAGE)" --push
+
+## bench            benchmarks (figures, not tests): DATA=<squad json>; writes benchmarks/results/
+bench:
+	$(PY) -m benchmarks.run --data $(if $(filter command line environment,$(origin DATA)),$(DATA),../shared/data/squad/squad_A.json) --model $(MODEL) --cache-dir $(CACHE) $(EXTRA_ARGS)
+
+## notebook         execute the Beam Interactive notebook headless
+notebook:
+	$(PY) -m pipelines.run_notebook notebooks/qa_interactive.ipynb
+
+clean:
+	rm -rf out cache .pytest_cache .mypy_cache

@@ -1,0 +1,89 @@
+"""Optimization profiles: which (batch, sequence) shapes an engine accepts, and which one a batch uses.
+
+One profile per sequence-length bucket lets a batch padded to 128 tokens run on kernels tuned for
+128 instead of 384. The engine builder writes these profiles, the engine session reads them back
+from the engine, and the handlers pick one per batch, so all three share this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Sequence, Tuple
+
+from trt_handler.batching import DEFAULT_BUCKETS, validate_buckets
+
+
+@dataclass(frozen=True)
+class ProfileSpec:
+    """Shape ranges of one optimization profile; the same ranges apply to all three inputs."""
+
+    min_batch: int
+    opt_batch: int
+    max_batch: int
+    min_seq: int
+    opt_seq: int
+    max_seq: int
+
+    def __post_init__(self) -> None:
+        if not (1 <= self.min_batch <= self.opt_batch <= self.max_batch):
+            raise ValueError(f"need 1 <= min_batch <= opt_batch <= max_batch, got {self}")
+        if not (1 <= self.min_seq <= self.opt_seq <= self.max_seq):
+            raise ValueError(f"need 1 <= min_seq <= opt_seq <= max_seq, got {self}")
+
+    def accepts(self, batch: int, seq: int) -> bool:
+        return self.min_batch <= batch <= self.max_batch and self.min_seq <= seq <= self.max_seq
+
+    def shapes(self) -> Tuple[Tuple[int, int], Tuple[int, int], Tuple[int, int]]:
+        """(min, opt, max) shapes in the form TensorRT's ``IOptimizationProfile.set_shape`` takes."""
+        return (
+            (self.min_batch, self.min_seq),
+            (self.opt_batch, self.opt_seq),
+            (self.max_batch, self.max_seq),
+        )
+
+    def to_dict(self) -> Dict[str, int]:
+        return asdict(self)
+
+
+def profiles_for_buckets(
+    buckets: Sequence[int] = DEFAULT_BUCKETS,
+    min_batch: int = 1,
+    opt_batch: int = 16,
+    max_batch: int = 64,
+) -> List[ProfileSpec]:
+    """One profile per bucket: bucket k accepts sequence lengths (bucket k-1, bucket k]."""
+    out: List[ProfileSpec] = []
+    lower = 1
+    for b in validate_buckets(buckets):
+        out.append(ProfileSpec(min_batch, opt_batch, max_batch, lower, b, b))
+        lower = b + 1
+    return out
+
+
+def choose_profile(profiles: Sequence[ProfileSpec], batch: int, seq: int) -> int:
+    """Index of the profile for a [batch, seq] input: the one with the smallest max_seq that fits.
+
+    Raises ValueError naming the shape and the profiles when none accepts it, so a caller can
+    split the batch (too many rows) or knows the windows are longer than the engine allows.
+    """
+    best = -1
+    for i, p in enumerate(profiles):
+        if p.accepts(batch, seq) and (best < 0 or p.max_seq < profiles[best].max_seq):
+            best = i
+    if best < 0:
+        ranges = ", ".join(
+            f"#{i}: batch {p.min_batch}-{p.max_batch} x seq {p.min_seq}-{p.max_seq}"
+            for i, p in enumerate(profiles)
+        )
+        raise ValueError(f"no optimization profile accepts shape [{batch}, {seq}]; profiles: {ranges}")
+    return best
+
+
+def padded_seq_for(profiles: Sequence[ProfileSpec], seq: int) -> int:
+    """Length to pad a batch whose longest window has ``seq`` tokens: the chosen profile's opt_seq
+    when it is >= seq (buckets built by :func:`profiles_for_buckets`), else ``seq`` itself."""
+    fitting = [p for p in profiles if p.min_seq <= seq <= p.max_seq]
+    if not fitting:
+        raise ValueError(f"no optimization profile accepts sequence length {seq}")
+    p = min(fitting, key=lambda q: q.max_seq)
+    return p.opt_seq if p.opt_seq >= seq else seq
