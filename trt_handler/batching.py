@@ -8,16 +8,16 @@ functions, so "what the GPU computes" is defined in one place.
 
 from __future__ import annotations
 
-from typing import Dict, Iterator, List, Sequence
+from typing import Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 
 from trt_handler.qa_types import ModelBatch, Window
 
-DEFAULT_BUCKETS: tuple = (128, 256, 384)
+DEFAULT_BUCKETS: Tuple[int, ...] = (128, 256, 384)
 
 
-def validate_buckets(buckets: Sequence[int]) -> tuple:
+def validate_buckets(buckets: Sequence[int]) -> Tuple[int, ...]:
     """Return buckets as a sorted tuple of positive ints, or raise ValueError saying why."""
     if not buckets:
         raise ValueError("buckets must name at least one sequence length, e.g. (128, 256, 384)")

@@ -10,7 +10,7 @@ Shapes use ``L`` for a window's real token count (unpadded) and ``B``/``S`` for 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -82,7 +82,7 @@ class ModelBatch:
     def shape(self) -> Tuple[int, int]:
         return (int(self.input_ids.shape[0]), int(self.input_ids.shape[1]))
 
-    def as_feed(self) -> dict:
+    def as_feed(self) -> Dict[str, np.ndarray]:
         """Inputs by tensor name, the form ONNX Runtime and TensorRT take."""
         return {
                 "input_ids": self.input_ids,
@@ -118,7 +118,7 @@ class Answer:
     end_char: int
     window_index: int
     best_span_text: str = ""
-    n_best: Sequence[dict] = field(default_factory=tuple)
+    n_best: Sequence[Dict[str, Any]] = field(default_factory=tuple)
 
     @property
     def is_no_answer(self) -> bool:
