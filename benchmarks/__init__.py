@@ -1,0 +1,1 @@
+"""Benchmarks: figures, not tests. Each prints one JSON line per figure (see benchmarks.common)."""
