@@ -1,0 +1,471 @@
+"""Hugging Face BERT-family QA checkpoint -> ONNX "model bundle", checked against PyTorch.
+
+A model bundle is a folder that holds everything inference needs and nothing of PyTorch:
+
+    model.onnx      int32 inputs input_ids, attention_mask, token_type_ids [batch, seq] (both
+                    axes dynamic); float32 outputs start_logits, end_logits [batch, seq]
+    tokenizer files (tokenizer.save_pretrained), config.json
+    export.json     source, library versions, opset, sha256 of model.onnx, and the measured
+                    max |ONNX - PyTorch| per checked shape
+
+Why the torch.export ("dynamo") exporter: the legacy TorchScript exporter with ``dynamic_axes``
+produced logits 8-20% off PyTorch on this model, the dynamo exporter with ``dynamic_shapes``
+matches to ~1e-6. Every export is checked with ONNX Runtime at several (batch, seq) shapes, with
+padded rows, and fails loudly above ``tolerance``; nothing unverified lands in a bundle.
+
+Int32 inputs are what TensorRT and the handlers feed; a small wrapper casts them to int64 inside
+the graph. fp16 checkpoints are loaded as float32 (precision is the engine builder's choice).
+
+CLI::
+
+    python -m trt_handler.export --model MODEL_DIR_OR_HUB_ID --cache-dir cache [--out-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from trt_handler.qa_types import INPUT_NAMES, OUTPUT_NAMES, ModelBatch
+
+__all__ = [
+    "BUNDLE_META",
+    "BUNDLE_ONNX",
+    "CHECK_SHAPES",
+    "ExportCheckError",
+    "bundle_onnx_path",
+    "export_onnx",
+    "export_random_bert",
+    "is_model_bundle",
+    "model_cache_key",
+    "resolve_model_bundle",
+]
+
+LOGGER = logging.getLogger("trt_handler.export")
+
+BUNDLE_ONNX = "model.onnx"
+BUNDLE_META = "export.json"
+DEFAULT_OPSET = 18
+DEFAULT_TOLERANCE = 1e-3
+# (batch, seq) shapes every export is checked at; seqs above the model's max positions are skipped.
+CHECK_SHAPES: Tuple[Tuple[int, int], ...] = ((1, 17), (3, 128), (2, 384))
+# Part of the cache key: bump when the exported graph changes for the same checkpoint.
+EXPORT_FORMAT_VERSION = 1
+_EXTERNAL_DATA_BYTES = 2 * 1024**3  # protobuf's hard limit for one file
+_MAX_EXPORT_BATCH = 4096
+
+
+class ExportCheckError(RuntimeError):
+    """The exported ONNX disagrees with PyTorch beyond the tolerance; no bundle is written."""
+
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+# --------------------------------------------------------------------------------------------
+# bundles
+
+
+def is_model_bundle(path: PathLike) -> bool:
+    """True for a folder holding ``model.onnx`` (an exported bundle or one copied elsewhere)."""
+    p = Path(path)
+    return p.is_dir() and (p / BUNDLE_ONNX).is_file()
+
+
+def bundle_onnx_path(bundle: PathLike) -> Path:
+    """``bundle/model.onnx``; raises FileNotFoundError naming the fix when it is missing."""
+    p = Path(bundle) / BUNDLE_ONNX
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"{bundle} is not a model bundle (no {BUNDLE_ONNX}); export one with "
+            "`python -m trt_handler.export --model M --cache-dir C`"
+        )
+    return p
+
+
+def _looks_like_hub_id(model: str) -> bool:
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?", model)) and not model.endswith((".onnx", ".json"))
+
+
+def model_cache_key(model: PathLike, *, opset: int = DEFAULT_OPSET) -> str:
+    """Short hash naming a checkpoint's export: file contents of a local folder, or the hub id.
+
+    Hashing contents (not paths or mtimes) lets a copied checkpoint reuse its export and makes an
+    edited one export again; the exporter version and opset are part of the key too.
+    """
+    h = hashlib.sha256(f"export-v{EXPORT_FORMAT_VERSION}/opset{opset}\n".encode())
+    p = Path(model)
+    if p.is_dir():
+        for f in sorted(p.iterdir()):
+            if f.is_file() and not f.name.startswith("."):
+                h.update(f"{f.name}\n".encode())
+                with open(f, "rb") as fh:
+                    for block in iter(lambda: fh.read(1 << 20), b""):
+                        h.update(block)
+    else:
+        h.update(f"hub:{model}".encode())
+    return h.hexdigest()[:12]
+
+
+def _slug(model: PathLike) -> str:
+    p = Path(model)
+    name = p.name if p.is_dir() else str(model).replace("/", "--")
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")[:60] or "model"
+
+
+def resolve_model_bundle(model: PathLike, cache_dir: PathLike) -> Path:
+    """The model bundle for ``model``, exporting it at most once.
+
+    ``model`` may be a bundle folder (returned as is), a ``model.onnx`` file (its folder), a
+    Hugging Face checkpoint folder or a hub id (exported once into
+    ``cache_dir/onnx/<slug>-<hash>/``, then reused while the checkpoint's files are unchanged).
+    """
+    s = os.fspath(model)
+    p = Path(s)
+    if is_model_bundle(p):
+        return p
+    if p.is_file():
+        if p.name == BUNDLE_ONNX:
+            return p.parent
+        raise ValueError(
+            f"{p} is not a model bundle: a bundle is a folder with {BUNDLE_ONNX} (+ tokenizer files); "
+            f"rename the file to {BUNDLE_ONNX} next to its tokenizer files, or export the checkpoint "
+            "with `python -m trt_handler.export`"
+        )
+    if not p.is_dir() and not _looks_like_hub_id(s):
+        raise FileNotFoundError(
+            f"model {s!r} is neither an existing folder/file nor a Hugging Face hub id; "
+            "pass a checkpoint folder, a model bundle, a model.onnx file or a hub id like 'org/name'"
+        )
+    target = Path(cache_dir) / "onnx" / f"{_slug(s)}-{model_cache_key(s)}"
+    if is_model_bundle(target) and (target / BUNDLE_META).is_file():
+        LOGGER.info("reusing exported ONNX bundle %s for %s", target, s)
+        return target
+    LOGGER.info("exporting %s to ONNX bundle %s (once; later runs reuse it)", s, target)
+    return export_onnx(s, target)
+
+
+# --------------------------------------------------------------------------------------------
+# export
+
+
+def export_onnx(
+    model: PathLike,
+    out_dir: PathLike,
+    *,
+    opset: int = DEFAULT_OPSET,
+    check: bool = True,
+    tolerance: float = DEFAULT_TOLERANCE,
+    check_shapes: Sequence[Tuple[int, int]] = CHECK_SHAPES,
+) -> Path:
+    """Export a Hugging Face QA checkpoint (folder or hub id) to a model bundle in ``out_dir``.
+
+    Raises ExportCheckError when ``check`` and ONNX Runtime's logits differ from PyTorch's by more
+    than ``tolerance`` at any of ``check_shapes``. ``out_dir`` is replaced only when it is empty or
+    already a bundle, so an unrelated folder is never deleted.
+    """
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+    torch = _torch()
+    src = os.fspath(model)
+    if Path(src).is_file():
+        raise ValueError(f"{src} is a file; export_onnx takes a checkpoint folder or a hub id")
+    tokenizer = AutoTokenizer.from_pretrained(src)
+    qa_model: Any = AutoModelForQuestionAnswering.from_pretrained(src, dtype=torch.float32)
+    qa_model.eval()
+    return _write_bundle(
+        qa_model, tokenizer, Path(out_dir), source=src, opset=opset, check=check,
+        tolerance=tolerance, check_shapes=check_shapes,
+    )
+
+
+def export_random_bert(
+    out_dir: PathLike,
+    tokenizer_dir: PathLike,
+    num_layers: int,
+    hidden: int,
+    heads: int,
+    intermediate: int,
+    seed: int = 0,
+    *,
+    max_position_embeddings: int = 512,
+    opset: int = DEFAULT_OPSET,
+    check: bool = True,
+    reuse: bool = True,
+) -> Path:
+    """Bundle of a BertForQuestionAnswering with seeded random weights and the given shape.
+
+    For engine-build and pipeline-throughput work where the answers don't matter but the shape
+    does (e.g. BERT-large: 24, 1024, 16, 4096; or a tiny model for fast pipeline runs). The
+    vocabulary comes from ``tokenizer_dir``, whose tokenizer files are copied into the bundle.
+    With ``reuse``, an existing bundle of the same shape, seed and vocab in ``out_dir`` is returned.
+    """
+    from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering
+
+    for name, value in (("num_layers", num_layers), ("hidden", hidden), ("heads", heads),
+                        ("intermediate", intermediate), ("max_position_embeddings", max_position_embeddings)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if hidden % heads:
+        raise ValueError(f"hidden ({hidden}) must be a multiple of heads ({heads})")
+    tokenizer = AutoTokenizer.from_pretrained(os.fspath(tokenizer_dir))
+    source = (
+        f"random-bert:layers={num_layers},hidden={hidden},heads={heads},intermediate={intermediate},"
+        f"max_pos={max_position_embeddings},seed={seed},vocab={len(tokenizer)},opset={opset}"
+    )
+    out = Path(out_dir)
+    if reuse and is_model_bundle(out) and _read_meta(out).get("source") == source:
+        LOGGER.info("reusing random BERT bundle %s", out)
+        return out
+    torch = _torch()
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=num_layers,
+        num_attention_heads=heads, intermediate_size=intermediate,
+        max_position_embeddings=max_position_embeddings, pad_token_id=tokenizer.pad_token_id or 0,
+    )
+    torch.manual_seed(seed)
+    qa_model: Any = BertForQuestionAnswering(config)
+    qa_model.eval()
+    return _write_bundle(qa_model, tokenizer, out, source=source, opset=opset, check=check,
+                         tolerance=DEFAULT_TOLERANCE, check_shapes=CHECK_SHAPES)
+
+
+def _torch() -> Any:
+    try:
+        import torch
+    except ModuleNotFoundError as e:  # pragma: no cover - depends on the environment
+        raise ModuleNotFoundError(
+            "exporting to ONNX needs torch and onnxscript: pip install 'trt-bert-qa-beam[export]'"
+        ) from e
+    return torch
+
+
+def _int32_wrapper(qa_model: Any) -> Any:
+    """nn.Module taking int32 inputs (what TensorRT and the handlers feed) and returning the logits."""
+    torch = _torch()
+
+    class Int32QA(torch.nn.Module):  # type: ignore[misc,name-defined]
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Tuple[Any, Any]:
+            out = self.inner(
+                input_ids=input_ids.long(),
+                attention_mask=attention_mask.long(),
+                token_type_ids=token_type_ids.long(),
+                return_dict=True,
+            )
+            return out.start_logits, out.end_logits
+
+    return Int32QA(qa_model).eval()
+
+
+def _export_graph(wrapper: Any, onnx_path: Path, *, opset: int, max_seq: int) -> None:
+    torch = _torch()
+    batch = torch.export.Dim("batch", min=1, max=_MAX_EXPORT_BATCH)
+    seq = torch.export.Dim("seq", min=2, max=max_seq)
+    # Three distinct sample tensors: with one tensor passed three times, torch 2.13 exported a graph
+    # that read token_type_ids for all three inputs (logits off by ~5; the check below caught it).
+    sample = _random_batch(np.random.default_rng(0), 2, 16, 1024)
+    args = tuple(torch.from_numpy(a.copy()) for a in (sample.input_ids, sample.attention_mask, sample.token_type_ids))
+    dynamic = {name: {0: batch, 1: seq} for name in INPUT_NAMES}
+    with torch.no_grad(), warnings.catch_warnings():
+        # torch notes that the two inputs share "batch"/"seq" (intended) and deprecations of its own.
+        warnings.filterwarnings("ignore", message=r".*axis name.*will not be used", category=UserWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        program = torch.onnx.export(
+            wrapper, args, dynamo=True, dynamic_shapes=dynamic,
+            input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES), opset_version=opset,
+            verbose=False,
+        )
+        n_params = sum(p.numel() * p.element_size() for p in wrapper.parameters())
+        program.save(str(onnx_path), external_data=n_params >= _EXTERNAL_DATA_BYTES)
+
+
+def _random_batch(rng: np.random.Generator, batch: int, seq: int, vocab: int) -> ModelBatch:
+    """Random int32 inputs shaped like real windows: [CLS] ids, two segments, padded rows."""
+    ids = rng.integers(1000, max(1001, vocab), size=(batch, seq)).astype(np.int32)
+    ids[:, 0] = 101 if vocab > 101 else 0
+    mask = np.zeros((batch, seq), dtype=np.int32)
+    types = np.zeros((batch, seq), dtype=np.int32)
+    for row in range(batch):
+        n = seq if row == 0 else int(rng.integers(max(1, seq // 2), seq + 1))
+        mask[row, :n] = 1
+        types[row, max(1, n // 3):n] = 1
+        ids[row, n:] = 0
+    return ModelBatch(ids, mask, types)
+
+
+def check_against_torch(
+    wrapper: Any,
+    onnx_path: Path,
+    *,
+    vocab: int,
+    shapes: Sequence[Tuple[int, int]] = CHECK_SHAPES,
+    seed: int = 0,
+) -> Tuple[Dict[str, float], Dict[str, float]]:
+    """Max |ONNX Runtime - PyTorch| over both logits per checked shape ("BxS" -> diff), and the
+    max |PyTorch logit| per shape, the scale that says what the diff means."""
+    from trt_handler.onnx_runner import OnnxRunner
+
+    torch = _torch()
+    runner = OnnxRunner(onnx_path)
+    rng = np.random.default_rng(seed)
+    diffs: Dict[str, float] = {}
+    scales: Dict[str, float] = {}
+    for b, s in shapes:
+        mb = _random_batch(rng, b, s, vocab)
+        with torch.no_grad():
+            ref = wrapper(*(torch.from_numpy(a) for a in (mb.input_ids, mb.attention_mask, mb.token_type_ids)))
+        got = runner.run(mb)
+        refs = [r.float().numpy() for r in ref]
+        diffs[f"{b}x{s}"] = max(float(np.max(np.abs(g - r))) for g, r in zip(got, refs))
+        scales[f"{b}x{s}"] = max(float(np.max(np.abs(r))) for r in refs)
+    return diffs, scales
+
+
+def _write_bundle(
+    qa_model: Any,
+    tokenizer: Any,
+    out_dir: Path,
+    *,
+    source: str,
+    opset: int,
+    check: bool,
+    tolerance: float,
+    check_shapes: Sequence[Tuple[int, int]],
+) -> Path:
+    """Export into a temporary sibling folder, check, then move it into place (never half-written)."""
+    import onnx
+    import transformers
+
+    torch = _torch()
+    t0 = time.perf_counter()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it owner-only; a cache is often shared
+    try:
+        config = qa_model.config
+        max_seq = int(getattr(config, "max_position_embeddings", 512))
+        wrapper = _int32_wrapper(qa_model)
+        onnx_path = tmp / BUNDLE_ONNX
+        _export_graph(wrapper, onnx_path, opset=opset, max_seq=max_seq)
+        shapes = [(b, s) for b, s in check_shapes if 2 <= s <= max_seq]
+        diffs: Dict[str, float] = {}
+        scales: Dict[str, float] = {}
+        if check:
+            diffs, scales = check_against_torch(wrapper, onnx_path, vocab=int(config.vocab_size), shapes=shapes)
+        worst = max(diffs.values(), default=0.0)
+        if worst > tolerance:
+            raise ExportCheckError(
+                f"ONNX export of {source} differs from PyTorch by up to {worst:.3g} (tolerance {tolerance:g}; "
+                f"per shape: {diffs}); the exported graph is wrong - check the torch/onnxscript versions"
+            )
+        tokenizer.save_pretrained(str(tmp))
+        config.save_pretrained(str(tmp))
+        meta = {
+            "source": source,
+            "format_version": EXPORT_FORMAT_VERSION,
+            "opset": opset,
+            "inputs": {n: ["batch", "seq"] for n in INPUT_NAMES},
+            "input_dtype": "int32",
+            "outputs": {n: ["batch", "seq"] for n in OUTPUT_NAMES},
+            "output_dtype": "float32",
+            "max_seq": max_seq,
+            "sha256": _sha256(onnx_path),
+            "onnx_bytes": onnx_path.stat().st_size,
+            "checked": check,
+            "tolerance": tolerance,
+            "max_abs_diff": diffs,
+            "max_abs_logit": scales,
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                         "onnx": onnx.__version__},
+            "export_seconds": round(time.perf_counter() - t0, 1),
+        }
+        (tmp / BUNDLE_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        _publish(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    LOGGER.info("exported %s -> %s in %.1f s, max |diff| %s", source, out_dir, time.perf_counter() - t0, diffs)
+    return out_dir
+
+
+def _publish(tmp: Path, out_dir: Path) -> None:
+    """Move a finished bundle into ``out_dir``; replaces an empty folder or an older bundle only."""
+    if out_dir.exists():
+        if not out_dir.is_dir() or (any(out_dir.iterdir()) and not is_model_bundle(out_dir)):
+            raise FileExistsError(
+                f"{out_dir} exists and is not a model bundle; choose an empty or new --out-dir"
+            )
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        os.replace(out_dir, old)
+        shutil.rmtree(old, ignore_errors=True)
+    try:
+        os.replace(tmp, out_dir)
+    except OSError:
+        if not is_model_bundle(out_dir):  # lost a race to another exporter only if it finished
+            raise
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _read_meta(bundle: Path) -> Dict[str, Any]:
+    try:
+        meta = json.loads((bundle / BUNDLE_META).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m trt_handler.export",
+        description="Export a Hugging Face BERT QA checkpoint to a checked ONNX model bundle; prints its path.",
+    )
+    parser.add_argument("--model", required=True, help="checkpoint folder, hub id, bundle or model.onnx")
+    parser.add_argument("--cache-dir", default="cache", type=Path, help="bundles are cached in CACHE/onnx/")
+    parser.add_argument("--out-dir", type=Path, default=None, help="export here instead of the cache")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    parser.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("trt_handler").setLevel(logging.INFO)
+    if args.out_dir is not None:
+        bundle = export_onnx(args.model, args.out_dir, opset=args.opset, check=not args.no_check)
+    else:
+        if args.opset != DEFAULT_OPSET or args.no_check:
+            parser.error("--opset/--no-check apply to --out-dir exports; the cache always uses the checked default")
+        bundle = resolve_model_bundle(args.model, args.cache_dir)
+    meta = _read_meta(bundle)
+    if meta.get("max_abs_diff"):
+        print(f"max |ONNX - PyTorch| per shape: {meta['max_abs_diff']}", file=sys.stderr)
+    print(bundle)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
