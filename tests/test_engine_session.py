@@ -349,6 +349,7 @@ def _echo_session(**kwargs: Any) -> tuple[EngineSession, list[tuple[int, int, in
 def test_session_reports_profiles_and_max_batch() -> None:
     session, _, slots = _echo_session(contexts_per_profile=2)
     assert session.profiles == PROFILES and session.max_batch == 64
+    assert session.get_profiles() == PROFILES  # what a MultiProcessShared proxy can call
     assert session.contexts_created() == [2, 2, 2] and len(slots) == 6
 
 

@@ -835,6 +835,11 @@ class EngineSession:
         """Largest batch any profile takes; bigger batches are split by :meth:`run`."""
         return max(p.max_batch for p in self._profiles)
 
+    def get_profiles(self) -> list[ProfileSpec]:
+        """Same as :attr:`profiles`, as a method: Beam's ``MultiProcessShared`` proxy forwards
+        method calls only, so a handler holding the proxy reads the engine's profiles this way."""
+        return self.profiles
+
     def contexts_created(self) -> list[int]:
         """Execution contexts that exist per profile (grows under contention up to the cap)."""
         return self._pool.created()

@@ -1,0 +1,110 @@
+"""In-process SQuAD evaluation: features -> ONNX Runtime handler -> answers -> official metric.
+
+The same modules the Beam pipeline composes, called directly in one process. It is the
+reference the pipeline's ``--eval`` output is checked against, and a quick way to score a model
+without Beam. Usage::
+
+    python -m trt_handler.evaluate --data squad_dev.json --model MODEL_DIR_OR_HUB_ID
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from trt_handler.batching import DEFAULT_BUCKETS
+from trt_handler.qa_types import Answer, QAExample, Window, WindowLogits
+
+
+def answer_examples(
+    examples: Sequence[QAExample],
+    model: str,
+    cache_dir: Path,
+    *,
+    feature_config: Optional[object] = None,
+    answer_config: Optional[object] = None,
+    buckets: Sequence[int] = DEFAULT_BUCKETS,
+    batch_size: int = 64,
+) -> Dict[str, Answer]:
+    """Answer every example; windows are sorted by length so each batch pads to a small bucket."""
+    from trt_handler.export import resolve_model_bundle
+    from trt_handler.handlers import OnnxRuntimeQAHandler
+    from trt_handler.squad_answers import AnswerConfig, extract_answer
+    from trt_handler.squad_features import FeatureConfig, WindowMaker, load_tokenizer
+
+    bundle = resolve_model_bundle(model, cache_dir)
+    maker = WindowMaker(load_tokenizer(bundle), feature_config or FeatureConfig())
+    per_example = maker.windows_many(examples)
+    windows: List[Window] = []
+    for ex, result in zip(examples, per_example):
+        if isinstance(result, Exception):
+            raise ValueError(f"question {ex.id!r} cannot be tokenized: {result}")
+        windows.extend(result)
+
+    handler = OnnxRuntimeQAHandler(bundle, buckets=buckets, max_batch_size=batch_size)
+    session = handler.load_model()
+    order = sorted(range(len(windows)), key=lambda i: windows[i].length)
+    logits: Dict[int, WindowLogits] = {}
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        results = handler.run_inference([windows[i] for i in idx], session)
+        for i, r in zip(idx, results):
+            logits[i] = r.inference
+
+    by_example: Dict[str, List[int]] = {}
+    for i, w in enumerate(windows):
+        by_example.setdefault(w.example_id, []).append(i)
+    config = answer_config or AnswerConfig()
+    return {
+        ex.id: extract_answer(
+            ex, [windows[i] for i in by_example[ex.id]], [logits[i] for i in by_example[ex.id]], config
+        )
+        for ex in examples
+    }
+
+
+def evaluate(
+    data: str,
+    model: str,
+    cache_dir: Path,
+    *,
+    limit: Optional[int] = None,
+    **kwargs: object,
+) -> Dict[str, float]:
+    """Official SQuAD metric of ``model`` on the SQuAD-format file ``data`` (first ``limit`` questions)."""
+    from trt_handler.squad_data import load_examples
+    from trt_handler.squad_metric import squad_evaluate
+
+    examples = load_examples(data)
+    if limit is not None:
+        examples = examples[:limit]
+    answers = answer_examples(examples, model, cache_dir, **kwargs)  # type: ignore[arg-type]
+    predictions = {k: a.text for k, a in answers.items()}
+    no_answer_scores = {k: a.null_score - a.score for k, a in answers.items()}
+    # The best-threshold search needs each question's best non-null span, not the thresholded text,
+    # or it could never find a threshold above the one already applied.
+    spans = {k: a.best_span_text for k, a in answers.items()}
+    return squad_evaluate(examples, predictions, no_answer_scores, span_predictions=spans)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="SQuAD v1.1/v2.0 JSON or JSONL with gold answers")
+    parser.add_argument("--model", required=True, help="model folder, hub id, ONNX bundle or .onnx file")
+    parser.add_argument("--cache-dir", default="cache", type=Path, help="where exported ONNX bundles are cached")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N questions")
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args(argv)
+    t0 = time.perf_counter()
+    metric = evaluate(args.data, args.model, args.cache_dir, limit=args.limit, batch_size=args.batch_size)
+    print(f"evaluated {int(metric['total'])} questions in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    print(json.dumps(metric, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
