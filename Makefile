@@ -14,6 +14,8 @@ ENGINE ?=
 ONNX ?=
 DATA ?= ../shared/data/squad/squad_B1.json
 CACHE ?= cache
+VOCAB ?= ../shared/vocab/bert-base-uncased-vocab.txt
+TARGETS ?=
 EXTRA_ARGS ?=
 
 .PHONY: help install test test-gpu lint typecheck run eval eval-inprocess onnx engine engine-bert-large \
@@ -64,11 +66,11 @@ onnx:
 
 ## engine           build a TensorRT / TensorRT-RTX engine from MODEL's ONNX (see README: engine guide)
 engine:
-	$(PY) -m trt_handler.build --model $(MODEL) --cache-dir $(CACHE) $(EXTRA_ARGS)
+	$(PY) -m trt_handler.build --model $(MODEL) --cache-dir $(CACHE) $(if $(TARGETS),--targets $(TARGETS)) $(EXTRA_ARGS)
 
 ## engine-bert-large  build a BERT-large-shaped (24 layers, hidden 1024, random weights) engine; prints build time
 engine-bert-large:
-	$(PY) -m trt_handler.build --bert-large-random --cache-dir $(CACHE) $(EXTRA_ARGS)
+	$(PY) -m trt_handler.build --bert-large-random --vocab $(VOCAB) --cache-dir $(CACHE) $(if $(TARGETS),--targets $(TARGETS)) $(EXTRA_ARGS)
 
 ## gpu-check        compare ENGINE with ONNX Runtime on real SQuAD windows (needs a GPU + TensorRT)
 gpu-check:
@@ -96,4 +98,4 @@ notebook:
 	$(PY) -m pipelines.run_notebook notebooks/qa_interactive.ipynb
 
 clean:
-	rm -rf out cache .pytest_cache .mypy_cache
+	rm -rf out cache typings .pytest_cache .mypy_cache

@@ -26,8 +26,9 @@ EXTRAS = {
         "onnxconverter-common>=1.14",
         "safetensors>=0.4",
     ],
-    "rtx": ["tensorrt-rtx-cu13>=1.2"],
-    "gpu": ["cuda-python>=12.6"],
+    "rtx": ["tensorrt-rtx-cu13>=1.2", "onnx>=1.17", "onnxconverter-common>=1.14"],
+    # TensorRT itself comes from the NGC container; onnx + onnxconverter-common let workers rebuild engines.
+    "gpu": ["cuda-python>=12.6", "onnx>=1.17", "onnxconverter-common>=1.14"],
     "gcp": [f"apache-beam[gcp]=={BEAM_VERSION}"],
     "notebook": [
         f"apache-beam[interactive]=={BEAM_VERSION}",
