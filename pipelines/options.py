@@ -1,0 +1,174 @@
+"""Command-line options shared by the batch and streaming pipelines, and the settings they become.
+
+Our own flags use dashes (``--max-seq-length``); anything argparse does not know is handed to
+Beam's ``PipelineOptions`` untouched (``--runner``, ``--project``, ``--temp_location`` ...), so
+one command line configures both the QA transforms and the runner.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+from trt_handler.batching import DEFAULT_BUCKETS, validate_buckets
+from trt_handler.records import RecordLimits
+
+__all__ = ["QASettings", "add_qa_arguments", "settings_from_args"]
+
+BACKENDS = ("onnx", "tensorrt")
+
+
+@dataclass(frozen=True)
+class QASettings:
+    """Everything the QA transforms need, as plain picklable values (shipped to every worker).
+
+    ``model_dir`` is a model bundle folder (local or gs://) holding the tokenizer files and, for
+    the ONNX Runtime backend, ``model.onnx``. ``engine`` is a TensorRT engine (local or gs://).
+    ``buckets``, ``min_batch`` and ``max_batch`` left None take the handler's defaults: for an
+    engine, its optimization profiles (read from the engine's sidecar JSON); for ONNX Runtime,
+    (128, 256, 384) and 1..64.
+    """
+
+    model_dir: str
+    backend: str = "onnx"
+    engine: Optional[str] = None
+    max_seq_length: int = 384
+    doc_stride: int = 128
+    max_query_length: int = 64
+    n_best: int = 20
+    max_answer_length: int = 30
+    null_threshold: float = 0.0
+    version_2_with_negative: bool = True
+    buckets: Optional[Tuple[int, ...]] = None
+    min_batch: Optional[int] = None
+    max_batch: Optional[int] = None
+    max_batch_duration_secs: Optional[float] = None
+    onnx_threads: Optional[int] = None
+    engine_cache_dir: Optional[str] = None
+    limits: RecordLimits = RecordLimits()
+    feature_batch: int = 64
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.backend == "tensorrt" and not self.engine:
+            raise ValueError("the tensorrt backend needs --engine (a serialized TensorRT engine, local or gs://)")
+        for name in ("min_batch", "max_batch"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if self.min_batch is not None and self.max_batch is not None and self.min_batch > self.max_batch:
+            raise ValueError(f"min batch ({self.min_batch}) must not exceed max batch ({self.max_batch})")
+        if self.feature_batch < 1:
+            raise ValueError(f"feature batch must be at least 1, got {self.feature_batch}")
+        if self.buckets is not None:
+            object.__setattr__(self, "buckets", validate_buckets(self.buckets))
+        if self.buckets is not None and max(self.buckets) < self.max_seq_length:
+            raise ValueError(
+                f"the largest bucket ({max(self.buckets)}) is shorter than max_seq_length "
+                f"({self.max_seq_length}); a full window would fit no bucket"
+            )
+        # Build both configs now: a bad combination fails at launch, not on a worker.
+        self.feature_config()
+        self.answer_config()
+
+    def feature_config(self):  # -> FeatureConfig (import kept lazy: it pulls in the tokenizer stack)
+        from trt_handler.squad_features import FeatureConfig
+
+        return FeatureConfig(self.max_seq_length, self.doc_stride, self.max_query_length)
+
+    def answer_config(self):  # -> AnswerConfig
+        from trt_handler.squad_answers import AnswerConfig
+
+        return AnswerConfig(self.n_best, self.max_answer_length, self.null_threshold, self.version_2_with_negative)
+
+
+def _int_list(text: str) -> Tuple[int, ...]:
+    try:
+        return validate_buckets([int(x) for x in text.split(",") if x.strip()])
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of lengths: {exc}") from exc
+
+
+def _optional_limit(text: str) -> Optional[int]:
+    value = int(text)
+    return None if value == 0 else value
+
+
+def add_qa_arguments(parser: argparse.ArgumentParser) -> None:
+    """Model, feature, answer, batching and record-limit flags (both pipelines)."""
+    m = parser.add_argument_group("model")
+    m.add_argument("--model", required=True,
+                   help="model bundle folder (model.onnx + tokenizer), checkpoint folder or hub id; "
+                        "a checkpoint is exported to ONNX once into --cache-dir. gs:// bundles are used as is.")
+    m.add_argument("--backend", choices=BACKENDS, default="onnx", help="onnx: ONNX Runtime (CPU); tensorrt: --engine on a GPU")
+    m.add_argument("--engine", default=None, help="TensorRT engine file (local or gs://), for --backend tensorrt")
+    m.add_argument("--cache-dir", default="cache", help="where exported ONNX bundles are cached (default: cache)")
+    m.add_argument("--engine-cache-dir", default=None,
+                   help="with --backend tensorrt and no --engine on the worker's GPU: where the handler may build/cache engines")
+    m.add_argument("--onnx-threads", type=int, default=None, help="ONNX Runtime intra-op threads per worker process")
+
+    f = parser.add_argument_group("features (windows)")
+    f.add_argument("--max-seq-length", type=int, default=384, help="tokens per window (default 384)")
+    f.add_argument("--doc-stride", type=int, default=128, help="context tokens shared by neighbouring windows (default 128)")
+    f.add_argument("--max-query-length", type=int, default=64, help="question tokens kept (default 64)")
+
+    a = parser.add_argument_group("answers")
+    a.add_argument("--n-best", type=int, default=20, help="candidates per window and n-best list size (default 20)")
+    a.add_argument("--max-answer-length", type=int, default=30, help="longest answer in tokens (default 30)")
+    a.add_argument("--null-threshold", type=float, default=0.0,
+                   help="answer '' when no-answer score - best span score exceeds this (SQuAD v2; default 0)")
+    a.add_argument("--v1", action="store_true", help="SQuAD v1.1 mode: always answer a span, never ''")
+
+    b = parser.add_argument_group("batching")
+    b.add_argument("--buckets", type=_int_list, default=None,
+                   help="sequence-length buckets a batch is padded to, comma-separated "
+                        f"(default: the engine's profiles; ONNX Runtime {','.join(map(str, DEFAULT_BUCKETS))})")
+    b.add_argument("--min-batch", type=int, default=None,
+                   help="smallest batch RunInference forms (default: the engine's profiles; ONNX Runtime 1)")
+    b.add_argument("--max-batch", type=int, default=None,
+                   help="largest batch RunInference forms (default: the engine's profiles; ONNX Runtime 64)")
+    b.add_argument("--feature-batch", type=int, default=64, help="questions tokenized per call (default 64)")
+
+    r = parser.add_argument_group("record limits (larger records are dead-lettered)")
+    r.add_argument("--max-context-chars", type=_optional_limit, default=100_000, help="0 = no limit (default 100000)")
+    r.add_argument("--max-question-chars", type=_optional_limit, default=4_000, help="0 = no limit (default 4000)")
+
+
+def settings_from_args(args: argparse.Namespace, model_dir: str, **overrides: object) -> QASettings:
+    """QASettings from parsed flags; ``model_dir`` is the resolved bundle (see qa_batch.resolve_model)."""
+    values = dict(
+        model_dir=model_dir,
+        backend=args.backend,
+        engine=args.engine,
+        max_seq_length=args.max_seq_length,
+        doc_stride=args.doc_stride,
+        max_query_length=args.max_query_length,
+        n_best=args.n_best,
+        max_answer_length=args.max_answer_length,
+        null_threshold=args.null_threshold,
+        version_2_with_negative=not args.v1,
+        buckets=args.buckets,
+        min_batch=args.min_batch,
+        max_batch=args.max_batch,
+        onnx_threads=args.onnx_threads,
+        engine_cache_dir=args.engine_cache_dir,
+        feature_batch=args.feature_batch,
+        limits=RecordLimits(max_context_chars=args.max_context_chars, max_question_chars=args.max_question_chars),
+    )
+    values.update(overrides)
+    return QASettings(**values)  # type: ignore[arg-type]
+
+
+def split_argv(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, List[str]]:
+    """Our flags, and the rest for Beam; a misspelt flag of ours ('--max-seq-lenght') is an error,
+    not a silently ignored Beam option."""
+    args, rest = parser.parse_known_args(argv)
+    ours = {s for a in parser._actions for s in a.option_strings}
+    for token in rest:
+        name = token.split("=", 1)[0]
+        if name.startswith("--") and "-" in name[2:] and name not in ours:
+            parser.error(f"unknown option {name}: Beam options use underscores (--temp_location); "
+                         f"ours are listed by --help")
+    return args, rest

@@ -1,0 +1,235 @@
+"""Answer a file of questions with the Beam batch pipeline (DirectRunner locally, Dataflow on GCP).
+
+    python -m pipelines.qa_batch --input samples/squad_sample.jsonl --output out/answers \\
+        --model ../shared/models/minilm-l6-squad2 --backend onnx --show 5
+
+Input: JSONL ({id, question, context[, answers, is_impossible]} a line) or a SQuAD v1.1/v2.0
+JSON file, local or gs://. Output: ``OUTPUT-SSSSS-of-NNNNN.jsonl`` (one answer a line) or a
+BigQuery table, and the dead letters in ``OUTPUT-rejected-SSSSS-of-NNNNN.jsonl`` (reason + raw
+record). ``--eval`` also writes ``OUTPUT-metric.json`` and prints it as the last line.
+Unknown flags go to Beam (``--runner``, ``--project``, ``--temp_location``, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines.options import QASettings, add_qa_arguments, settings_from_args, split_argv
+from pipelines.transforms import NAMESPACE, AnswerQuestions, ReadRecords
+from trt_handler.qa_types import Answer, QAExample
+from trt_handler.records import ANSWER_BQ_SCHEMA, REJECTED_BQ_SCHEMA, answer_row, rejection_row
+
+LOGGER = logging.getLogger(__name__)
+
+__all__ = ["build_parser", "build_pipeline", "main", "resolve_model", "run"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.qa_batch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    io = parser.add_argument_group("input / output")
+    io.add_argument("--input", required=True, help="JSONL or SQuAD JSON file (local or gs://, globs allowed)")
+    io.add_argument("--input-format", choices=("auto", "jsonl", "squad"), default="auto",
+                    help="auto: *.json is SQuAD JSON, anything else JSONL (default auto)")
+    io.add_argument("--output", required=True,
+                    help="output prefix (local or gs://): answers OUTPUT-*.jsonl, dead letters OUTPUT-rejected-*.jsonl")
+    io.add_argument("--bigquery-table", default=None,
+                    help="write answers to this BigQuery table (project:dataset.table) instead of OUTPUT-*.jsonl")
+    io.add_argument("--bigquery-rejected-table", default=None,
+                    help="write dead letters to this BigQuery table instead of OUTPUT-rejected-*.jsonl")
+    io.add_argument("--show", type=int, default=0, metavar="N", help="print N answers (with their questions) at the end")
+    io.add_argument("--eval", action="store_true",
+                    help="inputs carry gold answers: write OUTPUT-metric.json and print the SQuAD metric as the last line")
+    add_qa_arguments(parser)
+    return parser
+
+
+def resolve_model(model: str, cache_dir: str, backend: str) -> str:
+    """The bundle folder the workers read: gs:// paths as given; a local checkpoint or hub id is
+    exported to ONNX once (cached in ``cache_dir``). The TensorRT backend needs only the tokenizer,
+    so its ``model`` is used as given (a bundle, checkpoint folder or hub id)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    if FileSystems.get_scheme(model) not in (None, "file") or backend == "tensorrt":
+        return model
+    from trt_handler.export import resolve_model_bundle
+
+    return str(resolve_model_bundle(model, cache_dir))
+
+
+def _json_line(row: Dict[str, Any]) -> str:
+    return json.dumps(row, ensure_ascii=False)
+
+
+def _metric_json(pairs: List[Tuple[QAExample, str, float]]) -> str:
+    """The official SQuAD metric of the answered questions as one JSON line (empty input: total 0)."""
+    from trt_handler.squad_metric import squad_evaluate
+
+    if not pairs:
+        return json.dumps({"total": 0})
+    examples = sorted((ex for ex, _, _ in pairs), key=lambda ex: ex.id)
+    predictions = {ex.id: text for ex, text, _ in pairs}
+    no_answer = {ex.id: diff for ex, _, diff in pairs}
+    return json.dumps(squad_evaluate(examples, predictions, no_answer), sort_keys=True)
+
+
+def _for_metric(pair: Tuple[QAExample, Answer]) -> Tuple[QAExample, str, float]:
+    ex, a = pair
+    return ex, a.text, a.null_score - a.score  # the no-answer score trt_handler.evaluate uses
+
+
+def _show_line(pair: Tuple[QAExample, Answer]) -> str:
+    ex, a = pair
+    return _json_line({"question": ex.question, **answer_row(a)})
+
+
+def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, settings: QASettings, handler: Any = None) -> None:
+    """Read -> AnswerQuestions -> write answers, dead letters, [metric], [shown answers]."""
+    records = p | "Read" >> ReadRecords(args.input, args.input_format)
+    out = records | "AnswerQuestions" >> AnswerQuestions(settings, handler)
+
+    if args.bigquery_table:
+        _ = (
+            out.answers
+            | "AnswerRows" >> beam.Map(lambda pair: answer_row(pair[1]))
+            | "WriteAnswersBQ" >> beam.io.WriteToBigQuery(
+                args.bigquery_table, schema=ANSWER_BQ_SCHEMA,
+                create_disposition=beam.io.BigQueryDisposition.CREATE_IF_NEEDED,
+                write_disposition=beam.io.BigQueryDisposition.WRITE_APPEND)
+        )
+    else:
+        _ = (
+            out.answers
+            | "AnswerLines" >> beam.Map(lambda pair: _json_line(answer_row(pair[1])))
+            | "WriteAnswers" >> beam.io.WriteToText(args.output, file_name_suffix=".jsonl")
+        )
+    if args.bigquery_rejected_table:
+        _ = (
+            out.rejected
+            | "RejectedRows" >> beam.Map(rejection_row)
+            | "WriteRejectedBQ" >> beam.io.WriteToBigQuery(
+                args.bigquery_rejected_table, schema=REJECTED_BQ_SCHEMA,
+                create_disposition=beam.io.BigQueryDisposition.CREATE_IF_NEEDED,
+                write_disposition=beam.io.BigQueryDisposition.WRITE_APPEND)
+        )
+    else:
+        _ = (
+            out.rejected
+            | "RejectedLines" >> beam.Map(lambda r: _json_line(rejection_row(r)))
+            | "WriteRejected" >> beam.io.WriteToText(f"{args.output}-rejected", file_name_suffix=".jsonl")
+        )
+    if args.eval:
+        _ = (
+            out.answers
+            | "ForMetric" >> beam.Map(_for_metric)
+            | "AllAnswers" >> beam.combiners.ToList()
+            | "Metric" >> beam.Map(_metric_json)
+            | "WriteMetric" >> beam.io.WriteToText(f"{args.output}-metric", file_name_suffix=".json", shard_name_template="")
+        )
+    if args.show > 0:
+        _ = (
+            out.answers
+            | "PickShown" >> beam.combiners.Top.Smallest(args.show, key=lambda pair: pair[0].id)
+            | "ShownLines" >> beam.FlatMap(lambda pairs: [_show_line(pair) for pair in pairs])
+            | "WriteShown" >> beam.io.WriteToText(f"{args.output}-show", file_name_suffix=".jsonl", shard_name_template="")
+        )
+
+
+def _read_text(path: str) -> str:
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path) as f:
+        return f.read().decode("utf-8")
+
+
+def counters(result: Any) -> Dict[str, int]:
+    """Committed (or, where the runner has none, attempted) values of our counters, by name."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    out: Dict[str, int] = {}
+    for c in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
+        value = c.committed if c.committed is not None else c.attempted
+        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + int(value or 0)
+    return out
+
+
+def summary_line(counts: Dict[str, int], seconds: float) -> str:
+    """``read N, answered A, rejected R (code n, ...), Q questions/s``; says so when they don't add up."""
+    read, answered, rejected = counts.get("records_read", 0), counts.get("answered", 0), counts.get("rejected", 0)
+    by_reason = sorted((k.split(".", 1)[1], v) for k, v in counts.items() if k.startswith("rejected.") and v)
+    reasons = ", ".join(f"{code} {n}" for code, n in by_reason)
+    line = (f"summary: read {read}, answered {answered}, rejected {rejected}"
+            f"{f' ({reasons})' if reasons else ''}; {read / max(seconds, 1e-9):.1f} questions/s over {seconds:.1f} s")
+    if read != answered + rejected:
+        line += f"; WARNING: {read - answered - rejected} records have no outcome"
+    return line
+
+
+def run(argv: Optional[Sequence[str]] = None, handler: Any = None) -> Dict[str, Any]:
+    """Build and run the pipeline; returns counters, seconds and the metric (with --eval)."""
+    parser = build_parser()
+    args, beam_args = split_argv(parser, argv)
+    if args.show < 0:
+        parser.error("--show must be 0 or more")
+    try:
+        model_dir = resolve_model(args.model, args.cache_dir, args.backend)
+        settings = settings_from_args(args, model_dir)
+    except (ValueError, FileNotFoundError) as exc:
+        parser.error(str(exc))
+    options = PipelineOptions(beam_args)
+    t0 = time.perf_counter()
+    p = beam.Pipeline(options=options)
+    build_pipeline(p, args, settings, handler)
+    result = p.run()
+    result.wait_until_finish()
+    seconds = time.perf_counter() - t0
+    outcome: Dict[str, Any] = {"counters": counters(result), "seconds": seconds, "metric": None, "shown": []}
+    if args.show > 0:
+        outcome["shown"] = [json.loads(line) for line in _read_text(f"{args.output}-show.jsonl").splitlines() if line]
+    if args.eval:
+        outcome["metric"] = json.loads(_read_text(f"{args.output}-metric.json"))
+    return outcome
+
+
+def _print_shown(shown: List[Dict[str, Any]]) -> None:
+    for row in shown:
+        answer = "(no answer)" if row["is_no_answer"] else repr(row["answer"])
+        prob = row["probability"]
+        print(f"{row['id']}: {row['question']}\n    -> {answer}"
+              f"  p={prob if prob is None else round(prob, 3)} window={row['window_index']}")
+
+
+class _QuietBeamNoise(logging.Filter):
+    """Drops Beam's per-batch "Resource module is not available" warning (it appears when scipy,
+    an optional dependency of Beam's model manager, is missing; memory metrics are all it costs)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Resource module is not available")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_QuietBeamNoise())
+    outcome = run(argv)
+    _print_shown(outcome["shown"])
+    print(summary_line(outcome["counters"], outcome["seconds"]))
+    metric = outcome["metric"]
+    if metric is not None:
+        if not metric.get("total"):
+            print("error: no question was answered, so there is no metric; see the rejected records", file=sys.stderr)
+            return 1
+        print(json.dumps(metric, sort_keys=True))  # the last line: the SQuAD metric
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

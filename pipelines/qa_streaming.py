@@ -1,0 +1,126 @@
+"""Answer questions from Pub/Sub as they arrive (streaming Beam pipeline, Dataflow streaming engine).
+
+    python -m pipelines.qa_streaming --subscription projects/P/subscriptions/S \\
+        --topic projects/P/topics/answers --rejected-topic projects/P/topics/rejected \\
+        --model gs://BUCKET/models/minilm-bundle --backend tensorrt --engine gs://BUCKET/engines/t4.engine \\
+        --runner DataflowRunner --project P --region R --temp_location gs://BUCKET/tmp
+
+Each message is one JSON question ``{id, question, context}``. Answers go to ``--topic`` (JSON
+messages) or ``--bigquery-table``; dead letters to ``--rejected-topic`` or
+``--bigquery-rejected-table``. The windows of one question are regrouped by a stateful DoFn that
+answers as soon as the last window is in and gives up after ``--regroup-timeout-secs`` (the
+question is then dead-lettered as ``incomplete_windows``); see docs/dataflow.md for why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any, Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipelines.options import QASettings, add_qa_arguments, settings_from_args, split_argv
+from pipelines.qa_batch import resolve_model
+from pipelines.transforms import AnswerQuestions, QAOutputs
+from trt_handler.records import ANSWER_BQ_SCHEMA, REJECTED_BQ_SCHEMA, answer_row, rejection_row
+
+__all__ = ["build_parser", "build_pipeline", "main", "answers_to_messages", "rejections_to_messages"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.qa_streaming", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    io = parser.add_argument_group("input / output")
+    io.add_argument("--subscription", required=True, help="Pub/Sub subscription to read questions from")
+    io.add_argument("--topic", default=None, help="Pub/Sub topic for answers (JSON)")
+    io.add_argument("--bigquery-table", default=None, help="BigQuery table for answers (project:dataset.table)")
+    io.add_argument("--rejected-topic", default=None, help="Pub/Sub topic for dead letters (JSON with reason and raw)")
+    io.add_argument("--bigquery-rejected-table", default=None, help="BigQuery table for dead letters")
+    io.add_argument("--regroup-timeout-secs", type=float, default=300.0,
+                    help="give up on a question whose windows have not all come back after this long (default 300)")
+    io.add_argument("--max-batch-duration-secs", type=float, default=1.0,
+                    help="longest RunInference waits to fill a batch (default 1.0)")
+    add_qa_arguments(parser)
+    return parser
+
+
+def answers_to_messages(out: QAOutputs) -> beam.PCollection:
+    """Answers as UTF-8 JSON message bodies (one answer_row each)."""
+    return out.answers | "AnswerMessages" >> beam.Map(lambda pair: json.dumps(answer_row(pair[1]), ensure_ascii=False).encode())
+
+
+def rejections_to_messages(out: QAOutputs) -> beam.PCollection:
+    """Dead letters as UTF-8 JSON message bodies (one rejection_row each)."""
+    return out.rejected | "RejectedMessages" >> beam.Map(lambda r: json.dumps(rejection_row(r), ensure_ascii=False).encode())
+
+
+def build_pipeline(
+    messages: beam.PCollection, args: argparse.Namespace, settings: QASettings, handler: Any = None, **regroup: Any
+) -> QAOutputs:
+    """Pub/Sub message bodies (bytes) -> answers and dead letters written to their sinks.
+
+    ``messages`` is injected so tests can feed a TestStream; ``regroup`` passes ``clock`` through.
+    """
+    out = messages | "AnswerQuestions" >> AnswerQuestions(
+        settings, handler, streaming=True, regroup_timeout_secs=args.regroup_timeout_secs, **regroup)
+    if args.topic:
+        _ = answers_to_messages(out) | "PublishAnswers" >> beam.io.WriteToPubSub(args.topic)
+    if args.bigquery_table:
+        _ = (
+            out.answers
+            | "AnswerRows" >> beam.Map(lambda pair: answer_row(pair[1]))
+            | "WriteAnswersBQ" >> beam.io.WriteToBigQuery(
+                args.bigquery_table, schema=ANSWER_BQ_SCHEMA,
+                method=beam.io.WriteToBigQuery.Method.STREAMING_INSERTS,
+                create_disposition=beam.io.BigQueryDisposition.CREATE_IF_NEEDED,
+                write_disposition=beam.io.BigQueryDisposition.WRITE_APPEND)
+        )
+    if args.rejected_topic:
+        _ = rejections_to_messages(out) | "PublishRejected" >> beam.io.WriteToPubSub(args.rejected_topic)
+    if args.bigquery_rejected_table:
+        _ = (
+            out.rejected
+            | "RejectedRows" >> beam.Map(rejection_row)
+            | "WriteRejectedBQ" >> beam.io.WriteToBigQuery(
+                args.bigquery_rejected_table, schema=REJECTED_BQ_SCHEMA,
+                method=beam.io.WriteToBigQuery.Method.STREAMING_INSERTS,
+                create_disposition=beam.io.BigQueryDisposition.CREATE_IF_NEEDED,
+                write_disposition=beam.io.BigQueryDisposition.WRITE_APPEND)
+        )
+    return out
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> tuple:
+    """(args, settings, beam_args); refuses a job whose answers or dead letters would go nowhere."""
+    parser = build_parser()
+    args, beam_args = split_argv(parser, argv)
+    if not (args.topic or args.bigquery_table):
+        parser.error("answers need a sink: --topic or --bigquery-table")
+    if not (args.rejected_topic or args.bigquery_rejected_table):
+        parser.error("dead letters need a sink: --rejected-topic or --bigquery-rejected-table")
+    try:
+        settings = settings_from_args(args, resolve_model(args.model, args.cache_dir, args.backend),
+                                      max_batch_duration_secs=args.max_batch_duration_secs)
+    except (ValueError, FileNotFoundError) as exc:
+        parser.error(str(exc))
+    return args, settings, beam_args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args, settings, beam_args = parse_args(argv)
+    options = PipelineOptions(beam_args)
+    options.view_as(StandardOptions).streaming = True
+    p = beam.Pipeline(options=options)
+    messages = p | "ReadQuestions" >> beam.io.ReadFromPubSub(subscription=args.subscription)
+    build_pipeline(messages, args, settings)
+    p.run()  # a streaming job runs until cancelled; on Dataflow this returns once it is submitted
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Dead letters through the whole batch pipeline: every record ends as exactly one answer or one
+rejection with a reason and its raw input (malformed corpus, duplicate ids, feature errors and
+inference failures)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import pytest
+
+from pipelines import qa_batch
+from tests.conftest import REPO
+
+SAMPLE = REPO / "samples" / "squad_sample.jsonl"
+
+
+@pytest.fixture(scope="module")
+def bundle(model_dir: Path, test_cache: Path) -> str:
+    from trt_handler.export import resolve_model_bundle
+
+    return str(resolve_model_bundle(model_dir, test_cache))
+
+
+def _good_lines() -> List[str]:
+    return SAMPLE.read_text(encoding="utf-8").splitlines()
+
+
+def _read_jsonl(prefix: Path, rejected: bool) -> List[Dict[str, Any]]:
+    pattern = f"{prefix.name}-rejected-*.jsonl" if rejected else f"{prefix.name}-0*-of-*.jsonl"
+    rows: List[Dict[str, Any]] = []
+    for f in sorted(prefix.parent.glob(pattern)):
+        rows += [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines() if line]
+    return rows
+
+
+def _bad_records(good_line: str) -> List[Tuple[bytes, str]]:
+    """(raw line, expected reason code): 22 kinds of bad record."""
+    serial = itertools.count()
+
+    def rec(**changes: Any) -> bytes:
+        r = {"id": f"bad-{next(serial)}", "question": "Who?", "context": "Ada wrote it."}
+        r.update(changes)
+        return json.dumps({k: v for k, v in r.items() if v is not _DROP}).encode()
+
+    return [
+        (b'{"id": "enc", "question": "Who?", "context": "caf\xe9"}', "invalid_encoding"),
+        (b"", "empty_record"),
+        (b"   \t ", "empty_record"),
+        (b'{"id": "trunc", "question": "Who', "invalid_json"),
+        (b"{'id': 'single-quotes', 'question': 'Who?', 'context': 'x'}", "invalid_json"),
+        (b"[1, 2, 3]", "not_an_object"),
+        (b"42", "not_an_object"),
+        (b"null", "not_an_object"),
+        (rec(id=_DROP), "missing_field"),
+        (rec(question=_DROP), "missing_field"),
+        (rec(context=None), "missing_field"),
+        (rec(id=["a", "list"]), "wrong_type"),
+        (rec(question=3.5), "wrong_type"),
+        (rec(context={"text": "nested"}), "wrong_type"),
+        (rec(id=" "), "empty_field"),
+        (rec(question=""), "empty_field"),
+        (rec(context=" \n "), "empty_field"),
+        (rec(context="long " * 700), "too_long"),
+        (rec(question="why " * 100), "too_long"),
+        (rec(answers="Ada"), "bad_answers"),
+        (rec(is_impossible="maybe"), "bad_is_impossible"),
+        (rec(context="\u200b\u200b\u200b"), "feature_error"),  # only zero-width chars: no tokens
+        # Same id as a good record; its raw sorts after the original, so the original is the one answered.
+        ((good_line + " ").encode(), "duplicate_id"),
+    ]
+
+
+_DROP = object()
+
+
+def test_malformed_corpus_every_record_has_one_outcome(bundle: str, tmp_path: Path) -> None:
+    good_lines = _good_lines()
+    good_ids = [json.loads(line)["id"] for line in good_lines]
+    bad = _bad_records(good_lines[0])
+    assert len(bad) >= 15 and len({code for _, code in bad}) == 12  # every code a JSONL line can earn
+    # Interleave bad records between the good ones.
+    lines: List[bytes] = []
+    for i, line in enumerate(good_lines):
+        lines.append(line.encode())
+        lines += [raw for raw, _ in bad[i::len(good_lines)]]
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    out = tmp_path / "out" / "answers"
+
+    outcome = qa_batch.run(["--input", str(path), "--output", str(out), "--model", bundle,
+                            "--max-context-chars", "3000", "--max-question-chars", "300"])
+
+    answers = _read_jsonl(out, rejected=False)
+    rejected = _read_jsonl(out, rejected=True)
+    assert len(lines) == len(answers) + len(rejected)
+    assert sorted(a["id"] for a in answers) == sorted(good_ids)  # every good record answered, once
+    expected = Counter(code for _, code in bad)
+    assert Counter(r["reason_code"] for r in rejected) == expected
+    for r in rejected:
+        assert r["reason"].startswith(r["reason_code"] + ": ") and len(r["reason"]) > len(r["reason_code"]) + 10
+    # Each rejection carries its raw record (invalid UTF-8 shown with backslash escapes).
+    raws = {raw.decode("utf-8", errors="backslashreplace") for raw, _ in bad}
+    assert {r["raw"] for r in rejected} == raws
+    counts = outcome["counters"]
+    assert counts["records_read"] == len(lines) == counts["answered"] + counts["rejected"]
+    assert counts["rejected.duplicate_id"] == 1 and counts["rejected.feature_error"] == 1
+    assert "WARNING" not in qa_batch.summary_line(counts, outcome["seconds"])
+
+
+def _failing_handler(base: Any, fail: set) -> Any:
+    """``base`` that raises for any batch holding one of the windows in ``fail`` ((id, window) pairs)."""
+    from apache_beam.ml.inference.base import ModelHandler
+
+    class Failing(ModelHandler):
+        def load_model(self) -> Any:
+            return base.load_model()
+
+        def run_inference(self, batch: Any, model: Any, inference_args: Any = None) -> Any:
+            hit = [(w.example_id, w.window_index) for w in batch if (w.example_id, w.window_index) in fail]
+            if hit:
+                raise RuntimeError(f"simulated GPU failure on {hit}")
+            return base.run_inference(batch, model, inference_args)
+
+        def batch_elements_kwargs(self) -> Any:
+            return base.batch_elements_kwargs()
+
+    return Failing()
+
+
+def test_inference_failure_is_dead_lettered_once_per_question(bundle: str, tmp_path: Path) -> None:
+    """One window of a two-window question and the only window of another fail: both questions are
+    rejected once as inference_failed (with their raw record), all others answered."""
+    from pipelines.options import QASettings
+    from pipelines.transforms import make_handler
+    from trt_handler.qa_types import QAExample
+    from trt_handler.squad_features import WindowMaker, load_tokenizer
+
+    lines = _good_lines()
+    records = [json.loads(line) for line in lines]
+    maker = WindowMaker(load_tokenizer(bundle))
+    counts = {r["id"]: len(maker.windows(QAExample(r["id"], r["question"], r["context"]))) for r in records}
+    two = next(i for i, n in counts.items() if n == 2)
+    one = next(i for i, n in counts.items() if n == 1)
+    # max batch 1: a failing batch holds exactly the window it names.
+    handler = _failing_handler(make_handler(QASettings(model_dir=bundle, max_batch=1)), {(two, 1), (one, 0)})
+    out = tmp_path / "answers"
+    outcome = qa_batch.run(["--input", str(SAMPLE), "--output", str(out), "--model", bundle, "--max-batch", "1"],
+                           handler=handler)
+    answers = _read_jsonl(out, rejected=False)
+    rejected = _read_jsonl(out, rejected=True)
+    assert sorted(a["id"] for a in answers) == sorted(set(counts) - {one, two})
+    assert sorted((r["id"], r["reason_code"], r["stage"]) for r in rejected) == sorted(
+        [(one, "inference_failed", "inference"), (two, "inference_failed", "inference")])
+    assert all("simulated GPU failure" in r["reason"] for r in rejected)
+    assert {r["raw"] for r in rejected} == {line for line, rec in zip(lines, records) if rec["id"] in (one, two)}
+    assert outcome["counters"]["records_read"] == len(lines)

@@ -1,0 +1,214 @@
+"""trt_handler.records: every kind of bad record gets its reason code; good ones parse exactly."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from trt_handler.qa_types import Answer, QAExample, Rejection, Window, WindowLogits
+from trt_handler.records import (
+    ANSWER_BQ_SCHEMA,
+    REASON_CODES,
+    REJECTED_BQ_SCHEMA,
+    RecordLimits,
+    answer_row,
+    assemble_answer,
+    duplicate_rejections,
+    parse_record,
+    reason_code,
+    reject,
+    rejection_row,
+    split_squad_document,
+)
+
+GOOD = {"id": "q1", "question": "Who?", "context": "Ada wrote it.", "answers": ["Ada"], "is_impossible": False}
+
+
+def _line(**changes: object) -> str:
+    record = dict(GOOD)
+    for k, v in changes.items():
+        if v is _DROP:
+            record.pop(k)
+        else:
+            record[k] = v
+    return json.dumps(record)
+
+
+_DROP = object()
+
+
+def test_good_record_parses_exactly() -> None:
+    ex = parse_record(_line(title="ignored"))
+    assert ex == QAExample("q1", "Who?", "Ada wrote it.", ("Ada",), False)
+
+
+def test_bytes_bom_int_id_and_answer_forms() -> None:
+    raw = ("\ufeff" + _line(id=7, answers=[{"text": "Ada", "answer_start": 0}])).encode()
+    ex = parse_record(raw)
+    assert isinstance(ex, QAExample) and ex.id == "7" and ex.answers == ("Ada",)
+    hf = parse_record(_line(answers={"text": ["Ada", "Ada wrote"], "answer_start": [0, 0]}))
+    assert isinstance(hf, QAExample) and hf.answers == ("Ada", "Ada wrote")
+
+
+def test_is_impossible_follows_squad_data_when_absent() -> None:
+    no_gold = parse_record(_line(answers=_DROP, is_impossible=_DROP))
+    empty_gold = parse_record(_line(answers=[], is_impossible=_DROP))
+    assert isinstance(no_gold, QAExample) and no_gold.is_impossible is None
+    assert isinstance(empty_gold, QAExample) and empty_gold.is_impossible is True
+
+
+def test_whitespace_is_kept_in_question_and_context() -> None:
+    ex = parse_record(_line(question="  Who? ", context=" Ada wrote it.\n"))
+    assert isinstance(ex, QAExample) and ex.question == "  Who? " and ex.context == " Ada wrote it.\n"
+
+
+BAD = [
+    (b"\xff\xfe{}", "invalid_encoding"),
+    ("", "empty_record"),
+    ("   \t", "empty_record"),
+    ('{"id": "q1", "question": ', "invalid_json"),
+    ("{'id': 'q1'}", "invalid_json"),
+    ("[1, 2]", "not_an_object"),
+    ("null", "not_an_object"),
+    ('"just a string"', "not_an_object"),
+    (_line(id=_DROP), "missing_field"),
+    (_line(question=None), "missing_field"),
+    (_line(context=_DROP), "missing_field"),
+    (_line(id=["q1"]), "wrong_type"),
+    (_line(id=True), "wrong_type"),
+    (_line(question=42), "wrong_type"),
+    (_line(context={"text": "x"}), "wrong_type"),
+    (_line(id=""), "empty_field"),
+    (_line(question="   "), "empty_field"),
+    (_line(context="\n\t"), "empty_field"),
+    (_line(answers="Ada"), "bad_answers"),
+    (_line(answers=["Ada", 3]), "bad_answers"),
+    (_line(answers=[{"answer_start": 0}]), "bad_answers"),
+    (_line(is_impossible="no"), "bad_is_impossible"),
+]
+
+
+@pytest.mark.parametrize("raw, code", BAD)
+def test_bad_record_is_rejected_with_its_code(raw: object, code: str) -> None:
+    out = parse_record(raw)  # type: ignore[arg-type]
+    assert isinstance(out, Rejection), out
+    assert reason_code(out) == code
+    assert out.reason.startswith(f"{code}: ") and len(out.reason) > len(code) + 5  # a sentence follows
+    expected_raw = raw.decode("utf-8", errors="backslashreplace") if isinstance(raw, bytes) else raw
+    assert out.raw == expected_raw
+
+
+def test_limits_reject_oversized_fields_and_can_be_disabled() -> None:
+    limits = RecordLimits(max_context_chars=13, max_question_chars=4, max_id_chars=2)
+    for field, value in (("context", "x" * 14), ("question", "abcde"), ("id", "abc")):
+        out = parse_record(_line(**{field: value}), limits)
+        assert isinstance(out, Rejection) and reason_code(out) == "too_long" and repr(field) in out.reason
+    at_limit = parse_record(_line(context="x" * 13, question="abcd", id="ab"), limits)
+    assert isinstance(at_limit, QAExample)
+    unlimited = RecordLimits(max_context_chars=None)
+    assert isinstance(parse_record(_line(context="x" * 200_000), unlimited), QAExample)
+    with pytest.raises(ValueError, match="max_context_chars"):
+        RecordLimits(max_context_chars=0)
+
+
+def test_reject_refuses_unknown_codes() -> None:
+    with pytest.raises(ValueError, match="unknown rejection code"):
+        reject("oops", "x", "raw")
+    assert set(REASON_CODES) >= {"duplicate_id", "inference_failed", "incomplete_windows", "feature_error"}
+
+
+SQUAD = {
+    "version": "v2.0",
+    "data": [
+        {"title": "T", "paragraphs": [
+            {"context": "Ada wrote it.", "qas": [
+                {"id": "a", "question": "Who?", "answers": [{"text": "Ada", "answer_start": 0}], "is_impossible": False},
+                {"id": "b", "question": "Why?", "answers": [], "plausible_answers": [], "is_impossible": True},
+            ]},
+            {"qas": [{"id": "c", "question": "Where?", "answers": []}]},  # no context
+            "not a paragraph",
+        ]},
+        {"title": "no paragraphs"},
+    ],
+}
+
+
+def test_split_squad_document_yields_self_contained_records() -> None:
+    items = list(split_squad_document(json.dumps(SQUAD).encode(), "dev.json"))
+    records = [i for i in items if isinstance(i, str)]
+    rejections = [i for i in items if isinstance(i, Rejection)]
+    parsed = [parse_record(r) for r in records]
+    assert parsed[0] == QAExample("a", "Who?", "Ada wrote it.", ("Ada",), False)
+    assert parsed[1] == QAExample("b", "Why?", "Ada wrote it.", (), True)
+    assert isinstance(parsed[2], Rejection) and reason_code(parsed[2]) == "missing_field" and "'context'" in parsed[2].reason
+    assert json.loads(records[0])["title"] == "T"
+    assert sorted(reason_code(r) for r in rejections) == ["invalid_squad_document"] * 2
+    assert all("dev.json" in r.reason for r in rejections)
+
+
+@pytest.mark.parametrize("doc, code", [(b"{not json", "invalid_json"), (b'{"version": 1}', "invalid_squad_document"),
+                                       (b"[]", "invalid_squad_document"), (b"\xff", "invalid_encoding")])
+def test_split_squad_document_rejects_a_broken_document_once(doc: bytes, code: str) -> None:
+    items = list(split_squad_document(doc))
+    assert len(items) == 1 and isinstance(items[0], Rejection) and reason_code(items[0]) == code
+
+
+def test_duplicates_keep_one_deterministically() -> None:
+    keep, rejected = duplicate_rejections("q1", ["b", "a", "c"])
+    assert keep == "a"
+    assert [r.raw for r in rejected] == ["b", "c"]
+    assert all(reason_code(r) == "duplicate_id" and r.example_id == "q1" for r in rejected)
+    assert duplicate_rejections("q1", ["b", "a"])[0] == duplicate_rejections("q1", ["a", "b"])[0]
+
+
+def _window(i: int, n: int, ex: QAExample) -> Window:
+    """A window over the whole context of ``ex`` ([CLS] q [SEP] 3 context tokens [SEP])."""
+    offsets = np.array([[-1, -1], [-1, -1], [-1, -1], [0, 3], [4, 9], [10, 13], [-1, -1]], dtype=np.int32)
+    is_ctx = np.array([0, 0, 0, 1, 1, 1, 0], dtype=bool)
+    return Window(ex.id, i, n, np.arange(7, dtype=np.int32), is_ctx.astype(np.int32), offsets, is_ctx, is_ctx.copy())
+
+
+def _logits(best: int) -> WindowLogits:
+    s = np.full(7, -5.0, dtype=np.float32)
+    s[best] = 5.0
+    return WindowLogits(s, s.copy())
+
+
+def test_assemble_answer_needs_every_window_and_no_failure() -> None:
+    ex = QAExample("q1", "Who?", "Ada wrote it.")
+    w0, w1 = _window(0, 2, ex), _window(1, 2, ex)
+    full = assemble_answer(ex, "raw", 2, [(w1, _logits(4)), (w0, _logits(3)), (w0, _logits(3))], [])
+    assert isinstance(full, Answer) and full.id == "q1" and full.text in {"Ada", "wrote"}
+    missing = assemble_answer(ex, "raw", 2, [(w0, _logits(3))], [])
+    assert isinstance(missing, Rejection) and reason_code(missing) == "incomplete_windows" and "[1]" in missing.reason
+    assert missing.raw == "raw" and missing.example_id == "q1"
+    failed = assemble_answer(ex, "raw", 2, [(w0, _logits(3)), (w1, _logits(4))], ["RuntimeError('gpu fell over')"])
+    assert isinstance(failed, Rejection) and reason_code(failed) == "inference_failed" and "gpu fell over" in failed.reason
+
+
+def test_assemble_answer_turns_an_extraction_error_into_a_rejection() -> None:
+    ex = QAExample("q1", "Who?", "Ada wrote it.")
+    w0 = _window(0, 1, ex)
+    short = WindowLogits(np.zeros(3, np.float32), np.zeros(3, np.float32))  # wrong length: extract_answer raises
+    out = assemble_answer(ex, "raw", 1, [(w0, short)], [])
+    assert isinstance(out, Rejection) and reason_code(out) == "answer_error"
+
+
+def _schema_names(schema: dict) -> list:
+    return [f["name"] for f in schema["fields"]]
+
+
+def test_rows_match_their_bigquery_schemas_and_are_json() -> None:
+    a = Answer("q1", "", float("-inf"), 1.5, 0.25, -1, -1, 0, best_span_text="Ada")
+    row = answer_row(a)
+    assert list(row) == _schema_names(ANSWER_BQ_SCHEMA)
+    assert row["is_no_answer"] is True and row["score"] is None and row["no_answer_score"] == 1.5
+    json.dumps(row, allow_nan=False)
+    r = reject("invalid_json", "the record is not valid JSON", "{x")
+    rrow = rejection_row(r)
+    assert list(rrow) == _schema_names(REJECTED_BQ_SCHEMA)
+    assert rrow["reason_code"] == "invalid_json" and rrow["raw"] == "{x" and rrow["stage"] == "parse"
+    required = {f["name"] for f in ANSWER_BQ_SCHEMA["fields"] if f["mode"] == "REQUIRED"}
+    assert all(row[k] is not None for k in required)

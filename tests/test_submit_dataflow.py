@@ -1,0 +1,128 @@
+"""pipelines.submit_dataflow --dry-run: the printed command carries every Dataflow GPU option."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+
+from pipelines import submit_dataflow
+
+REPO = Path(__file__).resolve().parents[1]
+
+ARGS = [
+    "--project", "my-proj", "--region", "us-central1", "--bucket", "my-bucket",
+    "--image", "us-docker.pkg.dev/my-proj/repo/trt-bert-qa:0.1.0",
+    "--engine", "gs://my-bucket/engines/minilm-t4.engine", "--model", "gs://my-bucket/models/minilm",
+    "--input", "gs://my-bucket/data/dev.json", "--output", "gs://my-bucket/out/answers",
+]
+
+
+def _dry_run(extra: List[str]) -> List[str]:
+    """Run the module as `make submit-dataflow DRY_RUN=1` does and parse the printed command."""
+    proc = subprocess.run([sys.executable, "-m", "pipelines.submit_dataflow", *ARGS, *extra, "--dry-run"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, proc.stdout
+    return shlex.split(lines[0])
+
+
+def _options(cmd: List[str]) -> Dict[str, List[str]]:
+    """--flag value pairs of the pipeline command (a flag may repeat, e.g. --experiments)."""
+    out: Dict[str, List[str]] = {}
+    i = cmd.index("pipelines.qa_batch") + 1
+    while i < len(cmd):
+        flag = cmd[i]
+        assert flag.startswith("--"), f"unexpected token {flag!r} in {cmd}"
+        if i + 1 < len(cmd) and not cmd[i + 1].startswith("--"):
+            out.setdefault(flag, []).append(cmd[i + 1])
+            i += 2
+        else:
+            out.setdefault(flag, []).append("")
+            i += 1
+    return out
+
+
+def test_t4_dry_run_command() -> None:
+    cmd = _dry_run(["--gpu", "T4", "--job-name", "qa-test"])
+    assert cmd[1:3] == ["-m", "pipelines.qa_batch"]
+    o = _options(cmd)
+    assert o["--runner"] == ["DataflowRunner"]
+    assert o["--project"] == ["my-proj"] and o["--region"] == ["us-central1"] and o["--job_name"] == ["qa-test"]
+    assert o["--backend"] == ["tensorrt"] and o["--engine"] == ["gs://my-bucket/engines/minilm-t4.engine"]
+    assert o["--model"] == ["gs://my-bucket/models/minilm"]
+    assert o["--input"] == ["gs://my-bucket/data/dev.json"] and o["--output"] == ["gs://my-bucket/out/answers"]
+    assert o["--temp_location"] == ["gs://my-bucket/tmp"] and o["--staging_location"] == ["gs://my-bucket/staging"]
+    assert o["--sdk_container_image"] == ["us-docker.pkg.dev/my-proj/repo/trt-bert-qa:0.1.0"]
+    assert o["--sdk_location"] == ["container"]
+    assert sorted(o["--experiments"]) == ["no_use_multiple_sdk_containers", "use_runner_v2"]
+    assert o["--dataflow_service_options"] == ["worker_accelerator=type:nvidia-tesla-t4;count:1;install-nvidia-driver"]
+    assert o["--machine_type"] == ["n1-standard-4"]
+    assert o["--number_of_worker_harness_threads"] == ["4"]
+    assert o["--disk_size_gb"] == ["50"]
+
+
+def test_l4_uses_a_g2_machine_and_extra_flags_reach_the_pipeline() -> None:
+    o = _options(_dry_run(["--gpu", "L4", "--gpu-count", "2", "--threads", "8", "--max-workers", "3",
+                           "--max-batch", "128"]))
+    assert o["--dataflow_service_options"] == ["worker_accelerator=type:nvidia-l4;count:2;install-nvidia-driver"]
+    assert o["--machine_type"] == ["g2-standard-4"]
+    assert o["--number_of_worker_harness_threads"] == ["8"]
+    assert o["--max_num_workers"] == ["3"]
+    assert o["--max-batch"] == ["128"]
+
+
+def test_the_printed_command_parses_as_pipeline_and_beam_options() -> None:
+    """The pipeline's own parser accepts the command and hands the Dataflow flags to Beam."""
+    from apache_beam.options.pipeline_options import (
+        DebugOptions,
+        GoogleCloudOptions,
+        PipelineOptions,
+        StandardOptions,
+        WorkerOptions,
+    )
+
+    from pipelines.options import split_argv
+    from pipelines.qa_batch import build_parser
+
+    cmd = _dry_run(["--gpu", "T4"])
+    args, beam_args = split_argv(build_parser(), cmd[3:])
+    assert args.backend == "tensorrt" and args.engine.startswith("gs://")
+    opts = PipelineOptions(beam_args)
+    assert opts.view_as(StandardOptions).runner == "DataflowRunner"
+    gcp = opts.view_as(GoogleCloudOptions)
+    assert gcp.project == "my-proj" and gcp.temp_location == "gs://my-bucket/tmp"
+    assert gcp.dataflow_service_options == ["worker_accelerator=type:nvidia-tesla-t4;count:1;install-nvidia-driver"]
+    worker = opts.view_as(WorkerOptions)
+    assert worker.machine_type == "n1-standard-4"
+    assert worker.sdk_container_image == "us-docker.pkg.dev/my-proj/repo/trt-bert-qa:0.1.0"
+    assert worker.disk_size_gb == 50
+    debug = opts.view_as(DebugOptions)
+    assert debug.number_of_worker_harness_threads == 4
+    assert {"use_runner_v2", "no_use_multiple_sdk_containers"} <= set(debug.experiments)
+
+
+@pytest.mark.parametrize("change, message", [
+    (["--engine", "/local/model.engine"], "--engine must be a gs:// path"),
+    (["--output", "out/answers"], "--output must be a gs:// path"),
+    (["--model", "./cache/onnx/minilm"], "is a local path"),
+    (["--gpu", "L4", "--machine-type", "n1-standard-8"], "L4 GPUs attach only to g2-"),
+    (["--project", ""], "--project is empty"),
+])
+def test_bad_arguments_fail_with_a_sentence(change: List[str], message: str) -> None:
+    args = submit_dataflow.build_parser().parse_args(ARGS + change)
+    with pytest.raises(ValueError, match=message):
+        submit_dataflow.build_command(args)
+
+
+def test_python_mismatch_is_explained() -> None:
+    other = "3.99"
+    msg = submit_dataflow._python_mismatch({"PYTHON_VERSION": other})
+    assert msg is not None and "3.99" in msg and "same minor version" in msg
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert submit_dataflow._python_mismatch({"PYTHON_VERSION": here}) is None

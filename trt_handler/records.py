@@ -1,0 +1,356 @@
+"""Raw input records -> ``QAExample`` or ``Rejection``, and answers/rejections -> output rows.
+
+Pipelines read records they cannot trust (JSONL lines, SQuAD documents, Pub/Sub messages). Every
+record must end as exactly one answer or one rejection that carries the reason and the raw input,
+so a bad line is dead-lettered instead of failing a job that has already answered thousands of
+good ones. This module holds those decisions as plain functions (no Beam), so they are unit tested
+once and shared by the batch pipeline, the streaming pipeline and the notebook.
+
+A rejection reason is ``"<code>: <sentence>"``; the code (see :data:`REASON_CODES`) is what
+summaries count by, the sentence says what was wrong with this record.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+from trt_handler.qa_types import Answer, QAExample, Rejection, Window, WindowLogits
+
+__all__ = [
+    "ANSWER_BQ_SCHEMA",
+    "REASON_CODES",
+    "REJECTED_BQ_SCHEMA",
+    "RecordLimits",
+    "answer_row",
+    "assemble_answer",
+    "duplicate_rejections",
+    "parse_record",
+    "raw_text",
+    "reason_code",
+    "reject",
+    "rejection_row",
+    "split_squad_document",
+]
+
+# Why a record was rejected; the first word of every Rejection.reason.
+REASON_CODES: Tuple[str, ...] = (
+    "invalid_encoding",  # bytes that are not UTF-8
+    "empty_record",  # blank line / empty message
+    "invalid_json",  # not parseable as JSON
+    "not_an_object",  # JSON, but not an object ({...})
+    "invalid_squad_document",  # a SQuAD JSON file whose structure is wrong
+    "missing_field",  # id, question or context absent (or null)
+    "wrong_type",  # a field of the wrong JSON type
+    "empty_field",  # id, question or context empty or whitespace only
+    "too_long",  # id, question or context above its configured limit
+    "bad_answers",  # gold answers not a list of strings / {"text": ...}
+    "bad_is_impossible",  # is_impossible not a boolean
+    "duplicate_id",  # a second record with an id already seen (batch)
+    "feature_error",  # the tokenizer could not make windows (WindowMaker)
+    "inference_failed",  # the model handler raised for a batch holding this question
+    "incomplete_windows",  # not all of the question's windows came back (bounded wait)
+    "answer_error",  # answer extraction raised
+)
+
+
+def reject(code: str, sentence: str, raw: str, *, stage: str = "parse", example_id: Optional[str] = None) -> Rejection:
+    """A Rejection whose reason starts with a known code; unknown codes are a programming error."""
+    if code not in REASON_CODES:
+        raise ValueError(f"unknown rejection code {code!r}; add it to REASON_CODES with a comment saying when it applies")
+    return Rejection(reason=f"{code}: {sentence}", raw=raw, stage=stage, example_id=example_id)
+
+
+def reason_code(rejection: Rejection) -> str:
+    """The code part of a rejection's reason (what summaries group by)."""
+    return rejection.reason.split(":", 1)[0].strip()
+
+
+@dataclass(frozen=True)
+class RecordLimits:
+    """Sizes above which a record is rejected instead of tokenized.
+
+    A context of megabytes would be cut into thousands of windows and hold a worker for minutes;
+    the limit turns that into a dead-letter record someone can look at. ``None`` disables a limit.
+    """
+
+    max_context_chars: Optional[int] = 100_000
+    max_question_chars: Optional[int] = 4_000
+    max_id_chars: Optional[int] = 512
+
+    def __post_init__(self) -> None:
+        for name in ("max_context_chars", "max_question_chars", "max_id_chars"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+
+
+RawRecord = Union[str, bytes]
+
+
+def _decode(raw: RawRecord) -> Tuple[Optional[str], Optional[Rejection]]:
+    if isinstance(raw, bytes):
+        try:
+            return raw.decode("utf-8-sig"), None
+        except UnicodeDecodeError as exc:
+            text = raw.decode("utf-8", errors="backslashreplace")
+            return None, reject("invalid_encoding", f"the record is not UTF-8 ({exc.reason} at byte {exc.start})", text)
+    if isinstance(raw, str):
+        # A byte-order mark at the start of a file ends up on its first line; JSON refuses it.
+        return raw[1:] if raw.startswith("\ufeff") else raw, None
+    raise TypeError(f"a raw record is str or bytes, got {type(raw).__name__}")
+
+
+def raw_text(raw: RawRecord) -> str:
+    """The record as text for a dead-letter row or a later rejection; never raises."""
+    if isinstance(raw, bytes):
+        return raw.decode("utf-8-sig", errors="backslashreplace")
+    return str(raw)
+
+
+def _text_field(obj: Mapping[str, Any], name: str, raw: str, limit: Optional[int], eid: Optional[str]) -> Union[str, Rejection]:
+    if name not in obj or obj[name] is None:
+        return reject("missing_field", f"the record has no {name!r}", raw, example_id=eid)
+    value = obj[name]
+    if not isinstance(value, str):
+        return reject("wrong_type", f"{name!r} must be a string, got {type(value).__name__}", raw, example_id=eid)
+    if not value.strip():
+        return reject("empty_field", f"{name!r} is empty or whitespace only", raw, example_id=eid)
+    if limit is not None and len(value) > limit:
+        return reject("too_long", f"{name!r} has {len(value)} characters, more than the limit {limit}", raw, example_id=eid)
+    return value
+
+
+def _record_id(obj: Mapping[str, Any], raw: str, limits: RecordLimits) -> Union[str, Rejection]:
+    value = obj.get("id")
+    # SQuAD ids are strings; integer ids are common in hand-made JSONL and are unambiguous.
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    return _text_field({"id": value}, "id", raw, limits.max_id_chars, None)
+
+
+def _gold_answers(obj: Mapping[str, Any], raw: str, eid: str) -> Union[Tuple[str, ...], Rejection]:
+    """Gold texts: a list of strings or {"text": ...} objects, or the datasets form {"text": [...]}
+    (the forms squad_data.read_jsonl accepts)."""
+    answers = obj.get("answers")
+    if answers is None:
+        return ()
+    if isinstance(answers, dict) and "text" in answers:
+        answers = answers["text"]
+    if not isinstance(answers, list):
+        return reject("bad_answers", f"'answers' must be a list, got {type(answers).__name__}", raw, example_id=eid)
+    out: List[str] = []
+    for i, a in enumerate(answers):
+        text = a.get("text") if isinstance(a, dict) else a
+        if not isinstance(text, str):
+            return reject(
+                "bad_answers", f"answer {i} must be a string or an object with a 'text' string, got {a!r:.80}",
+                raw, example_id=eid,
+            )
+        out.append(text)
+    return tuple(out)
+
+
+def parse_record(raw: RawRecord, limits: RecordLimits = RecordLimits()) -> Union[QAExample, Rejection]:
+    """One JSON object ``{id, question, context[, answers, is_impossible]}`` -> QAExample or Rejection.
+
+    ``answers`` may be strings or SQuAD-style ``{"text": ...}`` objects; other keys (``title``)
+    are ignored. The example keeps question and context exactly as given (answers are character
+    slices of the context, so nothing is stripped).
+    """
+    text, rejection = _decode(raw)
+    if rejection is not None:
+        return rejection
+    assert text is not None
+    if not text.strip():
+        return reject("empty_record", "the record is empty or whitespace only", text)
+    try:
+        obj = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        return reject("invalid_json", f"the record is not valid JSON ({exc})", text)
+    if not isinstance(obj, dict):
+        return reject("not_an_object", f"the record is a JSON {type(obj).__name__}, not an object", text)
+    eid = _record_id(obj, text, limits)
+    if isinstance(eid, Rejection):
+        return eid
+    question = _text_field(obj, "question", text, limits.max_question_chars, eid)
+    if isinstance(question, Rejection):
+        return question
+    context = _text_field(obj, "context", text, limits.max_context_chars, eid)
+    if isinstance(context, Rejection):
+        return context
+    answers = _gold_answers(obj, text, eid)
+    if isinstance(answers, Rejection):
+        return answers
+    impossible = obj.get("is_impossible")
+    if impossible is not None and not isinstance(impossible, bool):
+        return reject("bad_is_impossible", f"'is_impossible' must be true or false, got {impossible!r:.40}", text, example_id=eid)
+    if impossible is None and obj.get("answers") is not None:
+        impossible = not answers  # as squad_data does: gold answers given but empty = unanswerable
+    return QAExample(id=eid, question=question, context=context, answers=answers, is_impossible=impossible)
+
+
+def split_squad_document(raw: RawRecord, source: str = "") -> Iterator[Union[str, Rejection]]:
+    """Yield one JSON record per question of a SQuAD v1.1/v2.0 document, in the JSONL layout.
+
+    Each record is self-contained (``id, question, context, answers, is_impossible, title``), so
+    a rejected one can be fixed and replayed as a JSONL line. Structure errors above the question
+    level (no ``data`` list, a paragraph that is not an object) become one Rejection each; a
+    question whose paragraph lacks a context still yields a record, which ``parse_record`` rejects
+    with the exact field.
+    """
+    where = f" ({source})" if source else ""
+    # A rejection of the whole document keeps its first 10,000 characters, not megabytes, as raw.
+    text, rejection = _decode(raw)
+    if rejection is not None:
+        yield rejection
+        return
+    assert text is not None
+    try:
+        doc = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        yield reject("invalid_json", f"the SQuAD document{where} is not valid JSON ({exc})", text[:10_000])
+        return
+    data = doc.get("data") if isinstance(doc, dict) else None
+    if not isinstance(data, list):
+        yield reject("invalid_squad_document", f"the SQuAD document{where} has no 'data' list", text[:10_000])
+        return
+    for a, article in enumerate(data):
+        paragraphs = article.get("paragraphs") if isinstance(article, dict) else None
+        if not isinstance(paragraphs, list):
+            yield reject("invalid_squad_document", f"article {a}{where} has no 'paragraphs' list", _dump(article))
+            continue
+        title = article.get("title")
+        for p, paragraph in enumerate(paragraphs):
+            qas = paragraph.get("qas") if isinstance(paragraph, dict) else None
+            if not isinstance(qas, list):
+                yield reject("invalid_squad_document", f"paragraph {p} of article {a}{where} has no 'qas' list", _dump(paragraph))
+                continue
+            for qa in qas:
+                if not isinstance(qa, dict):
+                    yield _dump(qa)  # parse_record says what it is
+                    continue
+                record: Dict[str, Any] = {k: qa[k] for k in ("id", "question", "answers", "is_impossible") if k in qa}
+                record["context"] = paragraph.get("context")
+                if title is not None:
+                    record["title"] = title
+                yield _dump(record)
+
+
+def _dump(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False)
+
+
+def duplicate_rejections(example_id: str, raws: Sequence[str]) -> Tuple[str, List[Rejection]]:
+    """For records sharing one id: the one to answer and a rejection for each other one.
+
+    Records are ordered by their raw text so the choice does not depend on how a runner happened to
+    order them; outputs keyed by id stay unique.
+    """
+    if not raws:
+        raise ValueError(f"no records for id {example_id!r}")
+    ordered = sorted(raws)
+    rejections = [
+        reject("duplicate_id", f"id {example_id!r} appears {len(ordered)} times; one of them is answered",
+               r, stage="dedupe", example_id=example_id)
+        for r in ordered[1:]
+    ]
+    return ordered[0], rejections
+
+
+def assemble_answer(
+    example: QAExample,
+    raw: str,
+    num_windows: int,
+    results: Sequence[Tuple[Window, WindowLogits]],
+    failures: Sequence[str],
+    answer_config: Any = None,
+) -> Union[Answer, Rejection]:
+    """Answer a question from all its window results, or say why it cannot be answered.
+
+    ``results`` may come in any order and may repeat a window (a retried bundle); ``failures`` are
+    inference errors for batches that held one of its windows. Only a question with every window
+    ``0 .. num_windows-1`` present and no failure is answered.
+    """
+    from trt_handler.squad_answers import AnswerConfig, extract_answer
+
+    if failures:
+        return reject("inference_failed", f"inference failed for a batch holding this question: {failures[0]}",
+                      raw, stage="inference", example_id=example.id)
+    by_index: Dict[int, Tuple[Window, WindowLogits]] = {}
+    for window, logits in results:
+        by_index.setdefault(window.window_index, (window, logits))
+    missing = sorted(set(range(num_windows)) - set(by_index))
+    if missing:
+        return reject("incomplete_windows", f"{len(by_index)} of {num_windows} windows came back (missing {missing[:10]})",
+                      raw, stage="regroup", example_id=example.id)
+    ordered = [by_index[i] for i in range(num_windows)]
+    try:
+        return extract_answer(example, [w for w, _ in ordered], [lg for _, lg in ordered], answer_config or AnswerConfig())
+    except Exception as exc:  # noqa: BLE001 - any failure of one question is that question's dead letter
+        return reject("answer_error", f"answer extraction failed: {type(exc).__name__}: {exc}",
+                      raw, stage="answer", example_id=example.id)
+
+
+def _finite(x: float) -> Optional[float]:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+# BigQuery table schemas, in the dict form WriteToBigQuery takes; rows come from the functions below.
+ANSWER_BQ_SCHEMA: Dict[str, List[Dict[str, str]]] = {
+    "fields": [
+        {"name": "id", "type": "STRING", "mode": "REQUIRED"},
+        {"name": "answer", "type": "STRING", "mode": "REQUIRED"},
+        {"name": "is_no_answer", "type": "BOOLEAN", "mode": "REQUIRED"},
+        {"name": "score", "type": "FLOAT", "mode": "NULLABLE"},
+        {"name": "no_answer_score", "type": "FLOAT", "mode": "NULLABLE"},
+        {"name": "probability", "type": "FLOAT", "mode": "NULLABLE"},
+        {"name": "start_char", "type": "INTEGER", "mode": "REQUIRED"},
+        {"name": "end_char", "type": "INTEGER", "mode": "REQUIRED"},
+        {"name": "window_index", "type": "INTEGER", "mode": "REQUIRED"},
+        {"name": "best_span", "type": "STRING", "mode": "NULLABLE"},
+    ]
+}
+
+REJECTED_BQ_SCHEMA: Dict[str, List[Dict[str, str]]] = {
+    "fields": [
+        {"name": "reason_code", "type": "STRING", "mode": "REQUIRED"},
+        {"name": "reason", "type": "STRING", "mode": "REQUIRED"},
+        {"name": "stage", "type": "STRING", "mode": "REQUIRED"},
+        {"name": "id", "type": "STRING", "mode": "NULLABLE"},
+        {"name": "raw", "type": "STRING", "mode": "REQUIRED"},
+    ]
+}
+
+
+def answer_row(answer: Answer) -> Dict[str, Any]:
+    """One output line / BigQuery row for an answer (fields of :data:`ANSWER_BQ_SCHEMA`).
+
+    Non-finite scores (no candidate span at all) become null: JSON and BigQuery have no inf.
+    """
+    return {
+        "id": answer.id,
+        "answer": answer.text,
+        "is_no_answer": answer.is_no_answer,
+        "score": _finite(answer.score),
+        "no_answer_score": _finite(answer.null_score),
+        "probability": _finite(answer.probability),
+        "start_char": int(answer.start_char),
+        "end_char": int(answer.end_char),
+        "window_index": int(answer.window_index),
+        "best_span": answer.best_span_text,
+    }
+
+
+def rejection_row(rejection: Rejection) -> Dict[str, Any]:
+    """One dead-letter line / BigQuery row (fields of :data:`REJECTED_BQ_SCHEMA`)."""
+    return {
+        "reason_code": reason_code(rejection),
+        "reason": rejection.reason,
+        "stage": rejection.stage,
+        "id": rejection.example_id,
+        "raw": rejection.raw,
+    }
