@@ -18,7 +18,7 @@ VOCAB ?= ../shared/vocab/bert-base-uncased-vocab.txt
 TARGETS ?=
 EXTRA_ARGS ?=
 
-.PHONY: help install test test-gpu lint typecheck run eval eval-inprocess onnx engine engine-bert-large \
+.PHONY: help install test test-slow test-gpu lint typecheck run eval eval-inprocess onnx engine engine-bert-large \
         gpu-check submit-dataflow container container-push bench notebook clean
 
 help:
@@ -34,6 +34,10 @@ install:
 ## test             unit, integration and CPU engine-build tests (GPU tests are skipped with the reason)
 test:
 	$(PY) -m pytest -q -ra tests
+
+## test-slow        whole-split acceptance runs (B1 accuracy vs the model card; minutes on a CPU)
+test-slow:
+	TRT_QA_SLOW=1 $(PY) -m pytest -q -ra -m slow tests
 
 ## test-gpu         only the tests marked gpu (run on a machine with an NVIDIA GPU)
 test-gpu:
