@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from trt_handler.batching import DEFAULT_BUCKETS, validate_buckets
 from trt_handler.records import RecordLimits
 
-__all__ = ["QASettings", "add_qa_arguments", "settings_from_args"]
+__all__ = [
+    "QASettings",
+    "add_qa_arguments",
+    "new_parser",
+    "resolve_model",
+    "settings_from_args",
+    "settings_or_exit",
+    "split_argv",
+]
 
 BACKENDS = ("onnx", "tensorrt")
 
@@ -96,6 +104,14 @@ def _optional_limit(text: str) -> Optional[int]:
     return None if value == 0 else value
 
 
+def new_parser(prog: str, description: Optional[str]) -> Tuple[argparse.ArgumentParser, Any]:
+    """A pipeline's parser (module docstring as description, kept as written) and its
+    "input / output" group; the caller adds its I/O flags there, then :func:`add_qa_arguments`."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return parser, parser.add_argument_group("input / output")
+
+
 def add_qa_arguments(parser: argparse.ArgumentParser) -> None:
     """Model, feature, answer, batching and record-limit flags (both pipelines)."""
     m = parser.add_argument_group("model")
@@ -136,29 +152,45 @@ def add_qa_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--max-question-chars", type=_optional_limit, default=4_000, help="0 = no limit (default 4000)")
 
 
+# QASettings fields set from the flag of the same name (its argparse dest), unchanged.
+_SAME_NAME_FIELDS = (
+    "backend", "engine", "max_seq_length", "doc_stride", "max_query_length", "n_best", "max_answer_length",
+    "null_threshold", "buckets", "min_batch", "max_batch", "onnx_threads", "engine_cache_dir", "feature_batch",
+)
+
+
 def settings_from_args(args: argparse.Namespace, model_dir: str, **overrides: object) -> QASettings:
-    """QASettings from parsed flags; ``model_dir`` is the resolved bundle (see qa_batch.resolve_model)."""
-    values = dict(
+    """QASettings from parsed flags; ``model_dir`` is the resolved bundle (see :func:`resolve_model`)."""
+    values: Dict[str, Any] = {name: getattr(args, name) for name in _SAME_NAME_FIELDS}
+    values.update(
         model_dir=model_dir,
-        backend=args.backend,
-        engine=args.engine,
-        max_seq_length=args.max_seq_length,
-        doc_stride=args.doc_stride,
-        max_query_length=args.max_query_length,
-        n_best=args.n_best,
-        max_answer_length=args.max_answer_length,
-        null_threshold=args.null_threshold,
         version_2_with_negative=not args.v1,
-        buckets=args.buckets,
-        min_batch=args.min_batch,
-        max_batch=args.max_batch,
-        onnx_threads=args.onnx_threads,
-        engine_cache_dir=args.engine_cache_dir,
-        feature_batch=args.feature_batch,
         limits=RecordLimits(max_context_chars=args.max_context_chars, max_question_chars=args.max_question_chars),
     )
     values.update(overrides)
-    return QASettings(**values)  # type: ignore[arg-type]
+    return QASettings(**values)
+
+
+def resolve_model(model: str, cache_dir: str, backend: str) -> str:
+    """The bundle folder the workers read: gs:// paths as given; a local checkpoint or hub id is
+    exported to ONNX once (cached in ``cache_dir``). The TensorRT backend needs only the tokenizer,
+    so its ``model`` is used as given (a bundle, checkpoint folder or hub id)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    if FileSystems.get_scheme(model) not in (None, "file") or backend == "tensorrt":
+        return model
+    from trt_handler.export import resolve_model_bundle
+
+    return str(resolve_model_bundle(model, cache_dir))
+
+
+def settings_or_exit(parser: argparse.ArgumentParser, args: argparse.Namespace, **overrides: object) -> QASettings:
+    """:func:`resolve_model` then :func:`settings_from_args`; a model that cannot be found or a bad
+    combination of settings is a usage error (``parser.error``: message, exit status 2)."""
+    try:
+        return settings_from_args(args, resolve_model(args.model, args.cache_dir, args.backend), **overrides)
+    except (ValueError, FileNotFoundError) as exc:
+        parser.error(str(exc))
 
 
 def split_argv(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, List[str]]:

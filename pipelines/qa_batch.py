@@ -22,10 +22,18 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.options import QASettings, add_qa_arguments, settings_from_args, split_argv
-from pipelines.transforms import NAMESPACE, AnswerQuestions, ReadRecords
+from pipelines.options import QASettings, add_qa_arguments, new_parser, resolve_model, settings_or_exit, split_argv
+from pipelines.transforms import (
+    NAMESPACE,
+    AnswerQuestions,
+    ReadRecords,
+    answer_json,
+    rejection_json,
+    write_answers_to_bigquery,
+    write_rejections_to_bigquery,
+)
 from trt_handler.qa_types import Answer, QAExample
-from trt_handler.records import ANSWER_BQ_SCHEMA, REJECTED_BQ_SCHEMA, answer_row, rejection_row
+from trt_handler.records import answer_row
 
 LOGGER = logging.getLogger(__name__)
 
@@ -33,9 +41,7 @@ __all__ = ["build_parser", "build_pipeline", "main", "resolve_model", "run"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.qa_batch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    io = parser.add_argument_group("input / output")
+    parser, io = new_parser("python -m pipelines.qa_batch", __doc__)
     io.add_argument("--input", required=True, help="JSONL or SQuAD JSON file (local or gs://, globs allowed)")
     io.add_argument("--input-format", choices=("auto", "jsonl", "squad"), default="auto",
                     help="auto: *.json is SQuAD JSON, anything else JSONL (default auto)")
@@ -50,23 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
                     help="inputs carry gold answers: write OUTPUT-metric.json and print the SQuAD metric as the last line")
     add_qa_arguments(parser)
     return parser
-
-
-def resolve_model(model: str, cache_dir: str, backend: str) -> str:
-    """The bundle folder the workers read: gs:// paths as given; a local checkpoint or hub id is
-    exported to ONNX once (cached in ``cache_dir``). The TensorRT backend needs only the tokenizer,
-    so its ``model`` is used as given (a bundle, checkpoint folder or hub id)."""
-    from apache_beam.io.filesystems import FileSystems
-
-    if FileSystems.get_scheme(model) not in (None, "file") or backend == "tensorrt":
-        return model
-    from trt_handler.export import resolve_model_bundle
-
-    return str(resolve_model_bundle(model, cache_dir))
-
-
-def _json_line(row: Dict[str, Any]) -> str:
-    return json.dumps(row, ensure_ascii=False)
 
 
 def _metric_json(pairs: List[Tuple[QAExample, str, float]]) -> str:
@@ -88,7 +77,7 @@ def _for_metric(pair: Tuple[QAExample, Answer]) -> Tuple[QAExample, str, float]:
 
 def _show_line(pair: Tuple[QAExample, Answer]) -> str:
     ex, a = pair
-    return _json_line({"question": ex.question, **answer_row(a)})
+    return json.dumps({"question": ex.question, **answer_row(a)}, ensure_ascii=False)
 
 
 def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, settings: QASettings, handler: Any = None) -> None:
@@ -97,33 +86,19 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, settings: QASetti
     out = records | "AnswerQuestions" >> AnswerQuestions(settings, handler)
 
     if args.bigquery_table:
-        _ = (
-            out.answers
-            | "AnswerRows" >> beam.Map(lambda pair: answer_row(pair[1]))
-            | "WriteAnswersBQ" >> beam.io.WriteToBigQuery(
-                args.bigquery_table, schema=ANSWER_BQ_SCHEMA,
-                create_disposition=beam.io.BigQueryDisposition.CREATE_IF_NEEDED,
-                write_disposition=beam.io.BigQueryDisposition.WRITE_APPEND)
-        )
+        write_answers_to_bigquery(out.answers, args.bigquery_table)
     else:
         _ = (
             out.answers
-            | "AnswerLines" >> beam.Map(lambda pair: _json_line(answer_row(pair[1])))
+            | "AnswerLines" >> beam.Map(answer_json)
             | "WriteAnswers" >> beam.io.WriteToText(args.output, file_name_suffix=".jsonl")
         )
     if args.bigquery_rejected_table:
-        _ = (
-            out.rejected
-            | "RejectedRows" >> beam.Map(rejection_row)
-            | "WriteRejectedBQ" >> beam.io.WriteToBigQuery(
-                args.bigquery_rejected_table, schema=REJECTED_BQ_SCHEMA,
-                create_disposition=beam.io.BigQueryDisposition.CREATE_IF_NEEDED,
-                write_disposition=beam.io.BigQueryDisposition.WRITE_APPEND)
-        )
+        write_rejections_to_bigquery(out.rejected, args.bigquery_rejected_table)
     else:
         _ = (
             out.rejected
-            | "RejectedLines" >> beam.Map(lambda r: _json_line(rejection_row(r)))
+            | "RejectedLines" >> beam.Map(rejection_json)
             | "WriteRejected" >> beam.io.WriteToText(f"{args.output}-rejected", file_name_suffix=".jsonl")
         )
     if args.eval:
@@ -179,11 +154,7 @@ def run(argv: Optional[Sequence[str]] = None, handler: Any = None) -> Dict[str, 
     args, beam_args = split_argv(parser, argv)
     if args.show < 0:
         parser.error("--show must be 0 or more")
-    try:
-        model_dir = resolve_model(args.model, args.cache_dir, args.backend)
-        settings = settings_from_args(args, model_dir)
-    except (ValueError, FileNotFoundError) as exc:
-        parser.error(str(exc))
+    settings = settings_or_exit(parser, args)
     options = PipelineOptions(beam_args)
     t0 = time.perf_counter()
     p = beam.Pipeline(options=options)

@@ -15,7 +15,6 @@ question is then dead-lettered as ``incomplete_windows``); see docs/dataflow.md 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from typing import Any, Optional, Sequence
@@ -23,18 +22,21 @@ from typing import Any, Optional, Sequence
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines.options import QASettings, add_qa_arguments, settings_from_args, split_argv
-from pipelines.qa_batch import resolve_model
-from pipelines.transforms import AnswerQuestions, QAOutputs
-from trt_handler.records import ANSWER_BQ_SCHEMA, REJECTED_BQ_SCHEMA, answer_row, rejection_row
+from pipelines.options import QASettings, add_qa_arguments, new_parser, settings_or_exit, split_argv
+from pipelines.transforms import (
+    AnswerQuestions,
+    QAOutputs,
+    answer_json,
+    rejection_json,
+    write_answers_to_bigquery,
+    write_rejections_to_bigquery,
+)
 
 __all__ = ["build_parser", "build_pipeline", "main", "answers_to_messages", "rejections_to_messages"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.qa_streaming", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    io = parser.add_argument_group("input / output")
+    parser, io = new_parser("python -m pipelines.qa_streaming", __doc__)
     io.add_argument("--subscription", required=True, help="Pub/Sub subscription to read questions from")
     io.add_argument("--topic", default=None, help="Pub/Sub topic for answers (JSON)")
     io.add_argument("--bigquery-table", default=None, help="BigQuery table for answers (project:dataset.table)")
@@ -50,12 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def answers_to_messages(out: QAOutputs) -> beam.PCollection:
     """Answers as UTF-8 JSON message bodies (one answer_row each)."""
-    return out.answers | "AnswerMessages" >> beam.Map(lambda pair: json.dumps(answer_row(pair[1]), ensure_ascii=False).encode())
+    return out.answers | "AnswerMessages" >> beam.Map(lambda pair: answer_json(pair).encode())
 
 
 def rejections_to_messages(out: QAOutputs) -> beam.PCollection:
     """Dead letters as UTF-8 JSON message bodies (one rejection_row each)."""
-    return out.rejected | "RejectedMessages" >> beam.Map(lambda r: json.dumps(rejection_row(r), ensure_ascii=False).encode())
+    return out.rejected | "RejectedMessages" >> beam.Map(lambda r: rejection_json(r).encode())
 
 
 def build_pipeline(
@@ -70,27 +72,11 @@ def build_pipeline(
     if args.topic:
         _ = answers_to_messages(out) | "PublishAnswers" >> beam.io.WriteToPubSub(args.topic)
     if args.bigquery_table:
-        _ = (
-            out.answers
-            | "AnswerRows" >> beam.Map(lambda pair: answer_row(pair[1]))
-            | "WriteAnswersBQ" >> beam.io.WriteToBigQuery(
-                args.bigquery_table, schema=ANSWER_BQ_SCHEMA,
-                method=beam.io.WriteToBigQuery.Method.STREAMING_INSERTS,
-                create_disposition=beam.io.BigQueryDisposition.CREATE_IF_NEEDED,
-                write_disposition=beam.io.BigQueryDisposition.WRITE_APPEND)
-        )
+        write_answers_to_bigquery(out.answers, args.bigquery_table, streaming=True)
     if args.rejected_topic:
         _ = rejections_to_messages(out) | "PublishRejected" >> beam.io.WriteToPubSub(args.rejected_topic)
     if args.bigquery_rejected_table:
-        _ = (
-            out.rejected
-            | "RejectedRows" >> beam.Map(rejection_row)
-            | "WriteRejectedBQ" >> beam.io.WriteToBigQuery(
-                args.bigquery_rejected_table, schema=REJECTED_BQ_SCHEMA,
-                method=beam.io.WriteToBigQuery.Method.STREAMING_INSERTS,
-                create_disposition=beam.io.BigQueryDisposition.CREATE_IF_NEEDED,
-                write_disposition=beam.io.BigQueryDisposition.WRITE_APPEND)
-        )
+        write_rejections_to_bigquery(out.rejected, args.bigquery_rejected_table, streaming=True)
     return out
 
 
@@ -102,11 +88,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple:
         parser.error("answers need a sink: --topic or --bigquery-table")
     if not (args.rejected_topic or args.bigquery_rejected_table):
         parser.error("dead letters need a sink: --rejected-topic or --bigquery-rejected-table")
-    try:
-        settings = settings_from_args(args, resolve_model(args.model, args.cache_dir, args.backend),
-                                      max_batch_duration_secs=args.max_batch_duration_secs)
-    except (ValueError, FileNotFoundError) as exc:
-        parser.error(str(exc))
+    settings = settings_or_exit(parser, args, max_batch_duration_secs=args.max_batch_duration_secs)
     return args, settings, beam_args
 
 

@@ -18,6 +18,7 @@ QA logic (validation, windows, answers) lives in ``trt_handler``; this module on
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -43,12 +44,16 @@ from apache_beam.utils.timestamp import Timestamp
 from pipelines.options import QASettings
 from trt_handler.qa_types import Answer, QAExample, Rejection
 from trt_handler.records import (
+    ANSWER_BQ_SCHEMA,
+    REJECTED_BQ_SCHEMA,
+    answer_row,
     assemble_answer,
     duplicate_rejections,
     parse_record,
     raw_text,
     reason_code,
     reject,
+    rejection_row,
     split_squad_document,
 )
 
@@ -385,6 +390,18 @@ class RegroupWithTimeout(beam.DoFn):
                 "but the question record did not", "", stage="regroup", example_id=w.example_id))
 
 
+def regroup_with_timeout(
+    answer_config: Any, timeout_secs: float, clock: Callable[[], float] = time.time
+) -> beam.PTransform:
+    """:class:`RegroupWithTimeout` as the transform to apply to tagged ``(key, (tag, value))``
+    elements: outputs ``answers`` (main) and ``REJECTED``."""
+    return (
+        beam.ParDo(RegroupWithTimeout(answer_config, timeout_secs, clock))
+        .with_input_types(Tuple[str, Tuple[str, Any]])
+        .with_outputs(REJECTED, main="answers")
+    )
+
+
 def _tag(tag: str) -> Callable[[Keyed], Keyed]:
     def fn(kv: Keyed) -> Keyed:
         return kv[0], (tag, kv[1])
@@ -481,9 +498,7 @@ class AnswerQuestions(beam.PTransform):
                     failed | "TagFailed" >> beam.Map(_tag("failed")),
                 )
                 | "FlattenForRegroup" >> beam.Flatten()
-                | "Regroup" >> beam.ParDo(RegroupWithTimeout(answer_config, self._timeout, self._clock))
-                .with_input_types(Tuple[str, Tuple[str, Any]])
-                .with_outputs(REJECTED, main="answers")
+                | "Regroup" >> regroup_with_timeout(answer_config, self._timeout, self._clock)
             )
         else:
             regrouped = {"meta": windows[META], "results": results, "failed": failed} | "Regroup" >> RegroupBatch(
@@ -494,3 +509,44 @@ class AnswerQuestions(beam.PTransform):
         answers = regrouped.answers | "CountAnswered" >> beam.Map(_count_answer)
         all_rejected = tuple(rejected) | "AllRejected" >> beam.Flatten() | "CountRejected" >> beam.Map(_count_rejection)
         return QAOutputs(answers, all_rejected)
+
+
+# --------------------------------------------------------------------------------------------
+# sinks (the rows of trt_handler.records, as JSON text or BigQuery rows)
+
+
+def answer_json(pair: Tuple[QAExample, Answer]) -> str:
+    """An answer of ``QAOutputs.answers`` as one JSON line (:func:`~trt_handler.records.answer_row`)."""
+    return json.dumps(answer_row(pair[1]), ensure_ascii=False)
+
+
+def rejection_json(rejection: Rejection) -> str:
+    """A dead letter as one JSON line (:func:`~trt_handler.records.rejection_row`)."""
+    return json.dumps(rejection_row(rejection), ensure_ascii=False)
+
+
+def _bigquery_sink(table: str, schema: Dict[str, Any], streaming: bool) -> beam.PTransform:
+    """WriteToBigQuery creating the table if needed and appending; streaming jobs use streaming inserts."""
+    method = {"method": beam.io.WriteToBigQuery.Method.STREAMING_INSERTS} if streaming else {}
+    return beam.io.WriteToBigQuery(
+        table, schema=schema, **method,
+        create_disposition=beam.io.BigQueryDisposition.CREATE_IF_NEEDED,
+        write_disposition=beam.io.BigQueryDisposition.WRITE_APPEND)
+
+
+def write_answers_to_bigquery(answers: pvalue.PCollection, table: str, *, streaming: bool = False) -> Any:
+    """``QAOutputs.answers`` -> rows of :data:`~trt_handler.records.ANSWER_BQ_SCHEMA` in ``table``."""
+    return (
+        answers
+        | "AnswerRows" >> beam.Map(lambda pair: answer_row(pair[1]))
+        | "WriteAnswersBQ" >> _bigquery_sink(table, ANSWER_BQ_SCHEMA, streaming)
+    )
+
+
+def write_rejections_to_bigquery(rejected: pvalue.PCollection, table: str, *, streaming: bool = False) -> Any:
+    """``QAOutputs.rejected`` -> rows of :data:`~trt_handler.records.REJECTED_BQ_SCHEMA` in ``table``."""
+    return (
+        rejected
+        | "RejectedRows" >> beam.Map(rejection_row)
+        | "WriteRejectedBQ" >> _bigquery_sink(table, REJECTED_BQ_SCHEMA, streaming)
+    )

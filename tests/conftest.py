@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -35,6 +36,26 @@ def squad_a() -> Path:
 @pytest.fixture(scope="session")
 def squad_b1() -> Path:
     return _need(SQUAD_B1)
+
+
+@pytest.fixture(scope="session")
+def b1_examples(squad_b1: Path) -> list:
+    """B1's questions as QAExamples (with gold answers), read with plain json rather than
+    trt_handler.squad_data, so tests of features and answers do not depend on the reader."""
+    from trt_handler.qa_types import QAExample
+
+    doc = json.loads(squad_b1.read_text(encoding="utf-8"))
+    return [QAExample(qa["id"], qa["question"], para["context"],
+                      tuple(a["text"] for a in qa["answers"]), qa.get("is_impossible"))
+            for art in doc["data"] for para in art["paragraphs"] for qa in para["qas"]]
+
+
+@pytest.fixture(scope="session")
+def tokenizer(model_dir: Path):
+    """The shared MiniLM model's fast tokenizer."""
+    from trt_handler.squad_features import load_tokenizer
+
+    return load_tokenizer(model_dir)
 
 
 @pytest.fixture(scope="session")

@@ -17,18 +17,9 @@ import warnings
 import numpy as np
 import pytest
 
+from tests.helpers import GPU_SKIP, needs_gpu, run_threads
 from trt_handler import cuda_runtime as cr
 
-
-def _gpu_skip_reason() -> str | None:
-    """Why GPU tests cannot run here, or None when cuda-python and a GPU are usable."""
-    if importlib.util.find_spec("cuda") is None or importlib.util.find_spec("cuda.bindings") is None:
-        return "cuda-python is not installed"
-    return cr.unavailable_reason()
-
-
-GPU_SKIP = _gpu_skip_reason()
-needs_gpu = pytest.mark.skipif(GPU_SKIP is not None, reason=f"needs a CUDA GPU: {GPU_SKIP}")
 needs_cuda_python = pytest.mark.skipif(
     importlib.util.find_spec("cuda") is None, reason="cuda-python is not installed"
 )
@@ -283,29 +274,19 @@ def test_buffer_set_reuses_its_buffers_for_every_shape() -> None:
 @needs_gpu
 def test_threads_each_with_their_own_buffer_set_and_stream() -> None:
     n_threads, rounds = 8, 40
-    errors: list[BaseException] = []
     start = threading.Barrier(n_threads)
 
     def work(seed: int) -> None:
         rng = np.random.default_rng(seed)
-        try:
-            with cr.BufferSet(_specs((32, 384))) as buffers:
-                pointers = buffers.device_ptr("ids")
-                start.wait(timeout=60)
-                for _ in range(rounds):
-                    shape = (int(rng.integers(1, 33)), int(rng.integers(1, 385)))
-                    data = rng.integers(-(2**31), 2**31 - 1, size=shape, dtype=np.int32)
-                    got = _echo(buffers, data)
-                    if not np.array_equal(got, data):
-                        raise AssertionError(f"thread {seed}: wrong data back for shape {shape}")
-                    assert buffers.device_ptr("ids") == pointers
-        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
-            errors.append(exc)
+        with cr.BufferSet(_specs((32, 384))) as buffers:
+            pointers = buffers.device_ptr("ids")
+            start.wait(timeout=60)
+            for _ in range(rounds):
+                shape = (int(rng.integers(1, 33)), int(rng.integers(1, 385)))
+                data = rng.integers(-(2**31), 2**31 - 1, size=shape, dtype=np.int32)
+                got = _echo(buffers, data)
+                if not np.array_equal(got, data):
+                    raise AssertionError(f"thread {seed}: wrong data back for shape {shape}")
+                assert buffers.device_ptr("ids") == pointers
 
-    threads = [threading.Thread(target=work, args=(seed,)) for seed in range(n_threads)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not any(t.is_alive() for t in threads)
-    assert not errors, errors
+    run_threads(work, n_threads, timeout=120)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.helpers import GPU_SKIP, needs_gpu, run_threads
 from trt_handler import cuda_runtime as cr
 from trt_handler.engine import (
     EngineCompatibilityError,
@@ -31,23 +32,14 @@ from trt_handler.engine import (
     EngineSession,
     ExecutionSlot,
     SlotPool,
-    diagnose_engine_bytes,
     plan_batches,
     read_profiles,
     validate_io,
 )
 from trt_handler.profiles import ProfileSpec, profiles_for_buckets
 from trt_handler.qa_types import INPUT_NAMES, OUTPUT_NAMES, ModelBatch
+from trt_handler.trt_lib import engine_validity
 
-
-def _gpu_skip_reason() -> str | None:
-    if importlib.util.find_spec("cuda") is None or importlib.util.find_spec("cuda.bindings") is None:
-        return "cuda-python is not installed"
-    return cr.unavailable_reason()
-
-
-GPU_SKIP = _gpu_skip_reason()
-needs_gpu = pytest.mark.skipif(GPU_SKIP is not None, reason=f"needs a CUDA GPU: {GPU_SKIP}")
 HAS_RTX = importlib.util.find_spec("tensorrt_rtx") is not None
 needs_rtx = pytest.mark.skipif(not HAS_RTX, reason="tensorrt_rtx is not installed")
 no_gpu_only = pytest.mark.skipif(GPU_SKIP is None, reason="tests the no-GPU message; this machine has a GPU")
@@ -233,25 +225,16 @@ def test_pool_prefills_grows_to_the_cap_and_never_shares_a_slot() -> None:
     pool: SlotPool[tuple[int, int]] = SlotPool(log.factory, log.close, 3, prefill=1, cap=2)
     pool.prefill()
     assert pool.created() == [1, 1, 1]
-    errors: list[BaseException] = []
 
     def work(seed: int) -> None:
         rng = random.Random(seed)
-        try:
-            for _ in range(30):
-                with pool.checkout(rng.randrange(3)) as slot:
-                    log.enter(slot)
-                    time.sleep(0.0005)
-                    log.leave(slot)
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
+        for _ in range(30):
+            with pool.checkout(rng.randrange(3)) as slot:
+                log.enter(slot)
+                time.sleep(0.0005)
+                log.leave(slot)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert not errors, errors
+    run_threads(work, 8, timeout=60)
     assert all(n <= 2 for n in pool.created())
     assert max(log.peak.values()) == 2  # contention made it grow, the cap held
     assert len(log.made) == sum(pool.created())
@@ -382,27 +365,18 @@ def test_session_rejects_malformed_batches() -> None:
 
 def test_session_run_from_many_threads() -> None:
     session, _, _ = _echo_session(contexts_per_profile=1, max_contexts_per_profile=2)
-    errors: list[BaseException] = []
 
     def work(seed: int) -> None:
         rng = random.Random(seed)
-        try:
-            for i in range(20):
-                b, s = rng.randint(1, 100), rng.choice([5, 128, 129, 256, 384])
-                batch = _batch(b, s, seed * 100 + i)
-                start, end = session.run(batch)
-                profile = 0 if s <= 128 else 1 if s <= 256 else 2
-                np.testing.assert_array_equal(start, batch.input_ids + 1000.0 * profile)
-                np.testing.assert_array_equal(end, batch.token_type_ids)
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
+        for i in range(20):
+            b, s = rng.randint(1, 100), rng.choice([5, 128, 129, 256, 384])
+            batch = _batch(b, s, seed * 100 + i)
+            start, end = session.run(batch)
+            profile = 0 if s <= 128 else 1 if s <= 256 else 2
+            np.testing.assert_array_equal(start, batch.input_ids + 1000.0 * profile)
+            np.testing.assert_array_equal(end, batch.token_type_ids)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not errors, errors
+    run_threads(work, 8, timeout=120)
     assert all(1 <= n <= 2 for n in session.contexts_created())
 
 
@@ -447,6 +421,7 @@ def test_missing_tensorrt_is_named() -> None:
         EngineSession(b"\0" * 128, library="tensorrt")
     assert info.value.cause == "no_tensorrt"
     assert "TensorRT is not installed" in str(info.value) and "pip install tensorrt" in str(info.value)
+    assert str(info.value).count("Fix:") == 1  # one fix sentence, not one per layer
 
 
 def test_error_survives_pickling() -> None:
@@ -507,8 +482,8 @@ def test_diagnosis_of_a_truncated_real_engine(rtx_engine: bytes) -> None:
     import tensorrt_rtx as trt
 
     runtime = trt.Runtime(trt.Logger(trt.Logger.ERROR))
-    causes = [c for c, _ in diagnose_engine_bytes(trt, runtime, rtx_engine[:40])]
-    assert causes == ["malformed"]
+    state, findings = engine_validity(trt, runtime, rtx_engine[:40])
+    assert state == "INVALID" and [f.cause for f in findings] == ["malformed"]
     err = _rtx_error(rtx_engine[: len(rtx_engine) // 2])
     assert str(err).startswith(f"cannot load the TensorRT engine ({len(rtx_engine) // 2} bytes) with tensorrt_rtx")
     assert "Fix:" in str(err)
@@ -594,26 +569,17 @@ def test_execution_slot_runs_on_the_gpu_and_reuses_its_buffers() -> None:
 @needs_gpu
 def test_engine_session_on_the_gpu_from_many_threads() -> None:
     engine = FakeEngine(profiles_for_buckets((32, 64, 128), 1, 8, 16), context_factory=CopyContext)
-    errors: list[BaseException] = []
     with EngineSession.from_engine(engine, contexts_per_profile=1, max_contexts_per_profile=3) as session:
         assert session.contexts_created() == [1, 1, 1]
 
         def work(seed: int) -> None:
             rng = random.Random(seed)
-            try:
-                for i in range(25):
-                    b, s = rng.randint(1, 40), rng.randint(1, 128)  # up to 40 rows: split at 16
-                    batch = _batch(b, s, seed * 1000 + i)
-                    start, end = session.run(batch)
-                    if not (np.array_equal(_bits(start), batch.input_ids) and np.array_equal(_bits(end), batch.token_type_ids)):
-                        raise AssertionError(f"thread {seed}: wrong logits for [{b}, {s}]")
-            except BaseException as exc:  # noqa: BLE001
-                errors.append(exc)
+            for i in range(25):
+                b, s = rng.randint(1, 40), rng.randint(1, 128)  # up to 40 rows: split at 16
+                batch = _batch(b, s, seed * 1000 + i)
+                start, end = session.run(batch)
+                if not (np.array_equal(_bits(start), batch.input_ids) and np.array_equal(_bits(end), batch.token_type_ids)):
+                    raise AssertionError(f"thread {seed}: wrong logits for [{b}, {s}]")
 
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=300)
-        assert not errors, errors
+        run_threads(work, 8, timeout=300)
         assert all(1 <= n <= 3 for n in session.contexts_created())

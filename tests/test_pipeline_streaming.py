@@ -13,8 +13,9 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.testing.test_stream import TestStream as _TestStream
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines.transforms import REJECTED, RegroupWithTimeout
-from trt_handler.qa_types import QAExample, Window, WindowLogits
+from pipelines.transforms import REJECTED, RegroupWithTimeout, regroup_with_timeout
+from tests.helpers import ada_window
+from trt_handler.qa_types import QAExample, WindowLogits
 from trt_handler.records import reason_code
 from trt_handler.squad_answers import AnswerConfig
 
@@ -25,13 +26,6 @@ def _streaming_options() -> PipelineOptions:
     options = PipelineOptions([])
     options.view_as(StandardOptions).streaming = True
     return options
-
-
-def _window(ex: QAExample, i: int, n: int) -> Window:
-    """A window holding the whole context 'Ada wrote it.' as three context tokens."""
-    offsets = np.array([[-1, -1], [-1, -1], [-1, -1], [0, 3], [4, 9], [10, 13], [-1, -1]], dtype=np.int32)
-    is_ctx = np.array([0, 0, 0, 1, 1, 1, 0], dtype=bool)
-    return Window(ex.id, i, n, np.arange(7, dtype=np.int32), is_ctx.astype(np.int32), offsets, is_ctx, is_ctx.copy())
 
 
 def _logits() -> WindowLogits:
@@ -48,7 +42,7 @@ def _meta(qid: str, n: int) -> Tuple[str, Tuple[str, Any]]:
 
 
 def _res(qid: str, i: int, n: int) -> Tuple[str, Tuple[str, Any]]:
-    return qid, ("result", (_window(_ex(qid), i, n), _logits()))
+    return qid, ("result", (ada_window(qid, i, n), _logits()))
 
 
 def test_regroup_answers_complete_questions_and_gives_up_on_the_rest() -> None:
@@ -73,13 +67,7 @@ def test_regroup_answers_complete_questions_and_gives_up_on_the_rest() -> None:
     # (The late_results_dropped counter is not asserted: the DirectRunner drops the metrics of
     # bundles that follow a timer firing. Exactly one outcome per question is what matters.)
     with beam.Pipeline(options=_streaming_options()) as p:
-        out = (
-            p
-            | stream
-            | beam.ParDo(RegroupWithTimeout(AnswerConfig(), TIMEOUT, clock=lambda: 0.0))
-            .with_input_types(Tuple[str, Tuple[str, Any]])
-            .with_outputs(REJECTED, main="answers")
-        )
+        out = p | stream | regroup_with_timeout(AnswerConfig(), TIMEOUT, clock=lambda: 0.0)
         answered = out.answers | "Answered" >> beam.Map(lambda pair: (pair[1].id, pair[1].text))
         rejected = out[REJECTED] | "Rejected" >> beam.Map(lambda r: (r.example_id, reason_code(r), r.raw))
         assert_that(answered, equal_to([("A", "Ada"), ("D", "Ada")]), label="answers")
@@ -101,13 +89,7 @@ def test_regroup_waits_while_within_the_timeout() -> None:
         .advance_watermark_to_infinity()
     )
     with beam.Pipeline(options=_streaming_options()) as p:
-        out = (
-            p
-            | stream
-            | beam.ParDo(RegroupWithTimeout(AnswerConfig(), TIMEOUT, clock=lambda: 0.0))
-            .with_input_types(Tuple[str, Tuple[str, Any]])
-            .with_outputs(REJECTED, main="answers")
-        )
+        out = p | stream | regroup_with_timeout(AnswerConfig(), TIMEOUT, clock=lambda: 0.0)
         assert_that(out.answers | "Ids" >> beam.Map(lambda pair: pair[1].id), equal_to(["B"]), label="answers")
         assert_that(out[REJECTED], equal_to([]), label="rejected")
 

@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from trt_handler.qa_types import Answer, QAExample, Rejection, Window, WindowLogits
+from tests.helpers import ada_window
+from trt_handler.qa_types import Answer, QAExample, Rejection, WindowLogits
 from trt_handler.records import (
     ANSWER_BQ_SCHEMA,
     REASON_CODES,
@@ -163,13 +164,6 @@ def test_duplicates_keep_one_deterministically() -> None:
     assert duplicate_rejections("q1", ["b", "a"])[0] == duplicate_rejections("q1", ["a", "b"])[0]
 
 
-def _window(i: int, n: int, ex: QAExample) -> Window:
-    """A window over the whole context of ``ex`` ([CLS] q [SEP] 3 context tokens [SEP])."""
-    offsets = np.array([[-1, -1], [-1, -1], [-1, -1], [0, 3], [4, 9], [10, 13], [-1, -1]], dtype=np.int32)
-    is_ctx = np.array([0, 0, 0, 1, 1, 1, 0], dtype=bool)
-    return Window(ex.id, i, n, np.arange(7, dtype=np.int32), is_ctx.astype(np.int32), offsets, is_ctx, is_ctx.copy())
-
-
 def _logits(best: int) -> WindowLogits:
     s = np.full(7, -5.0, dtype=np.float32)
     s[best] = 5.0
@@ -178,7 +172,7 @@ def _logits(best: int) -> WindowLogits:
 
 def test_assemble_answer_needs_every_window_and_no_failure() -> None:
     ex = QAExample("q1", "Who?", "Ada wrote it.")
-    w0, w1 = _window(0, 2, ex), _window(1, 2, ex)
+    w0, w1 = ada_window(ex.id, 0, 2), ada_window(ex.id, 1, 2)
     full = assemble_answer(ex, "raw", 2, [(w1, _logits(4)), (w0, _logits(3)), (w0, _logits(3))], [])
     assert isinstance(full, Answer) and full.id == "q1" and full.text in {"Ada", "wrote"}
     missing = assemble_answer(ex, "raw", 2, [(w0, _logits(3))], [])
@@ -190,7 +184,7 @@ def test_assemble_answer_needs_every_window_and_no_failure() -> None:
 
 def test_assemble_answer_turns_an_extraction_error_into_a_rejection() -> None:
     ex = QAExample("q1", "Who?", "Ada wrote it.")
-    w0 = _window(0, 1, ex)
+    w0 = ada_window(ex.id, 0, 1)
     short = WindowLogits(np.zeros(3, np.float32), np.zeros(3, np.float32))  # wrong length: extract_answer raises
     out = assemble_answer(ex, "raw", 1, [(w0, short)], [])
     assert isinstance(out, Rejection) and reason_code(out) == "answer_error"

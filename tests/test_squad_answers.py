@@ -3,7 +3,6 @@ and real MiniLM logits checked against a brute-force search over every valid spa
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections.abc import Sequence
@@ -13,7 +12,7 @@ import pytest
 
 from trt_handler.qa_types import QAExample, Window, WindowLogits
 from trt_handler.squad_answers import AnswerConfig, extract_answer
-from trt_handler.squad_features import WindowMaker, load_tokenizer
+from trt_handler.squad_features import WindowMaker
 
 NEG = -20.0  # a logit low enough never to matter
 
@@ -185,21 +184,8 @@ def test_answer_config_validation():
 # --- real windows ---------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def tokenizer(model_dir):
-    return load_tokenizer(model_dir)
-
-
-@pytest.fixture(scope="module")
-def b1(squad_b1) -> list[QAExample]:
-    doc = json.loads(squad_b1.read_text(encoding="utf-8"))
-    return [QAExample(qa["id"], qa["question"], para["context"],
-                      tuple(a["text"] for a in qa["answers"]), qa.get("is_impossible"))
-            for art in doc["data"] for para in art["paragraphs"] for qa in para["qas"]]
-
-
-@pytest.fixture(scope="module")
-def long_example(b1) -> QAExample:
-    contexts = list(dict.fromkeys(ex.context for ex in b1))
+def long_example(b1_examples) -> QAExample:
+    contexts = list(dict.fromkeys(ex.context for ex in b1_examples))
     return QAExample("long", "What is it?", " ".join(contexts[:8]))
 
 
@@ -293,12 +279,12 @@ def run_model(torch, model, windows: Sequence[Window]) -> dict:
     return out
 
 
-def test_real_logits_match_brute_force(model_dir, tokenizer, b1):
+def test_real_logits_match_brute_force(model_dir, tokenizer, b1_examples):
     torch = pytest.importorskip("torch")
     from transformers import BertForQuestionAnswering
 
     maker = WindowMaker(tokenizer)
-    all_windows = maker.windows_many(b1)
+    all_windows = maker.windows_many(b1_examples)
     # 40 questions: the first 2 that need several windows, and the 38 with the shortest windows
     # among the first 1000 (keeps the CPU model run to a few seconds).
     multi = [i for i, ws in enumerate(all_windows) if len(ws) > 1][:2]
@@ -314,7 +300,7 @@ def test_real_logits_match_brute_force(model_dir, tokenizer, b1):
         torch.set_num_threads(threads)
     texts = []
     for i in picked:
-        ex, ws = b1[i], all_windows[i]
+        ex, ws = b1_examples[i], all_windows[i]
         lgs = [logits[(w.example_id, w.window_index)] for w in ws]
         ans = extract_answer(ex, ws, lgs)
         text, score, null = brute_force(ex, ws, lgs)

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from trt_handler.qa_types import QAExample
 from trt_handler.squad_data import (
     DataFormatError,
+    example_from_record,
     load_examples,
     read_jsonl,
     read_squad_json,
@@ -77,6 +79,20 @@ def test_jsonl_answer_forms_and_defaults(tmp_path):
     assert [(e.id, e.answers, e.is_impossible) for e in got] == [
         ("1", (), None), ("s", ("x", "y"), False), ("d", ("x",), False), ("h", ("x",), False),
         ("e", (), True)]
+
+
+def test_example_from_record_is_the_rule_for_one_record():
+    """The per-record rules the readers and trt_handler.records share; errors name the field."""
+    ex = example_from_record({"id": 3, "question": "q", "answers": [], "title": "ignored"}, "ctx")
+    assert ex == QAExample("3", "q", "ctx", (), True)
+    nulls = example_from_record({"id": "a", "question": "q", "context": "c", "answers": None, "is_impossible": None})
+    assert (nulls.answers, nulls.is_impossible) == ((), None)  # a null optional field is an absent one
+    with pytest.raises(DataFormatError, match=r"^missing field 'question'$") as info:
+        example_from_record({"id": "a", "context": "c"})
+    assert (info.value.field, info.value.missing) == ("question", True)
+    with pytest.raises(DataFormatError, match=r"^qas\[0\]: answer 1 should be a string") as info:
+        example_from_record({"id": "a", "question": "q", "answers": ["x", 3]}, "c", where="qas[0]")
+    assert (info.value.field, info.value.missing) == ("answers", False)
 
 
 def test_jsonl_keeps_unicode_line_separators_inside_strings(tmp_path):

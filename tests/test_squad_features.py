@@ -8,7 +8,6 @@ max-context flag a direct transcription of BERT's ``_check_is_max_context`` loop
 from __future__ import annotations
 
 import itertools
-import json
 
 import numpy as np
 import pytest
@@ -23,21 +22,8 @@ from trt_handler.squad_features import (
 
 
 @pytest.fixture(scope="module")
-def tokenizer(model_dir):
-    return load_tokenizer(model_dir)
-
-
-@pytest.fixture(scope="module")
 def maker(tokenizer):
     return WindowMaker(tokenizer)
-
-
-@pytest.fixture(scope="module")
-def b1_examples(squad_b1) -> list[QAExample]:
-    # Read with plain json (not squad_data) so this file tests features alone.
-    doc = json.loads(squad_b1.read_text(encoding="utf-8"))
-    return [QAExample(qa["id"], qa["question"], para["context"])
-            for art in doc["data"] for para in art["paragraphs"] for qa in para["qas"]]
 
 
 def truncate_questions(tokenizer, questions: list[str], max_query_length: int) -> list[str]:

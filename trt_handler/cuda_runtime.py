@@ -273,27 +273,18 @@ class OwnedResource:
                 self.close()
 
 
-def _positive_nbytes(nbytes: int) -> int:
-    n = int(nbytes)
-    if n <= 0:
-        raise ValueError(f"buffer size must be a positive number of bytes, got {nbytes}")
-    return n
+class _Memory(OwnedResource):
+    """``nbytes`` of CUDA-allocated memory at address ``ptr``; subclasses allocate and free it."""
 
+    _nbytes: int
+    _ptr: int
 
-class PinnedBuffer(OwnedResource):
-    """Page-locked host memory (cudaMallocHost) of ``nbytes``, seen through numpy views.
-
-    Page-locked memory is what makes cudaMemcpyAsync truly asynchronous; pageable memory makes the
-    driver stage the copy and block. Views returned by :meth:`view` alias this memory and must not
-    be used after :meth:`close`.
-    """
-
-    def __init__(self, nbytes: int) -> None:
-        self._nbytes = _positive_nbytes(nbytes)
-        self._ptr = int(check(cudart().cudaMallocHost(self._nbytes), f"cudaMallocHost({self._nbytes})"))
-        self._closed = False
-        raw = (ctypes.c_uint8 * self._nbytes).from_address(self._ptr)
-        self._bytes: npt.NDArray[np.uint8] = np.ctypeslib.as_array(raw)
+    @staticmethod
+    def _checked_nbytes(nbytes: int) -> int:
+        n = int(nbytes)
+        if n <= 0:
+            raise ValueError(f"buffer size must be a positive number of bytes, got {nbytes}")
+        return n
 
     @property
     def ptr(self) -> int:
@@ -302,6 +293,25 @@ class PinnedBuffer(OwnedResource):
     @property
     def nbytes(self) -> int:
         return self._nbytes
+
+    def _describe(self) -> str:
+        return f"{type(self).__name__}({self._nbytes} bytes)"
+
+
+class PinnedBuffer(_Memory):
+    """Page-locked host memory (cudaMallocHost) of ``nbytes``, seen through numpy views.
+
+    Page-locked memory is what makes cudaMemcpyAsync truly asynchronous; pageable memory makes the
+    driver stage the copy and block. Views returned by :meth:`view` alias this memory and must not
+    be used after :meth:`close`.
+    """
+
+    def __init__(self, nbytes: int) -> None:
+        self._nbytes = self._checked_nbytes(nbytes)
+        self._ptr = int(check(cudart().cudaMallocHost(self._nbytes), f"cudaMallocHost({self._nbytes})"))
+        self._closed = False
+        raw = (ctypes.c_uint8 * self._nbytes).from_address(self._ptr)
+        self._bytes: npt.NDArray[np.uint8] = np.ctypeslib.as_array(raw)
 
     def view(self, dtype: npt.DTypeLike, shape: Sequence[int]) -> npt.NDArray[Any]:
         """A C-contiguous ``dtype`` array of ``shape`` over the start of the buffer (no copy)."""
@@ -317,31 +327,17 @@ class PinnedBuffer(OwnedResource):
         self._bytes = np.empty(0, dtype=np.uint8)
         check(cudart().cudaFreeHost(self._ptr), "cudaFreeHost")
 
-    def _describe(self) -> str:
-        return f"PinnedBuffer({self._nbytes} bytes)"
 
-
-class DeviceBuffer(OwnedResource):
+class DeviceBuffer(_Memory):
     """Device memory (cudaMalloc) of ``nbytes`` on the calling thread's current GPU."""
 
     def __init__(self, nbytes: int) -> None:
-        self._nbytes = _positive_nbytes(nbytes)
+        self._nbytes = self._checked_nbytes(nbytes)
         self._ptr = int(check(cudart().cudaMalloc(self._nbytes), f"cudaMalloc({self._nbytes})"))
         self._closed = False
 
-    @property
-    def ptr(self) -> int:
-        return self._ptr
-
-    @property
-    def nbytes(self) -> int:
-        return self._nbytes
-
     def _release(self) -> None:
         check(cudart().cudaFree(self._ptr), "cudaFree")
-
-    def _describe(self) -> str:
-        return f"DeviceBuffer({self._nbytes} bytes)"
 
 
 class Stream(OwnedResource):
@@ -380,6 +376,17 @@ def _contiguous(array: npt.NDArray[Any], role: str) -> None:
         raise ValueError(f"{role} array must be C-contiguous for a raw copy; pass np.ascontiguousarray(a)")
 
 
+_COPY_KINDS = {"H2D": "cudaMemcpyHostToDevice", "D2H": "cudaMemcpyDeviceToHost", "D2D": "cudaMemcpyDeviceToDevice"}
+
+
+def _copy_async(dst: int, src: int, nbytes: int, kind: str, stream: Stream) -> None:
+    """Queue cudaMemcpyAsync of ``nbytes`` from address ``src`` to ``dst`` on ``stream``; ``kind``
+    is a key of ``_COPY_KINDS`` ("H2D", "D2H", "D2D")."""
+    rt = cudart()
+    direction = getattr(rt.cudaMemcpyKind, _COPY_KINDS[kind])
+    check(rt.cudaMemcpyAsync(dst, src, int(nbytes), direction, stream.raw), f"cudaMemcpyAsync({kind})")
+
+
 def copy_host_to_device_async(dst_ptr: int, src: npt.NDArray[Any], stream: Stream) -> None:
     """Queue a copy of ``src`` (all its bytes) to device address ``dst_ptr`` on ``stream``.
 
@@ -387,24 +394,18 @@ def copy_host_to_device_async(dst_ptr: int, src: npt.NDArray[Any], stream: Strea
     and must stay alive and unchanged until the stream is synchronized.
     """
     _contiguous(src, "source")
-    rt = cudart()
-    kind = rt.cudaMemcpyKind.cudaMemcpyHostToDevice
-    check(rt.cudaMemcpyAsync(dst_ptr, src.ctypes.data, src.nbytes, kind, stream.raw), "cudaMemcpyAsync(H2D)")
+    _copy_async(dst_ptr, src.ctypes.data, src.nbytes, "H2D", stream)
 
 
 def copy_device_to_host_async(dst: npt.NDArray[Any], src_ptr: int, stream: Stream) -> None:
     """Queue a copy of ``dst.nbytes`` bytes from device address ``src_ptr`` into ``dst`` on ``stream``."""
     _contiguous(dst, "destination")
-    rt = cudart()
-    kind = rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
-    check(rt.cudaMemcpyAsync(dst.ctypes.data, src_ptr, dst.nbytes, kind, stream.raw), "cudaMemcpyAsync(D2H)")
+    _copy_async(dst.ctypes.data, src_ptr, dst.nbytes, "D2H", stream)
 
 
 def copy_device_to_device_async(dst_ptr: int, src_ptr: int, nbytes: int, stream: Stream) -> None:
     """Queue a device-to-device copy of ``nbytes`` on ``stream``."""
-    rt = cudart()
-    kind = rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice
-    check(rt.cudaMemcpyAsync(dst_ptr, src_ptr, int(nbytes), kind, stream.raw), "cudaMemcpyAsync(D2D)")
+    _copy_async(dst_ptr, src_ptr, nbytes, "D2D", stream)
 
 
 @dataclass(frozen=True)

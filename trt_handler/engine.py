@@ -8,7 +8,9 @@ Layers, each testable on its own:
 * CUDA (device tests, no TensorRT needed): :class:`ExecutionSlot` drives any object with TensorRT's
   execution-context methods over a :class:`~trt_handler.cuda_runtime.BufferSet` and its stream;
 * TensorRT (needs the library and a GPU): :class:`EngineSession` deserializes the engine, explains
-  why it cannot when it cannot (:class:`EngineCompatibilityError`), and wires the layers together.
+  why it cannot when it cannot (:class:`EngineCompatibilityError`, from the findings of
+  :mod:`trt_handler.trt_lib`, which owns library loading, the TensorRT logger and the validity
+  check), and wires the layers together.
 
 Threading: Beam runs several harness threads per worker process and they share one session. Each
 call checks out an :class:`ExecutionSlot` (execution context + stream + buffers) for the profile its
@@ -38,6 +40,18 @@ import numpy.typing as npt
 from trt_handler.batching import chunks
 from trt_handler.profiles import ProfileSpec, choose_profile
 from trt_handler.qa_types import INPUT_NAMES, OUTPUT_NAMES, ModelBatch
+from trt_handler.trt_lib import (
+    INSTALL_FIX,
+    NO_GPU_FIX,
+    TensorRTMissingError,
+    engine_validity,
+    library_name,
+    library_version,
+    load_trt,
+    local_gpu,
+    make_logger,
+    sidecar_findings,
+)
 
 if TYPE_CHECKING:  # cuda_runtime is imported lazily so `import trt_handler.engine` needs no CUDA
     from typing import Self
@@ -50,7 +64,6 @@ __all__ = [
     "EngineSession",
     "ExecutionSlot",
     "SlotPool",
-    "diagnose_engine_bytes",
     "load_library",
     "plan_batches",
     "read_profiles",
@@ -65,21 +78,13 @@ REBUILD_FIX = (
     "rebuild the engine for this GPU and TensorRT version with `make engine` on a machine like "
     "this one, or pass the ONNX model to the handler so it builds a matching engine automatically."
 )
-NO_GPU_FIX = (
-    "run on a machine with an NVIDIA GPU and driver (on Dataflow, a worker with a GPU "
-    "accelerator and install-nvidia-driver), or use the ONNX Runtime backend."
-)
-NO_TENSORRT_FIX = (
-    "run in this project's TensorRT container (container/), or install TensorRT's Python "
-    "package (`pip install tensorrt`, or `pip install tensorrt-rtx-cu13` for RTX GPUs)."
-)
 IO_FIX = (
     "build the engine from this project's ONNX export (`make onnx` then `make engine`), whose "
     "inputs are int32 [batch, seq] input_ids/attention_mask/token_type_ids and outputs float32 "
     "[batch, seq] start_logits/end_logits."
 )
 
-_FIXES = {"no_gpu": NO_GPU_FIX, "no_tensorrt": NO_TENSORRT_FIX, "io": IO_FIX}
+_FIXES = {"no_gpu": NO_GPU_FIX, "no_tensorrt": INSTALL_FIX, "io": IO_FIX}
 
 # Causes in the order a message reports them: the first is the one to fix first.
 _CAUSE_ORDER = ("no_tensorrt", "malformed", "version", "gpu_arch", "driver", "no_gpu", "memory", "io", "unknown")
@@ -474,33 +479,18 @@ class ExecutionSlot:
 
 
 def load_library(library: str) -> Any:
-    """The TensorRT module for ``library`` ("auto", "tensorrt", "tensorrt_rtx").
-
-    Uses ``trt_lib.load_trt`` when present, else a local lazy import; raises
-    EngineCompatibilityError (cause ``no_tensorrt``) naming what could not be imported.
-    """
+    """The TensorRT module for ``library`` ("auto", "tensorrt", "tensorrt_rtx"), from
+    ``trt_lib.load_trt``; raises EngineCompatibilityError (cause ``no_tensorrt``) naming what
+    could not be imported."""
     try:
-        trt_lib = importlib.import_module("trt_handler.trt_lib")
-    except ImportError:
-        trt_lib = None
-    try:
-        if trt_lib is not None:
-            return trt_lib.load_trt(library)
-        # TODO(lead): remove once trt_handler/trt_lib.py (load_trt) has landed.
-        names = {"auto": ("tensorrt", "tensorrt_rtx"), "tensorrt": ("tensorrt",), "tensorrt_rtx": ("tensorrt_rtx",)}
-        if library not in names:
-            raise ValueError(f"library must be 'auto', 'tensorrt' or 'tensorrt_rtx', got {library!r}")
-        errors = []
-        for name in names[library]:
-            try:
-                return importlib.import_module(name)
-            except ImportError as exc:
-                errors.append(f"{name}: {exc}")
-        raise ImportError("; ".join(errors))
-    except ImportError as exc:
+        return load_trt(library)
+    except TensorRTMissingError as exc:
+        missing = " and ".join(exc.missing)
         raise EngineCompatibilityError(
-            "no_tensorrt", f"TensorRT is not installed for library={library!r} ({exc})."
+            "no_tensorrt", f"TensorRT is not installed for library={library!r} ({missing} cannot be imported)."
         ) from exc
+    except ImportError as exc:  # the library is there but something it needs is not
+        raise EngineCompatibilityError("no_tensorrt", f"TensorRT is not installed for library={library!r} ({exc}).") from exc
 
 
 def _library_label(module: Any) -> str:
@@ -521,79 +511,35 @@ def _gpu_label() -> str:
         return f"a GPU that cannot be queried ({exc})"
 
 
-_DIAGNOSTIC_CAUSES = {
-    "MALFORMED_ENGINE": ("malformed", "the engine data is corrupt, truncated or not a TensorRT engine"),
-    "VERSION_MISMATCH": ("version", "the engine was built with another TensorRT version"),
-    "UNSUPPORTED_CC": ("gpu_arch", "the engine was built for another GPU architecture"),
-    "OLD_CUDA_DRIVER": ("driver", "the NVIDIA driver is older than the engine needs"),
-    "OLD_CUDA_RUNTIME": ("driver", "the CUDA runtime is older than the engine needs"),
-    "INSUFFICIENT_GPU_MEMORY": ("memory", "the GPU does not have enough free memory for the engine"),
-    "CUDA_ERROR": ("no_gpu", "CUDA failed while checking the engine (no usable GPU or driver?)"),
-}
-
-
-def diagnose_engine_bytes(module: Any, runtime: Any, data: bytes) -> list[tuple[str, str]]:
+def _check_before_loading(
+    module: Any, runtime: Any, data: bytes, sidecar: Mapping[str, Any] | None
+) -> list[tuple[str, str]]:
     """(cause, sentence) pairs for why ``data`` cannot be deserialized; [] when no check finds a problem.
 
-    Uses the runtime's ``get_engine_validity`` (TensorRT-RTX; TensorRT proper may lack it) and
-    a size check; works without a GPU, which lets the error name a corrupt file even there.
+    ``trt_lib.engine_validity`` decides where the library can check (TensorRT-RTX); where it cannot
+    (TensorRT proper), the build sidecar's view (library version, target GPUs) stands in.
     """
-    if not data:
-        return [("malformed", "the engine data is empty (0 bytes)")]
-    header = int(getattr(runtime, "engine_header_size", 0) or 0)
-    if header and len(data) < header:
-        return [("malformed", f"the engine data is {len(data)} bytes, shorter than an engine header ({header})")]
-    validity = getattr(runtime, "get_engine_validity", None)
-    if validity is None:
-        return []
-    try:
-        state, bits = validity(data)
-    except Exception as exc:  # noqa: BLE001 - a failing check is itself a finding
-        return [("unknown", f"the engine validity check failed ({exc})")]
-    if _enum_name(state) == "VALID":
-        return []
-    if _enum_name(state) == "SUBOPTIMAL":
+    state, findings = engine_validity(module, runtime, data)
+    if state == "SUBOPTIMAL":
         LOGGER.warning("TensorRT says the engine is valid but suboptimal for this GPU; consider rebuilding it here")
-        return []
-    members = getattr(getattr(module, "EngineInvalidityDiagnostics", None), "__members__", {})
-    found = [_DIAGNOSTIC_CAUSES[n] for n, m in members.items() if n in _DIAGNOSTIC_CAUSES and int(bits) & int(m)]
-    return found or [("unknown", "TensorRT's validity check says the engine cannot run here")]
+    if state != "UNCHECKED":
+        return [(f.cause, f.sentence) for f in findings]
+    if sidecar:
+        mismatches = sidecar_findings(sidecar, library_name(module), library_version(module), local_gpu())
+        if mismatches:
+            return [(f.cause, f.text) for f in mismatches]
+    LOGGER.warning("%s has no engine validity query; deserialization will tell.", _library_label(module))
+    return []
 
 
-def _external_check(data: bytes, module: Any, sidecar: Mapping[str, Any] | None) -> list[tuple[str, str]]:
-    """``trt_lib.check_engine_bytes`` as findings: adds the build sidecar's view (library version,
-    target GPUs), which full TensorRT, lacking a validity query, cannot otherwise give."""
-    try:
-        trt_lib = importlib.import_module("trt_handler.trt_lib")
-        check_engine_bytes = trt_lib.check_engine_bytes
-    except (ImportError, AttributeError):
-        return []
-    try:
-        ok, reason = check_engine_bytes(data, getattr(module, "__name__", "auto"), sidecar=sidecar)
-    except Exception as exc:  # noqa: BLE001 - its failure must not hide our own diagnosis
-        LOGGER.debug("check_engine_bytes raised %s; relying on the session's own diagnosis", exc)
-        return []
-    if ok:
-        if reason:
-            LOGGER.warning("%s", reason)
-        return []
-    return [(cause, str(reason)) for cause in _causes_from_log([str(reason)]) or ["unknown"]]
-
-
-# Causes guessed from TensorRT's log lines and from trt_lib.check_engine_bytes' sentences.
+# Causes guessed from TensorRT's log lines.
 _LOG_CAUSES = (
     ("malformed", ("magictag", "magic tag", "truncated", "corrupt", "not a trt engine", "serialization assertion")),
-    (
-        "version",
-        ("library version", "version mismatch", "plan file is not compatible", "serialization version", "another version", "is loading it"),
-    ),
-    (
-        "gpu_arch",
-        ("incompatible device", "expecting compute", "compute capability", "unsupported_cc", "sm version", "architecture", "--targets"),
-    ),
+    ("version", ("library version", "version mismatch", "plan file is not compatible", "serialization version")),
+    ("gpu_arch", ("incompatible device", "expecting compute", "compute capability", "unsupported_cc", "sm version", "architecture")),
     ("driver", ("driver is too old", "runtime is too old")),
-    ("no_gpu", ("cudaerror 35", "cudaerror 100", "driver version is insufficient", "no cuda-capable device", "no usable gpu")),
-    ("memory", ("out of memory", "cudaerror 2:", "lacks free memory")),
+    ("no_gpu", ("cudaerror 35", "cudaerror 100", "driver version is insufficient", "no cuda-capable device")),
+    ("memory", ("out of memory", "cudaerror 2:")),
 )
 
 
@@ -602,34 +548,10 @@ def _causes_from_log(lines: Sequence[str]) -> list[str]:
     return [cause for cause, needles in _LOG_CAUSES if any(n in text for n in needles)]
 
 
-def _make_logger(module: Any) -> Any:
-    """A TensorRT logger that forwards to Python logging and keeps error lines for error messages."""
-    base = getattr(module, "ILogger", None)
-    if base is None:
-        return module.Logger(module.Logger.WARNING)
-
-    class _CapturingLogger(base):  # type: ignore[misc, valid-type]
-        def __init__(self) -> None:
-            super().__init__()
-            self.errors: list[str] = []
-
-        def log(self, severity: Any, msg: str) -> None:
-            level = _enum_name(severity)
-            if level in ("INTERNAL_ERROR", "ERROR"):
-                self.errors.append(msg)
-                LOGGER.error("[TensorRT] %s", msg)
-            elif level == "WARNING":
-                LOGGER.warning("[TensorRT] %s", msg)
-            else:
-                LOGGER.debug("[TensorRT] %s", msg)
-
-    return _CapturingLogger()
-
-
 def _compatibility_error(findings: Sequence[tuple[str, str]], data: bytes, module: Any) -> EngineCompatibilityError:
     """One error naming every cause found, ordered so the first is the one to fix first."""
     causes = sorted({c for c, _ in findings}, key=_CAUSE_ORDER.index) or ["unknown"]
-    sentences = "; ".join(dict.fromkeys(s for _, s in findings if s)) or "TensorRT could not deserialize it"
+    sentences = "; ".join(dict.fromkeys(s for _, s in findings if s)) or "TensorRT cannot load it here"
     detail = (
         f"cannot load the TensorRT engine ({len(data)} bytes) with {_library_label(module)} on "
         f"{_gpu_label()}: {sentences}."
@@ -646,10 +568,10 @@ def _deserialize(module: Any, data: bytes, sidecar: Mapping[str, Any] | None = N
     """
     from trt_handler import cuda_runtime
 
-    logger = _make_logger(module)
+    logger = make_logger(module)
     runtime = module.Runtime(logger)
     engine = None
-    findings = diagnose_engine_bytes(module, runtime, data) or _external_check(data, module, sidecar)
+    findings = _check_before_loading(module, runtime, data, sidecar)
     findings += _log_findings(logger)
     if cuda_runtime.unavailable_reason() is not None:
         findings.append(("no_gpu", ""))  # the message's "on no GPU (...)" already says why

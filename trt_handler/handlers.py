@@ -369,6 +369,11 @@ def _is_local(path: str) -> bool:
     return _FS.get_scheme(path) in (None, "file")
 
 
+def _bundle_onnx(path: str) -> str:
+    """``path`` itself when it is an ``.onnx`` file, else the ``model.onnx`` of the bundle folder ``path``."""
+    return path if path.endswith(".onnx") else _join(path, _BUNDLE_ONNX)
+
+
 # --------------------------------------------------------------------------------------------
 # ONNX Runtime
 
@@ -412,10 +417,7 @@ class OnnxRuntimeQAHandler(WindowQAHandler["OnnxRunner"]):
     @property
     def onnx_path(self) -> str:
         """The ``.onnx`` file this handler loads (``<bundle>/model.onnx`` for a bundle)."""
-        p = self._model_path
-        if p.endswith(".onnx"):
-            return p
-        return _join(p, _BUNDLE_ONNX)
+        return _bundle_onnx(self._model_path)
 
     def load_model(self) -> OnnxRunner:
         from trt_handler.onnx_runner import OnnxRunner
@@ -456,13 +458,18 @@ def _checked_path(name: str, value: Any) -> str:
 # TensorRT
 
 
+def _load_json(path: str) -> Any:
+    """The JSON value in file ``path`` (read through FileSystems); ValueError when it is not JSON."""
+    return json.loads(_read_bytes(path).decode("utf-8"))
+
+
 def _read_sidecar(engine_path: str) -> Optional[Dict[str, Any]]:
     """The builder's ``<engine_path>.json`` as a dict, or None when absent or unreadable."""
     sidecar = engine_path + ".json"
     if not _exists(sidecar):
         return None
     try:
-        meta = json.loads(_read_bytes(sidecar).decode("utf-8"))
+        meta = _load_json(sidecar)
     except ValueError as e:
         LOGGER.warning("ignoring engine sidecar %s: not JSON (%s)", sidecar, e)
         return None
@@ -476,7 +483,7 @@ def read_engine_profiles(engine_path: str) -> Optional[List[ProfileSpec]]:
     try:
         if not _exists(sidecar):
             return None
-        meta = json.loads(_read_bytes(sidecar).decode("utf-8"))
+        meta = _load_json(sidecar)
         raw = meta["profiles"]
         profiles = [ProfileSpec(**{k: int(v) for k, v in p.items()}) for p in raw]
     except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -596,7 +603,7 @@ class TensorRTQAHandler(WindowQAHandler[QASession]):
         from trt_handler.engine_cache import ensure_engine
 
         assert self._onnx_path is not None and self._cache_dir is not None  # checked in __init__
-        onnx = self._onnx_path if self._onnx_path.endswith(".onnx") else _join(self._onnx_path, _BUNDLE_ONNX)
+        onnx = _bundle_onnx(self._onnx_path)
         LOGGER.warning("%s; using an engine built from %s (cache %s) instead", cause, onnx, self._cache_dir)
         return str(ensure_engine(onnx, self._cache_dir, self._build_options))
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from trt_handler.qa_types import Answer, QAExample, Rejection, Window, WindowLogits
+from trt_handler.squad_data import RECORD_FIELDS, DataFormatError, example_from_record
 
 __all__ = [
     "ANSWER_BQ_SCHEMA",
@@ -110,54 +111,46 @@ def raw_text(raw: RawRecord) -> str:
     return str(raw)
 
 
-def _text_field(obj: Mapping[str, Any], name: str, raw: str, limit: Optional[int], eid: Optional[str]) -> Union[str, Rejection]:
-    if name not in obj or obj[name] is None:
-        return reject("missing_field", f"the record has no {name!r}", raw, example_id=eid)
-    value = obj[name]
-    if not isinstance(value, str):
-        return reject("wrong_type", f"{name!r} must be a string, got {type(value).__name__}", raw, example_id=eid)
-    if not value.strip():
-        return reject("empty_field", f"{name!r} is empty or whitespace only", raw, example_id=eid)
-    if limit is not None and len(value) > limit:
-        return reject("too_long", f"{name!r} has {len(value)} characters, more than the limit {limit}", raw, example_id=eid)
-    return value
+_TEXT_LIMITS = {"id": "max_id_chars", "question": "max_question_chars", "context": "max_context_chars"}
 
 
-def _record_id(obj: Mapping[str, Any], raw: str, limits: RecordLimits) -> Union[str, Rejection]:
-    value = obj.get("id")
-    # SQuAD ids are strings; integer ids are common in hand-made JSONL and are unambiguous.
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
-    return _text_field({"id": value}, "id", raw, limits.max_id_chars, None)
+def _text_rejection(texts: Sequence[Tuple[str, str]], raw: str, limits: RecordLimits) -> Optional[Rejection]:
+    """The first (name, value) text field, in order, that is empty or above its limit, as a Rejection.
+
+    The id's own rejection carries no example id; a later field's carries the id.
+    """
+    eid: Optional[str] = None
+    for name, value in texts:
+        limit = getattr(limits, _TEXT_LIMITS[name])
+        if not value.strip():
+            return reject("empty_field", f"{name!r} is empty or whitespace only", raw, example_id=eid)
+        if limit is not None and len(value) > limit:
+            return reject("too_long", f"{name!r} has {len(value)} characters, more than the limit {limit}", raw,
+                          example_id=eid)
+        if name == "id":
+            eid = value
+    return None
 
 
-def _gold_answers(obj: Mapping[str, Any], raw: str, eid: str) -> Union[Tuple[str, ...], Rejection]:
-    """Gold texts: a list of strings or {"text": ...} objects, or the datasets form {"text": [...]}
-    (the forms squad_data.read_jsonl accepts)."""
-    answers = obj.get("answers")
-    if answers is None:
-        return ()
-    if isinstance(answers, dict) and "text" in answers:
-        answers = answers["text"]
-    if not isinstance(answers, list):
-        return reject("bad_answers", f"'answers' must be a list, got {type(answers).__name__}", raw, example_id=eid)
-    out: List[str] = []
-    for i, a in enumerate(answers):
-        text = a.get("text") if isinstance(a, dict) else a
-        if not isinstance(text, str):
-            return reject(
-                "bad_answers", f"answer {i} must be a string or an object with a 'text' string, got {a!r:.80}",
-                raw, example_id=eid,
-            )
-        out.append(text)
-    return tuple(out)
+def _format_code(err: DataFormatError) -> str:
+    """The reason code of a record that squad_data's rules refuse."""
+    if err.field == "answers":
+        return "bad_answers"
+    if err.field == "is_impossible":
+        return "bad_is_impossible"
+    if err.field is None:
+        return "not_an_object"
+    return "missing_field" if err.missing else "wrong_type"
 
 
 def parse_record(raw: RawRecord, limits: RecordLimits = RecordLimits()) -> Union[QAExample, Rejection]:
     """One JSON object ``{id, question, context[, answers, is_impossible]}`` -> QAExample or Rejection.
 
-    ``answers`` may be strings or SQuAD-style ``{"text": ...}`` objects; other keys (``title``)
-    are ignored. The example keeps question and context exactly as given (answers are character
+    The fields follow :func:`trt_handler.squad_data.example_from_record` (the rules the file readers
+    use; its errors become ``missing_field``, ``wrong_type``, ``bad_answers`` or ``bad_is_impossible``);
+    on top of them id, question and context must not be empty and must keep to ``limits``. A record
+    with several problems is rejected for the first, in the order id, question, context, answers,
+    is_impossible. The example keeps question and context exactly as given (answers are character
     slices of the context, so nothing is stripped).
     """
     text, rejection = _decode(raw)
@@ -172,24 +165,16 @@ def parse_record(raw: RawRecord, limits: RecordLimits = RecordLimits()) -> Union
         return reject("invalid_json", f"the record is not valid JSON ({exc})", text)
     if not isinstance(obj, dict):
         return reject("not_an_object", f"the record is a JSON {type(obj).__name__}, not an object", text)
-    eid = _record_id(obj, text, limits)
-    if isinstance(eid, Rejection):
-        return eid
-    question = _text_field(obj, "question", text, limits.max_question_chars, eid)
-    if isinstance(question, Rejection):
-        return question
-    context = _text_field(obj, "context", text, limits.max_context_chars, eid)
-    if isinstance(context, Rejection):
-        return context
-    answers = _gold_answers(obj, text, eid)
-    if isinstance(answers, Rejection):
-        return answers
-    impossible = obj.get("is_impossible")
-    if impossible is not None and not isinstance(impossible, bool):
-        return reject("bad_is_impossible", f"'is_impossible' must be true or false, got {impossible!r:.40}", text, example_id=eid)
-    if impossible is None and obj.get("answers") is not None:
-        impossible = not answers  # as squad_data does: gold answers given but empty = unanswerable
-    return QAExample(id=eid, question=question, context=context, answers=answers, is_impossible=impossible)
+    try:
+        example = example_from_record(obj)
+    except DataFormatError as err:
+        # The text fields checked before the faulty one are well-formed: their own problems come first.
+        before = RECORD_FIELDS[: RECORD_FIELDS.index(err.field)] if err.field in RECORD_FIELDS else ()
+        texts = [(name, str(obj[name])) for name in before if name in _TEXT_LIMITS]
+        eid = texts[0][1] if texts else None
+        return _text_rejection(texts, text, limits) or reject(_format_code(err), str(err), text, example_id=eid)
+    texts = [("id", example.id), ("question", example.question), ("context", example.context)]
+    return _text_rejection(texts, text, limits) or example
 
 
 def split_squad_document(raw: RawRecord, source: str = "") -> Iterator[Union[str, Rejection]]:
@@ -299,31 +284,32 @@ def _finite(x: float) -> Optional[float]:
     return x if math.isfinite(x) else None
 
 
-# BigQuery table schemas, in the dict form WriteToBigQuery takes; rows come from the functions below.
-ANSWER_BQ_SCHEMA: Dict[str, List[Dict[str, str]]] = {
-    "fields": [
-        {"name": "id", "type": "STRING", "mode": "REQUIRED"},
-        {"name": "answer", "type": "STRING", "mode": "REQUIRED"},
-        {"name": "is_no_answer", "type": "BOOLEAN", "mode": "REQUIRED"},
-        {"name": "score", "type": "FLOAT", "mode": "NULLABLE"},
-        {"name": "no_answer_score", "type": "FLOAT", "mode": "NULLABLE"},
-        {"name": "probability", "type": "FLOAT", "mode": "NULLABLE"},
-        {"name": "start_char", "type": "INTEGER", "mode": "REQUIRED"},
-        {"name": "end_char", "type": "INTEGER", "mode": "REQUIRED"},
-        {"name": "window_index", "type": "INTEGER", "mode": "REQUIRED"},
-        {"name": "best_span", "type": "STRING", "mode": "NULLABLE"},
-    ]
-}
+def _bq_schema(*fields: Tuple[str, str, str]) -> Dict[str, List[Dict[str, str]]]:
+    """A BigQuery table schema in the dict form WriteToBigQuery takes, from (name, type, mode) triples."""
+    return {"fields": [{"name": name, "type": kind, "mode": mode} for name, kind, mode in fields]}
 
-REJECTED_BQ_SCHEMA: Dict[str, List[Dict[str, str]]] = {
-    "fields": [
-        {"name": "reason_code", "type": "STRING", "mode": "REQUIRED"},
-        {"name": "reason", "type": "STRING", "mode": "REQUIRED"},
-        {"name": "stage", "type": "STRING", "mode": "REQUIRED"},
-        {"name": "id", "type": "STRING", "mode": "NULLABLE"},
-        {"name": "raw", "type": "STRING", "mode": "REQUIRED"},
-    ]
-}
+
+# BigQuery table schemas; rows come from the functions below.
+ANSWER_BQ_SCHEMA = _bq_schema(
+    ("id", "STRING", "REQUIRED"),
+    ("answer", "STRING", "REQUIRED"),
+    ("is_no_answer", "BOOLEAN", "REQUIRED"),
+    ("score", "FLOAT", "NULLABLE"),
+    ("no_answer_score", "FLOAT", "NULLABLE"),
+    ("probability", "FLOAT", "NULLABLE"),
+    ("start_char", "INTEGER", "REQUIRED"),
+    ("end_char", "INTEGER", "REQUIRED"),
+    ("window_index", "INTEGER", "REQUIRED"),
+    ("best_span", "STRING", "NULLABLE"),
+)
+
+REJECTED_BQ_SCHEMA = _bq_schema(
+    ("reason_code", "STRING", "REQUIRED"),
+    ("reason", "STRING", "REQUIRED"),
+    ("stage", "STRING", "REQUIRED"),
+    ("id", "STRING", "NULLABLE"),
+    ("raw", "STRING", "REQUIRED"),
+)
 
 
 def answer_row(answer: Answer) -> Dict[str, Any]:

@@ -12,20 +12,41 @@ SQuAD JSON: ``{"data": [{"paragraphs": [{"context", "qas": [{"id", "question", "
 JSONL: one object a line, ``{"id", "question", "context"}`` plus optional gold ``answers`` (a
 list of strings, a list of ``{"text": ...}`` or the Hugging Face datasets form ``{"text": [...]}``)
 and ``is_impossible``. Blank lines are skipped.
+
+The rules for one question record (which fields, which types, what ``is_impossible`` means when
+absent) live in :func:`example_from_record`, which ``trt_handler.records`` shares.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from trt_handler.qa_types import QAExample
 
-__all__ = ["DataFormatError", "load_examples", "read_jsonl", "read_squad_json"]
+__all__ = ["RECORD_FIELDS", "DataFormatError", "example_from_record", "load_examples", "read_jsonl", "read_squad_json"]
+
+# The fields of a question record, in the order example_from_record checks them.
+RECORD_FIELDS: tuple[str, ...] = ("id", "question", "context", "answers", "is_impossible")
 
 
 class DataFormatError(ValueError):
-    """An input file that is not valid SQuAD JSON / JSONL; the message says where and why."""
+    """An input file or record that is not valid SQuAD JSON / JSONL; the message says where and why.
+
+    ``field`` names the record field at fault (one of :data:`RECORD_FIELDS`; None for a problem
+    above the record, or a record that is not an object) and ``missing`` says whether it is absent
+    (or null) rather than malformed.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None, missing: bool = False) -> None:
+        super().__init__(message)
+        self.field = field
+        self.missing = missing
+
+
+def _at(where: str, message: str) -> str:
+    return f"{where}: {message}" if where else message
 
 
 def _read_text(path: str) -> str:
@@ -57,32 +78,67 @@ def _need(obj: Any, key: str, kind: type, where: str) -> Any:
     return value
 
 
+def _text(record: Mapping[str, Any], key: str, where: str) -> str:
+    """A required string field of a record; absent and null are both missing."""
+    value = record.get(key)
+    if value is None:
+        raise DataFormatError(_at(where, f"missing field {key!r}"), field=key, missing=True)
+    if not isinstance(value, str):
+        raise DataFormatError(_at(where, f"field {key!r} should be a str, got {type(value).__name__}"), field=key)
+    return value
+
+
 def _answer_texts(raw: Any, where: str) -> tuple[str, ...]:
-    """Gold texts from a list of {"text"} / strings, or the datasets form {"text": [...]}."""
-    if isinstance(raw, dict):
-        raw = _need(raw, "text", list, where)
+    """Gold texts from a list of strings / {"text": ...} objects, or the datasets form {"text": [...]}."""
+    if isinstance(raw, dict) and "text" in raw:
+        raw = raw["text"]
     if not isinstance(raw, list):
-        raise DataFormatError(f"{where}: 'answers' should be a list, got {type(raw).__name__}")
-    return tuple(a if isinstance(a, str) else _need(a, "text", str, f"{where}, answer {i}")
-                 for i, a in enumerate(raw))
+        raise DataFormatError(_at(where, f"'answers' should be a list, got {type(raw).__name__}"), field="answers")
+    texts: list[str] = []
+    for i, a in enumerate(raw):
+        text = a.get("text") if isinstance(a, dict) else a
+        if not isinstance(text, str):
+            raise DataFormatError(
+                _at(where, f"answer {i} should be a string or an object with a 'text' string, got {a!r:.80}"),
+                field="answers",
+            )
+        texts.append(text)
+    return tuple(texts)
 
 
-def _need_id(record: Any, where: str) -> str:
-    """The record's id as a string; whole numbers are accepted, as hand-made files use them."""
-    if isinstance(record, dict) and isinstance(record.get("id"), int) and not isinstance(record["id"], bool):
-        return str(record["id"])
-    return _need(record, "id", str, where)
+def example_from_record(record: Mapping[str, Any], context: str | None = None, *, where: str = "") -> QAExample:
+    """One QAExample from a question record: a JSONL line's object or a SQuAD ``qas`` entry.
 
+    ``context`` is the paragraph's context for a SQuAD entry; None reads the record's own
+    ``context`` field (JSONL). Fields are checked in the order of :data:`RECORD_FIELDS`:
 
-def _impossible(record: dict, answers: tuple[str, ...], has_answers: bool, where: str) -> bool | None:
-    """is_impossible from the record; without the flag, unanswerable iff gold answers are given
-    but empty, unknown (None) when the record has no gold answers at all."""
-    if "is_impossible" in record:
-        flag = record["is_impossible"]
-        if not isinstance(flag, bool):
-            raise DataFormatError(f"{where}: 'is_impossible' should be true or false, got {flag!r}")
-        return flag
-    return (not answers) if has_answers else None
+    - ``id``: a string, or a whole number (hand-made files use them), kept as its string;
+    - ``question`` and ``context``: strings, kept exactly as given (nothing is stripped);
+    - ``answers`` (optional): gold texts as a list of strings or ``{"text": ...}`` objects, or the
+      datasets form ``{"text": [...]}``; ``plausible_answers`` are not answers and are ignored;
+    - ``is_impossible`` (optional): true or false; when absent, the question is unanswerable iff
+      gold answers are given but empty, and unknown (None) when there are no gold answers at all.
+
+    A null optional field counts as absent, a null required one as missing. Other keys are ignored.
+    Raises DataFormatError (``where`` prefixes its message) naming the field and what is wrong.
+    """
+    if not isinstance(record, Mapping):
+        raise DataFormatError(_at(where, f"expected a JSON object, got {type(record).__name__}"))
+    raw_id = record.get("id")
+    eid = str(raw_id) if isinstance(raw_id, int) and not isinstance(raw_id, bool) else _text(record, "id", where)
+    question = _text(record, "question", where)
+    if context is None:
+        context = _text(record, "context", where)
+    has_answers = record.get("answers") is not None
+    answers = _answer_texts(record["answers"], where) if has_answers else ()
+    impossible = record.get("is_impossible")
+    if impossible is not None and not isinstance(impossible, bool):
+        raise DataFormatError(
+            _at(where, f"'is_impossible' should be true or false, got {impossible!r:.40}"), field="is_impossible"
+        )
+    if impossible is None and has_answers:
+        impossible = not answers
+    return QAExample(id=eid, question=question, context=context, answers=answers, is_impossible=impossible)
 
 
 def _parse_squad(doc: Any, path: str) -> list[QAExample]:
@@ -93,21 +149,8 @@ def _parse_squad(doc: Any, path: str) -> list[QAExample]:
             where_p = f"{path}: data[{a}].paragraphs[{p}]"
             context = _need(para, "context", str, where_p)
             for q, qa in enumerate(_need(para, "qas", list, where_p)):
-                out.append(_example(qa, context, f"{where_p}.qas[{q}]"))
+                out.append(example_from_record(qa, context, where=f"{where_p}.qas[{q}]"))
     return out
-
-
-def _example(record: Any, context: str, where: str) -> QAExample:
-    """One QAExample from a SQuAD ``qas`` entry or a JSONL record (context given separately)."""
-    has_answers = isinstance(record, dict) and "answers" in record
-    answers = _answer_texts(record["answers"], where) if has_answers else ()
-    return QAExample(
-        id=_need_id(record, where),
-        question=_need(record, "question", str, where),
-        context=context,
-        answers=answers,
-        is_impossible=_impossible(record, answers, has_answers, where),
-    )
 
 
 def _parse_record(line: str, where: str) -> QAExample:
@@ -115,7 +158,7 @@ def _parse_record(line: str, where: str) -> QAExample:
         record = json.loads(line)
     except json.JSONDecodeError as err:
         raise DataFormatError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from err
-    return _example(record, _need(record, "context", str, where), where)
+    return example_from_record(record, where=where)
 
 
 def _parse_jsonl(text: str, path: str) -> list[QAExample]:

@@ -1,0 +1,52 @@
+"""Helpers shared by several test files (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from trt_handler import cuda_runtime as cr
+from trt_handler.qa_types import Window
+
+
+def gpu_skip_reason() -> str | None:
+    """Why GPU tests cannot run here, or None when cuda-python and a GPU are usable."""
+    if importlib.util.find_spec("cuda") is None or importlib.util.find_spec("cuda.bindings") is None:
+        return "cuda-python is not installed"
+    return cr.unavailable_reason()
+
+
+GPU_SKIP = gpu_skip_reason()
+needs_gpu = pytest.mark.skipif(GPU_SKIP is not None, reason=f"needs a CUDA GPU: {GPU_SKIP}")
+
+
+def run_threads(work: Callable[[int], None], n_threads: int = 8, timeout: float = 120.0) -> None:
+    """Run ``work(0)`` .. ``work(n_threads - 1)`` on as many threads; fail if one raised or is still
+    running after ``timeout`` seconds (each thread's failure is reported, not just the first)."""
+    errors: list[BaseException] = []
+
+    def guarded(seed: int) -> None:
+        try:
+            work(seed)
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(seed,)) for seed in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout)
+    assert not any(t.is_alive() for t in threads), f"threads still running after {timeout} s"
+    assert not errors, errors
+
+
+def ada_window(example_id: str, index: int, num_windows: int) -> Window:
+    """A window over the whole context "Ada wrote it." ([CLS] q [SEP] 3 context tokens [SEP])."""
+    offsets = np.array([[-1, -1], [-1, -1], [-1, -1], [0, 3], [4, 9], [10, 13], [-1, -1]], dtype=np.int32)
+    is_ctx = np.array([0, 0, 0, 1, 1, 1, 0], dtype=bool)
+    return Window(example_id, index, num_windows, np.arange(7, dtype=np.int32), is_ctx.astype(np.int32), offsets,
+                  is_ctx, is_ctx.copy())
