@@ -13,6 +13,7 @@ Unknown flags go to Beam (``--runner``, ``--project``, ``--temp_location``, ...)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -58,21 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _metric_json(pairs: List[Tuple[QAExample, str, float]]) -> str:
+def _metric_json(pairs: List[Tuple[QAExample, Answer]]) -> str:
     """The official SQuAD metric of the answered questions as one JSON line (empty input: total 0)."""
-    from trt_handler.squad_metric import squad_evaluate
+    from trt_handler.evaluate import metric_for_answers
 
     if not pairs:
         return json.dumps({"total": 0})
-    examples = sorted((ex for ex, _, _ in pairs), key=lambda ex: ex.id)
-    predictions = {ex.id: text for ex, text, _ in pairs}
-    no_answer = {ex.id: diff for ex, _, diff in pairs}
-    return json.dumps(squad_evaluate(examples, predictions, no_answer), sort_keys=True)
-
-
-def _for_metric(pair: Tuple[QAExample, Answer]) -> Tuple[QAExample, str, float]:
-    ex, a = pair
-    return ex, a.text, a.null_score - a.score  # the no-answer score trt_handler.evaluate uses
+    examples = sorted((ex for ex, _ in pairs), key=lambda ex: ex.id)
+    return json.dumps(metric_for_answers(examples, {ex.id: a for ex, a in pairs}), sort_keys=True)
 
 
 def _show_line(pair: Tuple[QAExample, Answer]) -> str:
@@ -104,7 +98,7 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, settings: QASetti
     if args.eval:
         _ = (
             out.answers
-            | "ForMetric" >> beam.Map(_for_metric)
+            | "ForMetric" >> beam.MapTuple(lambda ex, a: (ex, dataclasses.replace(a, n_best=())))  # smaller list
             | "AllAnswers" >> beam.combiners.ToList()
             | "Metric" >> beam.Map(_metric_json)
             | "WriteMetric" >> beam.io.WriteToText(f"{args.output}-metric", file_name_suffix=".json", shard_name_template="")

@@ -14,7 +14,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 from trt_handler.batching import DEFAULT_BUCKETS
 from trt_handler.qa_types import Answer, QAExample, Window, WindowLogits
@@ -77,16 +77,25 @@ def evaluate(
 ) -> Dict[str, float]:
     """Official SQuAD metric of ``model`` on the SQuAD-format file ``data`` (first ``limit`` questions)."""
     from trt_handler.squad_data import load_examples
-    from trt_handler.squad_metric import squad_evaluate
 
     examples = load_examples(data)
     if limit is not None:
         examples = examples[:limit]
     answers = answer_examples(examples, model, cache_dir, **kwargs)  # type: ignore[arg-type]
+    return metric_for_answers(examples, answers)
+
+
+def metric_for_answers(examples: Sequence[QAExample], answers: Mapping[str, Answer]) -> Dict[str, float]:
+    """The official SQuAD metric of ``answers`` (by question id) against the examples' gold answers.
+
+    Shared by this module and the Beam pipeline's ``--eval`` so both score the same way. The
+    best-threshold search gets each question's best non-null span and its null-minus-best score,
+    not the thresholded text, or it could never find a threshold above the one already applied.
+    """
+    from trt_handler.squad_metric import squad_evaluate
+
     predictions = {k: a.text for k, a in answers.items()}
     no_answer_scores = {k: a.null_score - a.score for k, a in answers.items()}
-    # The best-threshold search needs each question's best non-null span, not the thresholded text,
-    # or it could never find a threshold above the one already applied.
     spans = {k: a.best_span_text for k, a in answers.items()}
     return squad_evaluate(examples, predictions, no_answer_scores, span_predictions=spans)
 
