@@ -4,8 +4,13 @@
         --model ../shared/models/minilm-l6-squad2
 
 Pins itself to one core (and the tokenizer's thread pool to one thread) so the figures are per
-core. Features: ``WindowMaker.windows_many`` over every question of the file. Answers:
-``extract_answer`` for every question with seeded random logits of the windows' shapes. Each is
+core. Features: ``WindowMaker.windows_many`` over the file's questions in batches of 64, in file
+order (as the pipeline's feature step: questions of one paragraph share a batch, so their context
+is tokenized once), with the rate for shuffled questions (one context tokenization per question,
+what a lost order costs) and for one call over the whole file alongside. Answers:
+``extract_answer`` for every question with seeded random logits of the windows' shapes
+(``answers_q_per_s_per_core``) and ``extract_answers`` over batches of 64 questions
+(``answers_batched_q_per_s_per_core``, same answers). Each is
 run ``--repeat`` times after a warm-up and the best run is reported (the other runs are in the
 JSON line): on a shared machine the best run is the one least disturbed by other work. The
 line also gives questions per CPU-second of this process (``q_per_cpu_s``), which other
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import time
 from collections.abc import Callable, Sequence
 
@@ -68,27 +74,47 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     core = pin_to_one_core()
 
-    from trt_handler.squad_answers import extract_answer
+    from trt_handler.squad_answers import extract_answer, extract_answers
     from trt_handler.squad_data import load_examples
     from trt_handler.squad_features import FeatureError, WindowMaker, load_tokenizer
 
     examples = load_examples(args.data)
     maker = WindowMaker(load_tokenizer(args.model))
     maker.windows_many(examples[:200])  # warm-up
-    runs = timed_runs(lambda: maker.windows_many(examples), args.repeat)
-    results = maker.windows_many(examples)
+
+    def in_batches(items: Sequence) -> list:
+        return [r for i in range(0, len(items), 64) for r in maker.windows_many(items[i:i + 64])]
+
+    shuffled = list(examples)
+    random.Random(args.seed).shuffle(shuffled)
+    runs = timed_runs(lambda: in_batches(examples), args.repeat)
+    whole = timed_runs(lambda: maker.windows_many(examples), 1)
+    mixed = timed_runs(lambda: in_batches(shuffled), 1)
+    results = in_batches(examples)
     failed = sum(isinstance(r, FeatureError) for r in results)
     pairs = [(ex, ws) for ex, ws in zip(examples, results) if not isinstance(ws, FeatureError)]
     n_windows = sum(len(ws) for _, ws in pairs)
-    common = {"core": core, "data": os.path.basename(args.data), "questions": len(examples)}
+    contexts = [len({ex.context for ex in examples[i:i + 64]}) for i in range(0, len(examples), 64)]
+    common = {"core": core, "data": os.path.basename(args.data), "questions": len(examples),
+              "loadavg": [round(x, 2) for x in os.getloadavg()]}
     emit_rate("features_q_per_s_per_core", len(examples), runs, **common, windows=n_windows,
-              feature_errors=failed)
+              feature_errors=failed, batch=64, order="file order",
+              distinct_contexts_per_64=round(sum(contexts) / len(contexts), 1),
+              shuffled_q_per_s=round(len(examples) / min(mixed[0]), 1),
+              whole_file_one_call_q_per_s=round(len(examples) / min(whole[0]), 1))
 
     logits = random_logits([ws for _, ws in pairs], args.seed)
-    answer_all = lambda: [extract_answer(ex, ws, lg) for (ex, ws), lg in zip(pairs, logits)]
+    answer_all = lambda: [extract_answer(ex, ws, lg) for (ex, ws), lg in zip(pairs, logits)]  # noqa: E731
     answer_all()  # warm-up
     runs = timed_runs(answer_all, args.repeat)
-    emit_rate("answers_q_per_s_per_core", len(pairs), runs, **common, windows=n_windows)
+    emit_rate("answers_q_per_s_per_core", len(pairs), runs, **common, windows=n_windows, api="extract_answer")
+    items = [(ex, ws, lg) for (ex, ws), lg in zip(pairs, logits)]
+    batched = lambda: [a for i in range(0, len(items), 64) for a in extract_answers(items[i:i + 64])]  # noqa: E731
+    if [a.text for a in batched()] != [a.text for a in answer_all()]:
+        raise SystemExit("extract_answers and extract_answer disagree: a bug, not a benchmark result")
+    runs = timed_runs(batched, args.repeat)
+    emit_rate("answers_batched_q_per_s_per_core", len(pairs), runs, **common, windows=n_windows,
+              api="extract_answers, 64 questions a call")
 
 
 if __name__ == "__main__":

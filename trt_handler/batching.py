@@ -8,7 +8,7 @@ functions, so "what the GPU computes" is defined in one place.
 
 from __future__ import annotations
 
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 
@@ -75,3 +75,109 @@ def chunks(n: int, max_batch: int) -> Iterator[slice]:
         raise ValueError(f"max_batch must be positive, got {max_batch}")
     for start in range(0, n, max_batch):
         yield slice(start, min(n, start + max_batch))
+
+
+def uniform_buckets(step: int, max_len: int) -> Tuple[int, ...]:
+    """Buckets every ``step`` tokens up to ``max_len`` (the last one is ``max_len``), e.g.
+    ``uniform_buckets(64, 384) == (64, 128, 192, 256, 320, 384)``."""
+    if step <= 0 or max_len <= 0:
+        raise ValueError(f"step and max_len must be positive, got step={step}, max_len={max_len}")
+    out = list(range(step, max_len, step)) + [max_len]
+    return validate_buckets(out)
+
+
+class LengthBucketBatcher:
+    """Forms batches of one sequence bucket each, in arrival order: what BatchElements'
+    ``length_fn``/``bucket_boundaries`` do only on Beam's stateful path, for any caller.
+
+    ``add`` buffers an element in its bucket and returns the bucket's batch when it reaches
+    ``max_batch`` elements; ``flush`` returns every partial batch (smallest bucket first) and
+    empties the buffers, e.g. at the end of a Beam bundle. Pure Python (no Beam): a DoFn that
+    calls ``add`` in ``process`` and ``flush`` in ``finish_bundle`` batches per bucket within a
+    bundle, without the shuffle Beam's stateful path needs.
+
+    Args:
+        buckets: sequence-length buckets (validated, sorted).
+        max_batch: elements per emitted batch at most.
+        length_fn: element -> token count (default: ``element.length``, i.e. a Window).
+    """
+
+    def __init__(self, buckets: Sequence[int], max_batch: int, length_fn: Callable[[Any], int] | None = None):
+        if max_batch <= 0:
+            raise ValueError(f"max_batch must be positive, got {max_batch}")
+        self.buckets = validate_buckets(buckets)
+        self.max_batch = int(max_batch)
+        self._length = length_fn or _window_length
+        self._buffers: Dict[int, List[Any]] = {}
+
+    def bucket_of(self, element: Any) -> int:
+        return bucket_for(self._length(element), self.buckets)
+
+    def add(self, element: Any) -> List[Any] | None:
+        """Buffer ``element``; its bucket's full batch when this filled it, else None."""
+        bucket = self.bucket_of(element)
+        buffer = self._buffers.setdefault(bucket, [])
+        buffer.append(element)
+        if len(buffer) >= self.max_batch:
+            self._buffers[bucket] = []
+            return buffer
+        return None
+
+    def flush(self) -> List[List[Any]]:
+        """Every non-empty partial batch, smallest bucket first; the buffers are emptied."""
+        out = [self._buffers[b] for b in sorted(self._buffers) if self._buffers[b]]
+        self._buffers = {}
+        return out
+
+    def pending(self) -> int:
+        """Elements buffered and not yet returned."""
+        return sum(len(v) for v in self._buffers.values())
+
+
+def _window_length(element: Any) -> int:
+    return int(element.length)
+
+
+def padded_tokens(lengths: Sequence[int], buckets: Sequence[int]) -> int:
+    """Tokens computed when each window is padded to the smallest bucket that holds it."""
+    b = np.asarray(validate_buckets(buckets))
+    n = np.asarray(lengths, dtype=np.int64)
+    if n.size and n.max() > b[-1]:
+        raise ValueError(f"a window of {int(n.max())} tokens is longer than the largest bucket {int(b[-1])}")
+    return int(b[np.searchsorted(b, n)].sum())
+
+
+def suggest_buckets(lengths: Sequence[int], count: int, max_len: int, multiple: int = 16) -> Tuple[int, ...]:
+    """The ``count`` buckets (multiples of ``multiple``, the last one ``max_len``) that minimise the
+    padded tokens of windows with these ``lengths``: exact, by dynamic programming over the
+    candidate lengths. Derive them from one data set and check them on another.
+    """
+    if count < 1 or multiple < 1 or max_len < 1:
+        raise ValueError(f"count, multiple and max_len must be positive, got {count}, {multiple}, {max_len}")
+    n = np.asarray(lengths, dtype=np.int64)
+    if n.size and n.max() > max_len:
+        raise ValueError(f"a window of {int(n.max())} tokens is longer than max_len {max_len}")
+    cands = sorted({*range(multiple, max_len, multiple), max_len})
+    hist = np.bincount(n, minlength=max_len + 1)
+    below = np.concatenate([[0], np.cumsum(hist)])  # below[x] = windows shorter than x tokens
+    windows_in = lambda lo, hi: int(below[hi + 1] - below[lo + 1])  # noqa: E731  lengths in (lo, hi]
+    inf = float("inf")
+    # best[j][i]: least padded tokens covering lengths <= cands[i] with j + 1 buckets, the last cands[i]
+    best = [[inf] * len(cands) for _ in range(count)]
+    prev = [[-1] * len(cands) for _ in range(count)]
+    for i, c in enumerate(cands):
+        best[0][i] = windows_in(0, c) * c
+    for j in range(1, count):
+        for i, c in enumerate(cands):
+            for h in range(i):
+                cost = best[j - 1][h] + windows_in(cands[h], c) * c
+                if cost < best[j][i]:
+                    best[j][i], prev[j][i] = cost, h
+    last = len(cands) - 1
+    j = min(range(count), key=lambda k: (best[k][last], k))  # fewer buckets when more do not help
+    out = []
+    i = last
+    while i >= 0 and j >= 0:
+        out.append(cands[i])
+        i, j = prev[j][i], j - 1
+    return validate_buckets(out)

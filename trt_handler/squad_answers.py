@@ -23,6 +23,13 @@ Deviations, all on purpose:
   re-alignment (``get_final_text``).
 - A question whose windows hold no valid span raises ValueError instead of answering "empty":
   windows from ``WindowMaker`` always hold one.
+- Equal logits at the top-``n_best`` cut keep the earliest positions (the original's argpartition
+  keeps arbitrary ones), so the result is deterministic and both entry points agree.
+
+Two entry points give identical answers: :func:`extract_answer` (one question: a dozen small
+numpy calls per window) and :func:`extract_answers` (many questions: the numpy work runs once over
+all their windows, so a batch of 64 questions costs a fraction per question). Both build the
+final n-best list with the same Python code.
 """
 
 from __future__ import annotations
@@ -30,7 +37,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Tuple
+from typing import Any, Callable, Tuple
+
 import numpy as np
 
 from trt_handler.qa_types import Answer, QAExample, Window, WindowLogits
@@ -63,11 +71,20 @@ class AnswerConfig:
             raise ValueError(f"null_threshold must be a finite number, got {self.null_threshold!r}")
 
 
-# Candidate rows converted to Python per question at a time: 2 * n_best is nearly always enough
-# to find n_best distinct texts; a question that needs more converts its next rows.
-_CHUNK_FACTOR = 2
+# Candidate rows converted to Python per question at a time: n_best + _CHUNK_EXTRA is nearly
+# always enough to find n_best distinct texts (two candidates share a text only when different
+# tokens have the same character span); a question that needs more converts its next rows.
+_CHUNK_EXTRA = 4
 
 Item = Tuple[QAExample, Sequence[Window], Sequence[WindowLogits]]
+# [score, window index, start char, end char, start logit, end logit] of a candidate span, and a
+# function giving the candidate rows from position ``done`` on (best first), [] at the end.
+Row = list[float]
+MoreRows = Callable[[int], list[Row]]
+
+
+# --------------------------------------------------------------------------------------------
+# checks
 
 
 def _ordered(example: QAExample, windows: Sequence[Window],
@@ -83,11 +100,11 @@ def _ordered(example: QAExample, windows: Sequence[Window],
     else:
         pairs = sorted(zip(windows, logits), key=lambda p: p[0].window_index)
     n = len(pairs)
-    for i, (w, lg) in enumerate(pairs):
-        if w.window_index != i or w.num_windows != n:
-            indices = [w.window_index for w, _ in pairs]
-            raise ValueError(f"question {example.id!r}: got windows {indices} of {pairs[0][0].num_windows}; "
-                             "regroup all windows of a question before extracting its answer")
+    if any(w.window_index != i or w.num_windows != n for i, (w, _) in enumerate(pairs)):
+        indices = [w.window_index for w, _ in pairs]
+        raise ValueError(f"question {example.id!r}: got windows {indices} of {pairs[0][0].num_windows}; "
+                         "regroup all windows of a question before extracting its answer")
+    for w, lg in pairs:
         if w.example_id != example.id:
             raise ValueError(f"window of question {w.example_id!r} passed with question {example.id!r}")
         length = w.input_ids.shape[0]
@@ -99,98 +116,182 @@ def _ordered(example: QAExample, windows: Sequence[Window],
     return pairs
 
 
-def _non_finite_error(example: QAExample, pairs: list[tuple[Window, WindowLogits]]) -> ValueError | None:
+def _non_finite(example: QAExample, window: Window) -> ValueError:
+    return ValueError(f"question {example.id!r} window {window.window_index}: logits hold NaN or "
+                      "inf; check the engine's precision (fp16 overflow?) or its inputs")
+
+
+def _outside(example: QAExample) -> ValueError:
+    return ValueError(f"question {example.id!r}: window offsets fall outside its context of "
+                      f"{len(example.context)} characters; were the windows made from another context?")
+
+
+def _all_finite(start: np.ndarray, end: np.ndarray) -> bool:
+    """One reduction per array: a sum of float32-range values is finite unless one is NaN or inf."""
+    return math.isfinite(start.sum() + end.sum())
+
+
+# --------------------------------------------------------------------------------------------
+# one question
+
+
+def _top_positions(positions: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` positions (of ``positions``, ascending) with the largest ``values[positions]``;
+    of equal values at the cut, the earliest positions (both paths agree on ties)."""
+    n = positions.shape[0]
+    if n > k:
+        vals = values[positions]
+        part = np.argpartition(vals, n - k)
+        if (vals[part[:n - k]] == vals[part[n - k]]).any():  # a left-out value ties with the k-th
+            part = np.argsort(-vals, kind="stable")[:k]
+        else:
+            part = part[n - k:]
+        positions = positions[part]
+    return np.sort(positions)
+
+
+def _window_candidates(index: int, w: Window, start: np.ndarray, end: np.ndarray,
+                       config: AnswerConfig) -> np.ndarray:
+    """Valid spans of one window from its top-k starts x top-k ends, as float64 rows of
+    [score, window, start char, end char, start logit, end logit].
+
+    Columns come in (start token, end token) order, so a stable sort by score alone breaks ties
+    by window, start and end token.
+    """
+    s_pos = _top_positions(np.flatnonzero(w.is_context & w.max_context), start, config.n_best)
+    e_pos = _top_positions(np.flatnonzero(w.is_context), end, config.n_best)
+    span = (e_pos - s_pos[:, None]).view(np.uint64)  # 0 <= end - start < max: one unsigned comparison
+    rows, cols = np.nonzero(span < config.max_answer_length)
+    s_tok, e_tok = s_pos[rows], e_pos[cols]
+    out = np.empty((6, s_tok.shape[0]), dtype=np.float64)
+    np.take(start, s_tok, out=out[4])
+    np.take(end, e_tok, out=out[5])
+    np.add(out[4], out[5], out=out[0])
+    out[1] = index
+    out[2] = w.offsets[s_tok, 0]
+    out[3] = w.offsets[e_tok, 1]
+    return out
+
+
+def _extract_one(example: QAExample, pairs: list[tuple[Window, WindowLogits]], config: AnswerConfig) -> Answer:
+    arrays = []
     for w, lg in pairs:
-        if not (np.isfinite(lg.start_logits).all() and np.isfinite(lg.end_logits).all()):
-            return ValueError(f"question {example.id!r} window {w.window_index}: logits hold NaN or "
-                              "inf; check the engine's precision (fp16 overflow?) or its inputs")
-    return None
+        start = np.asarray(lg.start_logits, dtype=np.float64)
+        end = np.asarray(lg.end_logits, dtype=np.float64)
+        if not _all_finite(start, end):
+            raise _non_finite(example, w)
+        arrays.append((w, start, end))
+    if len(arrays) == 1:
+        cand = _window_candidates(0, *arrays[0], config)
+    else:
+        cand = np.concatenate([_window_candidates(i, *a, config) for i, a in enumerate(arrays)], axis=1)
+    if cand.shape[1] and (cand[2].min() < 0 or cand[3].max() > len(example.context)):
+        raise _outside(example)
+    order = np.argsort(-cand[0], kind="stable")
+    chunk = config.n_best + _CHUNK_EXTRA
+
+    def more(done: int) -> list[Row]:
+        rows: list[Row] = cand[:, order[done:done + chunk]].T.tolist()
+        return rows
+
+    null_start = [float(s[0]) for _, s, _ in arrays]
+    null_end = [float(e[0]) for _, _, e in arrays]
+    return _answer(example, more(0), more, null_start, null_end, config)
+
+
+# --------------------------------------------------------------------------------------------
+# many questions
 
 
 def _top_k_sorted(values: np.ndarray, k: int) -> np.ndarray:
-    """Per row, the column indices of the ``k`` largest values, in ascending column order."""
+    """Per row, the column indices of the ``k`` largest values, in ascending column order; of
+    equal finite values at the cut, the earliest columns (as :func:`_top_positions`)."""
     width = values.shape[1]
     if width <= k:
         return np.broadcast_to(np.arange(width), values.shape).copy()
-    idx = np.argpartition(values, width - k, axis=1)[:, width - k:]
+    part = np.argpartition(values, width - k, axis=1)
+    kth = np.take_along_axis(values, part[:, width - k:width - k + 1], axis=1)
+    ties = np.isfinite(kth[:, 0]) & (np.take_along_axis(values, part[:, :width - k], axis=1) == kth).any(axis=1)
+    idx = part[:, width - k:]
+    for row in np.flatnonzero(ties):  # rare: redo the row with a stable sort
+        idx[row] = np.argsort(-values[row], kind="stable")[:k]
     idx.sort(axis=1)
     return idx
+
+
+class _NonFinite(Exception):
+    """Some logits of a batch are NaN or inf: its questions are answered one by one instead."""
 
 
 class _Batch:
     """The windows of several questions, concatenated, with every valid candidate span.
 
     Candidates are kept in (question, window, start token, end token) order, which a stable sort
-    by score turns into the original's tie-breaking order.
+    by score turns into the one-question path's tie-breaking order.
     """
 
     def __init__(self, questions: list[tuple[QAExample, list[tuple[Window, WindowLogits]]]],
                  config: AnswerConfig):
         windows = [w for _, pairs in questions for w, _ in pairs]
         logits = [lg for _, pairs in questions for _, lg in pairs]
-        m = len(windows)
+        m, n_q = len(windows), len(questions)
         lengths = np.fromiter((w.input_ids.shape[0] for w in windows), dtype=np.int64, count=m)
-        self.row_start = np.zeros(m, dtype=np.int64)
-        np.cumsum(lengths[:-1], out=self.row_start[1:])
+        row_start = np.zeros(m, dtype=np.int64)
+        np.cumsum(lengths[:-1], out=row_start[1:])
         width = int(lengths.max())
         start = np.concatenate([lg.start_logits for lg in logits]).astype(np.float64, copy=False)
         end = np.concatenate([lg.end_logits for lg in logits]).astype(np.float64, copy=False)
-        if not np.isfinite(start.sum() + end.sum()):  # one check for all: any NaN/inf propagates
+        if not _all_finite(start, end):
             raise _NonFinite()
         is_context = np.concatenate([w.is_context for w in windows])
         can_start = is_context & np.concatenate([w.max_context for w in windows])
-        self.offsets = np.concatenate([w.offsets for w in windows])
-        # [CLS] start and end logits of every window, and their sum: the null scores
-        null_start, null_end = start[self.row_start], end[self.row_start]
-        self.null_start: list[float] = null_start.tolist()
-        self.null_end: list[float] = null_end.tolist()
-        self.null: list[float] = (null_start + null_end).tolist()
+        offsets = np.concatenate([w.offsets for w in windows])
+        # [CLS] start and end logits of every window (the null candidates)
+        self.null_start: list[float] = start[row_start].tolist()
+        self.null_end: list[float] = end[row_start].tolist()
         # padded [windows, width] logits, -inf where a token cannot start / end a span
-        flat = np.arange(start.shape[0]) + np.repeat(np.arange(m) * width - self.row_start, lengths)
-        s_pad = np.full(m * width, -np.inf)
-        e_pad = np.full(m * width, -np.inf)
-        s_pad[flat] = np.where(can_start, start, -np.inf)
-        e_pad[flat] = np.where(is_context, end, -np.inf)
-        s_pad = s_pad.reshape(m, width)
-        e_pad = e_pad.reshape(m, width)
-        k = config.n_best
-        s_idx = _top_k_sorted(s_pad, k)
-        e_idx = _top_k_sorted(e_pad, k)
+        flat = np.arange(start.shape[0]) + np.repeat(np.arange(m) * width - row_start, lengths)
+        s_pad = np.full((m, width), -np.inf)
+        e_pad = np.full((m, width), -np.inf)
+        s_pad.reshape(-1)[flat] = np.where(can_start, start, -np.inf)  # reshape of a new array: a view
+        e_pad.reshape(-1)[flat] = np.where(is_context, end, -np.inf)
+        s_idx = _top_k_sorted(s_pad, config.n_best)
+        e_idx = _top_k_sorted(e_pad, config.n_best)
         s_val = np.take_along_axis(s_pad, s_idx, axis=1)
         e_val = np.take_along_axis(e_pad, e_idx, axis=1)
-        span = e_idx[:, None, :] - s_idx[:, :, None]
-        score = s_val[:, :, None] + e_val[:, None, :]
-        valid = (span >= 0) & (span < config.max_answer_length) & np.isfinite(score)
+        # valid spans: 0 <= end - start < max_answer_length (one unsigned comparison), both ends finite
+        span = (e_idx[:, None, :] - s_idx[:, :, None]).view(np.uint64)
+        valid = (span < config.max_answer_length) & np.isfinite(s_val)[:, :, None] & np.isfinite(e_val)[:, None, :]
         win, i, j = np.nonzero(valid)  # row-major: (window, start token, end token) order
-        self.score = score[win, i, j]
-        self.s_logit = s_val[win, i]
-        self.e_logit = e_val[win, j]
-        self.window = win
-        token_row = self.row_start[win]
-        self.start_char = self.offsets[token_row + s_idx[win, i], 0]
-        self.end_char = self.offsets[token_row + e_idx[win, j], 1]
-        # question of each window and candidate, and the candidates' order per question
-        per_question = np.fromiter((len(pairs) for _, pairs in questions), dtype=np.int64, count=len(questions))
-        window_question = np.repeat(np.arange(len(questions)), per_question)
-        self.first_window = np.concatenate([[0], np.cumsum(per_question)[:-1]]).tolist()
-        question = window_question[win]
-        self.order = np.lexsort((-self.score, question))
-        self.counts = np.bincount(question, minlength=len(questions))
-        self.seg_start = np.concatenate([[0], np.cumsum(self.counts)[:-1]])
-        context_len = np.fromiter((len(ex.context) for ex, _ in questions), dtype=np.int64, count=len(questions))
-        outside = (self.start_char < 0) | (self.end_char > context_len[question])
-        self.outside = (np.bincount(question, weights=outside, minlength=len(questions)) > 0).tolist()
+        s_logit = s_val[win, i]
+        e_logit = e_val[win, j]
+        token_row = row_start[win]
+        per_question = np.fromiter((len(pairs) for _, pairs in questions), dtype=np.int64, count=n_q)
+        first_window = np.zeros(n_q, dtype=np.int64)
+        np.cumsum(per_question[:-1], out=first_window[1:])
+        question = np.repeat(np.arange(n_q, dtype=np.int32), per_question)[win]
+        self.first_window: list[int] = first_window.tolist()
+        # rows [score, window index in its question, start char, end char, start logit, end logit]
+        self.table = np.stack((s_logit + e_logit, win - first_window[question],
+                               offsets[token_row + s_idx[win, i], 0], offsets[token_row + e_idx[win, j], 1],
+                               s_logit, e_logit))
+        context_len = np.fromiter((len(ex.context) for ex, _ in questions), dtype=np.int64, count=n_q)
+        outside = (self.table[2] < 0) | (self.table[3] > context_len[question])
+        self.outside: list[bool] = (np.bincount(question, weights=outside, minlength=n_q) > 0).tolist()
+        # best first per question, ties in (window, start, end) order: a stable sort by score, then
+        # a stable (radix) sort by question
+        by_score = np.argsort(-self.table[0], kind="stable")
+        self.order = by_score[np.argsort(question[by_score], kind="stable")]
+        self.counts = np.bincount(question, minlength=n_q)
+        self.seg_start = np.zeros(n_q, dtype=np.int64)
+        np.cumsum(self.counts[:-1], out=self.seg_start[1:])
 
-    def rows(self, positions: np.ndarray) -> list[list[float]]:
-        """[score, window, start char, end char, start logit, end logit] of the candidates at these
-        positions of ``order``."""
-        sel = self.order[positions]
-        table = np.stack((self.score[sel], self.window[sel], self.start_char[sel], self.end_char[sel],
-                          self.s_logit[sel], self.e_logit[sel]))
-        out: list[list[float]] = table.T.tolist()
+    def rows(self, positions: np.ndarray) -> list[Row]:
+        """Candidate rows at these positions of ``order``."""
+        out: list[Row] = self.table[:, self.order[positions]].T.tolist()
         return out
 
-    def first_rows(self, chunk: int) -> list[list[list[float]]]:
+    def first_rows(self, chunk: int) -> list[list[Row]]:
         """The first ``chunk`` candidate rows of every question, best first, one list per question."""
         take = np.minimum(self.counts, chunk)
         ends = np.cumsum(take)
@@ -199,22 +300,90 @@ class _Batch:
         bounds = [0, *ends.tolist()]
         return [rows[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
+    def more_rows(self, q: int, chunk: int) -> MoreRows:
+        seg, count = int(self.seg_start[q]), int(self.counts[q])
+        return lambda done: self.rows(np.arange(seg + done, seg + min(count, done + chunk)))
 
-class _NonFinite(Exception):
-    """Some logits of a batch are NaN or inf: the batch is answered question by question."""
+
+def extract_answers(items: Sequence[Item], config: AnswerConfig = AnswerConfig()) -> list[Answer | ValueError]:
+    """Answers of several questions at once: ``items`` are (example, windows, logits) as for
+    :func:`extract_answer`; the result has, in order, each question's Answer or the ValueError
+    extract_answer would raise for it. Same answers as one question at a time; several times
+    cheaper per question, because the numpy work runs once over all windows of all questions.
+    """
+    results: list[Answer | ValueError | None] = []
+    good: list[tuple[int, QAExample, list[tuple[Window, WindowLogits]]]] = []
+    for example, windows, logits in items:
+        try:
+            pairs = _ordered(example, windows, logits)
+        except ValueError as err:
+            results.append(err)
+            continue
+        good.append((len(results), example, pairs))
+        results.append(None)
+    if len(good) == 1:
+        at, ex, pairs = good[0]
+        try:
+            results[at] = _extract_one(ex, pairs, config)
+        except ValueError as err:
+            results[at] = err
+    elif good:
+        try:
+            batch = _Batch([(ex, pairs) for _, ex, pairs in good], config)
+        except _NonFinite:  # answer one by one, so only the questions with NaN/inf fail
+            for at, ex, pairs in good:
+                try:
+                    results[at] = _extract_one(ex, pairs, config)
+                except ValueError as err:
+                    results[at] = err
+        else:
+            chunk = config.n_best + _CHUNK_EXTRA
+            for q, ((at, ex, pairs), rows) in enumerate(zip(good, batch.first_rows(chunk))):
+                first = batch.first_window[q]
+                try:
+                    if batch.outside[q]:
+                        raise _outside(ex)
+                    results[at] = _answer(ex, rows, batch.more_rows(q, chunk),
+                                          batch.null_start[first:first + len(pairs)],
+                                          batch.null_end[first:first + len(pairs)], config)
+                except ValueError as err:
+                    results[at] = err
+    return results  # type: ignore[return-value]  # every None was replaced
 
 
-def _spans(example: QAExample, batch: _Batch, q: int, rows: list[list[float]], n_best: int,
-           chunk: int) -> list[dict[str, Any]]:
-    """The ``n_best`` best spans of question ``q`` in score order, one per distinct text, as n-best
-    entries without probability. Python lists from here: numpy scalars cost more than the work."""
+def extract_answer(example: QAExample, windows: Sequence[Window], logits: Sequence[WindowLogits],
+                   config: AnswerConfig = AnswerConfig()) -> Answer:
+    """The answer of one question from all its windows and their logits (any window order).
+
+    ``probability`` is that of the returned answer in the n-best softmax: the null candidate's
+    when the answer is "". ``score`` is always the best span's, ``best_span_text`` its text.
+    Raises ValueError for inconsistent inputs. For many questions :func:`extract_answers` gives
+    the same answers at a fraction of the cost per question.
+    """
+    return _extract_one(example, _ordered(example, windows, logits), config)
+
+
+# --------------------------------------------------------------------------------------------
+# candidate rows -> Answer (both paths)
+
+
+def _spans(example: QAExample, rows: list[Row], more: MoreRows, n_best: int) -> list[dict[str, Any]]:
+    """The ``n_best`` best spans in score order, one per distinct text, as n-best entries
+    without probability. ``rows`` are the first candidate rows, at least ``n_best`` of them or
+    all there are; ``more(done)`` gives the rows after the first ``done``.
+
+    Python lists from here: numpy scalars cost more than the work.
+    """
     context = example.context
-    first = batch.first_window[q]
+    head = rows[:n_best]
+    texts = [context[int(r[2]):int(r[3])] for r in head]
+    if len(set(texts)) == len(texts):  # the common case: the first n_best rows have distinct texts
+        return [{"score": r[0], "start_logit": r[4], "end_logit": r[5], "window_index": int(r[1]),
+                 "start_char": int(r[2]), "end_char": int(r[3]), "text": t} for r, t in zip(head, texts)]
     spans: list[dict[str, Any]] = []
     seen = set()
     done = 0
-    count = int(batch.counts[q])
-    while True:
+    while rows:
         for score, win, a, b, s_logit, e_logit in rows:
             a, b = int(a), int(b)
             text = context[a:b]
@@ -222,14 +391,12 @@ def _spans(example: QAExample, batch: _Batch, q: int, rows: list[list[float]], n
                 continue
             seen.add(text)
             spans.append({"score": score, "start_logit": s_logit, "end_logit": e_logit,
-                          "window_index": int(win) - first, "start_char": a, "end_char": b, "text": text})
+                          "window_index": int(win), "start_char": a, "end_char": b, "text": text})
             if len(spans) >= n_best:
                 return spans
         done += len(rows)
-        if done >= count:
-            return spans
-        seg = int(batch.seg_start[q])
-        rows = batch.rows(np.arange(seg + done, seg + min(count, done + chunk)))
+        rows = more(done)
+    return spans
 
 
 def _n_best(spans: list[dict[str, Any]], null: dict[str, Any] | None, n_best: int) -> list[dict[str, Any]]:
@@ -255,29 +422,25 @@ def _n_best(spans: list[dict[str, Any]], null: dict[str, Any] | None, n_best: in
     return out
 
 
-def _answer(example: QAExample, batch: _Batch, q: int, rows: list[list[float]], n_windows: int,
-            config: AnswerConfig) -> Answer:
-    if batch.outside[q]:
-        raise ValueError(f"question {example.id!r}: window offsets fall outside its context of "
-                         f"{len(example.context)} characters; were the windows made from another context?")
-    spans = _spans(example, batch, q, rows, config.n_best, _CHUNK_FACTOR * config.n_best)
+def _answer(example: QAExample, rows: list[Row], more: MoreRows, null_start: list[float],
+            null_end: list[float], config: AnswerConfig) -> Answer:
+    """The Answer from the question's candidate rows (best first) and its windows' [CLS] logits."""
+    spans = _spans(example, rows, more, config.n_best)
     if not spans:
         raise ValueError(f"question {example.id!r}: no window has a valid answer span (no context "
                          "token is max context); build windows with squad_features.WindowMaker")
-    first = batch.first_window[q]
-    null_scores = batch.null[first:first + n_windows]
-    null_at = 0
-    for i in range(1, n_windows):  # first window on ties, like the original's strict <
-        if null_scores[i] < null_scores[null_at]:
-            null_at = i
-    null_score = null_scores[null_at]
-    null = None
+    null_at, null_score = 0, null_start[0] + null_end[0]
+    for i in range(1, len(null_start)):  # first window on ties, like the original's strict <
+        score = null_start[i] + null_end[i]
+        if score < null_score:
+            null_at, null_score = i, score
+    null: dict[str, Any] | None = None
     if config.version_2_with_negative:
-        null = {"score": null_score, "start_logit": batch.null_start[first + null_at],
-                "end_logit": batch.null_end[first + null_at], "window_index": null_at,
-                "start_char": -1, "end_char": -1, "text": ""}
+        null = {"score": null_score, "start_logit": null_start[null_at], "end_logit": null_end[null_at],
+                "window_index": null_at, "start_char": -1, "end_char": -1, "text": ""}
     nbest = _n_best(spans, null, config.n_best)
-    top = max(c["score"] for c in nbest)  # softmax of the n-best scores, written into the entries
+    # softmax of the n-best scores, written into the entries; the top score is the best span's or null's
+    top = spans[0]["score"] if null is None else max(spans[0]["score"], null_score)
     exps = [math.exp(c["score"] - top) for c in nbest]
     total = sum(exps)
     for c, e in zip(nbest, exps):
@@ -297,60 +460,3 @@ def _answer(example: QAExample, batch: _Batch, q: int, rows: list[list[float]], 
         best_span_text=best["text"],
         n_best=tuple(nbest),
     )
-
-
-def extract_answers(items: Sequence[Item], config: AnswerConfig = AnswerConfig()) -> list[Answer | ValueError]:
-    """Answers of several questions at once: ``items`` are (example, windows, logits) as for
-    :func:`extract_answer`; the result has, in order, each question's Answer or the ValueError
-    extract_answer would raise for it.
-
-    The numpy work (masking, top-k per window, span scores, ordering) runs once over all windows
-    of all questions instead of a dozen small calls per window, which is what costs when a
-    question has one window of ~200 tokens; the results are the same as one question at a time.
-    """
-    results: list[Answer | ValueError | None] = []
-    good: list[tuple[int, QAExample, list[tuple[Window, WindowLogits]]]] = []
-    for example, windows, logits in items:
-        try:
-            pairs = _ordered(example, windows, logits)
-        except ValueError as err:
-            results.append(err)
-            continue
-        results.append(None)
-        good.append((len(results) - 1, example, pairs))
-    if not good:
-        return results  # type: ignore[return-value]  # every entry is an error
-    try:
-        batch = _Batch([(ex, pairs) for _, ex, pairs in good], config)
-    except _NonFinite:
-        if len(good) == 1:
-            _, ex, pairs = good[0]
-            err = _non_finite_error(ex, pairs)
-            assert err is not None
-            results[good[0][0]] = err
-            return results  # type: ignore[return-value]
-        for at, ex, pairs in good:  # find the culprits: answer one by one
-            results[at] = extract_answers([(ex, [w for w, _ in pairs], [lg for _, lg in pairs])], config)[0]
-        return results  # type: ignore[return-value]
-    chunk = _CHUNK_FACTOR * config.n_best
-    for q, ((at, ex, pairs), rows) in enumerate(zip(good, batch.first_rows(chunk))):
-        try:
-            results[at] = _answer(ex, batch, q, rows, len(pairs), config)
-        except ValueError as err:
-            results[at] = err
-    return results  # type: ignore[return-value]  # every placeholder was replaced
-
-
-def extract_answer(example: QAExample, windows: Sequence[Window], logits: Sequence[WindowLogits],
-                   config: AnswerConfig = AnswerConfig()) -> Answer:
-    """The answer of one question from all its windows and their logits (any window order).
-
-    ``probability`` is that of the returned answer in the n-best softmax: the null candidate's
-    when the answer is "". ``score`` is always the best span's, ``best_span_text`` its text.
-    Raises ValueError for inconsistent inputs. Answering many questions,
-    :func:`extract_answers` is several times faster per question.
-    """
-    (result,) = extract_answers([(example, windows, logits)], config)
-    if isinstance(result, ValueError):
-        raise result
-    return result

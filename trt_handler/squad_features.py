@@ -195,6 +195,7 @@ class WindowMaker:
         self._tokenizer.no_padding()
         self._cls = int(tokenizer.cls_token_id)
         self._sep = int(tokenizer.sep_token_id)
+        self._sep_tail = np.array([self._sep], dtype=np.int32)
         self._check_pair_layout()
 
     def _check_pair_layout(self) -> None:
@@ -234,7 +235,8 @@ class WindowMaker:
         context_index: dict[str, int] = {}
         for i in todo:
             context_index.setdefault(examples[i].context, len(context_index))
-        questions = self._tokenizer.encode_batch([examples[i].question for i in todo], add_special_tokens=False)
+        # Questions need only ids: the fast call skips the offsets.
+        questions = self._tokenizer.encode_batch_fast([examples[i].question for i in todo], add_special_tokens=False)
         contexts = [_encoding_arrays(e) for e in
                     self._tokenizer.encode_batch(list(context_index), add_special_tokens=False)]
         for i, question in zip(todo, questions):
@@ -245,34 +247,59 @@ class WindowMaker:
 
     def _assemble(self, ex: QAExample, question_ids: list[int], context_ids: np.ndarray,
                   context_offsets: np.ndarray) -> list[Window] | FeatureError:
-        """Cut one tokenized example into windows (numpy slices, no per-token Python)."""
+        """Cut one tokenized example into windows (numpy slices, no per-token Python).
+
+        Arrays that depend only on the window's layout (type ids, context mask, the max-context
+        mask of a one-window question) are shared, read-only, between windows of the same layout.
+        """
         if not question_ids:
             return FeatureError(f"question of example {ex.id!r} has no tokens after normalisation "
                                 "(only control or zero-width characters?); fix the question text")
-        if context_ids.shape[0] == 0:
+        n_context = int(context_ids.shape[0])
+        if n_context == 0:
             return FeatureError(f"context of example {ex.id!r} has no tokens after normalisation "
                                 "(only control or zero-width characters?); fix the context text")
         n_q = len(question_ids)
         room = self.config.max_seq_length - n_q - _NUM_SPECIAL
-        spans = _spans(int(context_ids.shape[0]), room, self.config.doc_stride)
+        spans = _spans(n_context, room, self.config.doc_stride)
         head = np.array([self._cls, *question_ids, self._sep], dtype=np.int32)
         c0 = n_q + 2  # first context position in a window
         out: list[Window] = []
         for w, (start, stop, max_ctx) in enumerate(spans):
             k = stop - start
-            length = c0 + k + 1
-            input_ids = np.empty(length, dtype=np.int32)
-            input_ids[:c0] = head
-            input_ids[c0:-1] = context_ids[start:stop]
-            input_ids[-1] = self._sep
-            token_type_ids = np.zeros(length, dtype=np.int32)
-            token_type_ids[c0:] = 1
-            offsets = np.full((length, 2), -1, dtype=np.int32)
-            offsets[c0:-1] = context_offsets[start:stop]
-            is_context = np.zeros(length, dtype=bool)
-            is_context[c0:-1] = True
-            max_context = np.zeros(length, dtype=bool)
-            max_context[c0:-1] = max_ctx
+            token_type_ids, is_context, no_offsets = _layout(c0, k)
+            input_ids = np.concatenate((head, context_ids[start:stop], self._sep_tail))
+            offsets = np.concatenate((no_offsets, context_offsets[start:stop], _NO_OFFSET))
+            if len(spans) == 1:  # every context token is max context: the context mask itself
+                max_context = is_context
+            else:
+                max_context = np.concatenate((_falses(c0), max_ctx, _falses(1)))
             out.append(Window(ex.id, w, len(spans), input_ids, token_type_ids, offsets,
                               is_context, max_context))
         return out
+
+
+_NO_OFFSET = np.full((1, 2), -1, dtype=np.int32)
+_NO_OFFSET.flags.writeable = False
+
+
+@functools.lru_cache(maxsize=1024)
+def _falses(n: int) -> np.ndarray:
+    out = np.zeros(n, dtype=bool)
+    out.flags.writeable = False
+    return out
+
+
+@functools.lru_cache(maxsize=16384)
+def _layout(c0: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read-only arrays of a window with ``c0 - 2`` question and ``k`` context tokens: token type
+    ids (0 up to the first [SEP], then 1), the context mask, and the (-1, -1) offsets of the head."""
+    length = c0 + k + 1
+    token_type_ids = np.zeros(length, dtype=np.int32)
+    token_type_ids[c0:] = 1
+    is_context = np.zeros(length, dtype=bool)
+    is_context[c0:-1] = True
+    no_offsets = np.full((c0, 2), -1, dtype=np.int32)
+    for a in (token_type_ids, is_context, no_offsets):
+        a.flags.writeable = False
+    return token_type_ids, is_context, no_offsets

@@ -1,0 +1,374 @@
+"""Length-bucketed batching end to end: what Beam 2.77's BatchElements really does with
+``length_fn``/``bucket_boundaries``, a bucketing DoFn that works on the batch path, the handler
+running each bucket on its own profile, the bucket helpers, context sharing in the features, and
+the acceptance: answers with bucketing on are IDENTICAL to bucketing off (ONNX Runtime, shared
+model, a B1 subset with multi-window questions; the full B1 run is
+``python -m benchmarks.check_bucketing_identical``).
+
+Correctness only: no timing is asserted here (the figures come from ``benchmarks/``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from apache_beam.testing.util import assert_that
+
+from trt_handler.batching import (
+    LengthBucketBatcher,
+    bucket_for,
+    padded_tokens,
+    suggest_buckets,
+    uniform_buckets,
+)
+from trt_handler.handlers import WindowQAHandler, plan_model_calls
+from trt_handler.profiles import profiles_for_buckets
+from trt_handler.qa_types import ModelBatch, QAExample, Window, WindowLogits
+
+BUCKETS = (128, 256, 384)
+
+
+def make_window(example_id: str, length: int, index: int = 0, num: int = 1) -> Window:
+    ids = (np.arange(length, dtype=np.int32) + 1000 * (index + 1)) % 30000
+    zeros = np.zeros(length, dtype=np.int32)
+    return Window(example_id, index, num, ids, zeros, np.full((length, 2), -1, np.int32),
+                  zeros.astype(bool), zeros.astype(bool))
+
+
+class ShapeSession:
+    """Records every model call's [batch, seq]; logits start = ids, end = -ids."""
+
+    def __init__(self) -> None:
+        self.shapes: List[Tuple[int, int]] = []
+
+    def run(self, batch: ModelBatch) -> Tuple[np.ndarray, np.ndarray]:
+        self.shapes.append(batch.shape)
+        x = batch.input_ids.astype(np.float32)
+        return x, -x
+
+
+# Lengths of the batches that reached run_inference (DirectRunner runs in this process).
+SEEN: List[List[int]] = []
+
+
+class RecordingHandler(WindowQAHandler[ShapeSession]):
+    def __init__(self, buckets: Sequence[int] = BUCKETS, max_batch_size: int = 16,
+                 max_batch_duration_secs: Optional[float] = None) -> None:
+        super().__init__(buckets=buckets, min_batch_size=1, max_batch_size=max_batch_size,
+                         max_batch_duration_secs=max_batch_duration_secs, large_model=False)
+
+    def load_model(self) -> ShapeSession:
+        return ShapeSession()
+
+    def get_metrics_namespace(self) -> str:
+        return "RecordingQA"
+
+    def run_inference(self, batch: Sequence[Window], model: ShapeSession,
+                      inference_args: Optional[Dict[str, Any]] = None) -> Any:
+        SEEN.append([w.length for w in batch])
+        return super().run_inference(batch, model, inference_args)
+
+
+class BucketedBatches(beam.DoFn):
+    """Reference implementation of the workaround for Beam's batch path: keyed windows -> lists of
+    at most ``max_batch`` keyed windows of ONE bucket each, full batches as they fill, partial ones
+    at the end of the bundle. Feed it to ``RunInference(KeyedModelHandler(h).with_no_batching())``.
+    (Proposed for pipelines/transforms.py; see docs/performance.md.)"""
+
+    def __init__(self, buckets: Sequence[int], max_batch: int):
+        self._buckets = tuple(buckets)
+        self._max_batch = max_batch
+        self._batcher: Optional[LengthBucketBatcher] = None
+
+    def start_bundle(self) -> None:
+        self._batcher = LengthBucketBatcher(self._buckets, self._max_batch, length_fn=lambda kv: kv[1].length)
+
+    def process(self, element: Tuple[str, Window]) -> Iterator[List[Tuple[str, Window]]]:
+        assert self._batcher is not None
+        full = self._batcher.add(element)
+        if full:
+            yield full
+
+    def finish_bundle(self) -> Iterator[Any]:
+        from apache_beam.transforms.window import GlobalWindows
+
+        assert self._batcher is not None
+        for batch in self._batcher.flush():
+            yield GlobalWindows.windowed_value_at_end_of_window(batch)
+
+
+def _windows(n: int, seed: int = 0) -> List[Window]:
+    rng = np.random.default_rng(seed)
+    return [make_window(f"q{i:04d}", int(rng.integers(5, 385))) for i in range(n)]
+
+
+def _bucket(n: int) -> int:
+    return bucket_for(n, BUCKETS)
+
+
+def _run_pipeline(windows: Sequence[Window], transform: beam.PTransform) -> List[List[int]]:
+    SEEN.clear()
+    expected = sorted(w.example_id for w in windows)
+
+    def all_once(keys: List[str]) -> None:
+        assert sorted(keys) == expected, "windows were lost or duplicated"
+
+    with beam.Pipeline() as p:
+        out = p | beam.Create([(w.example_id, w) for w in windows]) | transform
+        assert_that(out | beam.Map(lambda kv: kv[0]), all_once)
+    return list(SEEN)
+
+
+# --------------------------------------------------------------------------------------------
+# what Beam does
+
+
+def test_default_batch_path_ignores_length_fn_and_the_handler_regroups() -> None:
+    """BatchElements' default (batch) path ignores length_fn/bucket_boundaries: mixed batches reach
+    run_inference; the handler then runs one model call per bucket (padded to that bucket)."""
+    windows = _windows(150)
+    batches = _run_pipeline(windows, RunInference(KeyedModelHandler(RecordingHandler())))
+    assert sum(len(b) for b in batches) == len(windows)
+    assert any(len({_bucket(n) for n in b}) > 1 for b in batches), \
+        "Beam's default BatchElements path now keeps buckets apart: update docs/performance.md"
+    for b in batches:  # the handler's plan for each such batch: one call group per bucket
+        calls = plan_model_calls([make_window("x", n) for n in b], BUCKETS, 16)
+        assert all(c.seq_len == _bucket(max(b[i] for i in c.indices)) for c in calls)
+        assert len({c.seq_len for c in calls}) == len({_bucket(n) for n in b})
+
+
+def test_stateful_path_keeps_buckets_apart_and_flushes_partial_buckets() -> None:
+    """With max_batch_duration_secs (the streaming setting) BatchElements keys by (worker, bucket):
+    every batch holds one bucket; buckets that never fill a batch still come out (window end)."""
+    windows = _windows(100, seed=1)
+    batches = _run_pipeline(windows, RunInference(KeyedModelHandler(RecordingHandler(max_batch_duration_secs=0.05))))
+    assert sum(len(b) for b in batches) == len(windows)
+    assert all(len({_bucket(n) for n in b}) == 1 for b in batches)
+    assert all(len(b) <= 16 for b in batches)
+
+
+def test_bucketed_batches_dofn_with_no_batching_keeps_buckets_apart_on_the_batch_path() -> None:
+    """The workaround without Beam's stateful shuffle: a DoFn forms per-bucket batches (partial ones
+    at bundle end) and RunInference skips its own batching."""
+    windows = _windows(150, seed=2)
+    transform = (beam.ParDo(BucketedBatches(BUCKETS, 16))
+                 | RunInference(KeyedModelHandler(RecordingHandler()).with_no_batching()))
+    batches = _run_pipeline(windows, transform)
+    assert sum(len(b) for b in batches) == len(windows)
+    assert all(len({_bucket(n) for n in b}) == 1 for b in batches)
+    assert all(len(b) <= 16 for b in batches)
+    per_bucket = {bk: sum(1 for w in windows if _bucket(w.length) == bk) for bk in BUCKETS}
+    for bk, n in per_bucket.items():  # full batches of 16, then one partial batch per bucket
+        sizes = sorted((len(b) for b in batches if _bucket(b[0]) == bk), reverse=True)
+        assert sizes == [16] * (n // 16) + ([n % 16] if n % 16 else [])
+
+
+def test_handler_runs_each_bucket_on_its_profile() -> None:
+    """One model call per bucket group, padded to the matching engine profile's opt length."""
+    profiles = profiles_for_buckets((64, 128, 192, 256, 320, 384), 1, 8, 8)
+    windows = [make_window(f"w{i}", n) for i, n in enumerate([10, 300, 64, 65, 200, 384, 129, 1, 250, 321] * 2)]
+    session = ShapeSession()
+
+    class EngineLike(RecordingHandler):
+        def _profiles(self, model: ShapeSession) -> Any:
+            return profiles
+
+    handler = EngineLike(buckets=(64, 128, 192, 256, 320, 384), max_batch_size=8)
+    results = list(handler.run_inference(windows, session))
+    assert [r.example for r in results] == windows  # input order kept
+    for r in results:
+        np.testing.assert_array_equal(r.inference.start_logits, r.example.input_ids.astype(np.float32))
+    groups: Dict[int, int] = {}
+    for w in windows:
+        b = bucket_for(w.length, (64, 128, 192, 256, 320, 384))
+        groups[b] = groups.get(b, 0) + 1
+    assert sorted(session.shapes) == sorted((n, b) for b, n in groups.items())
+
+
+# --------------------------------------------------------------------------------------------
+# helpers in trt_handler.batching
+
+
+def test_length_bucket_batcher() -> None:
+    batcher = LengthBucketBatcher(BUCKETS, 2, length_fn=int)
+    out = [batcher.add(x) for x in [10, 300, 20, 200, 130, 5, 384]]
+    assert out == [None, None, [10, 20], None, [200, 130], None, [300, 384]]
+    assert batcher.pending() == 1 and batcher.flush() == [[5]] and batcher.flush() == []
+    with pytest.raises(ValueError, match="longer than the largest bucket"):
+        batcher.add(385)
+    with pytest.raises(ValueError, match="max_batch"):
+        LengthBucketBatcher(BUCKETS, 0)
+
+
+def test_uniform_and_padded_tokens() -> None:
+    assert uniform_buckets(64, 384) == (64, 128, 192, 256, 320, 384)
+    assert uniform_buckets(100, 384) == (100, 200, 300, 384)
+    assert padded_tokens([1, 128, 129, 384], BUCKETS) == 128 + 128 + 256 + 384
+    with pytest.raises(ValueError):
+        padded_tokens([385], BUCKETS)
+
+
+def test_suggest_buckets_is_the_optimum() -> None:
+    rng = np.random.default_rng(3)
+    lengths = [int(x) for x in np.clip(rng.normal(170, 60, 500), 20, 384)]
+    cands = list(range(32, 384, 32))
+    for count in (1, 2, 3, 4):
+        got = suggest_buckets(lengths, count, 384, 32)
+        assert got[-1] == 384 and len(got) <= count and all(b % 32 == 0 for b in got)
+        brute = min(padded_tokens(lengths, (*c, 384)) for c in itertools.combinations(cands, count - 1))
+        assert padded_tokens(lengths, got) == brute
+
+
+# --------------------------------------------------------------------------------------------
+# features: a context shared by several questions is tokenized once
+
+
+def test_windows_many_tokenizes_a_shared_context_once(model_dir: Path) -> None:
+    from trt_handler.squad_features import WindowMaker, load_tokenizer
+
+    maker = WindowMaker(load_tokenizer(model_dir))
+    seen: List[List[str]] = []
+    real = maker._tokenizer
+
+    class Counting:
+        def encode_batch(self, texts: List[str], **kw: Any) -> Any:
+            seen.append(list(texts))
+            return real.encode_batch(texts, **kw)
+
+        def encode_batch_fast(self, texts: List[str], **kw: Any) -> Any:
+            return real.encode_batch_fast(texts, **kw)
+
+    context = "Ada Lovelace wrote the first program. She worked with Charles Babbage."
+    examples = [QAExample(f"q{i}", q, context) for i, q in enumerate(["Who wrote it?", "With whom?", "What?"])]
+    examples.append(QAExample("other", "Who?", "Someone else entirely."))
+    expected = [maker.windows(ex) for ex in examples]
+    maker._tokenizer = Counting()  # type: ignore[assignment]
+    got = maker.windows_many(examples)
+    assert seen == [[context, "Someone else entirely."]]  # one batched call, each context once
+    for ws, ref in zip(got, expected):
+        assert isinstance(ws, list)
+        for a, b in zip(ws, ref):
+            np.testing.assert_array_equal(a.input_ids, b.input_ids)
+            np.testing.assert_array_equal(a.offsets, b.offsets)
+
+
+# --------------------------------------------------------------------------------------------
+# answers: the batched extraction gives the same answers
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, Exception) or isinstance(b, Exception):
+        return type(a) is type(b) and str(a) == str(b)
+    return bool(a == b)
+
+
+def test_extract_answers_equals_extract_answer_on_real_windows(model_dir: Path, squad_b1: Path) -> None:
+    from trt_handler.squad_answers import AnswerConfig, extract_answer, extract_answers
+    from trt_handler.squad_data import load_examples
+    from trt_handler.squad_features import WindowMaker, load_tokenizer
+
+    examples = load_examples(squad_b1)[:400]
+    windows = WindowMaker(load_tokenizer(model_dir)).windows_many(examples)
+    rng = np.random.default_rng(0)
+    items = [(ex, ws, [WindowLogits(rng.normal(size=w.length).astype(np.float32) * 3,
+                                    rng.normal(size=w.length).astype(np.float32) * 3) for w in ws])
+             for ex, ws in zip(examples, windows)]
+    for config in (AnswerConfig(), AnswerConfig(n_best=1), AnswerConfig(n_best=5, max_answer_length=3),
+                   AnswerConfig(version_2_with_negative=False)):
+        one = []
+        for ex, ws, lg in items:
+            try:
+                one.append(extract_answer(ex, ws, lg, config))
+            except ValueError as err:
+                one.append(err)
+        many = [a for i in range(0, len(items), 64) for a in extract_answers(items[i:i + 64], config)]
+        assert all(_same(a, b) for a, b in zip(one, many))
+
+
+def test_extract_answers_equals_extract_answer_with_ties_and_repeated_texts() -> None:
+    """Integer logits (many ties) over contexts of repeated words (many equal texts)."""
+    from trt_handler.squad_answers import AnswerConfig, extract_answer, extract_answers
+
+    rng = np.random.default_rng(1)
+    pick = random.Random(0)
+    items = []
+    for q in range(400):
+        n_tok, n_win = pick.randint(1, 60), pick.choice([1, 1, 2, 3])
+        words = [pick.choice(["cat", "and", "dog", "the", "a"]) for _ in range(n_tok)]
+        spans, at = [], 0
+        for word in words:
+            spans.append((at, at + len(word)))
+            at += len(word) + 1
+        windows, logits = [], []
+        for i in range(n_win):
+            length = 4 + n_tok + 1
+            offsets = np.full((length, 2), -1, np.int32)
+            offsets[4:-1] = spans
+            is_context = np.zeros(length, bool)
+            is_context[4:-1] = True
+            max_context = is_context.copy()
+            if n_win > 1:
+                max_context[4:-1] = rng.random(n_tok) < 0.5
+            windows.append(Window(f"q{q}", i, n_win, np.arange(length, dtype=np.int32), np.zeros(length, np.int32),
+                                  offsets, is_context, max_context))
+            logits.append(WindowLogits(rng.integers(-3, 4, length).astype(np.float32),
+                                       rng.integers(-3, 4, length).astype(np.float32)))
+        order = list(range(n_win))
+        pick.shuffle(order)  # any window order
+        items.append((QAExample(f"q{q}", "?", " ".join(words)), [windows[i] for i in order], [logits[i] for i in order]))
+    for config in (AnswerConfig(), AnswerConfig(n_best=3), AnswerConfig(n_best=1, max_answer_length=2)):
+        one = []
+        for ex, ws, lg in items:
+            try:
+                one.append(extract_answer(ex, ws, lg, config))
+            except ValueError as err:
+                one.append(err)
+        many = [a for i in range(0, len(items), 37) for a in extract_answers(items[i:i + 37], config)]
+        assert all(_same(a, b) for a, b in zip(one, many))
+
+
+def test_extract_answers_isolates_bad_questions() -> None:
+    from trt_handler.squad_answers import extract_answers
+
+    ex = QAExample("a", "?", "cat and dog")
+    w = Window("a", 0, 1, np.arange(8, dtype=np.int32), np.zeros(8, np.int32),
+               np.array([[-1, -1]] * 4 + [[0, 3], [4, 7], [8, 11], [-1, -1]], np.int32),
+               np.array([0, 0, 0, 0, 1, 1, 1, 0], bool), np.array([0, 0, 0, 0, 1, 1, 1, 0], bool))
+    good = WindowLogits(np.arange(8, dtype=np.float32), np.arange(8, dtype=np.float32))
+    nan = WindowLogits(np.full(8, np.nan, np.float32), np.zeros(8, np.float32))
+    out = extract_answers([(ex, [w], [good]), (ex, [w], [nan]), (ex, [w], []), (ex, [w], [good])])
+    assert out[0] == out[3] and out[0].text == "dog"
+    assert isinstance(out[1], ValueError) and "NaN" in str(out[1])
+    assert isinstance(out[2], ValueError) and "1 windows but 0 logits" in str(out[2])
+
+
+# --------------------------------------------------------------------------------------------
+# acceptance: identical answers with bucketing on and off (ONNX Runtime, shared model)
+
+
+@pytest.fixture(scope="module")
+def bundle(model_dir: Path, test_cache: Path) -> Path:
+    from trt_handler.export import resolve_model_bundle
+
+    return resolve_model_bundle(model_dir, test_cache)
+
+
+def test_bucketed_answers_identical_to_padded_on_b1_subset(bundle: Path, squad_b1: Path, test_cache: Path) -> None:
+    from benchmarks.check_bucketing_identical import check
+
+    results = check(str(squad_b1), str(bundle), str(test_cache), limit=150, multi=20, batch=64,
+                    fine="128,160,192,224,288,384")
+    assert [r["mode"] for r in results] == ["on", "on_fine"]
+    for r in results:
+        assert r["compared"] == 150 and r["multi_window_questions"] == 20
+        assert r["engine_tokens_on"] < r["engine_tokens_off"]  # bucketing really padded less
+        assert r["text_mismatches"] == 0, r["mismatched_ids"]
+        assert r["best_span_mismatches"] == 0
+        assert r["max_abs_logit_diff"] < 1e-3
