@@ -210,9 +210,10 @@ def _top_k_sorted(values: np.ndarray, k: int) -> np.ndarray:
     if width <= k:
         return np.broadcast_to(np.arange(width), values.shape).copy()
     part = np.argpartition(values, width - k, axis=1)
-    kth = np.take_along_axis(values, part[:, width - k:width - k + 1], axis=1)
-    ties = np.isfinite(kth[:, 0]) & (np.take_along_axis(values, part[:, :width - k], axis=1) == kth).any(axis=1)
     idx = part[:, width - k:]
+    kth = np.take_along_axis(values, part[:, width - k:width - k + 1], axis=1)
+    # a value left out ties with the k-th exactly when more than k values are >= the k-th
+    ties = np.isfinite(kth[:, 0]) & ((values >= kth).sum(axis=1) > k)
     for row in np.flatnonzero(ties):  # rare: redo the row with a stable sort
         idx[row] = np.argsort(-values[row], kind="stable")[:k]
     idx.sort(axis=1)
@@ -281,7 +282,8 @@ class _Batch:
         # best first per question, ties in (window, start, end) order: a stable sort by score, then
         # a stable (radix) sort by question
         by_score = np.argsort(-self.table[0], kind="stable")
-        self.order = by_score[np.argsort(question[by_score], kind="stable")]
+        q_type = np.int16 if n_q < 2**15 else np.int32  # 16-bit keys get numpy's radix sort
+        self.order = by_score[np.argsort(question[by_score].astype(q_type), kind="stable")]
         self.counts = np.bincount(question, minlength=n_q)
         self.seg_start = np.zeros(n_q, dtype=np.int64)
         np.cumsum(self.counts[:-1], out=self.seg_start[1:])
