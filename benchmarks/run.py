@@ -104,7 +104,7 @@ def markdown(runs: Sequence[Dict[str, Any]], header: Dict[str, Any]) -> str:
             if "figure" not in f:
                 continue
             details = "; ".join(f"{k}={_fmt(f[k])}" for k in _DETAIL_KEYS if k in f and f[k] is not None)
-            load = f.get("loadavg", [None])[0]
+            load = f.get("loadavg", [None])[0]  # 1-min load (bench_onnx: the highest over its rounds)
             lines.append(f"| `{f['figure']}` | {_fmt(f['value'])} | {f['unit']} | {_fmt(load)} | {details} |")
         if run["rc"]:
             lines.append(f"| `{run['module']}` | failed (exit {run['rc']}) | | | see stderr |")
@@ -210,7 +210,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             extra += ["--profile", str(results / "profiles")]
         runs.append(run_bench("bench_cpu_ceiling", [*base, "--cache-dir", args.cache_dir, *extra], ONE_THREAD, pin=True))
     if want("onnx"):
-        extra = ["--windows", "16", "--batch-sizes", "1,8"] if args.quick else ["--windows", "128"]
+        extra = ["--windows", "16", "--batch-sizes", "1,8", "--repeat", "1"] if args.quick else ["--windows", "96"]
         runs.append(run_bench("bench_onnx", [*base, "--cache-dir", args.cache_dir, "--fine", fine, *extra], ONE_THREAD))
     if want("build"):
         extra = [] if args.quick or fine == "suggest" else ["--fine-buckets", fine]
