@@ -78,7 +78,7 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-_DETAIL_KEYS = ("buckets", "batch_size", "q_per_cpu_s", "us_cpu_per_q", "questions", "windows",
+_DETAIL_KEYS = ("buckets", "batch_size", "runs_s", "q_per_cpu_s", "us_cpu_per_q", "questions", "windows",
                 "rows_per_call_bucketed_formation", "rows_per_call_arrival_formation", "holdout_inflation",
                 "intra_op_threads", "profiles", "engine_mib", "measured", "built_at", "api",
                 "shuffled_q_per_s", "beam_and_rest_us_per_q", "q_per_s_without_beam", "stages")
@@ -94,7 +94,9 @@ def markdown(runs: Sequence[Dict[str, Any]], header: Dict[str, Any]) -> str:
         f"Machine: {m['cores']} cores ({m['cores_usable']} usable), {m['cpu']}, Python {m['python']}, {m['platform']}.",
         f"Load average (1/5/15 min) at start: {header['loadavg_start']}, at end: {header['loadavg_end']}.",
         "Per-core figures were measured pinned to one core; the load average is that of the whole machine",
-        "(other work running on the other core disturbs them: see the load column).",
+        "(other work running on the other core disturbs them: see the load column). Timed figures are the best",
+        "of several runs (`runs_s`: every run's seconds); on this VM repeated runs in one process spread by up to",
+        "~1.7x even at a low load average, so compare figures measured in the same run.",
         "",
         "| figure | value | unit | load avg (1 min) | details |",
         "| --- | ---: | --- | ---: | --- |",
@@ -193,7 +195,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     base = ["--data", args.data, "--model", args.model]
 
     if want("qa_core"):
-        runs.append(run_bench("bench_qa_core", [*base, "--repeat", "1" if args.quick else "3"], ONE_THREAD, pin=True))
+        runs.append(run_bench("bench_qa_core", [*base, "--repeat", "1" if args.quick else "5"], ONE_THREAD, pin=True))
     fine = "suggest"
     if want("inflation"):
         extra = ["--holdout", holdout] if holdout else []
@@ -205,7 +207,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if suggested:
             fine = ",".join(str(b) for b in suggested[0]["buckets"])
     if want("ceiling"):
-        extra = ["--questions", "2000" if args.quick else "20000"]
+        extra = ["--questions", "2000", "--repeat", "1"] if args.quick else ["--questions", "20000", "--repeat", "2"]
         if args.profile:
             extra += ["--profile", str(results / "profiles")]
         runs.append(run_bench("bench_cpu_ceiling", [*base, "--cache-dir", args.cache_dir, *extra], ONE_THREAD, pin=True))
