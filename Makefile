@@ -48,7 +48,7 @@ lint:
 	$(PY) -m ruff check trt_handler pipelines tests benchmarks
 
 typecheck:
-	$(PY) -m trt_handler.typecheck
+	$(PY) -m trt_handler.engines.typecheck
 
 ## run              answer INPUT with the local Beam pipeline (BACKEND=onnx|tensorrt, MODEL=dir|hub id)
 run:
@@ -66,15 +66,15 @@ eval-inprocess:
 
 ## onnx             export MODEL to ONNX (cached under CACHE, checked against PyTorch)
 onnx:
-	$(PY) -m trt_handler.export --model $(MODEL) --cache-dir $(CACHE)
+	$(PY) -m trt_handler.engines.export --model $(MODEL) --cache-dir $(CACHE)
 
 ## engine           build a TensorRT / TensorRT-RTX engine from MODEL's ONNX (see README: engine guide)
 engine:
-	$(PY) -m trt_handler.build --model $(MODEL) --cache-dir $(CACHE) $(if $(TARGETS),--targets $(TARGETS)) $(EXTRA_ARGS)
+	$(PY) -m trt_handler.engines.build --model $(MODEL) --cache-dir $(CACHE) $(if $(TARGETS),--targets $(TARGETS)) $(EXTRA_ARGS)
 
 ## engine-bert-large  build a BERT-large-shaped (24 layers, hidden 1024, random weights) engine; prints build time
 engine-bert-large:
-	$(PY) -m trt_handler.build --bert-large-random --vocab $(VOCAB) --cache-dir $(CACHE) $(if $(TARGETS),--targets $(TARGETS)) $(EXTRA_ARGS)
+	$(PY) -m trt_handler.engines.build --bert-large-random --vocab $(VOCAB) --cache-dir $(CACHE) $(if $(TARGETS),--targets $(TARGETS)) $(EXTRA_ARGS)
 
 ## gpu-check        compare ENGINE with ONNX Runtime on real SQuAD windows (needs a GPU + TensorRT)
 gpu-check:

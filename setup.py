@@ -66,7 +66,7 @@ setup(
     extras_require=EXTRAS,
     entry_points={
         "console_scripts": [
-            "trt-qa-engine=trt_handler.build:main",
+            "trt-qa-engine=trt_handler.engines.build:main",
         ]
     },
     classifiers=[

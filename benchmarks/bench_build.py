@@ -3,7 +3,7 @@
     python -m benchmarks.bench_build --model ../shared/models/minilm-l6-squad2 --cache-dir cache \
         [--fine-buckets 128,160,192,224,288,384] [--with-bert-large-build] [--vocab VOCAB]
 
-Builds with the project's builder CLI (``python -m trt_handler.build --onnx ... --output ...``)
+Builds with the project's builder CLI (``python -m trt_handler.engines.build --onnx ... --output ...``)
 into a temporary folder, so the engine cache is left alone, and reports the ``build_seconds`` the
 builder writes into the engine's sidecar (the library's build call), with the CLI's wall time,
 the sidecar's ``total_seconds`` and the engine size alongside.
@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 def build(onnx: Path, out_dir: Path, name: str, extra: Sequence[str] = ()) -> Dict[str, Any]:
     """Run the builder CLI; the sidecar dict plus the CLI's wall seconds."""
     engine = out_dir / f"{name}.engine"
-    cmd = [sys.executable, "-m", "trt_handler.build", "--onnx", str(onnx), "--output", str(engine), *extra]
+    cmd = [sys.executable, "-m", "trt_handler.engines.build", "--onnx", str(onnx), "--output", str(engine), *extra]
     print("running: " + " ".join(cmd), file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
@@ -84,7 +84,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="vocab for exporting the BERT-large-shaped model when it is not cached yet")
     args = parser.parse_args(argv)
 
-    from trt_handler.export import bundle_onnx_path, resolve_model_bundle
+    from trt_handler.engines.export import bundle_onnx_path, resolve_model_bundle
 
     onnx = bundle_onnx_path(resolve_model_bundle(args.model, args.cache_dir))
     with tempfile.TemporaryDirectory(prefix="bench-build-") as tmp:
@@ -97,7 +97,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.with_bert_large_build:
             large = Path(args.cache_dir) / "onnx" / "bert-large-random-seed0" / "model.onnx"
             if not large.is_file():  # export it once into the cache (the builder's own recipe)
-                cmd = [sys.executable, "-m", "trt_handler.build", "--bert-large-random", "--cache-dir", args.cache_dir,
+                cmd = [sys.executable, "-m", "trt_handler.engines.build", "--bert-large-random", "--cache-dir", args.cache_dir,
                        "--vocab", args.vocab]
                 print("exporting BERT-large: " + " ".join(cmd), file=sys.stderr, flush=True)
                 subprocess.run(cmd, cwd=REPO, check=True)

@@ -46,7 +46,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from trt_handler.handlers import WindowQAHandler
+from trt_handler.backends.handlers import WindowQAHandler
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -144,7 +144,7 @@ class QuestionBatchHandler(ModelHandler[Any, PredictionResult, Any]):
 
     def run_inference(self, batch: Sequence[Any], model: Any,
                       inference_args: Optional[Dict[str, Any]] = None) -> Iterable[PredictionResult]:
-        from trt_handler.squad_answers import extract_answers
+        from trt_handler.qa.answers import extract_answers
 
         windows = [w for _, _, ws in batch for w in ws]
         logits = [r.inference for r in self._inner.run_inference(windows, model)]
@@ -162,8 +162,8 @@ class QuestionBatchHandler(ModelHandler[Any, PredictionResult, Any]):
 
 class _ParseQuestion(beam.DoFn):
     def process(self, raw: Any) -> Iterator[Any]:
-        from trt_handler.qa_types import Rejection
-        from trt_handler.records import parse_record, raw_text
+        from trt_handler.qa.types import Rejection
+        from pipelines.records import parse_record, raw_text
 
         if isinstance(raw, Rejection):
             return
@@ -180,7 +180,7 @@ class _QuestionWindows(beam.DoFn):
         self._maker: Any = None
 
     def setup(self) -> None:
-        from trt_handler.squad_features import WindowMaker, load_tokenizer
+        from trt_handler.qa.windows import WindowMaker, load_tokenizer
 
         self._maker = WindowMaker(load_tokenizer(self._model_dir))
 
@@ -197,7 +197,7 @@ def _first_of_group(element: Tuple[str, Iterable[Any]]) -> Iterator[Any]:
 
 
 def _answer_line(element: Tuple[str, PredictionResult]) -> Iterator[str]:
-    from trt_handler.records import answer_row
+    from pipelines.records import answer_row
 
     answer = element[1].inference
     if not isinstance(answer, Exception):
@@ -210,7 +210,7 @@ def run_per_question_pipeline(data: Path, model_dir: str, out_dir: Path, handler
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from pipelines.transforms import ReadRecords
-    from trt_handler.squad_answers import AnswerConfig
+    from trt_handler.qa.answers import AnswerConfig
 
     w0, c0 = time.perf_counter(), time.process_time()
     with beam.Pipeline(options=PipelineOptions([])) as p:
@@ -266,10 +266,10 @@ def stage_costs(data: Path, model_dir: str, handler: FreeQAHandler, limit: int =
 
 
 def _stage_costs_once(data: Path, model_dir: str, handler: FreeQAHandler, limit: int) -> Dict[str, Any]:
-    from trt_handler.qa_types import Rejection
-    from trt_handler.records import answer_row, assemble_answer, parse_record, split_squad_document
-    from trt_handler.squad_answers import AnswerConfig, extract_answers
-    from trt_handler.squad_features import WindowMaker, load_tokenizer
+    from trt_handler.qa.types import Rejection
+    from pipelines.records import answer_row, assemble_answer, parse_record, split_squad_document
+    from trt_handler.qa.answers import AnswerConfig, extract_answers
+    from trt_handler.qa.windows import WindowMaker, load_tokenizer
 
     config = AnswerConfig()
     doc = data.read_bytes()

@@ -34,8 +34,8 @@ from benchmarks.common import emit
 
 
 def windows_of(path: str, model: str) -> List[Any]:
-    from trt_handler.squad_data import load_examples
-    from trt_handler.squad_features import FeatureError, WindowMaker, load_tokenizer
+    from trt_handler.qa.reading import load_examples
+    from trt_handler.qa.windows import FeatureError, WindowMaker, load_tokenizer
 
     examples = load_examples(path)
     maker = WindowMaker(load_tokenizer(model))
@@ -52,7 +52,7 @@ def arrival_batches(windows: Sequence[Any], batch: int) -> List[List[Any]]:
 
 
 def bucketed_batches(windows: Sequence[Any], buckets: Sequence[int], batch: int, bundle: int) -> List[List[Any]]:
-    from trt_handler.batching import LengthBucketBatcher
+    from trt_handler.qa.batching import LengthBucketBatcher
 
     batcher = LengthBucketBatcher(buckets, batch)
     out: List[List[Any]] = []
@@ -69,8 +69,8 @@ def bucketed_batches(windows: Sequence[Any], buckets: Sequence[int], batch: int,
 def account(batches: Sequence[Sequence[Any]], buckets: Sequence[int], max_batch: int,
             with_profiles: bool) -> Dict[str, Any]:
     """Engine tokens, real tokens and model calls of these batches under the handlers' plan."""
-    from trt_handler.handlers import plan_model_calls
-    from trt_handler.profiles import profiles_for_buckets
+    from trt_handler.backends.handlers import plan_model_calls
+    from trt_handler.engines.profiles import profiles_for_buckets
 
     profiles = profiles_for_buckets(buckets, 1, min(16, max_batch), max_batch) if with_profiles else None
     engine = real = calls = rows = 0
@@ -98,7 +98,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--limit", type=int, default=0, help="use only the first N windows (0: all)")
     args = parser.parse_args(argv)
 
-    from trt_handler.batching import suggest_buckets, uniform_buckets
+    from trt_handler.qa.batching import suggest_buckets, uniform_buckets
 
     windows = windows_of(args.data, args.model)
     if args.limit:

@@ -56,9 +56,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cores = pin(args.threads)
 
     from benchmarks.bench_inflation import bucketed_batches, windows_of
-    from trt_handler.batching import suggest_buckets, validate_buckets
-    from trt_handler.export import resolve_model_bundle
-    from trt_handler.handlers import OnnxRuntimeQAHandler, plan_model_calls
+    from trt_handler.qa.batching import suggest_buckets, validate_buckets
+    from trt_handler.engines.export import resolve_model_bundle
+    from trt_handler.backends.handlers import OnnxRuntimeQAHandler, plan_model_calls
 
     bundle = resolve_model_bundle(args.model, args.cache_dir)
     all_windows = windows_of(args.data, str(bundle))

@@ -98,7 +98,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--results", default="benchmarks/results/pipeline_20k.json")
     args, beam_args = p.parse_known_args(argv)
 
-    from trt_handler.export import export_random_bert
+    from trt_handler.engines.export import export_random_bert
 
     work = REPO / args.work_dir
     data = work / "questions.jsonl"

@@ -58,7 +58,7 @@ def emit_rate(figure: str, n: int, runs: tuple[list[float], list[float]], **extr
 
 def random_logits(windows: Sequence[Sequence], seed: int) -> list:
     """Seeded float32 normal logits, one WindowLogits per window, per question."""
-    from trt_handler.qa_types import WindowLogits
+    from trt_handler.qa.types import WindowLogits
 
     rng = np.random.default_rng(seed)
     return [[WindowLogits(rng.normal(size=w.length).astype(np.float32),
@@ -74,9 +74,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     core = pin_to_one_core()
 
-    from trt_handler.squad_answers import extract_answer, extract_answers
-    from trt_handler.squad_data import load_examples
-    from trt_handler.squad_features import FeatureError, WindowMaker, load_tokenizer
+    from trt_handler.qa.answers import extract_answer, extract_answers
+    from trt_handler.qa.reading import load_examples
+    from trt_handler.qa.windows import FeatureError, WindowMaker, load_tokenizer
 
     examples = load_examples(args.data)
     maker = WindowMaker(load_tokenizer(args.model))

@@ -49,8 +49,8 @@ def run_logits(windows: Sequence[Any], bundle: str, buckets: Sequence[int], batc
                threads: Optional[int]) -> Tuple[Dict[Key, Any], Dict[str, Any]]:
     """Logits of every window through OnnxRuntimeQAHandler with these buckets; batches of
     consecutive windows, or per bucket when ``bucketed``."""
-    from trt_handler.batching import LengthBucketBatcher
-    from trt_handler.handlers import OnnxRuntimeQAHandler, plan_model_calls
+    from trt_handler.qa.batching import LengthBucketBatcher
+    from trt_handler.backends.handlers import OnnxRuntimeQAHandler, plan_model_calls
 
     handler = OnnxRuntimeQAHandler(bundle, buckets=buckets, max_batch_size=batch, intra_op_threads=threads)
     session = handler.load_model()
@@ -72,7 +72,7 @@ def run_logits(windows: Sequence[Any], bundle: str, buckets: Sequence[int], batc
 
 
 def answers_from(examples: Sequence[Any], windows: Sequence[Sequence[Any]], logits: Dict[Key, Any]) -> List[Any]:
-    from trt_handler.squad_answers import extract_answers
+    from trt_handler.qa.answers import extract_answers
 
     items = [(ex, ws, [logits[(w.example_id, w.window_index)] for w in ws]) for ex, ws in zip(examples, windows)]
     return [a for i in range(0, len(items), 64) for a in extract_answers(items[i:i + 64])]
@@ -99,11 +99,11 @@ def compare(ref_answers: Sequence[Any], answers: Sequence[Any], ref_logits: Dict
 def check(data: str, model: str, cache_dir: str, *, limit: int = 0, multi: int = 20, batch: int = 64,
           threads: Optional[int] = None, fine: str = "suggest") -> List[Dict[str, Any]]:
     """Run the modes and compare each with bucketing off; one result dict per compared mode."""
-    from trt_handler.batching import suggest_buckets, validate_buckets
-    from trt_handler.export import resolve_model_bundle
-    from trt_handler.squad_answers import extract_answers  # noqa: F401  (fail early when missing)
-    from trt_handler.squad_data import load_examples
-    from trt_handler.squad_features import FeatureError, WindowMaker, load_tokenizer
+    from trt_handler.qa.batching import suggest_buckets, validate_buckets
+    from trt_handler.engines.export import resolve_model_bundle
+    from trt_handler.qa.answers import extract_answers  # noqa: F401  (fail early when missing)
+    from trt_handler.qa.reading import load_examples
+    from trt_handler.qa.windows import FeatureError, WindowMaker, load_tokenizer
 
     bundle = str(resolve_model_bundle(model, cache_dir))
     examples = load_examples(data)

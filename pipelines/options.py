@@ -11,8 +11,8 @@ import argparse
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from trt_handler.batching import DEFAULT_BUCKETS, validate_buckets
-from trt_handler.records import RecordLimits
+from trt_handler.qa.batching import DEFAULT_BUCKETS, validate_buckets
+from pipelines.records import RecordLimits
 
 __all__ = [
     "QASettings",
@@ -82,12 +82,12 @@ class QASettings:
         self.answer_config()
 
     def feature_config(self):  # -> FeatureConfig (import kept lazy: it pulls in the tokenizer stack)
-        from trt_handler.squad_features import FeatureConfig
+        from trt_handler.qa.windows import FeatureConfig
 
         return FeatureConfig(self.max_seq_length, self.doc_stride, self.max_query_length)
 
     def answer_config(self):  # -> AnswerConfig
-        from trt_handler.squad_answers import AnswerConfig
+        from trt_handler.qa.answers import AnswerConfig
 
         return AnswerConfig(self.n_best, self.max_answer_length, self.null_threshold, self.version_2_with_negative)
 
@@ -179,7 +179,7 @@ def resolve_model(model: str, cache_dir: str, backend: str) -> str:
 
     if FileSystems.get_scheme(model) not in (None, "file") or backend == "tensorrt":
         return model
-    from trt_handler.export import resolve_model_bundle
+    from trt_handler.engines.export import resolve_model_bundle
 
     return str(resolve_model_bundle(model, cache_dir))
 

@@ -33,8 +33,8 @@ from pipelines.transforms import (
     write_answers_to_bigquery,
     write_rejections_to_bigquery,
 )
-from trt_handler.qa_types import Answer, QAExample
-from trt_handler.records import answer_row
+from trt_handler.qa.types import Answer, QAExample
+from pipelines.records import answer_row
 
 LOGGER = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ One question's trip::
     raw record --parse--> (raw, QAExample) --key--> (key, ...) --windows--> (key, Window) ...
       ... --RunInference(KeyedModelHandler)--> (key, PredictionResult) --regroup by key--> Answer
 
-Every record leaves as exactly one answer or one :class:`~trt_handler.qa_types.Rejection`:
+Every record leaves as exactly one answer or one :class:`~trt_handler.qa.types.Rejection`:
 
 - parse / dedupe / feature rejections leave at their step;
 - once a question has windows, its outcome is decided only by the regroup step, which sees the
@@ -42,8 +42,8 @@ from apache_beam.transforms.userstate import (
 from apache_beam.utils.timestamp import Timestamp
 
 from pipelines.options import QASettings
-from trt_handler.qa_types import Answer, QAExample, Rejection
-from trt_handler.records import (
+from trt_handler.qa.types import Answer, QAExample, Rejection
+from pipelines.records import (
     ANSWER_BQ_SCHEMA,
     REJECTED_BQ_SCHEMA,
     answer_row,
@@ -204,7 +204,7 @@ class _MakeWindows(beam.DoFn):
         self._windows = Metrics.counter(NAMESPACE, "windows")
 
     def setup(self) -> None:
-        from trt_handler.squad_features import WindowMaker, load_tokenizer
+        from trt_handler.qa.windows import WindowMaker, load_tokenizer
 
         tokenizer = load_tokenizer(local_model_dir(self._settings.model_dir))
         self._maker = WindowMaker(tokenizer, self._settings.feature_config())
@@ -245,7 +245,7 @@ def make_handler(settings: QASettings) -> Any:
     batch range and buckets come from its profiles). With ``engine_cache_dir`` the TensorRT
     handler may build an engine from the bundle's ONNX when the given one cannot run on the worker.
     """
-    from trt_handler import handlers
+    from trt_handler.backends import handlers
 
     given = {
         "buckets": settings.buckets,
@@ -512,16 +512,16 @@ class AnswerQuestions(beam.PTransform):
 
 
 # --------------------------------------------------------------------------------------------
-# sinks (the rows of trt_handler.records, as JSON text or BigQuery rows)
+# sinks (the rows of pipelines.records, as JSON text or BigQuery rows)
 
 
 def answer_json(pair: Tuple[QAExample, Answer]) -> str:
-    """An answer of ``QAOutputs.answers`` as one JSON line (:func:`~trt_handler.records.answer_row`)."""
+    """An answer of ``QAOutputs.answers`` as one JSON line (:func:`~pipelines.records.answer_row`)."""
     return json.dumps(answer_row(pair[1]), ensure_ascii=False)
 
 
 def rejection_json(rejection: Rejection) -> str:
-    """A dead letter as one JSON line (:func:`~trt_handler.records.rejection_row`)."""
+    """A dead letter as one JSON line (:func:`~pipelines.records.rejection_row`)."""
     return json.dumps(rejection_row(rejection), ensure_ascii=False)
 
 
@@ -535,7 +535,7 @@ def _bigquery_sink(table: str, schema: Dict[str, Any], streaming: bool) -> beam.
 
 
 def write_answers_to_bigquery(answers: pvalue.PCollection, table: str, *, streaming: bool = False) -> Any:
-    """``QAOutputs.answers`` -> rows of :data:`~trt_handler.records.ANSWER_BQ_SCHEMA` in ``table``."""
+    """``QAOutputs.answers`` -> rows of :data:`~pipelines.records.ANSWER_BQ_SCHEMA` in ``table``."""
     return (
         answers
         | "AnswerRows" >> beam.Map(lambda pair: answer_row(pair[1]))
@@ -544,7 +544,7 @@ def write_answers_to_bigquery(answers: pvalue.PCollection, table: str, *, stream
 
 
 def write_rejections_to_bigquery(rejected: pvalue.PCollection, table: str, *, streaming: bool = False) -> Any:
-    """``QAOutputs.rejected`` -> rows of :data:`~trt_handler.records.REJECTED_BQ_SCHEMA` in ``table``."""
+    """``QAOutputs.rejected`` -> rows of :data:`~pipelines.records.REJECTED_BQ_SCHEMA` in ``table``."""
     return (
         rejected
         | "RejectedRows" >> beam.Map(rejection_row)

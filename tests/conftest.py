@@ -41,8 +41,8 @@ def squad_b1() -> Path:
 @pytest.fixture(scope="session")
 def b1_examples(squad_b1: Path) -> list:
     """B1's questions as QAExamples (with gold answers), read with plain json rather than
-    trt_handler.squad_data, so tests of features and answers do not depend on the reader."""
-    from trt_handler.qa_types import QAExample
+    trt_handler.qa.reading, so tests of features and answers do not depend on the reader."""
+    from trt_handler.qa.types import QAExample
 
     doc = json.loads(squad_b1.read_text(encoding="utf-8"))
     return [QAExample(qa["id"], qa["question"], para["context"],
@@ -53,7 +53,7 @@ def b1_examples(squad_b1: Path) -> list:
 @pytest.fixture(scope="session")
 def tokenizer(model_dir: Path):
     """The shared MiniLM model's fast tokenizer."""
-    from trt_handler.squad_features import load_tokenizer
+    from trt_handler.qa.windows import load_tokenizer
 
     return load_tokenizer(model_dir)
 

@@ -9,8 +9,8 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from trt_handler import cuda_runtime as cr
-from trt_handler.qa_types import Window
+from trt_handler.engines import cuda_runtime as cr
+from trt_handler.qa.types import Window
 
 
 def gpu_skip_reason() -> str | None:

@@ -21,16 +21,16 @@ import pytest
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.testing.util import assert_that
 
-from trt_handler.batching import (
+from trt_handler.qa.batching import (
     LengthBucketBatcher,
     bucket_for,
     padded_tokens,
     suggest_buckets,
     uniform_buckets,
 )
-from trt_handler.handlers import WindowQAHandler, plan_model_calls
-from trt_handler.profiles import profiles_for_buckets
-from trt_handler.qa_types import ModelBatch, QAExample, Window, WindowLogits
+from trt_handler.backends.handlers import WindowQAHandler, plan_model_calls
+from trt_handler.engines.profiles import profiles_for_buckets
+from trt_handler.qa.types import ModelBatch, QAExample, Window, WindowLogits
 
 BUCKETS = (128, 256, 384)
 
@@ -193,7 +193,7 @@ def test_handler_runs_each_bucket_on_its_profile() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# helpers in trt_handler.batching
+# helpers in trt_handler.qa.batching
 
 
 def test_length_bucket_batcher() -> None:
@@ -231,7 +231,7 @@ def test_suggest_buckets_is_the_optimum() -> None:
 
 
 def test_windows_many_tokenizes_a_shared_context_once(model_dir: Path) -> None:
-    from trt_handler.squad_features import WindowMaker, load_tokenizer
+    from trt_handler.qa.windows import WindowMaker, load_tokenizer
 
     maker = WindowMaker(load_tokenizer(model_dir))
     seen: List[List[str]] = []
@@ -270,9 +270,9 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def test_extract_answers_equals_extract_answer_on_real_windows(model_dir: Path, squad_b1: Path) -> None:
-    from trt_handler.squad_answers import AnswerConfig, extract_answer, extract_answers
-    from trt_handler.squad_data import load_examples
-    from trt_handler.squad_features import WindowMaker, load_tokenizer
+    from trt_handler.qa.answers import AnswerConfig, extract_answer, extract_answers
+    from trt_handler.qa.reading import load_examples
+    from trt_handler.qa.windows import WindowMaker, load_tokenizer
 
     examples = load_examples(squad_b1)[:400]
     windows = WindowMaker(load_tokenizer(model_dir)).windows_many(examples)
@@ -294,7 +294,7 @@ def test_extract_answers_equals_extract_answer_on_real_windows(model_dir: Path, 
 
 def test_extract_answers_equals_extract_answer_with_ties_and_repeated_texts() -> None:
     """Integer logits (many ties) over contexts of repeated words (many equal texts)."""
-    from trt_handler.squad_answers import AnswerConfig, extract_answer, extract_answers
+    from trt_handler.qa.answers import AnswerConfig, extract_answer, extract_answers
 
     rng = np.random.default_rng(1)
     pick = random.Random(0)
@@ -335,7 +335,7 @@ def test_extract_answers_equals_extract_answer_with_ties_and_repeated_texts() ->
 
 
 def test_extract_answers_isolates_bad_questions() -> None:
-    from trt_handler.squad_answers import extract_answers
+    from trt_handler.qa.answers import extract_answers
 
     ex = QAExample("a", "?", "cat and dog")
     w = Window("a", 0, 1, np.arange(8, dtype=np.int32), np.zeros(8, np.int32),
@@ -355,7 +355,7 @@ def test_extract_answers_isolates_bad_questions() -> None:
 
 @pytest.fixture(scope="module")
 def bundle(model_dir: Path, test_cache: Path) -> Path:
-    from trt_handler.export import resolve_model_bundle
+    from trt_handler.engines.export import resolve_model_bundle
 
     return resolve_model_bundle(model_dir, test_cache)
 

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
-from trt_handler import trt_lib
-from trt_handler.build import (
+from trt_handler.engines import library as trt_lib
+from trt_handler.engines.build import (
     BuildError,
     BuildOptions,
     build_engine,
@@ -31,7 +31,7 @@ from trt_handler.build import (
     calibration_batches,
     main,
 )
-from trt_handler.trt_lib import GpuDescriptor, check_engine_bytes, sidecar_mismatches
+from trt_handler.engines.library import GpuDescriptor, check_engine_bytes, sidecar_mismatches
 
 trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX builds engines here: pip install 'trt-bert-qa-beam[rtx]'")
 
@@ -44,21 +44,21 @@ ONE_PROFILE = {"buckets": (64,), "min_batch": 1, "opt_batch": 1, "max_batch": 2}
 
 
 def _has_gpu() -> bool:
-    from trt_handler import cuda_runtime
+    from trt_handler.engines import cuda_runtime
 
     return cuda_runtime.unavailable_reason() is None
 
 
 def _code_version() -> str:
     h = hashlib.sha256()
-    for name in ("build.py", "trt_lib.py", "engine_cache.py"):
-        h.update((REPO / "trt_handler" / name).read_bytes())
+    for name in ("build.py", "library.py", "cache.py"):
+        h.update((REPO / "trt_handler" / "engines" / name).read_bytes())
     return h.hexdigest()[:10]
 
 
 @pytest.fixture(scope="session")
 def shared_onnx(model_dir: Path, test_cache: Path) -> Path:
-    from trt_handler.export import bundle_onnx_path, resolve_model_bundle
+    from trt_handler.engines.export import bundle_onnx_path, resolve_model_bundle
 
     return bundle_onnx_path(resolve_model_bundle(model_dir, test_cache))
 
@@ -69,7 +69,7 @@ def engine_dir(test_cache: Path) -> Path:
 
 
 def _cached_build(onnx: Path, cache: Path, options: BuildOptions) -> tuple[Path, dict[str, Any]]:
-    from trt_handler.engine_cache import build_into_cache
+    from trt_handler.engines.cache import build_into_cache
 
     path, sidecar = build_into_cache(onnx, cache, options)
     return Path(path), sidecar
@@ -171,7 +171,7 @@ def test_target_the_library_lacks_names_the_alternative(shared_onnx: Path) -> No
 
 
 def test_missing_onnx_and_wrong_io_say_how_to_export(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="trt_handler.export"):
+    with pytest.raises(FileNotFoundError, match="trt_handler.engines.export"):
         build_serialized(tmp_path / "nope.onnx", BuildOptions(library="tensorrt_rtx"))
     import onnx
     from onnx import TensorProto, helper
@@ -276,7 +276,7 @@ def test_engine_is_invalid_without_gpu_and_the_message_says_why(t4_l4_engine: An
 
 @pytest.mark.skipif(_has_gpu(), reason="checks the no-GPU error path; this machine has a GPU")
 def test_engine_session_refuses_with_the_cause(t4_l4_engine: Any) -> None:
-    from trt_handler.engine import EngineCompatibilityError, EngineSession
+    from trt_handler.engines.session import EngineCompatibilityError, EngineSession
 
     path, _ = t4_l4_engine
     with pytest.raises(EngineCompatibilityError) as info:
@@ -291,7 +291,7 @@ def test_engine_session_refuses_with_the_cause(t4_l4_engine: Any) -> None:
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "trt_handler.build", *args], cwd=REPO, env=env, check=False,
+    return subprocess.run([sys.executable, "-m", "trt_handler.engines.build", *args], cwd=REPO, env=env, check=False,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -347,7 +347,7 @@ def test_cli_bert_large_random_exports_that_shape_and_builds(shared_onnx: Path, 
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     """The real 24-layer export takes minutes (`make engine-bert-large`); here it is stood in for
     by the shared bundle, so the test checks what the CLI asks for and that it builds the result."""
-    from trt_handler import export
+    from trt_handler.engines import export
 
     asked: dict[str, Any] = {}
 

@@ -124,7 +124,7 @@ def test_build_sh_passes_every_version_as_build_arg(fake_docker: Tuple[Dict[str,
     assert build[build.index("-t") + 1] == "registry/img:1"
     assert build[build.index("-f") + 1] == str(CONTAINER / "Dockerfile")
     context = Path(f"{log}.context").read_text().splitlines()
-    assert "./setup.py" in context and "./pipelines/qa_batch.py" in context and "./trt_handler/records.py" in context
+    assert "./setup.py" in context and "./pipelines/qa_batch.py" in context and "./pipelines/records.py" in context
     assert not any(p.startswith(("./.venv", "./cache", "./tests")) or "__pycache__" in p for p in context)
     assert Path(f"{log}.push").read_text().split() == ["push", "registry/img:1"]
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import GPU_SKIP, needs_gpu, run_threads
-from trt_handler import cuda_runtime as cr
+from trt_handler.engines import cuda_runtime as cr
 
 needs_cuda_python = pytest.mark.skipif(
     importlib.util.find_spec("cuda") is None, reason="cuda-python is not installed"
@@ -43,7 +43,7 @@ def test_imports_without_cuda_python() -> None:
         "        if name.split('.')[0] in ('cuda', 'tensorrt', 'tensorrt_rtx', 'apache_beam'):\n"
         "            raise ImportError('blocked ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import trt_handler.cuda_runtime as cr, trt_handler.engine, trt_handler.gpu_check\n"
+        "import trt_handler.engines.cuda_runtime as cr, trt_handler.engines.session, trt_handler.gpu_check\n"
         "print(cr.unavailable_reason())\n"
         "print(cr.device_count())\n"
     )

@@ -20,7 +20,7 @@ SAMPLE = REPO / "samples" / "squad_sample.jsonl"
 
 @pytest.fixture(scope="module")
 def bundle(model_dir: Path, test_cache: Path) -> str:
-    from trt_handler.export import resolve_model_bundle
+    from trt_handler.engines.export import resolve_model_bundle
 
     return str(resolve_model_bundle(model_dir, test_cache))
 
@@ -136,8 +136,8 @@ def test_inference_failure_is_dead_lettered_once_per_question(bundle: str, tmp_p
     rejected once as inference_failed (with their raw record), all others answered."""
     from pipelines.options import QASettings
     from pipelines.transforms import make_handler
-    from trt_handler.qa_types import QAExample
-    from trt_handler.squad_features import WindowMaker, load_tokenizer
+    from trt_handler.qa.types import QAExample
+    from trt_handler.qa.windows import WindowMaker, load_tokenizer
 
     lines = _good_lines()
     records = [json.loads(line) for line in lines]

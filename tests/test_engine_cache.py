@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from tests.gcs_emulator import gcs_emulator  # noqa: F401  (pytest fixture)
-from trt_handler import engine_cache
-from trt_handler.build import BuildOptions, onnx_sha256, write_engine_files
-from trt_handler.engine_cache import engine_key, engine_location, ensure_engine
-from trt_handler.trt_lib import GpuDescriptor
+from trt_handler.engines import cache as engine_cache
+from trt_handler.engines.build import BuildOptions, onnx_sha256, write_engine_files
+from trt_handler.engines.cache import engine_key, engine_location, ensure_engine
+from trt_handler.engines.library import GpuDescriptor
 
 L4 = GpuDescriptor("NVIDIA L4", (8, 9))
 T4 = GpuDescriptor("Tesla T4", (7, 5))
@@ -73,7 +73,7 @@ def test_engine_location_local_and_gcs(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="session")
 def shared_onnx(model_dir: Path, test_cache: Path) -> Path:
-    from trt_handler.export import bundle_onnx_path, resolve_model_bundle
+    from trt_handler.engines.export import bundle_onnx_path, resolve_model_bundle
 
     return bundle_onnx_path(resolve_model_bundle(model_dir, test_cache))
 
@@ -107,7 +107,7 @@ def test_ensure_engine_rejects_targets_without_this_gpu(shared_onnx: Path, tmp_p
 
 
 def test_ensure_engine_without_a_gpu_says_what_to_do(shared_onnx: Path, tmp_path: Path) -> None:
-    from trt_handler import cuda_runtime
+    from trt_handler.engines import cuda_runtime
 
     if cuda_runtime.unavailable_reason() is None:
         pytest.skip("this machine has a GPU")

@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 
 from tests.helpers import GPU_SKIP, needs_gpu, run_threads
-from trt_handler import cuda_runtime as cr
-from trt_handler.engine import (
+from trt_handler.engines import cuda_runtime as cr
+from trt_handler.engines.session import (
     EngineCompatibilityError,
     EngineIOError,
     EngineSession,
@@ -36,9 +36,9 @@ from trt_handler.engine import (
     read_profiles,
     validate_io,
 )
-from trt_handler.profiles import ProfileSpec, profiles_for_buckets
-from trt_handler.qa_types import INPUT_NAMES, OUTPUT_NAMES, ModelBatch
-from trt_handler.trt_lib import engine_validity
+from trt_handler.engines.profiles import ProfileSpec, profiles_for_buckets
+from trt_handler.qa.types import INPUT_NAMES, OUTPUT_NAMES, ModelBatch
+from trt_handler.engines.library import engine_validity
 
 HAS_RTX = importlib.util.find_spec("tensorrt_rtx") is not None
 needs_rtx = pytest.mark.skipif(not HAS_RTX, reason="tensorrt_rtx is not installed")

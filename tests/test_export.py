@@ -16,8 +16,8 @@ import onnx
 import onnx.numpy_helper
 import pytest
 
-from trt_handler import export
-from trt_handler.export import (
+from trt_handler.engines import export
+from trt_handler.engines.export import (
     BUNDLE_META,
     BUNDLE_ONNX,
     ExportCheckError,
@@ -25,8 +25,8 @@ from trt_handler.export import (
     model_cache_key,
     resolve_model_bundle,
 )
-from trt_handler.onnx_runner import OnnxRunner
-from trt_handler.qa_types import INPUT_NAMES, OUTPUT_NAMES, ModelBatch
+from trt_handler.backends.onnx_runner import OnnxRunner
+from trt_handler.qa.types import INPUT_NAMES, OUTPUT_NAMES, ModelBatch
 
 
 @pytest.fixture(scope="module")

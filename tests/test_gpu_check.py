@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from trt_handler import cuda_runtime as cr
+from trt_handler.engines import cuda_runtime as cr
 from trt_handler import gpu_check
-from trt_handler.profiles import ProfileSpec, profiles_for_buckets
-from trt_handler.qa_types import ModelBatch
+from trt_handler.engines.profiles import ProfileSpec, profiles_for_buckets
+from trt_handler.qa.types import ModelBatch
 
 REPO = Path(__file__).resolve().parents[1]
 EXISTING = str(REPO / "README.md")  # any file that exists: --engine/--onnx/--data are checked for existence first
@@ -99,8 +99,8 @@ class ScaledSession(Reference):
 
 def test_run_check_reports_error_agreement_and_speed(model_dir: Path, squad_a: Path) -> None:
     pytest.importorskip("transformers")
-    from trt_handler.squad_data import load_examples
-    from trt_handler.squad_features import WindowMaker, load_tokenizer
+    from trt_handler.qa.reading import load_examples
+    from trt_handler.qa.windows import WindowMaker, load_tokenizer
 
     examples = load_examples(str(squad_a))[:6]
     session = ScaledSession()

@@ -24,8 +24,8 @@ from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, R
 from apache_beam.testing.util import assert_that
 
 from tests.gcs_emulator import gcs_emulator  # noqa: F401  (pytest fixture)
-from trt_handler.export import BUNDLE_ONNX, export_random_bert, resolve_model_bundle
-from trt_handler.handlers import (
+from trt_handler.engines.export import BUNDLE_ONNX, export_random_bert, resolve_model_bundle
+from trt_handler.backends.handlers import (
     OnnxRuntimeQAHandler,
     TensorRTQAHandler,
     WindowQAHandler,
@@ -33,9 +33,9 @@ from trt_handler.handlers import (
     plan_model_calls,
     window_length,
 )
-from trt_handler.onnx_runner import OnnxRunner
-from trt_handler.profiles import ProfileSpec, profiles_for_buckets
-from trt_handler.qa_types import ModelBatch, QAExample, Window, WindowLogits
+from trt_handler.backends.onnx_runner import OnnxRunner
+from trt_handler.engines.profiles import ProfileSpec, profiles_for_buckets
+from trt_handler.qa.types import ModelBatch, QAExample, Window, WindowLogits
 
 # --------------------------------------------------------------------------------------------
 # helpers
@@ -305,7 +305,7 @@ class CompatError(RuntimeError):
 
 @pytest.fixture()
 def fake_engine_modules(monkeypatch: pytest.MonkeyPatch) -> Dict[str, Any]:
-    """trt_handler.engine / engine_cache stand-ins: record what load_model passes to them."""
+    """trt_handler.engines.session / engine_cache stand-ins: record what load_model passes to them."""
     record: Dict[str, Any] = {"sessions": [], "built": [], "fail_bytes": set()}
 
     class StubSession(FakeSession):
@@ -322,13 +322,13 @@ def fake_engine_modules(monkeypatch: pytest.MonkeyPatch) -> Dict[str, Any]:
         return write_engine(Path(cache_dir), profiles_for_buckets((128, 256, 384)), "rebuilt.engine",
                             b"rebuilt-bytes")
 
-    engine_mod = types.ModuleType("trt_handler.engine")
+    engine_mod = types.ModuleType("trt_handler.engines.session")
     engine_mod.EngineSession = StubSession  # type: ignore[attr-defined]
     engine_mod.EngineCompatibilityError = CompatError  # type: ignore[attr-defined]
-    cache_mod = types.ModuleType("trt_handler.engine_cache")
+    cache_mod = types.ModuleType("trt_handler.engines.cache")
     cache_mod.ensure_engine = ensure_engine  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "trt_handler.engine", engine_mod)
-    monkeypatch.setitem(sys.modules, "trt_handler.engine_cache", cache_mod)
+    monkeypatch.setitem(sys.modules, "trt_handler.engines.session", engine_mod)
+    monkeypatch.setitem(sys.modules, "trt_handler.engines.cache", cache_mod)
     return record
 
 
@@ -353,7 +353,7 @@ def test_tensorrt_rebuilds_when_the_engine_cannot_run_here(tmp_path: Path, fake_
     cache = tmp_path / "cache"
     cache.mkdir()
     handler = TensorRTQAHandler(engine, onnx_path=str(tmp_path / "bundle"), cache_dir=str(cache))
-    with caplog.at_level(logging.WARNING, logger="trt_handler.handlers"):
+    with caplog.at_level(logging.WARNING, logger="trt_handler.backends.handlers"):
         handler.load_model()
     assert fake_engine_modules["built"] == [(str(tmp_path / "bundle" / BUNDLE_ONNX), str(cache), None)]
     assert "cannot run here (gpu_arch: built for sm_90" in caplog.text
@@ -367,7 +367,7 @@ def test_tensorrt_missing_engine(tmp_path: Path, fake_engine_modules: Dict[str, 
     with pytest.raises(FileNotFoundError, match="missing.engine does not exist; build it with"):
         TensorRTQAHandler(missing).load_model()
     handler = TensorRTQAHandler(missing, onnx_path=str(tmp_path / "m.onnx"), cache_dir=str(tmp_path))
-    with caplog.at_level(logging.WARNING, logger="trt_handler.handlers"):
+    with caplog.at_level(logging.WARNING, logger="trt_handler.backends.handlers"):
         handler.load_model()
     assert "missing.engine does not exist; using an engine built from" in caplog.text
     assert fake_engine_modules["sessions"][-1][0] == b"rebuilt-bytes"
@@ -469,8 +469,8 @@ def bundle(model_dir: Path, test_cache: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def short_windows(bundle: Path, squad_a: Path) -> List[Window]:
-    from trt_handler.squad_data import load_examples
-    from trt_handler.squad_features import WindowMaker, load_tokenizer
+    from trt_handler.qa.reading import load_examples
+    from trt_handler.qa.windows import WindowMaker, load_tokenizer
 
     maker = WindowMaker(load_tokenizer(bundle))
     examples = load_examples(squad_a)[:5]

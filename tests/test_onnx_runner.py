@@ -10,10 +10,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from trt_handler.batching import pad_windows
-from trt_handler.export import BUNDLE_ONNX, resolve_model_bundle
-from trt_handler.onnx_runner import OnnxRunner
-from trt_handler.qa_types import ModelBatch, QAExample, Window
+from trt_handler.qa.batching import pad_windows
+from trt_handler.engines.export import BUNDLE_ONNX, resolve_model_bundle
+from trt_handler.backends.onnx_runner import OnnxRunner
+from trt_handler.qa.types import ModelBatch, QAExample, Window
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +29,8 @@ def runner(bundle: Path) -> OnnxRunner:
 @pytest.fixture(scope="module")
 def windows(bundle: Path, squad_a: Path) -> List[Window]:
     """Real windows of varied length: a few SQuAD questions, one with a short context, one long."""
-    from trt_handler.squad_data import load_examples
-    from trt_handler.squad_features import WindowMaker, load_tokenizer
+    from trt_handler.qa.reading import load_examples
+    from trt_handler.qa.windows import WindowMaker, load_tokenizer
 
     examples = load_examples(squad_a)[:4]
     short = QAExample("short", examples[0].question, examples[0].context.split(". ")[0] + ".")

@@ -20,7 +20,7 @@ from pipelines.options import QASettings
 from pipelines.transforms import AnswerQuestions, ReadRecords, input_format
 from tests.conftest import REPO
 from tests.gcs_emulator import gcs_emulator  # noqa: F401  (pytest fixture)
-from trt_handler.records import ANSWER_BQ_SCHEMA, REJECTED_BQ_SCHEMA
+from pipelines.records import ANSWER_BQ_SCHEMA, REJECTED_BQ_SCHEMA
 
 SAMPLE = REPO / "samples" / "squad_sample.jsonl"
 METRIC_KEYS = ("exact", "f1", "total", "HasAns_exact", "HasAns_f1", "HasAns_total", "NoAns_exact", "NoAns_f1",
@@ -29,7 +29,7 @@ METRIC_KEYS = ("exact", "f1", "total", "HasAns_exact", "HasAns_f1", "HasAns_tota
 
 @pytest.fixture(scope="module")
 def bundle(model_dir: Path, test_cache: Path) -> str:
-    from trt_handler.export import resolve_model_bundle
+    from trt_handler.engines.export import resolve_model_bundle
 
     return str(resolve_model_bundle(model_dir, test_cache))
 
@@ -45,7 +45,7 @@ def test_sample_answers_equal_the_in_process_path(bundle: str, test_cache: Path)
     """assert_that on the pipeline's answers: the same text and offsets as trt_handler.evaluate's
     in-process features -> ONNX Runtime -> answers, and every text is its context slice."""
     from trt_handler.evaluate import answer_examples
-    from trt_handler.squad_data import read_jsonl
+    from trt_handler.qa.reading import read_jsonl
 
     examples = read_jsonl(str(SAMPLE))
     expected = [(a.id, a.text, a.start_char, a.end_char, a.window_index)

@@ -15,9 +15,9 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines.transforms import REJECTED, RegroupWithTimeout, regroup_with_timeout
 from tests.helpers import ada_window
-from trt_handler.qa_types import QAExample, WindowLogits
-from trt_handler.records import reason_code
-from trt_handler.squad_answers import AnswerConfig
+from trt_handler.qa.types import QAExample, WindowLogits
+from pipelines.records import reason_code
+from trt_handler.qa.answers import AnswerConfig
 
 TIMEOUT = 30.0
 
@@ -131,7 +131,7 @@ def test_streaming_pipeline_end_to_end(model_dir: Any, test_cache: Any) -> None:
     from pipelines import qa_streaming
     from pipelines.options import QASettings
     from pipelines.transforms import make_handler
-    from trt_handler.export import resolve_model_bundle
+    from trt_handler.engines.export import resolve_model_bundle
 
     bundle = str(resolve_model_bundle(model_dir, test_cache))
     settings = QASettings(model_dir=bundle, max_batch=8, max_batch_duration_secs=1.0)  # as qa_streaming sets it

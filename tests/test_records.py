@@ -1,4 +1,4 @@
-"""trt_handler.records: every kind of bad record gets its reason code; good ones parse exactly."""
+"""pipelines.records: every kind of bad record gets its reason code; good ones parse exactly."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from tests.helpers import ada_window
-from trt_handler.qa_types import Answer, QAExample, Rejection, WindowLogits
-from trt_handler.records import (
+from trt_handler.qa.types import Answer, QAExample, Rejection, WindowLogits
+from pipelines.records import (
     ANSWER_BQ_SCHEMA,
     REASON_CODES,
     REJECTED_BQ_SCHEMA,

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from trt_handler.qa_types import QAExample, Window, WindowLogits
-from trt_handler.squad_answers import AnswerConfig, extract_answer
-from trt_handler.squad_features import WindowMaker
+from trt_handler.qa.types import QAExample, Window, WindowLogits
+from trt_handler.qa.answers import AnswerConfig, extract_answer
+from trt_handler.qa.windows import WindowMaker
 
 NEG = -20.0  # a logit low enough never to matter
 
@@ -265,7 +265,7 @@ def brute_force(example: QAExample, windows: Sequence[Window], logits: Sequence[
 
 def run_model(torch, model, windows: Sequence[Window]) -> dict:
     """{(example id, window index): WindowLogits} from the PyTorch model, float32, 8 a batch."""
-    from trt_handler.batching import pad_windows
+    from trt_handler.qa.batching import pad_windows
 
     out = {}
     with torch.no_grad():

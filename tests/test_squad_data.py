@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from trt_handler.qa_types import QAExample
-from trt_handler.squad_data import (
+from trt_handler.qa.types import QAExample
+from trt_handler.qa.reading import (
     DataFormatError,
     example_from_record,
     load_examples,
@@ -82,7 +82,7 @@ def test_jsonl_answer_forms_and_defaults(tmp_path):
 
 
 def test_example_from_record_is_the_rule_for_one_record():
-    """The per-record rules the readers and trt_handler.records share; errors name the field."""
+    """The per-record rules the readers and pipelines.records share; errors name the field."""
     ex = example_from_record({"id": 3, "question": "q", "answers": [], "title": "ignored"}, "ctx")
     assert ex == QAExample("3", "q", "ctx", (), True)
     nulls = example_from_record({"id": "a", "question": "q", "context": "c", "answers": None, "is_impossible": None})

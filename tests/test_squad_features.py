@@ -12,8 +12,8 @@ import itertools
 import numpy as np
 import pytest
 
-from trt_handler.qa_types import QAExample, Window
-from trt_handler.squad_features import (
+from trt_handler.qa.types import QAExample, Window
+from trt_handler.qa.windows import (
     FeatureConfig,
     FeatureError,
     WindowMaker,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from trt_handler.qa_types import QAExample
-from trt_handler.squad_metric import (
+from trt_handler.qa.types import QAExample
+from trt_handler.qa.metric import (
     exact_match,
     f1_score,
     normalize_answer,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from trt_handler.typecheck import repair_stub
+from trt_handler.engines.typecheck import repair_stub
 
 pytest.importorskip("mypy", reason="the type check needs mypy: pip install 'trt-bert-qa-beam[dev]'")
 pytest.importorskip("tensorrt_rtx_bindings", reason="stubs are generated from TensorRT-RTX: pip install 'trt-bert-qa-beam[rtx]'")
@@ -19,14 +19,14 @@ pytest.importorskip("tensorrt_rtx_bindings", reason="stubs are generated from Te
 
 def _typecheck(*files: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "trt_handler.typecheck", *files], cwd=REPO, env=env, check=False,
+    return subprocess.run([sys.executable, "-m", "trt_handler.engines.typecheck", *files], cwd=REPO, env=env, check=False,
                           capture_output=True, text=True, timeout=600)
 
 
 def test_engine_build_and_handler_modules_are_strict_clean() -> None:
     out = _typecheck()
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "trt_handler/build.py" in out.stderr  # it checked the modules, not nothing
+    assert "trt_handler/engines/build.py" in out.stderr  # it checked the modules, not nothing
 
 
 def test_it_fails_on_misuse_of_the_tensorrt_api(tmp_path: Path) -> None:

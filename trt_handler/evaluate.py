@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
-from trt_handler.batching import DEFAULT_BUCKETS
-from trt_handler.qa_types import Answer, QAExample, Window, WindowLogits
+from trt_handler.qa.batching import DEFAULT_BUCKETS
+from trt_handler.qa.types import Answer, QAExample, Window, WindowLogits
 
 
 def answer_examples(
@@ -31,10 +31,10 @@ def answer_examples(
     batch_size: int = 64,
 ) -> Dict[str, Answer]:
     """Answer every example; windows are sorted by length so each batch pads to a small bucket."""
-    from trt_handler.export import resolve_model_bundle
-    from trt_handler.handlers import OnnxRuntimeQAHandler
-    from trt_handler.squad_answers import AnswerConfig, extract_answer
-    from trt_handler.squad_features import FeatureConfig, WindowMaker, load_tokenizer
+    from trt_handler.engines.export import resolve_model_bundle
+    from trt_handler.backends.handlers import OnnxRuntimeQAHandler
+    from trt_handler.qa.answers import AnswerConfig, extract_answer
+    from trt_handler.qa.windows import FeatureConfig, WindowMaker, load_tokenizer
 
     bundle = resolve_model_bundle(model, cache_dir)
     maker = WindowMaker(load_tokenizer(bundle), feature_config or FeatureConfig())
@@ -76,7 +76,7 @@ def evaluate(
     **kwargs: object,
 ) -> Dict[str, float]:
     """Official SQuAD metric of ``model`` on the SQuAD-format file ``data`` (first ``limit`` questions)."""
-    from trt_handler.squad_data import load_examples
+    from trt_handler.qa.reading import load_examples
 
     examples = load_examples(data)
     if limit is not None:
@@ -92,7 +92,7 @@ def metric_for_answers(examples: Sequence[QAExample], answers: Mapping[str, Answ
     best-threshold search gets each question's best non-null span and its null-minus-best score,
     not the thresholded text, or it could never find a threshold above the one already applied.
     """
-    from trt_handler.squad_metric import squad_evaluate
+    from trt_handler.qa.metric import squad_evaluate
 
     predictions = {k: a.text for k, a in answers.items()}
     no_answer_scores = {k: a.null_score - a.score for k, a in answers.items()}

@@ -28,9 +28,9 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from trt_handler.batching import chunks, group_by_bucket, pad_windows
-from trt_handler.profiles import ProfileSpec
-from trt_handler.qa_types import Answer, ModelBatch, QAExample, Window, WindowLogits
+from trt_handler.qa.batching import chunks, group_by_bucket, pad_windows
+from trt_handler.engines.profiles import ProfileSpec
+from trt_handler.qa.types import Answer, ModelBatch, QAExample, Window, WindowLogits
 
 EXIT_OK, EXIT_FAILED, EXIT_MISSING, EXIT_INCOMPATIBLE = 0, 1, 2, 3
 
@@ -54,14 +54,14 @@ def missing_requirements(paths: dict[str, Path | None] | None = None) -> list[st
 
     ``paths`` maps option names (``--engine``) to files that must exist.
     """
-    from trt_handler import cuda_runtime
+    from trt_handler.engines import cuda_runtime
 
     missing: list[str] = []
     reason = cuda_runtime.unavailable_reason()
     if reason is not None:
         missing.append(f"GPU: {reason}")
     try:
-        from trt_handler.engine import load_library
+        from trt_handler.engines.session import load_library
 
         load_library("auto")
     except Exception as exc:  # noqa: BLE001 - report any failure to import TensorRT as missing
@@ -126,7 +126,7 @@ def _logits_by_window(
 def _answers(
     examples: Sequence[QAExample], windows_per_example: Sequence[list[Window]], logits: Sequence[WindowLogits]
 ) -> list[Answer]:
-    from trt_handler.squad_answers import extract_answer
+    from trt_handler.qa.answers import extract_answer
 
     answers: list[Answer] = []
     pos = 0
@@ -139,7 +139,7 @@ def _answers(
 def _scores(examples: Sequence[QAExample], answers: Sequence[Answer]) -> dict[str, float] | None:
     if not any(ex.answers or ex.is_impossible for ex in examples):
         return None
-    from trt_handler.squad_metric import squad_evaluate
+    from trt_handler.qa.metric import squad_evaluate
 
     result = squad_evaluate(examples, {a.id: a.text for a in answers})
     return {"exact": float(result["exact"]), "f1": float(result["f1"])}
@@ -230,7 +230,7 @@ def run_check(
 
 
 def _environment(session: Any, engine_path: Path) -> dict[str, Any]:
-    from trt_handler import cuda_runtime
+    from trt_handler.engines import cuda_runtime
 
     major, minor = cuda_runtime.compute_capability()
     return {
@@ -273,10 +273,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  - {line}", file=sys.stderr)
         return EXIT_MISSING
 
-    from trt_handler.engine import EngineCompatibilityError, EngineSession
-    from trt_handler.onnx_runner import OnnxRunner
-    from trt_handler.squad_data import load_examples
-    from trt_handler.squad_features import WindowMaker, load_tokenizer
+    from trt_handler.engines.session import EngineCompatibilityError, EngineSession
+    from trt_handler.backends.onnx_runner import OnnxRunner
+    from trt_handler.qa.reading import load_examples
+    from trt_handler.qa.windows import WindowMaker, load_tokenizer
 
     examples = load_examples(str(args.data))[: args.limit]
     try:

@@ -30,7 +30,7 @@ import re
 import string
 from collections.abc import Mapping, Sequence
 
-from trt_handler.qa_types import QAExample
+from trt_handler.qa.types import QAExample
 
 __all__ = ["exact_match", "f1_score", "normalize_answer", "squad_evaluate"]
 

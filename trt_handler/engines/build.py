@@ -13,14 +13,14 @@ removed the FP16/INT8 builder flags, so this is the one recipe that works for al
 is the exception: post-training calibration (IInt8EntropyCalibrator2 on SQuAD windows) exists
 only in TensorRT 10's weakly typed mode, so it builds the fp32 ONNX with the FP16 and INT8 flags.
 
-One optimization profile per sequence bucket (:func:`trt_handler.profiles.profiles_for_buckets`),
+One optimization profile per sequence bucket (:func:`trt_handler.engines.profiles.profiles_for_buckets`),
 the same ranges on all three inputs, so the handlers can run short batches on short kernels.
 
-CLI (``python -m trt_handler.build --help``, console script ``trt-qa-engine``)::
+CLI (``python -m trt_handler.engines.build --help``, console script ``trt-qa-engine``)::
 
-    python -m trt_handler.build --onnx model.onnx --output model.engine --targets sm75,sm89
-    python -m trt_handler.build --model MODEL --cache-dir cache        # prints the engine's path
-    python -m trt_handler.build --bert-large-random --cache-dir cache --vocab vocab.txt
+    python -m trt_handler.engines.build --onnx model.onnx --output model.engine --targets sm75,sm89
+    python -m trt_handler.engines.build --model MODEL --cache-dir cache        # prints the engine's path
+    python -m trt_handler.engines.build --bert-large-random --cache-dir cache --vocab vocab.txt
 """
 
 from __future__ import annotations
@@ -44,10 +44,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from trt_handler.batching import DEFAULT_BUCKETS, pad_windows, validate_buckets
-from trt_handler.profiles import ProfileSpec, profiles_for_buckets
-from trt_handler.qa_types import INPUT_NAMES, OUTPUT_NAMES, ModelBatch
-from trt_handler.trt_lib import (
+from trt_handler.qa.batching import DEFAULT_BUCKETS, pad_windows, validate_buckets
+from trt_handler.engines.profiles import ProfileSpec, profiles_for_buckets
+from trt_handler.qa.types import INPUT_NAMES, OUTPUT_NAMES, ModelBatch
+from trt_handler.engines.library import (
     LIBRARIES,
     GpuDescriptor,
     check_engine_bytes,
@@ -78,7 +78,7 @@ LOGGER = logging.getLogger(__name__)
 SIDECAR_FORMAT = 1
 PRECISIONS: tuple[str, ...] = ("fp16", "fp32", "int8")
 BERT_LARGE: dict[str, int] = {"num_layers": 24, "hidden": 1024, "heads": 16, "intermediate": 4096}
-_ONNX_FIX = "Fix: export the model with `python -m trt_handler.export --model M --cache-dir C`."
+_ONNX_FIX = "Fix: export the model with `python -m trt_handler.engines.export --model M --cache-dir C`."
 _QDQ_FIX = (
     "quantize explicitly instead: insert Q/DQ nodes into the ONNX (NVIDIA ModelOpt, "
     "`python -m modelopt.onnx.quantization --onnx_path model.onnx --quantize_mode int8`) and build that "
@@ -365,8 +365,8 @@ def calibration_batches(
     Windows are made exactly as the pipeline makes them (WindowMaker), so INT8 ranges are measured
     on the token distributions the engine will see.
     """
-    from trt_handler.squad_data import load_examples
-    from trt_handler.squad_features import FeatureConfig, WindowMaker, load_tokenizer
+    from trt_handler.qa.reading import load_examples
+    from trt_handler.qa.windows import FeatureConfig, WindowMaker, load_tokenizer
 
     query = min(64, seq_len // 4)
     config = FeatureConfig(max_seq_length=seq_len, doc_stride=min(128, (seq_len - query - 3) // 2), max_query_length=query)
@@ -391,7 +391,7 @@ def calibration_batches(
 def _make_calibrator(trt: ModuleType, batches: Sequence[ModelBatch], batch_size: int, cache_path: str | None) -> Any:
     """An IInt8EntropyCalibrator2 feeding ``batches`` to the GPU through cuda_runtime buffers
     (one device buffer per input, reused; ``close()`` frees them after the build)."""
-    from trt_handler import cuda_runtime
+    from trt_handler.engines import cuda_runtime
 
     base: Any = trt.IInt8EntropyCalibrator2
     pending = iter(batches)
@@ -663,7 +663,7 @@ def _ints(text: str, n: int | None = None) -> tuple[int, ...]:
 
 def _arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m trt_handler.build",
+        prog="python -m trt_handler.engines.build",
         description="Build a TensorRT or TensorRT-RTX engine (+ <engine>.json sidecar) for BERT SQuAD QA; "
         "prints the engine's path. See docs/engines.md.",
     )
@@ -707,7 +707,7 @@ def _options(args: argparse.Namespace) -> BuildOptions:
 
 
 def _random_bert_bundle(args: argparse.Namespace, cache: Path) -> Path:
-    from trt_handler.export import export_random_bert
+    from trt_handler.engines.export import export_random_bert
 
     if args.tokenizer:
         tokenizer = Path(args.tokenizer)
@@ -738,8 +738,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             sidecar = build_engine(args.onnx, args.output, options)
             path = args.output
         else:
-            from trt_handler.engine_cache import build_into_cache
-            from trt_handler.export import bundle_onnx_path, resolve_model_bundle
+            from trt_handler.engines.cache import build_into_cache
+            from trt_handler.engines.export import bundle_onnx_path, resolve_model_bundle
 
             cache = Path(args.cache_dir)
             t0 = time.perf_counter()

@@ -6,10 +6,10 @@ the engine session take the module as a value and branch only where the librarie
 module also answers "can this engine run here, and if not, why" before anyone deserializes it
 (:func:`engine_validity`, :func:`check_engine_bytes`), because a failed deserialization only says
 "returned None". It owns library loading, the TensorRT logger and the validity check; the engine
-session (:mod:`trt_handler.engine`) turns their findings into its errors.
+session (:mod:`trt_handler.engines.session`) turns their findings into its errors.
 
-Nothing heavy is imported at module level: ``import trt_handler.trt_lib`` needs only the standard
-library; ``cuda.bindings`` is reached through :mod:`trt_handler.cuda_runtime`, lazily.
+Nothing heavy is imported at module level: ``import trt_handler.engines.library`` needs only the standard
+library; ``cuda.bindings`` is reached through :mod:`trt_handler.engines.cuda_runtime`, lazily.
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ class GpuDescriptor:
 
 def local_gpu(index: int = 0) -> GpuDescriptor | None:
     """GPU ``index`` of this machine, or None when cuda-python, the driver or a GPU is missing."""
-    from trt_handler import cuda_runtime
+    from trt_handler.engines import cuda_runtime
 
     if cuda_runtime.unavailable_reason() is not None:
         return None
@@ -167,7 +167,7 @@ def local_gpu(index: int = 0) -> GpuDescriptor | None:
 
 def _no_gpu_reason() -> str | None:
     try:
-        from trt_handler import cuda_runtime
+        from trt_handler.engines import cuda_runtime
     except ImportError as exc:  # pragma: no cover - cuda_runtime ships with this package
         return f"cuda_runtime is unavailable ({exc})"
     return cuda_runtime.unavailable_reason()
@@ -180,7 +180,7 @@ def _no_gpu_reason() -> str | None:
 class Finding(NamedTuple):
     """One reason an engine cannot run here.
 
-    ``cause`` is a key of :class:`trt_handler.engine.EngineCompatibilityError` (``malformed``,
+    ``cause`` is a key of :class:`trt_handler.engines.session.EngineCompatibilityError` (``malformed``,
     ``version``, ``gpu_arch``, ``driver``, ``no_gpu``, ``memory``, ``unknown``); ``sentence`` says
     what is wrong, ``fix`` what to do about it (one sentence each, no final period on ``sentence``).
     """
@@ -205,7 +205,7 @@ _DIAGNOSTICS = {
     "VERSION_MISMATCH": Finding(
         "version",
         "the engine was built with another TensorRT version",
-        "rebuild it with the installed version (`python -m trt_handler.build ...`) or install the version it "
+        "rebuild it with the installed version (`python -m trt_handler.engines.build ...`) or install the version it "
         "was built with.",
     ),
     "UNSUPPORTED_CC": Finding(

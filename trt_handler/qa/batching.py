@@ -1,6 +1,6 @@
 """Padding windows into model batches, and choosing sequence-length buckets.
 
-Windows arrive unpadded (see :class:`~trt_handler.qa_types.Window`). A batch is padded only to
+Windows arrive unpadded (see :class:`~trt_handler.qa.types.Window`). A batch is padded only to
 the smallest bucket that holds its longest window, so a batch of short windows runs on a short
 engine profile instead of paying for 384 tokens each. Both handlers and the benchmarks use these
 functions, so "what the GPU computes" is defined in one place.
@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 
-from trt_handler.qa_types import ModelBatch, Window
+from trt_handler.qa.types import ModelBatch, Window
 
 DEFAULT_BUCKETS: Tuple[int, ...] = (128, 256, 384)
 

@@ -6,10 +6,10 @@ Layers, each testable on its own:
   features produce, :func:`read_profiles` reads its optimization profiles back, :func:`plan_batches`
   splits a batch to the profiles' maximum, :class:`SlotPool` hands execution slots to threads;
 * CUDA (device tests, no TensorRT needed): :class:`ExecutionSlot` drives any object with TensorRT's
-  execution-context methods over a :class:`~trt_handler.cuda_runtime.BufferSet` and its stream;
+  execution-context methods over a :class:`~trt_handler.engines.cuda_runtime.BufferSet` and its stream;
 * TensorRT (needs the library and a GPU): :class:`EngineSession` deserializes the engine, explains
   why it cannot when it cannot (:class:`EngineCompatibilityError`, from the findings of
-  :mod:`trt_handler.trt_lib`, which owns library loading, the TensorRT logger and the validity
+  :mod:`trt_handler.engines.library`, which owns library loading, the TensorRT logger and the validity
   check), and wires the layers together.
 
 Threading: Beam runs several harness threads per worker process and they share one session. Each
@@ -37,10 +37,10 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from trt_handler.batching import chunks
-from trt_handler.profiles import ProfileSpec, choose_profile
-from trt_handler.qa_types import INPUT_NAMES, OUTPUT_NAMES, ModelBatch
-from trt_handler.trt_lib import (
+from trt_handler.qa.batching import chunks
+from trt_handler.engines.profiles import ProfileSpec, choose_profile
+from trt_handler.qa.types import INPUT_NAMES, OUTPUT_NAMES, ModelBatch
+from trt_handler.engines.library import (
     INSTALL_FIX,
     NO_GPU_FIX,
     TensorRTMissingError,
@@ -53,10 +53,10 @@ from trt_handler.trt_lib import (
     sidecar_findings,
 )
 
-if TYPE_CHECKING:  # cuda_runtime is imported lazily so `import trt_handler.engine` needs no CUDA
+if TYPE_CHECKING:  # cuda_runtime is imported lazily so `import trt_handler.engines.session` needs no CUDA
     from typing import Self
 
-    from trt_handler.cuda_runtime import TensorSpec
+    from trt_handler.engines.cuda_runtime import TensorSpec
 
 __all__ = [
     "EngineCompatibilityError",
@@ -398,7 +398,7 @@ class SlotPool(Generic[_S]):
 
 
 def _tensor_specs(spec: ProfileSpec) -> list[TensorSpec]:
-    from trt_handler.cuda_runtime import TensorSpec
+    from trt_handler.engines.cuda_runtime import TensorSpec
 
     shape = (spec.max_batch, spec.max_seq)
     inputs = [TensorSpec(n, np.dtype(np.int32), shape, True) for n in INPUT_NAMES]
@@ -416,7 +416,7 @@ class ExecutionSlot:
     """
 
     def __init__(self, context: TrtContext, profile_index: int, spec: ProfileSpec) -> None:
-        from trt_handler.cuda_runtime import BufferSet
+        from trt_handler.engines.cuda_runtime import BufferSet
 
         self._context: TrtContext | None = context
         self.profile_index = profile_index
@@ -499,7 +499,7 @@ def _library_label(module: Any) -> str:
 
 def _gpu_label() -> str:
     """"NVIDIA H100 80GB HBM3 (sm_90)" or the reason there is no GPU."""
-    from trt_handler import cuda_runtime
+    from trt_handler.engines import cuda_runtime
 
     reason = cuda_runtime.unavailable_reason()
     if reason is not None:
@@ -566,7 +566,7 @@ def _deserialize(module: Any, data: bytes, sidecar: Mapping[str, Any] | None = N
     On failure the runtime is released before raising: a traceback that kept it alive would
     destroy it at interpreter exit, when its logger callback can no longer run Python.
     """
-    from trt_handler import cuda_runtime
+    from trt_handler.engines import cuda_runtime
 
     logger = make_logger(module)
     runtime = module.Runtime(logger)
@@ -658,7 +658,7 @@ class EngineSession:
 
     Args:
         engine: serialized engine bytes, or a path (local, or gs:// when Beam is installed).
-        library: "auto", "tensorrt" or "tensorrt_rtx" (see ``trt_handler.trt_lib``).
+        library: "auto", "tensorrt" or "tensorrt_rtx" (see ``trt_handler.engines.library``).
         contexts_per_profile: execution contexts created per profile up front (>= 1).
         max_contexts_per_profile: most contexts per profile when threads contend; further threads
             wait. Defaults to twice ``contexts_per_profile``.

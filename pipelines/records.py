@@ -17,8 +17,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-from trt_handler.qa_types import Answer, QAExample, Rejection, Window, WindowLogits
-from trt_handler.squad_data import RECORD_FIELDS, DataFormatError, example_from_record
+from trt_handler.qa.types import Answer, QAExample, Rejection, Window, WindowLogits
+from trt_handler.qa.reading import RECORD_FIELDS, DataFormatError, example_from_record
 
 __all__ = [
     "ANSWER_BQ_SCHEMA",
@@ -146,7 +146,7 @@ def _format_code(err: DataFormatError) -> str:
 def parse_record(raw: RawRecord, limits: RecordLimits = RecordLimits()) -> Union[QAExample, Rejection]:
     """One JSON object ``{id, question, context[, answers, is_impossible]}`` -> QAExample or Rejection.
 
-    The fields follow :func:`trt_handler.squad_data.example_from_record` (the rules the file readers
+    The fields follow :func:`trt_handler.qa.reading.example_from_record` (the rules the file readers
     use; its errors become ``missing_field``, ``wrong_type``, ``bad_answers`` or ``bad_is_impossible``);
     on top of them id, question and context must not be empty and must keep to ``limits``. A record
     with several problems is rejected for the first, in the order id, question, context, answers,
@@ -259,7 +259,7 @@ def assemble_answer(
     inference errors for batches that held one of its windows. Only a question with every window
     ``0 .. num_windows-1`` present and no failure is answered.
     """
-    from trt_handler.squad_answers import AnswerConfig, extract_answer
+    from trt_handler.qa.answers import AnswerConfig, extract_answer
 
     if failures:
         return reject("inference_failed", f"inference failed for a batch holding this question: {failures[0]}",

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from trt_handler.qa_types import QAExample, Window
+from trt_handler.qa.types import QAExample, Window
 
 if TYPE_CHECKING:  # transformers is imported lazily: it is slow to import and only needed here
     from tokenizers import Encoding, Tokenizer

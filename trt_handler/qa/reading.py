@@ -14,7 +14,7 @@ list of strings, a list of ``{"text": ...}`` or the Hugging Face datasets form `
 and ``is_impossible``. Blank lines are skipped.
 
 The rules for one question record (which fields, which types, what ``is_impossible`` means when
-absent) live in :func:`example_from_record`, which ``trt_handler.records`` shares.
+absent) live in :func:`example_from_record`, which ``pipelines.records`` shares.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from trt_handler.qa_types import QAExample
+from trt_handler.qa.types import QAExample
 
 __all__ = ["RECORD_FIELDS", "DataFormatError", "example_from_record", "load_examples", "read_jsonl", "read_squad_json"]
 

@@ -3,7 +3,7 @@
 A TensorRT engine runs only with the library version that built it and (for full TensorRT) on the
 GPU architecture it was built on, so a worker that finds no engine for its GPU builds one and
 stores it for the next worker. :func:`ensure_engine` is that step; :func:`engine_key` is its pure
-part, testable without a GPU by passing a :class:`~trt_handler.trt_lib.GpuDescriptor`.
+part, testable without a GPU by passing a :class:`~trt_handler.engines.library.GpuDescriptor`.
 
 Layout: ``<cache_dir>/engines/<label>-<key>.engine`` plus ``<...>.engine.json`` (the build
 sidecar), where ``label`` is the ONNX's folder name (readability only) and ``key`` starts with the
@@ -36,13 +36,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from trt_handler.build import (
+from trt_handler.engines.build import (
     BuildOptions,
     build_serialized,
     onnx_sha256,
     write_engine_files,
 )
-from trt_handler.trt_lib import (
+from trt_handler.engines.library import (
     GpuDescriptor,
     library_name,
     library_version,
@@ -250,11 +250,11 @@ def ensure_engine(
     if gpu is None:
         gpu = local_gpu()
     if gpu is None:
-        from trt_handler.cuda_runtime import unavailable_reason
+        from trt_handler.engines.cuda_runtime import unavailable_reason
 
         raise RuntimeError(
             f"ensure_engine builds engines for this machine's GPU, and none is usable here ({unavailable_reason()}). "
-            "Fix: call it on the GPU worker, or build ahead of time with `python -m trt_handler.build --library "
+            "Fix: call it on the GPU worker, or build ahead of time with `python -m trt_handler.engines.build --library "
             "tensorrt_rtx --targets sm75,sm89 ...` and pass that engine file."
         )
     options = options if options is not None else BuildOptions()

@@ -1,6 +1,6 @@
 """Beam RunInference model handlers for BERT QA windows: TensorRT engines and ONNX Runtime.
 
-Both handlers take :class:`~trt_handler.qa_types.Window` elements (wrap them in
+Both handlers take :class:`~trt_handler.qa.types.Window` elements (wrap them in
 ``KeyedModelHandler`` for ``(question_id, Window)`` pairs) and return
 ``PredictionResult(example=window, inference=WindowLogits)`` with logits cut to the window's
 length. What they share lives in :class:`WindowQAHandler`: a Beam batch is grouped by sequence
@@ -40,12 +40,12 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from trt_handler.batching import DEFAULT_BUCKETS, chunks, group_by_bucket, pad_windows, validate_buckets
-from trt_handler.profiles import ProfileSpec, choose_profile
-from trt_handler.qa_types import ModelBatch, Window, WindowLogits
+from trt_handler.qa.batching import DEFAULT_BUCKETS, chunks, group_by_bucket, pad_windows, validate_buckets
+from trt_handler.engines.profiles import ProfileSpec, choose_profile
+from trt_handler.qa.types import ModelBatch, Window, WindowLogits
 
 if TYPE_CHECKING:
-    from trt_handler.onnx_runner import OnnxRunner
+    from trt_handler.backends.onnx_runner import OnnxRunner
 
 __all__ = [
     "ModelCall",
@@ -61,7 +61,7 @@ __all__ = [
 
 LOGGER = logging.getLogger(__name__)
 
-_BUNDLE_ONNX = "model.onnx"  # same name as trt_handler.export.BUNDLE_ONNX (not imported: no torch path)
+_BUNDLE_ONNX = "model.onnx"  # same name as trt_handler.engines.export.BUNDLE_ONNX (not imported: no torch path)
 
 
 class QASession(Protocol):
@@ -90,7 +90,7 @@ def window_length(element: Any) -> int:
         return element[1].length
     raise TypeError(
         f"expected a Window or a (key, Window) pair, got {type(element).__name__}; "
-        "make features with trt_handler.squad_features.WindowMaker before RunInference"
+        "make features with trt_handler.qa.windows.WindowMaker before RunInference"
     )
 
 
@@ -420,7 +420,7 @@ class OnnxRuntimeQAHandler(WindowQAHandler["OnnxRunner"]):
         return _bundle_onnx(self._model_path)
 
     def load_model(self) -> OnnxRunner:
-        from trt_handler.onnx_runner import OnnxRunner
+        from trt_handler.backends.onnx_runner import OnnxRunner
 
         path = self.onnx_path
         if _is_local(path):
@@ -428,7 +428,7 @@ class OnnxRuntimeQAHandler(WindowQAHandler["OnnxRunner"]):
         if not _exists(path):
             raise FileNotFoundError(
                 f"ONNX model {path} does not exist; upload a model bundle (folder with {_BUNDLE_ONNX}) "
-                "made by `python -m trt_handler.export`, or fix the path"
+                "made by `python -m trt_handler.engines.export`, or fix the path"
             )
         return OnnxRunner(_read_bytes(path), intra_op_threads=self._intra_op_threads)
 
@@ -490,7 +490,7 @@ def read_engine_profiles(engine_path: str) -> Optional[List[ProfileSpec]]:
         raise ValueError(
             f"engine sidecar {sidecar} is not valid ({type(e).__name__}: {e}); it needs a \"profiles\" list of "
             "{min_batch, opt_batch, max_batch, min_seq, opt_seq, max_seq} objects - rebuild the engine with "
-            "`python -m trt_handler.build` or delete the sidecar"
+            "`python -m trt_handler.engines.build` or delete the sidecar"
         ) from None
     if not profiles:
         raise ValueError(f"engine sidecar {sidecar} lists no profiles; rebuild the engine")
@@ -498,7 +498,7 @@ def read_engine_profiles(engine_path: str) -> Optional[List[ProfileSpec]]:
 
 
 class TensorRTQAHandler(WindowQAHandler[QASession]):
-    """RunInference handler on a TensorRT (or TensorRT-RTX) engine, through ``trt_handler.engine``.
+    """RunInference handler on a TensorRT (or TensorRT-RTX) engine, through ``trt_handler.engines.session``.
 
     Args:
         engine_path: serialized engine, local or gs:// (read through Beam's FileSystems).
@@ -514,10 +514,10 @@ class TensorRTQAHandler(WindowQAHandler[QASession]):
         large_model: True shares one engine per GPU across the worker's SDK processes (Beam's
             MultiProcessShared); False loads one per process.
         buckets: grouping buckets; default: the profiles' max_seq values, else (128, 256, 384).
-        build_options: ``trt_handler.build.BuildOptions`` for a rebuild (None: ensure_engine's default).
+        build_options: ``trt_handler.engines.build.BuildOptions`` for a rebuild (None: ensure_engine's default).
         max_batch_duration_secs: streaming; see OnnxRuntimeQAHandler.
 
-    ``load_model`` returns a ``trt_handler.engine.EngineSession``. At run time the engine's own
+    ``load_model`` returns a ``trt_handler.engines.session.EngineSession``. At run time the engine's own
     profiles decide padding and splitting; when the model is Beam's cross-process proxy (which
     only forwards method calls) the sidecar's profiles are used instead.
     """
@@ -568,7 +568,7 @@ class TensorRTQAHandler(WindowQAHandler[QASession]):
         return self._engine_path
 
     def load_model(self) -> QASession:
-        from trt_handler.engine import EngineCompatibilityError
+        from trt_handler.engines.session import EngineCompatibilityError
 
         path = self._engine_path
         if _exists(path):
@@ -580,7 +580,7 @@ class TensorRTQAHandler(WindowQAHandler[QASession]):
                 cause = f"engine {path} cannot run here ({getattr(e, 'cause', 'unknown')}: {e})"
         elif self._onnx_path is None:
             raise FileNotFoundError(
-                f"TensorRT engine {path} does not exist; build it with `python -m trt_handler.build`, "
+                f"TensorRT engine {path} does not exist; build it with `python -m trt_handler.engines.build`, "
                 "or pass onnx_path= and cache_dir= so the handler builds one on the worker"
             )
         else:
@@ -590,7 +590,7 @@ class TensorRTQAHandler(WindowQAHandler[QASession]):
     def _session(self, path: str) -> QASession:
         """EngineSession over the engine's bytes (read through FileSystems, so gs:// works), given
         its sidecar so version/GPU mismatches are explained before deserializing."""
-        from trt_handler.engine import EngineSession
+        from trt_handler.engines.session import EngineSession
 
         session: QASession = EngineSession(
             _read_bytes(path), library=self._library, contexts_per_profile=self._contexts_per_profile,
@@ -600,7 +600,7 @@ class TensorRTQAHandler(WindowQAHandler[QASession]):
 
     def _rebuild(self, cause: str) -> str:
         """Engine path from ``ensure_engine`` (cached per GPU, library version, precision, ONNX), logging why."""
-        from trt_handler.engine_cache import ensure_engine
+        from trt_handler.engines.cache import ensure_engine
 
         assert self._onnx_path is not None and self._cache_dir is not None  # checked in __init__
         onnx = _bundle_onnx(self._onnx_path)

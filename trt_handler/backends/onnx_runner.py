@@ -13,13 +13,13 @@ from typing import Any, List, Optional, Tuple, Union
 
 import numpy as np
 
-from trt_handler.qa_types import INPUT_NAMES, OUTPUT_NAMES, ModelBatch
+from trt_handler.qa.types import INPUT_NAMES, OUTPUT_NAMES, ModelBatch
 
 __all__ = ["OnnxRunner", "check_model_io"]
 
 _INT32 = "tensor(int32)"
 _FLOAT = "tensor(float)"
-_REEXPORT = "re-export the model with `python -m trt_handler.export --model M --cache-dir C`"
+_REEXPORT = "re-export the model with `python -m trt_handler.engines.export --model M --cache-dir C`"
 
 
 def check_model_io(inputs: List[Any], outputs: List[Any], source: str) -> None:

@@ -41,7 +41,7 @@ from typing import Any, Callable, Tuple
 
 import numpy as np
 
-from trt_handler.qa_types import Answer, QAExample, Window, WindowLogits
+from trt_handler.qa.types import Answer, QAExample, Window, WindowLogits
 
 __all__ = ["AnswerConfig", "extract_answer", "extract_answers"]
 

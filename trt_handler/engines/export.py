@@ -18,7 +18,7 @@ the graph. fp16 checkpoints are loaded as float32 (precision is the engine build
 
 CLI::
 
-    python -m trt_handler.export --model MODEL_DIR_OR_HUB_ID --cache-dir cache [--out-dir DIR]
+    python -m trt_handler.engines.export --model MODEL_DIR_OR_HUB_ID --cache-dir cache [--out-dir DIR]
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from trt_handler.qa_types import INPUT_NAMES, OUTPUT_NAMES, ModelBatch
+from trt_handler.qa.types import INPUT_NAMES, OUTPUT_NAMES, ModelBatch
 
 __all__ = [
     "BUNDLE_META",
@@ -54,7 +54,7 @@ __all__ = [
     "resolve_model_bundle",
 ]
 
-LOGGER = logging.getLogger("trt_handler.export")
+LOGGER = logging.getLogger("trt_handler.engines.export")
 
 BUNDLE_ONNX = "model.onnx"
 BUNDLE_META = "export.json"
@@ -91,7 +91,7 @@ def bundle_onnx_path(bundle: PathLike) -> Path:
     if not p.is_file():
         raise FileNotFoundError(
             f"{bundle} is not a model bundle (no {BUNDLE_ONNX}); export one with "
-            "`python -m trt_handler.export --model M --cache-dir C`"
+            "`python -m trt_handler.engines.export --model M --cache-dir C`"
         )
     return p
 
@@ -143,7 +143,7 @@ def resolve_model_bundle(model: PathLike, cache_dir: PathLike) -> Path:
         raise ValueError(
             f"{p} is not a model bundle: a bundle is a folder with {BUNDLE_ONNX} (+ tokenizer files); "
             f"rename the file to {BUNDLE_ONNX} next to its tokenizer files, or export the checkpoint "
-            "with `python -m trt_handler.export`"
+            "with `python -m trt_handler.engines.export`"
         )
     if not p.is_dir() and not _looks_like_hub_id(s):
         raise FileNotFoundError(
@@ -320,10 +320,10 @@ def check_against_torch(
 ) -> Tuple[Dict[str, float], Dict[str, float]]:
     """Max |ONNX Runtime - PyTorch| over both logits per checked shape ("BxS" -> diff), and the
     max |PyTorch logit| per shape, the scale that says what the diff means."""
-    from trt_handler.onnx_runner import OnnxRunner
+    import onnxruntime as ort  # type: ignore[import-untyped]
 
     torch = _torch()
-    runner = OnnxRunner(onnx_path)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(seed)
     diffs: Dict[str, float] = {}
     scales: Dict[str, float] = {}
@@ -331,7 +331,7 @@ def check_against_torch(
         mb = _random_batch(rng, b, s, vocab)
         with torch.no_grad():
             ref = wrapper(*(torch.from_numpy(a) for a in (mb.input_ids, mb.attention_mask, mb.token_type_ids)))
-        got = runner.run(mb)
+        got = session.run(list(OUTPUT_NAMES), mb.as_feed())
         refs = [r.float().numpy() for r in ref]
         diffs[f"{b}x{s}"] = max(float(np.max(np.abs(g - r))) for g, r in zip(got, refs))
         scales[f"{b}x{s}"] = max(float(np.max(np.abs(r))) for r in refs)
@@ -443,7 +443,7 @@ def _read_meta(bundle: Path) -> Dict[str, Any]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m trt_handler.export",
+        prog="python -m trt_handler.engines.export",
         description="Export a Hugging Face BERT QA checkpoint to a checked ONNX model bundle; prints its path.",
     )
     parser.add_argument("--model", required=True, help="checkpoint folder, hub id, bundle or model.onnx")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Sequence, Tuple
 
-from trt_handler.batching import DEFAULT_BUCKETS, validate_buckets
+from trt_handler.qa.batching import DEFAULT_BUCKETS, validate_buckets
 
 
 @dataclass(frozen=True)
