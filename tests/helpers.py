@@ -44,9 +44,9 @@ def run_threads(work: Callable[[int], None], n_threads: int = 8, timeout: float 
     assert not errors, errors
 
 
-def ada_window(example_id: str, index: int, num_windows: int) -> Window:
+def ada_window(example_id: str, index: int) -> Window:
     """A window over the whole context "Ada wrote it." ([CLS] q [SEP] 3 context tokens [SEP])."""
     offsets = np.array([[-1, -1], [-1, -1], [-1, -1], [0, 3], [4, 9], [10, 13], [-1, -1]], dtype=np.int32)
     is_ctx = np.array([0, 0, 0, 1, 1, 1, 0], dtype=bool)
-    return Window(example_id, index, num_windows, np.arange(7, dtype=np.int32), is_ctx.astype(np.int32), offsets,
+    return Window(example_id, index, np.arange(7, dtype=np.int32), is_ctx.astype(np.int32), offsets,
                   is_ctx, is_ctx.copy())

@@ -38,7 +38,7 @@ BUCKETS = (128, 256, 384)
 def make_window(example_id: str, length: int, index: int = 0, num: int = 1) -> Window:
     ids = (np.arange(length, dtype=np.int32) + 1000 * (index + 1)) % 30000
     zeros = np.zeros(length, dtype=np.int32)
-    return Window(example_id, index, num, ids, zeros, np.full((length, 2), -1, np.int32),
+    return Window(example_id, index, ids, zeros, np.full((length, 2), -1, np.int32),
                   zeros.astype(bool), zeros.astype(bool))
 
 
@@ -316,7 +316,7 @@ def test_extract_answers_equals_extract_answer_with_ties_and_repeated_texts() ->
             max_context = is_context.copy()
             if n_win > 1:
                 max_context[4:-1] = rng.random(n_tok) < 0.5
-            windows.append(Window(f"q{q}", i, n_win, np.arange(length, dtype=np.int32), np.zeros(length, np.int32),
+            windows.append(Window(f"q{q}", i, np.arange(length, dtype=np.int32), np.zeros(length, np.int32),
                                   offsets, is_context, max_context))
             logits.append(WindowLogits(rng.integers(-3, 4, length).astype(np.float32),
                                        rng.integers(-3, 4, length).astype(np.float32)))
@@ -338,7 +338,7 @@ def test_extract_answers_isolates_bad_questions() -> None:
     from trt_handler.qa.answers import extract_answers
 
     ex = QAExample("a", "?", "cat and dog")
-    w = Window("a", 0, 1, np.arange(8, dtype=np.int32), np.zeros(8, np.int32),
+    w = Window("a", 0, np.arange(8, dtype=np.int32), np.zeros(8, np.int32),
                np.array([[-1, -1]] * 4 + [[0, 3], [4, 7], [8, 11], [-1, -1]], np.int32),
                np.array([0, 0, 0, 0, 1, 1, 1, 0], bool), np.array([0, 0, 0, 0, 1, 1, 1, 0], bool))
     good = WindowLogits(np.arange(8, dtype=np.float32), np.arange(8, dtype=np.float32))

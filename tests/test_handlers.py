@@ -45,7 +45,7 @@ def make_window(example_id: str, length: int, index: int = 0) -> Window:
     """A window whose token ids encode its position (so logits can be traced back to it)."""
     ids = (np.arange(length, dtype=np.int32) + 1000 * (index + 1)) % 30000
     zeros = np.zeros(length, dtype=np.int32)
-    return Window(example_id, index, 1, ids, zeros, np.full((length, 2), -1, np.int32),
+    return Window(example_id, index, ids, zeros, np.full((length, 2), -1, np.int32),
                   zeros.astype(bool), zeros.astype(bool))
 
 

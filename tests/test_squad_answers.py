@@ -31,7 +31,7 @@ def hand_window(ex_id: str, spans: Sequence[tuple[int, int]], max_context: Seque
         max_ctx[c0:-1] = max_context
     token_type_ids = np.zeros(length, dtype=np.int32)
     token_type_ids[c0:] = 1
-    return Window(ex_id, index, num, np.arange(length, dtype=np.int32), token_type_ids, offsets,
+    return Window(ex_id, index, np.arange(length, dtype=np.int32), token_type_ids, offsets,
                   is_context, max_ctx)
 
 

@@ -140,7 +140,7 @@ def test_short_example_is_one_window_like_the_pair_encoding(tokenizer, maker):
     ref = tokenizer(ex.question, ex.context, return_offsets_mapping=True)
     assert_same_as_reference([w], reference_windows(tokenizer, [ex], FeatureConfig())[0], ex.id)
     np.testing.assert_array_equal(w.input_ids, ref["input_ids"])
-    assert (w.example_id, w.window_index, w.num_windows) == ("q1", 0, 1)
+    assert (w.example_id, w.window_index) == ("q1", 0)
     assert w.input_ids.dtype == np.int32 and w.token_type_ids.dtype == np.int32
     assert w.offsets.dtype == np.int32 and w.offsets.shape == (w.length, 2)
     assert w.is_context.dtype == bool and w.max_context.dtype == bool
@@ -201,7 +201,6 @@ def test_context_of_three_or_more_windows(tokenizer, maker, b1_examples):
     windows = maker.windows(ex)
     assert len(windows) >= 3
     assert [w.window_index for w in windows] == list(range(len(windows)))
-    assert all(w.num_windows == len(windows) for w in windows)
     assert all(w.length <= 384 for w in windows) and windows[0].length == 384
     assert_same_as_reference(windows, reference_windows(tokenizer, [ex], FeatureConfig())[0], ex.id)
     # Neighbouring windows share exactly doc_stride context tokens (same character spans).

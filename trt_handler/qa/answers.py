@@ -100,10 +100,10 @@ def _ordered(example: QAExample, windows: Sequence[Window],
     else:
         pairs = sorted(zip(windows, logits), key=lambda p: p[0].window_index)
     n = len(pairs)
-    if any(w.window_index != i or w.num_windows != n for i, (w, _) in enumerate(pairs)):
+    if any(w.window_index != i for i, (w, _) in enumerate(pairs)):
         indices = [w.window_index for w, _ in pairs]
-        raise ValueError(f"question {example.id!r}: got windows {indices} of {pairs[0][0].num_windows}; "
-                         "regroup all windows of a question before extracting its answer")
+        raise ValueError(f"question {example.id!r}: got windows {indices}; pass all {n} windows of a "
+                         "question, numbered 0 .. n-1, to answer it")
     for w, lg in pairs:
         if w.example_id != example.id:
             raise ValueError(f"window of question {w.example_id!r} passed with question {example.id!r}")

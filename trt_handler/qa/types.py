@@ -45,7 +45,6 @@ class Window:
     Attributes:
         example_id: id of the QAExample this window came from.
         window_index: position of this window among the question's windows (0-based).
-        num_windows: how many windows the question has; lets a regroup step know it is complete.
         input_ids: int32 [L] token ids.
         token_type_ids: int32 [L] segment ids (0 question, 1 context).
         offsets: int32 [L, 2] character span of each token in the original context; (-1, -1)
@@ -57,7 +56,6 @@ class Window:
 
     example_id: str
     window_index: int
-    num_windows: int
     input_ids: np.ndarray
     token_type_ids: np.ndarray
     offsets: np.ndarray
@@ -68,6 +66,34 @@ class Window:
     def length(self) -> int:
         """Number of real tokens in the window."""
         return int(self.input_ids.shape[0])
+
+
+@dataclass(frozen=True)
+class QuestionWindows:
+    """One question with all of its windows: the element that goes through ``RunInference``.
+
+    A question travels as one element, so its answer is decided in the same call that computes its
+    logits and nothing downstream has to put a question back together (as Hugging Face's QA
+    pipeline fed all spans of a question to one model call). ``raw`` is the input record, kept so
+    a failed batch can dead-letter each of its questions with what was read.
+    """
+
+    example: QAExample
+    windows: Tuple[Window, ...]
+    raw: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.windows:
+            raise ValueError(f"question {self.example.id!r} has no windows")
+
+    @property
+    def num_windows(self) -> int:
+        return len(self.windows)
+
+    @property
+    def tokens(self) -> int:
+        """Real tokens over all windows."""
+        return sum(w.length for w in self.windows)
 
 
 @dataclass(frozen=True)

@@ -274,7 +274,7 @@ class WindowMaker:
                 max_context = is_context
             else:
                 max_context = np.concatenate((_falses(c0), max_ctx, _falses(1)))
-            out.append(Window(ex.id, w, len(spans), input_ids, token_type_ids, offsets,
+            out.append(Window(ex.id, w, input_ids, token_type_ids, offsets,
                               is_context, max_context))
         return out
 
