@@ -8,17 +8,29 @@ once and shared by the batch pipeline, the streaming pipeline and the notebook.
 
 A rejection reason is ``"<code>: <sentence>"``; the code (see :data:`REASON_CODES`) is what
 summaries count by, the sentence says what was wrong with this record.
+
+No input makes these functions raise: a record-level problem is a Rejection, and anything the
+rules did not foresee is a ``parse_error`` rejection naming the exception. Every text a Rejection
+carries (reason, raw, id) is valid UTF-8 (lone surrogates are written as ``\\udXXX`` escapes), so
+writing a dead letter cannot fail either.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
+from trt_handler.qa.reading import (
+    RECORD_FIELDS,
+    DataFormatError,
+    TooLongNumber,
+    example_from_record,
+    load_json,
+    lone_surrogate,
+)
 from trt_handler.qa.types import Answer, QAExample, Rejection, Window, WindowLogits
-from trt_handler.qa.reading import RECORD_FIELDS, DataFormatError, example_from_record
 
 __all__ = [
     "ANSWER_BQ_SCHEMA",
@@ -28,6 +40,7 @@ __all__ = [
     "answer_row",
     "assemble_answer",
     "duplicate_rejections",
+    "feature_rejection",
     "parse_record",
     "raw_text",
     "reason_code",
@@ -46,22 +59,54 @@ REASON_CODES: Tuple[str, ...] = (
     "missing_field",  # id, question or context absent (or null)
     "wrong_type",  # a field of the wrong JSON type
     "empty_field",  # id, question or context empty or whitespace only
-    "too_long",  # id, question or context above its configured limit
+    "too_long",  # id, question or context above its configured limit, or the whole record (before parsing)
+    "number_too_long",  # an integer literal longer than Python reads (4300 digits) in a field used
+    "invalid_text",  # a lone UTF-16 surrogate ("\\ud800") in id, question, context or answers: not UTF-8
     "bad_answers",  # gold answers not a list of strings / {"text": ...}
     "bad_is_impossible",  # is_impossible not a boolean
     "duplicate_id",  # a second record with an id already seen (batch)
     "feature_error",  # the tokenizer could not make windows (WindowMaker)
+    "too_many_windows",  # the context needs more windows than FeatureConfig.max_windows_per_question
     "inference_failed",  # the model handler raised for a batch holding this question
     "incomplete_windows",  # not all of the question's windows came back (bounded wait)
     "answer_error",  # answer extraction raised
+    "parse_error",  # the parser itself failed on this record (a bug: the reason names the exception)
 )
+
+# A Rejection for a whole document, or a record too large to parse, keeps this much of the raw text.
+RAW_KEEP_CHARS = 10_000
 
 
 def reject(code: str, sentence: str, raw: str, *, stage: str = "parse", example_id: Optional[str] = None) -> Rejection:
     """A Rejection whose reason starts with a known code; unknown codes are a programming error."""
     if code not in REASON_CODES:
         raise ValueError(f"unknown rejection code {code!r}; add it to REASON_CODES with a comment saying when it applies")
-    return Rejection(reason=f"{code}: {sentence}", raw=raw, stage=stage, example_id=example_id)
+    return Rejection(reason=utf8_safe(f"{code}: {sentence}"), raw=utf8_safe(raw), stage=stage,
+                     example_id=None if example_id is None else utf8_safe(example_id))
+
+
+def utf8_safe(text: str) -> str:
+    """``text`` itself when UTF-8 can encode it, else with each lone surrogate as a ``\\udXXX`` escape.
+
+    Python strs may hold lone surrogates (from a JSON ``"\\ud800"`` escape); UTF-8 writers, Beam
+    coders and BigQuery refuse them, so nothing kept for output may hold one. ASCII and Latin-1
+    texts are returned without a scan.
+    """
+    if lone_surrogate(text) < 0:
+        return text
+    return text.encode("utf-8", errors="backslashreplace").decode("utf-8")
+
+
+def feature_rejection(error: Exception, raw: str, example_id: Optional[str] = None) -> Rejection:
+    """The Rejection of a question the WindowMaker refused (its FeatureError, stage "features").
+
+    The code is the error's own ``code`` (``too_many_windows``) when it has one, else
+    ``feature_error``.
+    """
+    code = getattr(error, "code", None)
+    if code not in REASON_CODES:
+        code = "feature_error"
+    return reject(code, str(error), raw, stage="features", example_id=example_id)
 
 
 def reason_code(rejection: Rejection) -> str:
@@ -75,17 +120,35 @@ class RecordLimits:
 
     A context of megabytes would be cut into thousands of windows and hold a worker for minutes;
     the limit turns that into a dead-letter record someone can look at. ``None`` disables a limit.
+
+    ``max_record_chars`` bounds the raw record (characters of a str, bytes of bytes) and is checked
+    before anything is decoded or parsed, so a 50 MB line costs microseconds, not a JSON parse.
+    ``"auto"`` (the default) derives it from the field limits: 12 raw characters per field
+    character (the longest JSON escape, a ``\\uXXXX\\uXXXX`` pair, is 12 characters for one
+    character) plus 1 MiB for gold answers and other keys; no record that keeps to the field limits
+    can be longer. It is off (None) when any field limit is off.
     """
 
     max_context_chars: Optional[int] = 100_000
     max_question_chars: Optional[int] = 4_000
     max_id_chars: Optional[int] = 512
+    max_record_chars: Union[int, None, str] = "auto"
+    record_chars_limit: Optional[int] = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
         for name in ("max_context_chars", "max_question_chars", "max_id_chars"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+        value = self.max_record_chars
+        if value == "auto":
+            fields = (self.max_context_chars, self.max_question_chars, self.max_id_chars)
+            limit = None if None in fields else 12 * sum(fields) + (1 << 20)  # type: ignore[arg-type]
+        elif value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            limit = value
+        else:
+            raise ValueError(f"max_record_chars must be a positive int, None or 'auto', got {value!r}")
+        object.__setattr__(self, "record_chars_limit", limit)
 
 
 RawRecord = Union[str, bytes]
@@ -105,10 +168,10 @@ def _decode(raw: RawRecord) -> Tuple[Optional[str], Optional[Rejection]]:
 
 
 def raw_text(raw: RawRecord) -> str:
-    """The record as text for a dead-letter row or a later rejection; never raises."""
+    """The record as UTF-8-safe text for a dead-letter row or a later rejection; never raises."""
     if isinstance(raw, bytes):
         return raw.decode("utf-8-sig", errors="backslashreplace")
-    return str(raw)
+    return utf8_safe(str(raw))
 
 
 _TEXT_LIMITS = {"id": "max_id_chars", "question": "max_question_chars", "context": "max_context_chars"}
@@ -134,6 +197,8 @@ def _text_rejection(texts: Sequence[Tuple[str, str]], raw: str, limits: RecordLi
 
 def _format_code(err: DataFormatError) -> str:
     """The reason code of a record that squad_data's rules refuse."""
+    if err.code in REASON_CODES:
+        return err.code
     if err.field == "answers":
         return "bad_answers"
     if err.field == "is_impossible":
@@ -152,7 +217,29 @@ def parse_record(raw: RawRecord, limits: RecordLimits = RecordLimits()) -> Union
     with several problems is rejected for the first, in the order id, question, context, answers,
     is_impossible. The example keeps question and context exactly as given (answers are character
     slices of the context, so nothing is stripped).
+
+    Before any decoding or parsing, a record longer than ``limits.record_chars_limit`` is rejected
+    (``too_long``; its raw keeps the first :data:`RAW_KEEP_CHARS` characters). An integer of more
+    digits than Python reads is ``number_too_long`` and a lone surrogate in a field used is
+    ``invalid_text``. Never raises for any str or bytes: an unforeseen failure is ``parse_error``.
     """
+    if not isinstance(raw, (str, bytes)):
+        raise TypeError(f"a raw record is str or bytes, got {type(raw).__name__}")
+    limit = limits.record_chars_limit
+    if limit is not None and len(raw) > limit:
+        unit = "bytes" if isinstance(raw, bytes) else "characters"
+        return reject("too_long", f"the record is {len(raw):,} {unit} long, more than the limit {limit:,} "
+                      "(RecordLimits.max_record_chars); it was not parsed, and raw keeps its first "
+                      f"{RAW_KEEP_CHARS:,} characters", raw_text(raw[:RAW_KEEP_CHARS]))
+    try:
+        return _parse_record(raw, limits)
+    except Exception as exc:  # noqa: BLE001 - no record may fail the job; this one is a bug to report
+        return reject("parse_error", f"the parser failed on this record ({type(exc).__name__}: {exc}); "
+                      "this is a bug in pipelines.records: please report it with this raw record",
+                      raw_text(raw))
+
+
+def _parse_record(raw: RawRecord, limits: RecordLimits) -> Union[QAExample, Rejection]:
     text, rejection = _decode(raw)
     if rejection is not None:
         return rejection
@@ -160,9 +247,10 @@ def parse_record(raw: RawRecord, limits: RecordLimits = RecordLimits()) -> Union
     if not text.strip():
         return reject("empty_record", "the record is empty or whitespace only", text)
     try:
-        obj = json.loads(text)
+        obj = load_json(text)
     except (json.JSONDecodeError, RecursionError) as exc:
-        return reject("invalid_json", f"the record is not valid JSON ({exc})", text)
+        what = str(exc) if isinstance(exc, json.JSONDecodeError) else "nested too deeply to read"
+        return reject("invalid_json", f"the record is not valid JSON ({what})", text)
     if not isinstance(obj, dict):
         return reject("not_an_object", f"the record is a JSON {type(obj).__name__}, not an object", text)
     try:
@@ -184,8 +272,21 @@ def split_squad_document(raw: RawRecord, source: str = "") -> Iterator[Union[str
     a rejected one can be fixed and replayed as a JSONL line. Structure errors above the question
     level (no ``data`` list, a paragraph that is not an object) become one Rejection each; a
     question whose paragraph lacks a context still yields a record, which ``parse_record`` rejects
-    with the exact field.
+    with the exact field. A question whose record holds an integer too long for Python
+    (``number_too_long``) is rejected here, and one with a lone surrogate is written with ASCII
+    escapes (UTF-8 safe), which ``parse_record`` rejects as ``invalid_text``: one bad question never
+    costs its neighbours. Never raises for any str or bytes.
     """
+    try:
+        yield from _split_squad_document(raw, source)
+    except Exception as exc:  # noqa: BLE001 - a bug must not fail the job; questions yielded so far stand
+        where = f" ({source})" if source else ""
+        yield reject("parse_error", f"splitting the SQuAD document{where} failed ({type(exc).__name__}: {exc}); "
+                     "this is a bug in pipelines.records: please report it with this document",
+                     raw_text(raw[:RAW_KEEP_CHARS]))
+
+
+def _split_squad_document(raw: RawRecord, source: str) -> Iterator[Union[str, Rejection]]:
     where = f" ({source})" if source else ""
     # A rejection of the whole document keeps its first 10,000 characters, not megabytes, as raw.
     text, rejection = _decode(raw)
@@ -194,13 +295,14 @@ def split_squad_document(raw: RawRecord, source: str = "") -> Iterator[Union[str
         return
     assert text is not None
     try:
-        doc = json.loads(text)
+        doc = load_json(text)
     except (json.JSONDecodeError, RecursionError) as exc:
-        yield reject("invalid_json", f"the SQuAD document{where} is not valid JSON ({exc})", text[:10_000])
+        what = str(exc) if isinstance(exc, json.JSONDecodeError) else "nested too deeply to read"
+        yield reject("invalid_json", f"the SQuAD document{where} is not valid JSON ({what})", text[:RAW_KEEP_CHARS])
         return
     data = doc.get("data") if isinstance(doc, dict) else None
     if not isinstance(data, list):
-        yield reject("invalid_squad_document", f"the SQuAD document{where} has no 'data' list", text[:10_000])
+        yield reject("invalid_squad_document", f"the SQuAD document{where} has no 'data' list", text[:RAW_KEEP_CHARS])
         return
     for a, article in enumerate(data):
         paragraphs = article.get("paragraphs") if isinstance(article, dict) else None
@@ -213,7 +315,7 @@ def split_squad_document(raw: RawRecord, source: str = "") -> Iterator[Union[str
             if not isinstance(qas, list):
                 yield reject("invalid_squad_document", f"paragraph {p} of article {a}{where} has no 'qas' list", _dump(paragraph))
                 continue
-            for qa in qas:
+            for q, qa in enumerate(qas):
                 if not isinstance(qa, dict):
                     yield _dump(qa)  # parse_record says what it is
                     continue
@@ -221,11 +323,39 @@ def split_squad_document(raw: RawRecord, source: str = "") -> Iterator[Union[str
                 record["context"] = paragraph.get("context")
                 if title is not None:
                     record["title"] = title
+                long_number = _find_too_long_number(record)
+                if long_number is not None:
+                    key, digits = long_number
+                    eid = qa.get("id") if isinstance(qa.get("id"), str) else None
+                    yield reject("number_too_long", f"question {q} of paragraph {p} of article {a}{where} has an "
+                                 f"integer of {digits} digits in {key!r}, more than Python reads; write it as a "
+                                 "string or fix the producer", _dump(record), example_id=eid)
+                    continue
                 yield _dump(record)
 
 
+def _find_too_long_number(obj: Dict[str, Any]) -> Optional[Tuple[str, int]]:
+    """(top-level key, digits) of the first TooLongNumber anywhere in a record, or None."""
+    for key, value in obj.items():
+        stack = [value]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, TooLongNumber):
+                return key, item.digits
+            if isinstance(item, dict):
+                stack.extend(item.values())
+            elif isinstance(item, list):
+                stack.extend(item)
+    return None
+
+
 def _dump(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False)
+    """One record as JSON text that UTF-8 can encode: unescaped where it can be, ASCII escapes
+    where a text holds a lone surrogate; a TooLongNumber is written as a string describing it."""
+    text = json.dumps(obj, ensure_ascii=False, default=repr)
+    if lone_surrogate(text) >= 0:
+        text = json.dumps(obj, ensure_ascii=True, default=repr)
+    return text
 
 
 def duplicate_rejections(example_id: str, raws: Sequence[str]) -> Tuple[str, List[Rejection]]:

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
-from tests.helpers import ada_window
-from trt_handler.qa.types import Answer, QAExample, Rejection, WindowLogits
 from pipelines.records import (
     ANSWER_BQ_SCHEMA,
     REASON_CODES,
     REJECTED_BQ_SCHEMA,
     RecordLimits,
     answer_row,
-    assemble_answer,
     duplicate_rejections,
     parse_record,
     reason_code,
@@ -23,6 +19,7 @@ from pipelines.records import (
     rejection_row,
     split_squad_document,
 )
+from trt_handler.qa.types import Answer, QAExample, Rejection
 
 GOOD = {"id": "q1", "question": "Who?", "context": "Ada wrote it.", "answers": ["Ada"], "is_impossible": False}
 
@@ -162,32 +159,6 @@ def test_duplicates_keep_one_deterministically() -> None:
     assert [r.raw for r in rejected] == ["b", "c"]
     assert all(reason_code(r) == "duplicate_id" and r.example_id == "q1" for r in rejected)
     assert duplicate_rejections("q1", ["b", "a"])[0] == duplicate_rejections("q1", ["a", "b"])[0]
-
-
-def _logits(best: int) -> WindowLogits:
-    s = np.full(7, -5.0, dtype=np.float32)
-    s[best] = 5.0
-    return WindowLogits(s, s.copy())
-
-
-def test_assemble_answer_needs_every_window_and_no_failure() -> None:
-    ex = QAExample("q1", "Who?", "Ada wrote it.")
-    w0, w1 = ada_window(ex.id, 0, 2), ada_window(ex.id, 1, 2)
-    full = assemble_answer(ex, "raw", 2, [(w1, _logits(4)), (w0, _logits(3)), (w0, _logits(3))], [])
-    assert isinstance(full, Answer) and full.id == "q1" and full.text in {"Ada", "wrote"}
-    missing = assemble_answer(ex, "raw", 2, [(w0, _logits(3))], [])
-    assert isinstance(missing, Rejection) and reason_code(missing) == "incomplete_windows" and "[1]" in missing.reason
-    assert missing.raw == "raw" and missing.example_id == "q1"
-    failed = assemble_answer(ex, "raw", 2, [(w0, _logits(3)), (w1, _logits(4))], ["RuntimeError('gpu fell over')"])
-    assert isinstance(failed, Rejection) and reason_code(failed) == "inference_failed" and "gpu fell over" in failed.reason
-
-
-def test_assemble_answer_turns_an_extraction_error_into_a_rejection() -> None:
-    ex = QAExample("q1", "Who?", "Ada wrote it.")
-    w0 = ada_window(ex.id, 0, 1)
-    short = WindowLogits(np.zeros(3, np.float32), np.zeros(3, np.float32))  # wrong length: extract_answer raises
-    out = assemble_answer(ex, "raw", 1, [(w0, short)], [])
-    assert isinstance(out, Rejection) and reason_code(out) == "answer_error"
 
 
 def _schema_names(schema: dict) -> list:

@@ -15,17 +15,36 @@ and ``is_impossible``. Blank lines are skipped.
 
 The rules for one question record (which fields, which types, what ``is_impossible`` means when
 absent) live in :func:`example_from_record`, which ``pipelines.records`` shares.
+
+Two kinds of text that JSON allows but the pipeline cannot carry are refused per record with a
+reason code (``DataFormatError.code``): an integer literal longer than Python converts
+(``sys.get_int_max_str_digits()``, 4300 digits by default; :func:`load_json` keeps it as a
+:class:`TooLongNumber` placeholder so one such number does not fail a whole SQuAD file) is
+``number_too_long``, and a lone UTF-16 surrogate (``"\\ud800"``, half of a pair) in a field used is
+``invalid_text``: such a str can never be written as UTF-8.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import reprlib
 from collections.abc import Mapping
 from typing import Any
 
 from trt_handler.qa.types import QAExample
 
-__all__ = ["RECORD_FIELDS", "DataFormatError", "example_from_record", "load_examples", "read_jsonl", "read_squad_json"]
+__all__ = [
+    "RECORD_FIELDS",
+    "DataFormatError",
+    "TooLongNumber",
+    "example_from_record",
+    "load_examples",
+    "load_json",
+    "lone_surrogate",
+    "read_jsonl",
+    "read_squad_json",
+]
 
 # The fields of a question record, in the order example_from_record checks them.
 RECORD_FIELDS: tuple[str, ...] = ("id", "question", "context", "answers", "is_impossible")
@@ -36,13 +55,99 @@ class DataFormatError(ValueError):
 
     ``field`` names the record field at fault (one of :data:`RECORD_FIELDS`; None for a problem
     above the record, or a record that is not an object) and ``missing`` says whether it is absent
-    (or null) rather than malformed.
+    (or null) rather than malformed. ``code`` is a rejection reason code when the problem has one
+    of its own (``number_too_long``, ``invalid_text``), else None (the field says what it is).
     """
 
-    def __init__(self, message: str, *, field: str | None = None, missing: bool = False) -> None:
+    def __init__(self, message: str, *, field: str | None = None, missing: bool = False,
+                 code: str | None = None) -> None:
         super().__init__(message)
         self.field = field
         self.missing = missing
+        self.code = code
+
+
+class TooLongNumber:
+    """Stands for a JSON integer literal with more digits than Python converts to int.
+
+    Python refuses ``int()`` of more than ``sys.get_int_max_str_digits()`` digits (a ValueError
+    json does not catch); :func:`load_json` puts this placeholder there instead, so the record that
+    holds it is rejected and its neighbours are not.
+    """
+
+    __slots__ = ("digits",)
+
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
+
+    def __repr__(self) -> str:
+        return f"<integer of {self.digits} digits>"
+
+
+def _parse_int(literal: str) -> int | TooLongNumber:
+    try:
+        return int(literal)
+    except ValueError:  # only the digit limit: json hands over valid integer literals only
+        return TooLongNumber(len(literal.lstrip("-")))
+
+
+def load_json(text: str) -> Any:
+    """``json.loads`` that never raises for a long integer: it becomes a :class:`TooLongNumber`.
+
+    Raises json.JSONDecodeError for text that is not JSON and RecursionError for nesting deeper
+    than the interpreter's stack, as json.loads does.
+    """
+    return json.loads(text, parse_int=_parse_int)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate(text: str) -> int:
+    """Index of the first lone UTF-16 surrogate in ``text`` (which UTF-8 cannot encode), or -1.
+
+    A JSON escape such as ``"\\ud800"`` without its low half decodes to one; ASCII and Latin-1
+    strings cannot hold one and are answered without a scan.
+    """
+    if text.isascii():
+        return -1
+    m = _SURROGATE.search(text)
+    return -1 if m is None else m.start()
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 60
+_SHORT.maxlist = _SHORT.maxdict = 4
+_SHORT.maxlevel = 2
+
+
+def _short(value: Any) -> str:
+    """A repr of at most ~80 characters that costs nothing for a huge value."""
+    return _SHORT.repr(value)[:80]
+
+
+def _check_value(value: Any, key: str, where: str, what: str = "") -> None:
+    """Refuse a too-long integer or a lone surrogate in a field value (``what`` names a part of it)."""
+    name = f"{what} of {key!r}" if what else repr(key)
+    if isinstance(value, TooLongNumber):
+        raise DataFormatError(
+            _at(where, f"{name} is an integer of {value.digits} digits, more than the "
+                       f"{_int_digit_limit()} digits Python reads; write it as a string or fix the producer"),
+            field=key, code="number_too_long")
+    if isinstance(value, str):
+        i = lone_surrogate(value)
+        if i >= 0:
+            raise DataFormatError(
+                _at(where, f"lone surrogate at character {i} of {name} (\\u{ord(value[i]):04x}, half of a "
+                           "UTF-16 pair, which UTF-8 cannot store); the producer escaped one half of an "
+                           "emoji or other character without the other: fix its encoding and resend"),
+                field=key, code="invalid_text")
+
+
+def _int_digit_limit() -> int:
+    import sys
+
+    return sys.get_int_max_str_digits()
 
 
 def _at(where: str, message: str) -> str:
@@ -81,6 +186,7 @@ def _need(obj: Any, key: str, kind: type, where: str) -> Any:
 def _text(record: Mapping[str, Any], key: str, where: str) -> str:
     """A required string field of a record; absent and null are both missing."""
     value = record.get(key)
+    _check_value(value, key, where)
     if value is None:
         raise DataFormatError(_at(where, f"missing field {key!r}"), field=key, missing=True)
     if not isinstance(value, str):
@@ -90,16 +196,19 @@ def _text(record: Mapping[str, Any], key: str, where: str) -> str:
 
 def _answer_texts(raw: Any, where: str) -> tuple[str, ...]:
     """Gold texts from a list of strings / {"text": ...} objects, or the datasets form {"text": [...]}."""
+    _check_value(raw, "answers", where)
     if isinstance(raw, dict) and "text" in raw:
         raw = raw["text"]
+    _check_value(raw, "answers", where)
     if not isinstance(raw, list):
         raise DataFormatError(_at(where, f"'answers' should be a list, got {type(raw).__name__}"), field="answers")
     texts: list[str] = []
     for i, a in enumerate(raw):
         text = a.get("text") if isinstance(a, dict) else a
+        _check_value(text, "answers", where, f"answer {i}")
         if not isinstance(text, str):
             raise DataFormatError(
-                _at(where, f"answer {i} should be a string or an object with a 'text' string, got {a!r:.80}"),
+                _at(where, f"answer {i} should be a string or an object with a 'text' string, got {_short(a)}"),
                 field="answers",
             )
         texts.append(text)
@@ -120,11 +229,14 @@ def example_from_record(record: Mapping[str, Any], context: str | None = None, *
       gold answers are given but empty, and unknown (None) when there are no gold answers at all.
 
     A null optional field counts as absent, a null required one as missing. Other keys are ignored.
-    Raises DataFormatError (``where`` prefixes its message) naming the field and what is wrong.
+    Raises DataFormatError (``where`` prefixes its message) naming the field and what is wrong; a
+    field holding a :class:`TooLongNumber` (code ``number_too_long``) or a text with a lone surrogate
+    (code ``invalid_text``, also in gold answers) is refused in the same field order.
     """
     if not isinstance(record, Mapping):
         raise DataFormatError(_at(where, f"expected a JSON object, got {type(record).__name__}"))
     raw_id = record.get("id")
+    _check_value(raw_id, "id", where)
     eid = str(raw_id) if isinstance(raw_id, int) and not isinstance(raw_id, bool) else _text(record, "id", where)
     question = _text(record, "question", where)
     if context is None:
@@ -132,9 +244,10 @@ def example_from_record(record: Mapping[str, Any], context: str | None = None, *
     has_answers = record.get("answers") is not None
     answers = _answer_texts(record["answers"], where) if has_answers else ()
     impossible = record.get("is_impossible")
+    _check_value(impossible, "is_impossible", where)
     if impossible is not None and not isinstance(impossible, bool):
         raise DataFormatError(
-            _at(where, f"'is_impossible' should be true or false, got {impossible!r:.40}"), field="is_impossible"
+            _at(where, f"'is_impossible' should be true or false, got {_short(impossible)}"), field="is_impossible"
         )
     if impossible is None and has_answers:
         impossible = not answers
@@ -148,6 +261,7 @@ def _parse_squad(doc: Any, path: str) -> list[QAExample]:
         for p, para in enumerate(_need(article, "paragraphs", list, f"{path}: data[{a}]")):
             where_p = f"{path}: data[{a}].paragraphs[{p}]"
             context = _need(para, "context", str, where_p)
+            _check_value(context, "context", where_p)
             for q, qa in enumerate(_need(para, "qas", list, where_p)):
                 out.append(example_from_record(qa, context, where=f"{where_p}.qas[{q}]"))
     return out
@@ -155,9 +269,11 @@ def _parse_squad(doc: Any, path: str) -> list[QAExample]:
 
 def _parse_record(line: str, where: str) -> QAExample:
     try:
-        record = json.loads(line)
+        record = load_json(line)
     except json.JSONDecodeError as err:
         raise DataFormatError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from err
+    except RecursionError as err:
+        raise DataFormatError(f"{where}: JSON nested too deeply to read") from err
     return example_from_record(record, where=where)
 
 
@@ -170,10 +286,12 @@ def read_squad_json(path: str) -> list[QAExample]:
     """Questions of a SQuAD v1.1 or v2.0 JSON file, in file order."""
     text = _read_text(path)
     try:
-        doc = json.loads(text)
+        doc = load_json(text)
     except json.JSONDecodeError as err:
         raise DataFormatError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}); "
                               "a file with one question a line is read with read_jsonl") from err
+    except RecursionError as err:
+        raise DataFormatError(f"{path}: JSON nested too deeply to read") from err
     return _parse_squad(doc, str(path))
 
 
@@ -186,8 +304,8 @@ def load_examples(path: str) -> list[QAExample]:
     """Questions of ``path``, SQuAD JSON or JSONL, told apart by content, not by file name."""
     text = _read_text(path)
     try:
-        doc = json.loads(text)
-    except json.JSONDecodeError:
+        doc = load_json(text)
+    except (json.JSONDecodeError, RecursionError):
         return _parse_jsonl(text, str(path))  # several lines of JSON (or broken: it says where)
     if isinstance(doc, dict) and "data" in doc:
         return _parse_squad(doc, str(path))
