@@ -24,7 +24,7 @@ __all__ = [
     "split_argv",
 ]
 
-BACKENDS = ("onnx", "tensorrt")
+BACKENDS = ("onnx", "tensorrt", "torch")
 
 
 @dataclass(frozen=True)
@@ -32,10 +32,11 @@ class QASettings:
     """Everything the QA transforms need, as plain picklable values (shipped to every worker).
 
     ``model_dir`` is a model bundle folder (local or gs://) holding the tokenizer files and, for
-    the ONNX Runtime backend, ``model.onnx``. ``engine`` is a TensorRT engine (local or gs://).
-    ``buckets``, ``min_batch`` and ``max_batch`` left None take the handler's defaults: for an
-    engine, its optimization profiles (read from the engine's sidecar JSON); for ONNX Runtime,
-    (128, 256, 384) and 1..64.
+    the ONNX Runtime backend, ``model.onnx`` (for PyTorch: a Hugging Face checkpoint folder).
+    ``engine`` is a TensorRT engine (local or gs://). ``buckets``, ``max_batch`` (rows per model
+    call) and ``max_tokens`` left None take the handler's defaults: for an engine, its
+    optimization profiles (from the engine's sidecar JSON); otherwise the default buckets.
+    ``batch_windows`` is how many windows one RunInference batch holds.
     """
 
     model_dir: str
@@ -49,10 +50,17 @@ class QASettings:
     null_threshold: float = 0.0
     version_2_with_negative: bool = True
     buckets: Optional[Tuple[int, ...]] = None
-    min_batch: Optional[int] = None
     max_batch: Optional[int] = None
+    batch_windows: Optional[int] = None
+    max_tokens: Optional[int] = None
+    pad_to: Optional[str] = None
     max_batch_duration_secs: Optional[float] = None
+    inference_timeout_secs: Optional[float] = None
     onnx_threads: Optional[int] = None
+    torch_device: str = "auto"
+    torch_dtype: str = "fp16"
+    gpu_count: Optional[int] = None
+    share_model: bool = False
     engine_cache_dir: Optional[str] = None
     limits: RecordLimits = RecordLimits()
     feature_batch: int = 64
@@ -62,12 +70,12 @@ class QASettings:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.backend == "tensorrt" and not self.engine:
             raise ValueError("the tensorrt backend needs --engine (a serialized TensorRT engine, local or gs://)")
-        for name in ("min_batch", "max_batch"):
+        for name in ("max_batch", "batch_windows", "max_tokens", "gpu_count"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
-        if self.min_batch is not None and self.max_batch is not None and self.min_batch > self.max_batch:
-            raise ValueError(f"min batch ({self.min_batch}) must not exceed max batch ({self.max_batch})")
+                raise ValueError(f"{name.replace('_', ' ')} must be at least 1, got {value}")
+        if self.inference_timeout_secs is not None and not self.inference_timeout_secs > 0:
+            raise ValueError(f"the inference timeout must be positive seconds, got {self.inference_timeout_secs}")
         if self.feature_batch < 1:
             raise ValueError(f"feature batch must be at least 1, got {self.feature_batch}")
         if self.buckets is not None:
@@ -118,12 +126,24 @@ def add_qa_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--model", required=True,
                    help="model bundle folder (model.onnx + tokenizer), checkpoint folder or hub id; "
                         "a checkpoint is exported to ONNX once into --cache-dir. gs:// bundles are used as is.")
-    m.add_argument("--backend", choices=BACKENDS, default="onnx", help="onnx: ONNX Runtime (CPU); tensorrt: --engine on a GPU")
+    m.add_argument("--backend", choices=BACKENDS, default="onnx",
+                   help="onnx: ONNX Runtime (CPU); tensorrt: --engine on a GPU; torch: PyTorch on a GPU or the CPU "
+                        "(--model is then a Hugging Face checkpoint folder)")
     m.add_argument("--engine", default=None, help="TensorRT engine file (local or gs://), for --backend tensorrt")
     m.add_argument("--cache-dir", default="cache", help="where exported ONNX bundles are cached (default: cache)")
     m.add_argument("--engine-cache-dir", default=None,
                    help="with --backend tensorrt and no --engine on the worker's GPU: where the handler may build/cache engines")
     m.add_argument("--onnx-threads", type=int, default=None, help="ONNX Runtime intra-op threads per worker process")
+    m.add_argument("--torch-device", default="auto",
+                   help="torch backend: auto (one GPU of the worker per process, all GPUs used), cuda, cuda:N or cpu")
+    m.add_argument("--torch-dtype", choices=("fp16", "bf16", "fp32"), default="fp16", help="torch backend precision")
+    m.add_argument("--gpu-count", type=int, default=None,
+                   help="GPUs per worker to spread the worker's processes over (default: all visible)")
+    m.add_argument("--share-model", action="store_true",
+                   help="torch backend: one model per GPU shared by the worker's processes (Beam large_model)")
+    m.add_argument("--inference-timeout-secs", type=float, default=None,
+                   help="a model load or batch running longer is abandoned; its questions are dead-lettered "
+                        "as inference_timeout (default: no timeout)")
 
     f = parser.add_argument_group("features (windows)")
     f.add_argument("--max-seq-length", type=int, default=384, help="tokens per window (default 384)")
@@ -141,10 +161,14 @@ def add_qa_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--buckets", type=_int_list, default=None,
                    help="sequence-length buckets a batch is padded to, comma-separated "
                         f"(default: the engine's profiles; ONNX Runtime {','.join(map(str, DEFAULT_BUCKETS))})")
-    b.add_argument("--min-batch", type=int, default=None,
-                   help="smallest batch RunInference forms (default: the engine's profiles; ONNX Runtime 1)")
     b.add_argument("--max-batch", type=int, default=None,
-                   help="largest batch RunInference forms (default: the engine's profiles; ONNX Runtime 64)")
+                   help="rows per model call at most (default: the engine's profiles; otherwise 64)")
+    b.add_argument("--batch-windows", type=int, default=None,
+                   help="windows per RunInference batch; it is split into model calls (default 256)")
+    b.add_argument("--max-tokens", type=int, default=None,
+                   help="token budget per model call without an engine: rows = budget // bucket (default: none)")
+    b.add_argument("--pad-to", choices=("longest", "bucket"), default=None,
+                   help="pad a model call to its longest window (rounded up to 8; default) or to its bucket")
     b.add_argument("--feature-batch", type=int, default=64, help="questions tokenized per call (default 64)")
 
     r = parser.add_argument_group("record limits (larger records are dead-lettered)")
@@ -155,7 +179,9 @@ def add_qa_arguments(parser: argparse.ArgumentParser) -> None:
 # QASettings fields set from the flag of the same name (its argparse dest), unchanged.
 _SAME_NAME_FIELDS = (
     "backend", "engine", "max_seq_length", "doc_stride", "max_query_length", "n_best", "max_answer_length",
-    "null_threshold", "buckets", "min_batch", "max_batch", "onnx_threads", "engine_cache_dir", "feature_batch",
+    "null_threshold", "buckets", "max_batch", "batch_windows", "max_tokens", "pad_to", "onnx_threads",
+    "engine_cache_dir", "feature_batch", "inference_timeout_secs", "torch_device", "torch_dtype", "gpu_count",
+    "share_model",
 )
 
 
@@ -173,11 +199,11 @@ def settings_from_args(args: argparse.Namespace, model_dir: str, **overrides: ob
 
 def resolve_model(model: str, cache_dir: str, backend: str) -> str:
     """The bundle folder the workers read: gs:// paths as given; a local checkpoint or hub id is
-    exported to ONNX once (cached in ``cache_dir``). The TensorRT backend needs only the tokenizer,
-    so its ``model`` is used as given (a bundle, checkpoint folder or hub id)."""
+    exported to ONNX once (cached in ``cache_dir``). The TensorRT backend needs only the tokenizer
+    and PyTorch the checkpoint itself, so their ``model`` is used as given."""
     from apache_beam.io.filesystems import FileSystems
 
-    if FileSystems.get_scheme(model) not in (None, "file") or backend == "tensorrt":
+    if FileSystems.get_scheme(model) not in (None, "file") or backend in ("tensorrt", "torch"):
         return model
     from trt_handler.engines.export import resolve_model_bundle
 

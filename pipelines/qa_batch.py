@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--bigquery-rejected-table", default=None,
                     help="write dead letters to this BigQuery table instead of OUTPUT-rejected-*.jsonl")
     io.add_argument("--show", type=int, default=0, metavar="N", help="print N answers (with their questions) at the end")
+    io.add_argument("--allow-duplicate-ids", action="store_true",
+                    help="answer every record even when ids repeat (skips the id count; by default all but one "
+                         "record of a repeated id are dead-lettered as duplicate_id)")
     io.add_argument("--eval", action="store_true",
                     help="inputs carry gold answers: write OUTPUT-metric.json and print the SQuAD metric as the last line")
     add_qa_arguments(parser)
@@ -77,7 +80,7 @@ def _show_line(pair: Tuple[QAExample, Answer]) -> str:
 def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, settings: QASettings, handler: Any = None) -> None:
     """Read -> AnswerQuestions -> write answers, dead letters, [metric], [shown answers]."""
     records = p | "Read" >> ReadRecords(args.input, args.input_format)
-    out = records | "AnswerQuestions" >> AnswerQuestions(settings, handler)
+    out = records | "AnswerQuestions" >> AnswerQuestions(settings, handler, unique_ids=not args.allow_duplicate_ids)
 
     if args.bigquery_table:
         write_answers_to_bigquery(out.answers, args.bigquery_table)

@@ -7,9 +7,9 @@
 
 Each message is one JSON question ``{id, question, context}``. Answers go to ``--topic`` (JSON
 messages) or ``--bigquery-table``; dead letters to ``--rejected-topic`` or
-``--bigquery-rejected-table``. The windows of one question are regrouped by a stateful DoFn that
-answers as soon as the last window is in and gives up after ``--regroup-timeout-secs`` (the
-question is then dead-lettered as ``incomplete_windows``); see docs/dataflow.md for why.
+``--bigquery-rejected-table``. The graph is the batch pipeline's (a question travels with all its
+windows, so nothing waits for a regroup); every message is its own request, so two messages that
+reuse an id get an answer each.
 """
 
 from __future__ import annotations
@@ -42,8 +42,6 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--bigquery-table", default=None, help="BigQuery table for answers (project:dataset.table)")
     io.add_argument("--rejected-topic", default=None, help="Pub/Sub topic for dead letters (JSON with reason and raw)")
     io.add_argument("--bigquery-rejected-table", default=None, help="BigQuery table for dead letters")
-    io.add_argument("--regroup-timeout-secs", type=float, default=300.0,
-                    help="give up on a question whose windows have not all come back after this long (default 300)")
     io.add_argument("--max-batch-duration-secs", type=float, default=1.0,
                     help="longest RunInference waits to fill a batch (default 1.0)")
     add_qa_arguments(parser)
@@ -61,14 +59,13 @@ def rejections_to_messages(out: QAOutputs) -> beam.PCollection:
 
 
 def build_pipeline(
-    messages: beam.PCollection, args: argparse.Namespace, settings: QASettings, handler: Any = None, **regroup: Any
+    messages: beam.PCollection, args: argparse.Namespace, settings: QASettings, handler: Any = None
 ) -> QAOutputs:
     """Pub/Sub message bodies (bytes) -> answers and dead letters written to their sinks.
 
-    ``messages`` is injected so tests can feed a TestStream; ``regroup`` passes ``clock`` through.
+    ``messages`` is injected so tests can feed a TestStream.
     """
-    out = messages | "AnswerQuestions" >> AnswerQuestions(
-        settings, handler, streaming=True, regroup_timeout_secs=args.regroup_timeout_secs, **regroup)
+    out = messages | "AnswerQuestions" >> AnswerQuestions(settings, handler, unique_ids=False)
     if args.topic:
         _ = answers_to_messages(out) | "PublishAnswers" >> beam.io.WriteToPubSub(args.topic)
     if args.bigquery_table:

@@ -1,17 +1,16 @@
 """Beam transforms shared by the batch pipeline, the streaming pipeline and the notebook.
 
-One question's trip::
+One question's trip, the same graph for batch and streaming (no CoGroupByKey, no state, no
+timers: a question travels as one element with all its windows)::
 
-    raw record --parse--> (raw, QAExample) --key--> (key, ...) --windows--> (key, Window) ...
-      ... --RunInference(KeyedModelHandler)--> (key, PredictionResult) --regroup by key--> Answer
+    raw record --parse--> (raw, QAExample) --windows--> QuestionWindows
+      --RunInference(handler)--> PredictionResult(question, Answer | error) --> (QAExample, Answer)
 
-Every record leaves as exactly one answer or one :class:`~trt_handler.qa.types.Rejection`:
-
-- parse / dedupe / feature rejections leave at their step;
-- once a question has windows, its outcome is decided only by the regroup step, which sees the
-  question (``meta``: raw, example, number of windows), each window's logits and every inference
-  failure of a batch holding one of its windows. Batch regroups with CoGroupByKey; streaming with a
-  stateful DoFn that answers as soon as the last window arrives and gives up after a bounded wait.
+Every record leaves as exactly one answer or one :class:`~trt_handler.qa.types.Rejection`: parse
+and feature rejections leave at their step; a question whose own answer failed, or whose batch
+failed in the model (or ran past ``inference_timeout_secs``), is rejected once with the reason.
+Batch jobs also reject every record but one of an id that appears more than once (see
+:class:`RejectDuplicateIds`: only ids and the rare duplicates are shuffled).
 
 QA logic (validation, windows, answers) lives in ``trt_handler``; this module only composes it.
 """
@@ -23,32 +22,18 @@ import logging
 import os
 import tempfile
 import threading
-import time
-import uuid
-from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Tuple
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam import pvalue
-from apache_beam.coders import BooleanCoder, PickleCoder
 from apache_beam.io import fileio
 from apache_beam.metrics import Metrics
-from apache_beam.transforms.timeutil import TimeDomain
-from apache_beam.transforms.userstate import (
-    BagStateSpec,
-    ReadModifyWriteStateSpec,
-    TimerSpec,
-    on_timer,
-)
-from apache_beam.utils.timestamp import Timestamp
 
 from pipelines.options import QASettings
-from trt_handler.qa.types import Answer, QAExample, Rejection
 from pipelines.records import (
     ANSWER_BQ_SCHEMA,
     REJECTED_BQ_SCHEMA,
     answer_row,
-    assemble_answer,
-    duplicate_rejections,
     parse_record,
     raw_text,
     reason_code,
@@ -56,14 +41,12 @@ from pipelines.records import (
     rejection_row,
     split_squad_document,
 )
+from trt_handler.qa.types import Answer, QAExample, QuestionWindows, Rejection
 
 LOGGER = logging.getLogger(__name__)
 
 NAMESPACE = "trt_qa"  # Beam metrics namespace of every counter below
 REJECTED = "rejected"
-META = "meta"
-
-Keyed = Tuple[str, Any]
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,11 +90,13 @@ class ReadRecords(beam.PTransform):
             | "MatchDocument" >> fileio.MatchFiles(self._path)
             | "ReadDocument" >> fileio.ReadMatches()
             | "SplitQuestions" >> beam.FlatMap(lambda f: split_squad_document(f.read(), f.metadata.path))
+            # One worker reads a whole document: spread its questions over the workers.
+            | "Spread" >> beam.Reshuffle()
         )
 
 
 # --------------------------------------------------------------------------------------------
-# parse, dedupe, key
+# parse
 
 
 class _Parse(beam.DoFn):
@@ -133,23 +118,63 @@ class _Parse(beam.DoFn):
             yield raw_text(raw), result
 
 
-def _dedupe(element: Tuple[str, Iterable[Tuple[str, QAExample]]]) -> Iterator[Any]:
-    """One (id, (raw, example)) per id; every further record with that id is rejected."""
+# --------------------------------------------------------------------------------------------
+# duplicate ids (batch)
+
+
+def _count_to_dup(pair: Tuple[str, int]) -> Iterator[Tuple[str, int]]:
+    if pair[1] > 1:
+        yield pair
+
+
+def _route_duplicates(pair: Tuple[str, QAExample], duplicated: Dict[str, int]) -> Iterator[Any]:
+    if pair[1].id in duplicated:
+        yield pvalue.TaggedOutput("duplicated", (pair[1].id, pair))
+    else:
+        yield pair
+
+
+def _keep_one(element: Tuple[str, Any]) -> Iterator[Any]:
+    """All records of one duplicated id -> the one kept (smallest raw text, so the choice does not
+    depend on the runner's order) and a ``duplicate_id`` rejection for each other one."""
     eid, pairs = element
-    pairs = list(pairs)
-    if len(pairs) == 1:
-        yield eid, pairs[0]
-        return
-    keep, rejections = duplicate_rejections(eid, [raw for raw, _ in pairs])
-    for r in rejections:
-        yield pvalue.TaggedOutput(REJECTED, r)
-    yield eid, next(p for p in pairs if p[0] == keep)
+    ordered = sorted(pairs, key=lambda p: p[0])
+    for raw, _ in ordered[1:]:
+        yield pvalue.TaggedOutput(REJECTED, reject(
+            "duplicate_id", f"id {eid!r} appears {len(ordered)} times in the input; one of them is answered",
+            raw, stage="dedupe", example_id=eid))
+    yield ordered[0]
 
 
-def _request_key(pair: Tuple[str, QAExample]) -> Keyed:
-    """Streaming key: the question id plus a random suffix, so two messages that reuse an id are two
-    requests with one answer each (Pub/Sub redeliveries are removed by the source, not here)."""
-    return f"{pair[1].id}#{uuid.uuid4().hex[:16]}", pair
+class _Deduped(NamedTuple):
+    unique: pvalue.PCollection
+    rejected: pvalue.PCollection
+
+
+class RejectDuplicateIds(beam.PTransform):
+    """(raw, QAExample) -> the same, one record per id; ``rejected``: the other records of an id.
+
+    Only ids are counted across workers (a combine of (id, 1)); records of the few duplicated ids
+    are grouped, everything else passes by with no shuffle of its own. Batch only: a stream has
+    no end at which an id is known to be unique, so there every message is its own request.
+    """
+
+    def expand(self, parsed: pvalue.PCollection) -> pvalue.DoOutputsTuple:
+        duplicated = (
+            parsed
+            | "Ids" >> beam.Map(lambda pair: (pair[1].id, 1))
+            | "CountIds" >> beam.CombinePerKey(sum)
+            | "Duplicated" >> beam.FlatMap(_count_to_dup)
+        )
+        routed = parsed | "Route" >> beam.FlatMap(
+            _route_duplicates, beam.pvalue.AsDict(duplicated)).with_outputs("duplicated", main="unique")
+        kept = (
+            routed.duplicated
+            | "GroupDuplicates" >> beam.GroupByKey()
+            | "KeepOne" >> beam.FlatMap(_keep_one).with_outputs(REJECTED, main="kept")
+        )
+        unique = (routed.unique, kept.kept) | "OnePerId" >> beam.Flatten()
+        return _Deduped(unique, kept[REJECTED])
 
 
 # --------------------------------------------------------------------------------------------
@@ -169,8 +194,6 @@ def local_model_dir(model_dir: str) -> str:
 
     if FileSystems.get_scheme(model_dir) in (None, "file"):
         return model_dir
-    if not FileSystems.get_scheme(model_dir) and not os.path.isdir(model_dir):
-        return model_dir  # a hub id: load_tokenizer downloads it
     key = model_dir
     with _STAGE_LOCK:
         if key in _STAGED:
@@ -194,9 +217,9 @@ def local_model_dir(model_dir: str) -> str:
 # windows
 
 
-class _MakeWindows(beam.DoFn):
-    """Batches of (key, (raw, example)) -> (key, Window) main, (key, meta) on ``meta``,
-    Rejection (feature error) on ``rejected``. One batched tokenizer call per batch."""
+class _MakeQuestions(beam.DoFn):
+    """Batches of (raw, QAExample) -> QuestionWindows (a question with all its windows) on the
+    main output, Rejection (feature error) on ``rejected``. One batched tokenizer call per batch."""
 
     def __init__(self, settings: QASettings):
         self._settings = settings
@@ -221,17 +244,16 @@ class _MakeWindows(beam.DoFn):
                     out.append(exc)
             return out
 
-    def process(self, batch: List[Tuple[str, Tuple[str, QAExample]]]) -> Iterator[Any]:
-        results = self._windows_many([ex for _, (_, ex) in batch])
-        for (key, (raw, ex)), windows in zip(batch, results):
-            if isinstance(windows, Exception):
-                yield pvalue.TaggedOutput(REJECTED, reject(
-                    "feature_error", f"{type(windows).__name__}: {windows}", raw, stage="features", example_id=ex.id))
+    def process(self, batch: List[Tuple[str, QAExample]]) -> Iterator[Any]:
+        results = self._windows_many([ex for _, ex in batch])
+        for (raw, ex), windows in zip(batch, results):
+            if isinstance(windows, Exception) or not windows:
+                why = f"{type(windows).__name__}: {windows}" if isinstance(windows, Exception) else "no windows"
+                yield pvalue.TaggedOutput(REJECTED, reject("feature_error", why, raw, stage="features",
+                                                           example_id=ex.id))
                 continue
             self._windows.inc(len(windows))
-            yield pvalue.TaggedOutput(META, (key, (raw, ex, len(windows))))
-            for w in windows:
-                yield key, w
+            yield QuestionWindows(ex, tuple(windows), raw)
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,174 +261,55 @@ class _MakeWindows(beam.DoFn):
 
 
 def make_handler(settings: QASettings) -> Any:
-    """The RunInference model handler for ``settings.backend`` (unkeyed; wrap in KeyedModelHandler).
+    """The RunInference model handler for ``settings.backend``.
 
     Settings left None are not passed, so each handler applies its own defaults (an engine's
-    batch range and buckets come from its profiles). With ``engine_cache_dir`` the TensorRT
+    profiles and batch limits come from its sidecar). With ``engine_cache_dir`` the TensorRT
     handler may build an engine from the bundle's ONNX when the given one cannot run on the worker.
     """
     from trt_handler.backends import handlers
 
     given = {
         "buckets": settings.buckets,
-        "min_batch_size": settings.min_batch,
-        "max_batch_size": settings.max_batch,
+        "max_model_batch": settings.max_batch,
+        "max_batch_windows": settings.batch_windows,
+        "max_tokens": settings.max_tokens,
+        "pad_to": settings.pad_to,
         "max_batch_duration_secs": settings.max_batch_duration_secs,
     }
     kwargs: Dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    kwargs["answer_config"] = settings.answer_config()
     if settings.backend == "onnx":
         return handlers.OnnxRuntimeQAHandler(settings.model_dir, intra_op_threads=settings.onnx_threads, **kwargs)
+    if settings.backend == "torch":
+        return handlers.TorchQAHandler(settings.model_dir, device=settings.torch_device, dtype=settings.torch_dtype,
+                                       gpu_count=settings.gpu_count, large_model=settings.share_model, **kwargs)
     if settings.engine_cache_dir:
         kwargs.update(onnx_path=settings.model_dir, cache_dir=settings.engine_cache_dir)
     return handlers.TensorRTQAHandler(settings.engine, **kwargs)
 
 
-def _failed_keys(element: Tuple[List[Keyed], Tuple[Any, str, Any]]) -> Iterator[Keyed]:
-    """A failed batch from RunInference's dead-letter output -> (key, error) once per question."""
-    batch, (_exc_type, exc_repr, _traceback) = element
-    for key in dict.fromkeys(k for k, _ in batch):
-        yield key, str(exc_repr)
-
-
-def _result(element: Tuple[str, Any]) -> Keyed:
-    key, prediction = element
-    return key, (prediction.example, prediction.inference)
-
-
-# --------------------------------------------------------------------------------------------
-# regroup
-
-
-def _assemble_grouped(element: Tuple[str, Dict[str, List[Any]]], answer_config: Any) -> Iterator[Any]:
-    """CoGroupByKey output of one question -> (example, Answer) or Rejection."""
-    _, grouped = element
-    metas = list(grouped["meta"])
-    if not metas:  # cannot happen: windows are emitted together with their meta
-        Metrics.counter(NAMESPACE, "orphan_results").inc()
+def _outcome(prediction: Any) -> Iterator[Any]:
+    """PredictionResult(question, Answer | error) -> (QAExample, Answer), or its Rejection."""
+    question: QuestionWindows = prediction.example
+    outcome = prediction.inference
+    if isinstance(outcome, Answer):
+        yield question.example, outcome
         return
-    raw, example, num_windows = metas[0]
-    out = assemble_answer(example, raw, num_windows, list(grouped["results"]), list(grouped["failed"]), answer_config)
-    yield pvalue.TaggedOutput(REJECTED, out) if isinstance(out, Rejection) else (example, out)
+    yield pvalue.TaggedOutput(REJECTED, reject(
+        "answer_error", f"answer extraction failed: {type(outcome).__name__}: {outcome}", question.raw,
+        stage="answer", example_id=question.example.id))
 
 
-class RegroupBatch(beam.PTransform):
-    """Join meta, window results and failures per key (CoGroupByKey), then answer."""
-
-    def __init__(self, answer_config: Any):
-        super().__init__()
-        self._answer_config = answer_config
-
-    def expand(self, tagged: Dict[str, pvalue.PCollection]) -> pvalue.DoOutputsTuple:
-        return (
-            tagged
-            | "JoinWindows" >> beam.CoGroupByKey()
-            | "Answer" >> beam.FlatMap(_assemble_grouped, self._answer_config).with_outputs(REJECTED, main="answers")
-        )
-
-
-class RegroupWithTimeout(beam.DoFn):
-    """Streaming regroup: buffer a question's elements by key, answer when all windows are in.
-
-    Elements are ``(key, (tag, value))`` with tag ``meta`` (raw, example, num_windows), ``result``
-    (Window, WindowLogits) or ``failed`` (error text). A processing-time timer set by the first
-    element gives up after ``timeout_secs``: the question is rejected as ``incomplete_windows``.
-    After the outcome the key keeps a "done" mark for one more timeout, so a straggling window
-    is dropped (counted as ``late_results_dropped``) instead of starting a second outcome.
-
-    ``clock`` returns the processing time in seconds; tests pass the TestStream's clock.
-    """
-
-    BUFFER = BagStateSpec("buffer", PickleCoder())
-    DONE = ReadModifyWriteStateSpec("done", BooleanCoder())
-    GIVE_UP = TimerSpec("give_up", TimeDomain.REAL_TIME)
-
-    def __init__(self, answer_config: Any, timeout_secs: float, clock: Callable[[], float] = time.time):
-        if timeout_secs <= 0:
-            raise ValueError(f"the regroup timeout must be positive seconds, got {timeout_secs}")
-        self._answer_config = answer_config
-        self._timeout = float(timeout_secs)
-        self._clock = clock
-
-    def _deadline(self) -> Timestamp:
-        return Timestamp(self._clock() + self._timeout)
-
-    def process(
-        self,
-        element: Tuple[str, Tuple[str, Any]],
-        buffer: Any = beam.DoFn.StateParam(BUFFER),
-        done: Any = beam.DoFn.StateParam(DONE),
-        timer: Any = beam.DoFn.TimerParam(GIVE_UP),
-    ) -> Iterator[Any]:
-        _, item = element
-        if done.read():
-            Metrics.counter(NAMESPACE, "late_results_dropped").inc()
-            return
-        items = list(buffer.read())
-        if not items:
-            timer.set(self._deadline())
-        buffer.add(item)
-        items.append(item)
-        metas = [v for t, v in items if t == "meta"]
-        if not metas:
-            return
-        raw, example, num_windows = metas[0]
-        failures = [v for t, v in items if t == "failed"]
-        results = [v for t, v in items if t == "result"]
-        if not failures and len({w.window_index for w, _ in results}) < num_windows:
-            return
-        out = assemble_answer(example, raw, num_windows, results, failures, self._answer_config)
-        buffer.clear()
-        done.write(True)
-        timer.set(self._deadline())  # now only clears the done mark
-        yield pvalue.TaggedOutput(REJECTED, out) if isinstance(out, Rejection) else (example, out)
-
-    @on_timer(GIVE_UP)
-    def give_up(
-        self,
-        fired_at: Timestamp = beam.DoFn.TimestampParam,
-        buffer: Any = beam.DoFn.StateParam(BUFFER),
-        done: Any = beam.DoFn.StateParam(DONE),
-        timer: Any = beam.DoFn.TimerParam(GIVE_UP),
-    ) -> Iterator[Any]:
-        if done.read():
-            done.clear()
-            return
-        items = list(buffer.read())
-        buffer.clear()
-        done.write(True)
-        timer.set(fired_at + self._timeout)  # the done mark lasts one more timeout
-        metas = [v for t, v in items if t == "meta"]
-        results = [v for t, v in items if t == "result"]
-        got = len({w.window_index for w, _ in results})
-        if metas:
-            raw, example, num_windows = metas[0]
-            yield pvalue.TaggedOutput(REJECTED, reject(
-                "incomplete_windows", f"{got} of {num_windows} windows came back within {self._timeout:g} s",
-                raw, stage="regroup", example_id=example.id))
-        elif results:  # windows without their question record: report what is known
-            w = results[0][0]
-            yield pvalue.TaggedOutput(REJECTED, reject(
-                "incomplete_windows", f"{got} of {w.num_windows} windows came back within {self._timeout:g} s "
-                "but the question record did not", "", stage="regroup", example_id=w.example_id))
-
-
-def regroup_with_timeout(
-    answer_config: Any, timeout_secs: float, clock: Callable[[], float] = time.time
-) -> beam.PTransform:
-    """:class:`RegroupWithTimeout` as the transform to apply to tagged ``(key, (tag, value))``
-    elements: outputs ``answers`` (main) and ``REJECTED``."""
-    return (
-        beam.ParDo(RegroupWithTimeout(answer_config, timeout_secs, clock))
-        .with_input_types(Tuple[str, Tuple[str, Any]])
-        .with_outputs(REJECTED, main="answers")
-    )
-
-
-def _tag(tag: str) -> Callable[[Keyed], Keyed]:
-    def fn(kv: Keyed) -> Keyed:
-        return kv[0], (tag, kv[1])
-
-    return fn
+def _failed_batch(element: Tuple[List[QuestionWindows], Tuple[Any, Any, Any]]) -> Iterator[Rejection]:
+    """A batch from RunInference's dead-letter output -> one rejection per question in it."""
+    batch, (exc_type, exc, _traceback) = element
+    timed_out = isinstance(exc_type, type) and issubclass(exc_type, TimeoutError) or "TimeoutError" in str(exc_type)
+    code = "inference_timeout" if timed_out else "inference_failed"
+    text = str(exc)
+    for question in batch:
+        yield reject(code, f"the model call for a batch of {len(batch)} questions holding this one failed: {text}",
+                     question.raw, stage="inference", example_id=question.example.id)
 
 
 # --------------------------------------------------------------------------------------------
@@ -434,79 +337,45 @@ class AnswerQuestions(beam.PTransform):
 
     Args:
         settings: QA and batching settings.
-        handler: the unkeyed RunInference model handler (``make_handler(settings)`` by default;
-            tests pass one that fails or drops windows).
-        streaming: regroup with :class:`RegroupWithTimeout` (no dedupe: see ``_request_key``)
-            instead of dedupe + CoGroupByKey.
-        regroup_timeout_secs / clock: the streaming bounded wait.
+        handler: the RunInference model handler (``make_handler(settings)`` by default; tests pass
+            one that fails or sleeps).
+        unique_ids: reject every record but one of an id seen more than once (batch jobs; needs a
+            bounded input). False answers every record (streaming: each message is a request).
     """
 
-    def __init__(
-        self,
-        settings: QASettings,
-        handler: Any = None,
-        *,
-        streaming: bool = False,
-        regroup_timeout_secs: float = 300.0,
-        clock: Callable[[], float] = time.time,
-    ):
+    def __init__(self, settings: QASettings, handler: Any = None, *, unique_ids: bool = True):
         super().__init__()
         self._settings = settings
         self._handler = handler
-        self._streaming = streaming
-        self._timeout = regroup_timeout_secs
-        self._clock = clock
+        self._unique_ids = unique_ids
 
     def expand(self, raw: pvalue.PCollection) -> QAOutputs:
-        from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+        from apache_beam.ml.inference.base import RunInference
 
         s = self._settings
-        answer_config = s.answer_config()
         parsed = raw | "Parse" >> beam.ParDo(_Parse(s.limits)).with_outputs(REJECTED, main="examples")
         rejected = [parsed[REJECTED]]
-        if self._streaming:
-            keyed = parsed.examples | "Key" >> beam.Map(_request_key)
-        else:
-            deduped = (
-                parsed.examples
-                | "KeyById" >> beam.Map(lambda pair: (pair[1].id, pair))
-                | "GroupById" >> beam.GroupByKey()  # also spreads a one-file SQuAD read over workers
-                | "Dedupe" >> beam.FlatMap(_dedupe).with_outputs(REJECTED, main="keyed")
-            )
-            keyed = deduped.keyed
-            rejected.append(deduped[REJECTED])
+        examples = parsed.examples
+        if self._unique_ids:
+            deduped = examples | "RejectDuplicateIds" >> RejectDuplicateIds()
+            examples = deduped.unique
+            rejected.append(deduped.rejected)
 
-        windows = (
-            keyed
-            | "BatchQuestions" >> beam.BatchElements(min_batch_size=1, max_batch_size=s.feature_batch)
-            | "Windows" >> beam.ParDo(_MakeWindows(s)).with_outputs(META, REJECTED, main="windows")
+        questions = (
+            examples
+            | "BatchForWindows" >> beam.BatchElements(min_batch_size=1, max_batch_size=s.feature_batch)
+            | "Windows" >> beam.ParDo(_MakeQuestions(s)).with_outputs(REJECTED, main="questions")
         )
-        rejected.append(windows[REJECTED])
+        rejected.append(questions[REJECTED])
 
         handler = self._handler if self._handler is not None else make_handler(s)
-        predictions, dlq = (
-            windows.windows | "RunInference" >> RunInference(KeyedModelHandler(handler)).with_exception_handling()
-        )
-        results = predictions | "Logits" >> beam.Map(_result)
-        failed = dlq.failed_inferences | "FailedKeys" >> beam.FlatMap(_failed_keys)
+        inference = RunInference(handler).with_exception_handling(timeout=s.inference_timeout_secs)
+        predictions, dlq = questions.questions | "RunInference" >> inference
+        outcomes = predictions | "Outcomes" >> beam.FlatMap(_outcome).with_outputs(REJECTED, main="answers")
+        rejected.append(outcomes[REJECTED])
+        rejected.append(dlq.failed_inferences | "FailedBatches" >> beam.FlatMap(_failed_batch))
 
-        if self._streaming:
-            regrouped = (
-                (
-                    windows[META] | "TagMeta" >> beam.Map(_tag("meta")),
-                    results | "TagResult" >> beam.Map(_tag("result")),
-                    failed | "TagFailed" >> beam.Map(_tag("failed")),
-                )
-                | "FlattenForRegroup" >> beam.Flatten()
-                | "Regroup" >> regroup_with_timeout(answer_config, self._timeout, self._clock)
-            )
-        else:
-            regrouped = {"meta": windows[META], "results": results, "failed": failed} | "Regroup" >> RegroupBatch(
-                answer_config
-            )
-        rejected.append(regrouped[REJECTED])
-
-        answers = regrouped.answers | "CountAnswered" >> beam.Map(_count_answer)
+        answers = outcomes.answers | "CountAnswered" >> beam.Map(_count_answer)
         all_rejected = tuple(rejected) | "AllRejected" >> beam.Flatten() | "CountRejected" >> beam.Map(_count_rejection)
         return QAOutputs(answers, all_rejected)
 

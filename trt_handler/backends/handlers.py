@@ -1,24 +1,28 @@
-"""Beam RunInference model handlers for BERT QA windows: TensorRT engines and ONNX Runtime.
+"""Beam RunInference model handlers for BERT QA: TensorRT engines, ONNX Runtime and PyTorch.
 
-Both handlers take :class:`~trt_handler.qa.types.Window` elements (wrap them in
-``KeyedModelHandler`` for ``(question_id, Window)`` pairs) and return
-``PredictionResult(example=window, inference=WindowLogits)`` with logits cut to the window's
-length. What they share lives in :class:`WindowQAHandler`: a Beam batch is grouped by sequence
-bucket, each group is padded to its bucket (or to the engine profile's opt length), split to the
-max batch, run, and the results come back in input order. The backends differ only in how the
-model is loaded and where the profiles come from.
+Every handler takes :class:`~trt_handler.qa.types.QuestionWindows` elements (one question with
+all its windows) and returns ``PredictionResult(example=question, inference=outcome,
+model_id=...)``, where the outcome is the question's :class:`~trt_handler.qa.types.Answer`, or
+the exception that question alone raised (its logits were not finite, say). What the handlers
+share lives in :class:`QAHandler`: the batch is answered by
+:func:`trt_handler.answer_batch.answer_batch`, the same function evaluation and the GPU check
+call, so nothing after RunInference has to put a question back together. The backends differ
+only in how the model is loaded and where its profiles come from (the thin-adapter pattern of
+Beam's own per-framework handlers).
 
-Heavy imports (onnxruntime, tensorrt, cuda) happen in ``load_model``, so a pipeline can be built
-and submitted from a machine that has none of them.
+Batches are sized by window count: ``BatchElements`` gets ``element_size_fn`` = windows per
+question and ``max_batch_size`` = windows per Beam batch. The planner then splits the batch into
+model calls that fit the profiles, whatever BatchElements handed over (its streaming path counts
+elements, not sizes).
+
+Heavy imports (onnxruntime, tensorrt, cuda, torch) happen in ``load_model``, so a pipeline can be
+built and submitted from a machine that has none of them.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import time
-from dataclasses import dataclass
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -27,7 +31,6 @@ from typing import (
     List,
     Mapping,
     Optional,
-    Protocol,
     Sequence,
     Tuple,
     TypeVar,
@@ -40,207 +43,148 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from trt_handler.qa.batching import DEFAULT_BUCKETS, chunks, group_by_bucket, pad_windows, validate_buckets
-from trt_handler.engines.profiles import ProfileSpec, choose_profile
-from trt_handler.qa.types import ModelBatch, Window, WindowLogits
+from trt_handler.answer_batch import BatchPlan, ModelCall, Runner, answer_batch
+from trt_handler.engines.profiles import ProfileSpec
+from trt_handler.engines.sidecar import read_engine_profiles, read_sidecar
+from trt_handler.qa.answers import AnswerConfig
+from trt_handler.qa.batching import DEFAULT_BUCKETS, validate_buckets
+from trt_handler.qa.types import QuestionWindows
 
 if TYPE_CHECKING:
     from trt_handler.backends.onnx_runner import OnnxRunner
 
 __all__ = [
-    "ModelCall",
+    "METRICS_NAMESPACE",
     "OnnxRuntimeQAHandler",
-    "QASession",
+    "QAHandler",
     "TensorRTQAHandler",
-    "WindowQAHandler",
-    "beam_bucket_boundaries",
-    "plan_model_calls",
-    "read_engine_profiles",
-    "window_length",
+    "TorchQAHandler",
+    "question_size",
 ]
 
 LOGGER = logging.getLogger(__name__)
 
+METRICS_NAMESPACE = "BertQA"  # one namespace for every backend; the backend is a metric label
 _BUNDLE_ONNX = "model.onnx"  # same name as trt_handler.engines.export.BUNDLE_ONNX (not imported: no torch path)
 
-
-class QASession(Protocol):
-    """What a handler's model is: OnnxRunner, EngineSession, or a proxy of one (Beam's shared model)."""
-
-    def run(self, batch: ModelBatch) -> Tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]: ...
+RunnerT = TypeVar("RunnerT", bound=Runner)
 
 
-SessionT = TypeVar("SessionT", bound=QASession)
-
-
-# --------------------------------------------------------------------------------------------
-# pure planning helpers (no Beam, no model)
-
-
-def window_length(element: Any) -> int:
-    """Token count of a Window or of a ``(key, Window)`` pair: BatchElements' ``length_fn``.
-
-    A module-level function, not a lambda, so it pickles by reference; it accepts pairs because
-    ``KeyedModelHandler`` hands the unkeyed handler's batching kwargs to a BatchElements that sees
-    the keyed elements.
-    """
-    if isinstance(element, Window):
-        return element.length
-    if isinstance(element, tuple) and len(element) == 2 and isinstance(element[1], Window):
-        return element[1].length
+def question_size(element: Any) -> int:
+    """Windows of a question: BatchElements' ``element_size_fn``, so batches are sized by model
+    rows, not questions. Module level, so it pickles by reference."""
+    if isinstance(element, QuestionWindows):
+        return len(element.windows)
     raise TypeError(
-        f"expected a Window or a (key, Window) pair, got {type(element).__name__}; "
-        "make features with trt_handler.qa.windows.WindowMaker before RunInference"
+        f"expected QuestionWindows, got {type(element).__name__}; make them with "
+        "trt_handler.qa.windows.WindowMaker.questions before RunInference"
     )
 
 
-def beam_bucket_boundaries(buckets: Sequence[int]) -> List[int]:
-    """BatchElements ``bucket_boundaries`` that match our buckets.
+class _CallMetrics:
+    """Beam metrics per model call (units in the names, as Beam's own), in one namespace for all
+    backends. Attributes are Any: Beam's metric methods are unannotated."""
 
-    Ours are upper-inclusive (a 128-token window fits bucket 128); Beam's are lower-inclusive
-    (``bisect_right``: boundaries [129, 257] give (-inf, 129), [129, 257), [257, inf)). So each
-    boundary is bucket + 1; the last one sends over-long windows to their own Beam bucket, where
-    they fail alone with a clear error instead of failing a batch of good windows.
+    def __init__(self, backend: str) -> None:
+        ns = METRICS_NAMESPACE
+        self.batch_size: Any = Metrics.distribution(ns, f"{backend}_model_batch_size")
+        self.padded_tokens: Any = Metrics.distribution(ns, f"{backend}_model_padded_tokens")
+        self.real_tokens: Any = Metrics.distribution(ns, f"{backend}_model_real_tokens")
+        self.latency: Any = Metrics.distribution(ns, f"{backend}_model_latency_micro_secs")
+        self.calls: Any = Metrics.counter(ns, f"{backend}_model_calls")
+        self.windows: Any = Metrics.counter(ns, f"{backend}_model_windows")
+
+    def __call__(self, call: ModelCall, real_tokens: int, elapsed_us: int) -> None:
+        self.batch_size.update(call.rows)
+        self.padded_tokens.update(call.rows * call.seq_len)
+        self.real_tokens.update(real_tokens)
+        self.latency.update(int(elapsed_us))
+        self.calls.inc()
+        self.windows.inc(len(call.indices))
+
+
+class QAHandler(ModelHandler[QuestionWindows, PredictionResult, RunnerT]):
+    """What every QA handler shares: batching by window count, planning, answering, metrics.
+
+    Subclasses provide ``load_model``, ``backend`` and, for engines, ``_runtime_profiles``.
+
+    Args (keyword-only, shared by all backends):
+        buckets: sequence-length buckets when the model has no profiles of its own (ONNX Runtime,
+            PyTorch); one profile per bucket.
+        max_model_batch: rows per model call at most.
+        max_tokens: per-call token budget for backends without profiles (rows = budget // bucket,
+            capped by max_model_batch); None: every bucket gets max_model_batch rows.
+        max_batch_windows / min_batch_windows: BatchElements' batch size, counted in windows.
+        pad_to: "longest" (pad a call to its longest window, rounded up to 8) or "bucket".
+        answer_config: n-best, max answer length, no-answer threshold.
+        max_batch_duration_secs: streaming: BatchElements buffers across bundles for this long.
     """
-    return [b + 1 for b in validate_buckets(buckets)]
 
-
-@dataclass(frozen=True)
-class ModelCall:
-    """One padded model call: which windows (indices into the batch), padded to ``seq_len``,
-    with ``rows`` >= len(indices) (extra filler rows when an engine profile's min batch needs them)."""
-
-    indices: Tuple[int, ...]
-    seq_len: int
-    rows: int
-
-    @property
-    def shape(self) -> Tuple[int, int]:
-        return (self.rows, self.seq_len)
-
-
-def plan_model_calls(
-    windows: Sequence[Window],
-    buckets: Sequence[int],
-    max_batch: int,
-    profiles: Optional[Sequence[ProfileSpec]] = None,
-) -> List[ModelCall]:
-    """Group windows by bucket, choose each group's padded length, and split it to the max batch.
-
-    Without profiles (ONNX Runtime) a group is padded to its bucket. With engine profiles it is
-    padded to the opt length of the profile its longest window fits (``profiles.padded_seq_for``'s
-    rule) and split to that profile's max batch too. Calls come smallest bucket first; indices
-    keep input order inside a call.
-    """
-    if max_batch < 1:
-        raise ValueError(f"max_batch must be positive, got {max_batch}")
-    buckets = validate_buckets(buckets)
-    _check_lengths(windows, buckets)
-    calls: List[ModelCall] = []
-    for bucket, idx in sorted(group_by_bucket(windows, buckets).items()):
-        longest = max((windows[i] for i in idx), key=lambda w: w.length)
-        seq, cap, min_rows = bucket, max_batch, 1
-        if profiles:
-            profile = _profile_for_seq(profiles, longest)
-            seq = max(profile.opt_seq, longest.length)
-            cap, min_rows = min(max_batch, profile.max_batch), profile.min_batch
-        for part in chunks(len(idx), cap):
-            members = tuple(idx[part])
-            rows = max(len(members), min_rows)
-            if profiles:
-                choose_profile(profiles, rows, seq)  # raises, naming the profiles, if none accepts it
-            calls.append(ModelCall(members, seq, rows))
-    return calls
-
-
-def _check_lengths(windows: Sequence[Window], buckets: Sequence[int]) -> None:
-    for w in windows:
-        if w.length > buckets[-1]:
-            raise ValueError(
-                f"window {w.example_id!r}#{w.window_index} has {w.length} tokens, more than the largest "
-                f"bucket {buckets[-1]}; pass buckets that reach FeatureConfig.max_seq_length, or make "
-                "windows with a smaller max_seq_length"
-            )
-
-
-def _profile_for_seq(profiles: Sequence[ProfileSpec], longest: Window) -> ProfileSpec:
-    """The profile a group pads to: the smallest max_seq that holds its longest window."""
-    seq = longest.length
-    fitting = [p for p in profiles if p.min_seq <= seq <= p.max_seq]
-    if not fitting:
-        ranges = ", ".join(f"{p.min_seq}-{p.max_seq}" for p in profiles)
-        raise ValueError(
-            f"window {longest.example_id!r}#{longest.window_index} ({seq} tokens) fits no engine profile "
-            f"(sequence ranges {ranges}); build the engine with profiles that cover the handler's buckets, "
-            "or lower FeatureConfig.max_seq_length"
-        )
-    return min(fitting, key=lambda p: p.max_seq)
-
-
-def _with_filler_rows(batch: ModelBatch, rows: int) -> ModelBatch:
-    """Append rows holding one unmasked [PAD] token; their outputs are dropped. Not all-masked
-    rows: attention that masks with -inf turns those into NaN, which is harmless but noisy."""
-    b, s = batch.shape
-    if rows <= b:
-        return batch
-    extra = rows - b
-    mask = np.zeros((extra, s), dtype=np.int32)
-    mask[:, 0] = 1
-    zeros = np.zeros((extra, s), dtype=np.int32)
-    return ModelBatch(
-        np.concatenate([batch.input_ids, zeros]),
-        np.concatenate([batch.attention_mask, mask]),
-        np.concatenate([batch.token_type_ids, zeros]),
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# shared handler logic
-
-
-class WindowQAHandler(ModelHandler[Window, PredictionResult, SessionT]):
-    """What both handlers share: validation, batching kwargs, bucketed model calls, metrics.
-
-    Subclasses provide ``load_model``, ``get_metrics_namespace`` and, for engines, ``_profiles``.
-    """
+    backend = "qa"
 
     def __init__(
         self,
         *,
-        buckets: Sequence[int],
-        min_batch_size: int,
-        max_batch_size: int,
-        max_batch_duration_secs: Optional[float],
-        large_model: bool,
+        buckets: Sequence[int] = DEFAULT_BUCKETS,
+        max_model_batch: int = 64,
+        max_tokens: Optional[int] = None,
+        max_batch_windows: int = 256,
+        min_batch_windows: Optional[int] = None,
+        pad_to: str = "longest",
+        answer_config: AnswerConfig = AnswerConfig(),
+        max_batch_duration_secs: Optional[float] = None,
+        large_model: bool = False,
+        model_copies: Optional[int] = None,
+        profiles: Optional[Sequence[ProfileSpec]] = None,
     ) -> None:
-        super().__init__(large_model=large_model)
-        self._buckets = _checked_buckets(buckets)
-        _check_positive_int("min_batch_size", min_batch_size)
-        _check_positive_int("max_batch_size", max_batch_size)
-        if min_batch_size > max_batch_size:
-            raise ValueError(f"min_batch_size ({min_batch_size}) must not exceed max_batch_size ({max_batch_size})")
+        kwargs: Dict[str, Any] = {"large_model": large_model}
+        if model_copies is not None:
+            _check_positive_int("model_copies", model_copies)
+            kwargs["model_copies"] = model_copies
+        super().__init__(**kwargs)
+        for name, value in (("max_model_batch", max_model_batch), ("max_batch_windows", max_batch_windows)):
+            _check_positive_int(name, value)
+        if min_batch_windows is not None:
+            _check_positive_int("min_batch_windows", min_batch_windows)
+            if min_batch_windows > max_batch_windows:
+                raise ValueError(f"min_batch_windows ({min_batch_windows}) must not exceed max_batch_windows "
+                                 f"({max_batch_windows})")
+        if max_tokens is not None:
+            _check_positive_int("max_tokens", max_tokens)
         if max_batch_duration_secs is not None and not max_batch_duration_secs > 0:
             raise ValueError(f"max_batch_duration_secs must be positive or None, got {max_batch_duration_secs!r}")
-        self._min_batch_size = min_batch_size
-        self._max_batch_size = max_batch_size
+        if not isinstance(answer_config, AnswerConfig):
+            raise ValueError(f"answer_config must be a trt_handler.qa.answers.AnswerConfig, got {answer_config!r}")
+        if profiles:
+            self._plan = BatchPlan(tuple(profiles), max_batch=max_model_batch, pad_to=pad_to)
+        else:
+            self._plan = BatchPlan.for_buckets(_checked_buckets(buckets), max_model_batch, max_tokens=max_tokens,
+                                               pad_to=pad_to)
+        self._max_batch_windows = max_batch_windows
+        self._min_batch_windows = min_batch_windows if min_batch_windows is not None else max_batch_windows
         self._max_batch_duration_secs = max_batch_duration_secs
+        self._answer_config = answer_config
+        self._metrics: Optional[_CallMetrics] = None
+
+    @property
+    def plan(self) -> BatchPlan:
+        return self._plan
 
     @property
     def buckets(self) -> Tuple[int, ...]:
-        return self._buckets
+        return self._plan.buckets
+
+    @property
+    def answer_config(self) -> AnswerConfig:
+        return self._answer_config
 
     def batch_elements_kwargs(self) -> Mapping[str, Any]:
-        """Batch sizes for BatchElements, and length bucketing so similar windows meet in a batch.
-
-        Beam 2.77's BatchElements uses ``length_fn``/``bucket_boundaries`` only on its stateful
-        path (when ``max_batch_duration_secs`` is set, the streaming case); the default batch path
-        ignores them and ``run_inference`` buckets each batch itself either way.
-        """
+        """Batches of questions whose windows add up to ``max_batch_windows`` (a fixed size by
+        default: min = max, so the GPU sees full batches; partial ones leave at bundle end)."""
         kwargs: Dict[str, Any] = {
-            "min_batch_size": self._min_batch_size,
-            "max_batch_size": self._max_batch_size,
-            "length_fn": window_length,
-            "bucket_boundaries": beam_bucket_boundaries(self._buckets),
+            "min_batch_size": self._min_batch_windows,
+            "max_batch_size": self._max_batch_windows,
+            "element_size_fn": question_size,
         }
         if self._max_batch_duration_secs is not None:
             kwargs["max_batch_duration_secs"] = self._max_batch_duration_secs
@@ -253,87 +197,47 @@ class WindowQAHandler(ModelHandler[Window, PredictionResult, SessionT]):
                 "configure them through the handler's constructor"
             )
 
-    def get_num_bytes(self, batch: Sequence[Window]) -> int:
+    def get_num_bytes(self, batch: Sequence[QuestionWindows]) -> int:
         """Bytes of the windows' arrays (what the handler really moves), not of their pickles."""
         return sum(
             w.input_ids.nbytes + w.token_type_ids.nbytes + w.offsets.nbytes + w.is_context.nbytes
             + w.max_context.nbytes
-            for w in batch
+            for q in batch for w in q.windows
         )
 
-    def _profiles(self, model: SessionT) -> Optional[List[ProfileSpec]]:
-        """Engine profiles that decide padding and row counts; None pads to buckets (ONNX Runtime)."""
+    def get_metrics_namespace(self) -> str:
+        return METRICS_NAMESPACE
+
+    def _runtime_profiles(self, model: RunnerT) -> Optional[List[ProfileSpec]]:
+        """Profiles the loaded model reports (an engine's own); None keeps the handler's plan."""
         return None
+
+    def _plan_for(self, model: RunnerT) -> BatchPlan:
+        profiles = self._runtime_profiles(model)
+        if profiles and tuple(profiles) != self._plan.profiles:
+            return BatchPlan(tuple(profiles), max_batch=self._plan.max_batch, pad_to=self._plan.pad_to)
+        return self._plan
+
+    def model_label(self) -> str:
+        """Which model produced an answer (``PredictionResult.model_id``)."""
+        return self.backend
 
     def run_inference(
         self,
-        batch: Sequence[Window],
-        model: SessionT,
+        batch: Sequence[QuestionWindows],
+        model: RunnerT,
         inference_args: Optional[Dict[str, Any]] = None,
     ) -> Iterable[PredictionResult]:
-        """Logits for each window, in input order, each a copy cut to the window's length."""
+        """One PredictionResult per question, in input order; a question's own failure is its
+        outcome, a failure of the model call raises (and Beam dead-letters the batch)."""
         self.validate_inference_args(inference_args)
-        windows = list(batch)
-        if not windows:
-            return []
-        calls = plan_model_calls(windows, self._buckets, self._max_batch_size, self._profiles(model))
-        results: List[Optional[PredictionResult]] = [None] * len(windows)
-        metrics = _CallMetrics(self.get_metrics_namespace())
-        for call in calls:
-            members = [windows[i] for i in call.indices]
-            inputs = _with_filler_rows(pad_windows(members, call.seq_len), call.rows)
-            t0 = time.perf_counter_ns()
-            start, end = model.run(inputs)
-            elapsed_us = (time.perf_counter_ns() - t0) // 1000
-            start, end = _checked_logits(start, end, call.shape)
-            for row, (i, w) in enumerate(zip(call.indices, members)):
-                n = w.length
-                logits = WindowLogits(np.array(start[row, :n], copy=True), np.array(end[row, :n], copy=True))
-                results[i] = _prediction(w, logits)
-            metrics.record(call, sum(w.length for w in members), elapsed_us)
-        return [r for r in results if r is not None]
-
-
-def _checked_logits(
-    start: Any, end: Any, shape: Tuple[int, int]
-) -> Tuple[np.ndarray[Any, np.dtype[np.float32]], np.ndarray[Any, np.dtype[np.float32]]]:
-    s = np.asarray(start, dtype=np.float32)
-    e = np.asarray(end, dtype=np.float32)
-    if s.shape != shape or e.shape != shape:
-        raise RuntimeError(
-            f"the model returned logits of shapes {s.shape} and {e.shape} for an input of shape {shape}; "
-            "the session must return float32 [batch, seq] start and end logits"
-        )
-    return s, e
-
-
-def _prediction(window: Window, logits: WindowLogits) -> PredictionResult:
-    make: Any = PredictionResult  # Beam's __new__ is unannotated; Any keeps strict mypy quiet
-    result: PredictionResult = make(window, logits)
-    return result
-
-
-class _CallMetrics:
-    """Beam metrics per model call, in the handler's namespace (units in the names, like Beam's).
-
-    Attributes are Any: Beam's metric methods are unannotated.
-    """
-
-    def __init__(self, namespace: str) -> None:
-        self.batch_size: Any = Metrics.distribution(namespace, "model_batch_size")
-        self.padded_tokens: Any = Metrics.distribution(namespace, "model_padded_tokens")
-        self.real_tokens: Any = Metrics.distribution(namespace, "model_real_tokens")
-        self.latency: Any = Metrics.distribution(namespace, "model_latency_micro_secs")
-        self.calls: Any = Metrics.counter(namespace, "model_calls")
-        self.windows: Any = Metrics.counter(namespace, "model_windows")
-
-    def record(self, call: ModelCall, real_tokens: int, elapsed_us: int) -> None:
-        self.batch_size.update(call.rows)
-        self.padded_tokens.update(call.rows * call.seq_len)
-        self.real_tokens.update(real_tokens)
-        self.latency.update(int(elapsed_us))
-        self.calls.inc()
-        self.windows.inc(len(call.indices))
+        questions = list(batch)
+        if self._metrics is None:
+            self._metrics = _CallMetrics(self.backend)
+        outcomes = answer_batch(questions, model, self._plan_for(model), self._answer_config, self._metrics)
+        label = self.model_label()
+        make: Any = PredictionResult  # Beam's __new__ is unannotated; Any keeps strict mypy quiet
+        return [make(q, outcome, label) for q, outcome in zip(questions, outcomes)]
 
 
 def _checked_buckets(buckets: Sequence[int]) -> Tuple[int, ...]:
@@ -345,6 +249,14 @@ def _checked_buckets(buckets: Sequence[int]) -> Tuple[int, ...]:
 def _check_positive_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _checked_path(name: str, value: Any) -> str:
+    if hasattr(value, "__fspath__"):
+        value = str(value.__fspath__())
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a non-empty path string, got {value!r}")
+    return value
 
 
 # Beam's FileSystems methods are unannotated; calling them through Any keeps strict mypy quiet.
@@ -361,54 +273,43 @@ def _exists(path: str) -> bool:
     return bool(_FS.exists(path))
 
 
-def _join(base: str, name: str) -> str:
-    return str(_FS.join(base, name))
-
-
 def _is_local(path: str) -> bool:
     return _FS.get_scheme(path) in (None, "file")
 
 
 def _bundle_onnx(path: str) -> str:
     """``path`` itself when it is an ``.onnx`` file, else the ``model.onnx`` of the bundle folder ``path``."""
-    return path if path.endswith(".onnx") else _join(path, _BUNDLE_ONNX)
+    return path if path.endswith(".onnx") else str(_FS.join(path, _BUNDLE_ONNX))
 
 
 # --------------------------------------------------------------------------------------------
 # ONNX Runtime
 
 
-class OnnxRuntimeQAHandler(WindowQAHandler["OnnxRunner"]):
+class OnnxRuntimeQAHandler(QAHandler["OnnxRunner"]):
     """RunInference handler on ONNX Runtime (CPU): the reference backend and the no-GPU path.
 
     Args:
         onnx_path_or_bundle: a model bundle folder (``model.onnx`` inside) or an ``.onnx`` file;
             local or anything Beam's FileSystems reads (gs://). Remote models are read into memory,
             so they must be single-file (no external data, i.e. < 2 GB).
-        buckets: sequence-length buckets; each batch is grouped and padded per bucket.
-        min_batch_size, max_batch_size: BatchElements' range, and the largest ORT call.
         intra_op_threads: ONNX Runtime threads per call (None: its default, one per core).
-        max_batch_duration_secs: set for streaming: BatchElements then buffers across bundles and
-            keys by length bucket (its stateful path).
+        **options: :class:`QAHandler`'s.
 
     The session is loaded once per worker process and shared by its threads (not across
     processes: it is CPU memory, and each process wants its own threads anyway).
     """
 
+    backend = "onnx"
+
     def __init__(
         self,
         onnx_path_or_bundle: Union[str, os.PathLike[str]],
         *,
-        buckets: Sequence[int] = DEFAULT_BUCKETS,
-        min_batch_size: int = 1,
-        max_batch_size: int = 64,
         intra_op_threads: Optional[int] = None,
-        max_batch_duration_secs: Optional[float] = None,
+        **options: Any,
     ) -> None:
-        super().__init__(
-            buckets=buckets, min_batch_size=min_batch_size, max_batch_size=max_batch_size,
-            max_batch_duration_secs=max_batch_duration_secs, large_model=False,
-        )
+        super().__init__(**options)
         self._model_path = _checked_path("onnx_path_or_bundle", onnx_path_or_bundle)
         if intra_op_threads is not None:
             _check_positive_int("intra_op_threads", intra_op_threads)
@@ -436,91 +337,118 @@ class OnnxRuntimeQAHandler(WindowQAHandler["OnnxRunner"]):
         if model_path:
             self._model_path = _checked_path("model_path", model_path)
 
-    def get_metrics_namespace(self) -> str:
-        return "OnnxBertQA"
+    def model_label(self) -> str:
+        return self._model_path
 
     def share_model_across_processes(self) -> bool:
         return False
 
     def __repr__(self) -> str:
-        return f"OnnxRuntimeQAHandler({self._model_path!r}, buckets={self._buckets})"
+        return f"OnnxRuntimeQAHandler({self._model_path!r}, buckets={self.buckets})"
 
 
-def _checked_path(name: str, value: Any) -> str:
-    if hasattr(value, "__fspath__"):
-        value = str(value.__fspath__())
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{name} must be a non-empty path string, got {value!r}")
-    return value
+# --------------------------------------------------------------------------------------------
+# PyTorch
+
+
+class TorchQAHandler(QAHandler[Any]):
+    """RunInference handler on PyTorch: a Hugging Face QA checkpoint folder on CUDA (fp16/bf16,
+    SDPA attention) or on the CPU. It runs where TensorRT cannot (the lent H200, a laptop), with
+    the same planning and answers as the engine handler; its figures are PyTorch figures.
+
+    Args:
+        model_dir: local Hugging Face checkpoint folder (config.json, weights, tokenizer).
+        device: "cuda", "cuda:N", "cpu", or "auto" (a GPU of this host chosen per process by
+            ``backends.devices.assign_device``, so every GPU of a worker is used).
+        dtype: "fp16", "bf16" or "fp32".
+        gpu_count: GPUs per worker to spread processes over (None: all visible).
+        large_model: share one model per GPU across the worker's processes (Beam's
+            MultiProcessShared) instead of one copy per process.
+        **options: :class:`QAHandler`'s.
+    """
+
+    backend = "torch"
+
+    def __init__(
+        self,
+        model_dir: Union[str, os.PathLike[str]],
+        *,
+        device: str = "auto",
+        dtype: str = "fp16",
+        gpu_count: Optional[int] = None,
+        large_model: bool = False,
+        **options: Any,
+    ) -> None:
+        if dtype not in ("fp16", "bf16", "fp32"):
+            raise ValueError(f"dtype must be fp16, bf16 or fp32, got {dtype!r}")
+        if not isinstance(device, str) or not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+        if gpu_count is not None:
+            _check_positive_int("gpu_count", gpu_count)
+        super().__init__(large_model=large_model, **options)
+        self._model_dir = _checked_path("model_dir", model_dir)
+        self._device = device
+        self._dtype = dtype
+        self._gpu_count = gpu_count
+
+    def resolved_device(self) -> str:
+        """The device this process loads onto."""
+        if self._device != "auto":
+            return self._device
+        from trt_handler.backends.devices import assign_device, visible_gpu_count
+
+        if visible_gpu_count() == 0:
+            return "cpu"
+        return f"cuda:{assign_device(self._gpu_count)}"
+
+    def load_model(self) -> Any:
+        from trt_handler.backends.torch_runner import TorchRunner
+
+        device = self.resolved_device()
+        dtype = "fp32" if device == "cpu" else self._dtype
+        runner = TorchRunner(self._model_dir, device=device, dtype=dtype)
+        runner.warm_up([(p.max_batch, p.max_seq) for p in self._plan.profiles])
+        LOGGER.info("PyTorch QA model %s loaded on %s (%s)", self._model_dir, device, dtype)
+        return runner
+
+    def update_model_path(self, model_path: Optional[str] = None) -> None:
+        if model_path:
+            self._model_dir = _checked_path("model_path", model_path)
+
+    def model_label(self) -> str:
+        return self._model_dir
+
+    def __repr__(self) -> str:
+        return f"TorchQAHandler({self._model_dir!r}, device={self._device!r}, dtype={self._dtype!r})"
 
 
 # --------------------------------------------------------------------------------------------
 # TensorRT
 
 
-def _load_json(path: str) -> Any:
-    """The JSON value in file ``path`` (read through FileSystems); ValueError when it is not JSON."""
-    return json.loads(_read_bytes(path).decode("utf-8"))
-
-
-def _read_sidecar(engine_path: str) -> Optional[Dict[str, Any]]:
-    """The builder's ``<engine_path>.json`` as a dict, or None when absent or unreadable."""
-    sidecar = engine_path + ".json"
-    if not _exists(sidecar):
-        return None
-    try:
-        meta = _load_json(sidecar)
-    except ValueError as e:
-        LOGGER.warning("ignoring engine sidecar %s: not JSON (%s)", sidecar, e)
-        return None
-    return meta if isinstance(meta, dict) else None
-
-
-def read_engine_profiles(engine_path: str) -> Optional[List[ProfileSpec]]:
-    """Profiles from the engine's JSON sidecar (``<engine_path>.json``, written by the builder);
-    None when there is none. Raises ValueError when it exists but holds no valid profiles."""
-    sidecar = engine_path + ".json"
-    try:
-        if not _exists(sidecar):
-            return None
-        meta = _load_json(sidecar)
-        raw = meta["profiles"]
-        profiles = [ProfileSpec(**{k: int(v) for k, v in p.items()}) for p in raw]
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise ValueError(
-            f"engine sidecar {sidecar} is not valid ({type(e).__name__}: {e}); it needs a \"profiles\" list of "
-            "{min_batch, opt_batch, max_batch, min_seq, opt_seq, max_seq} objects - rebuild the engine with "
-            "`python -m trt_handler.engines.build` or delete the sidecar"
-        ) from None
-    if not profiles:
-        raise ValueError(f"engine sidecar {sidecar} lists no profiles; rebuild the engine")
-    return profiles
-
-
-class TensorRTQAHandler(WindowQAHandler[QASession]):
-    """RunInference handler on a TensorRT (or TensorRT-RTX) engine, through ``trt_handler.engines.session``.
+class TensorRTQAHandler(QAHandler[Any]):
+    """RunInference handler on a TensorRT (or TensorRT-RTX) engine, through ``engines.session``.
 
     Args:
-        engine_path: serialized engine, local or gs:// (read through Beam's FileSystems).
+        engine_path: serialized engine, local or gs:// (read through Beam's FileSystems). Its
+            sidecar ``<engine_path>.json`` (written by the builder) is the one source of the
+            batch plan: profiles (sequence ranges and batch limits).
         onnx_path: optional ONNX file or bundle to build from when the engine can't run on this
             worker (wrong GPU, library version, missing file); needs ``cache_dir``.
-        cache_dir: where ``engine_cache.ensure_engine`` keeps engines built from ``onnx_path``.
+        cache_dir: where ``engines.cache.ensure_engine`` keeps engines built from ``onnx_path``.
         library: "auto", or the engine library to force; passed to ``EngineSession``.
-        min_batch_size, max_batch_size: BatchElements' range. By default they come from the engine's
-            profiles, read from the sidecar ``<engine_path>.json`` when the handler is built (Beam
-            asks for batching kwargs at pipeline construction, before any engine is loaded); without
-            a sidecar, from these args, else 1 and 64. An explicit max above the engine's is an error.
         contexts_per_profile: execution contexts per profile, so that Beam threads run concurrently.
         large_model: True shares one engine per GPU across the worker's SDK processes (Beam's
             MultiProcessShared); False loads one per process.
-        buckets: grouping buckets; default: the profiles' max_seq values, else (128, 256, 384).
-        build_options: ``trt_handler.engines.build.BuildOptions`` for a rebuild (None: ensure_engine's default).
-        max_batch_duration_secs: streaming; see OnnxRuntimeQAHandler.
+        build_options: ``engines.build.BuildOptions`` for a rebuild (None: ensure_engine's default).
+        **options: :class:`QAHandler`'s (``buckets`` apply only when the engine has no sidecar).
 
-    ``load_model`` returns a ``trt_handler.engines.session.EngineSession``. At run time the engine's own
-    profiles decide padding and splitting; when the model is Beam's cross-process proxy (which
-    only forwards method calls) the sidecar's profiles are used instead.
+    ``load_model`` returns an ``EngineSession``. At run time the engine's own profiles decide
+    padding and splitting; through Beam's cross-process proxy (which only forwards method calls)
+    its ``get_profiles()`` method does.
     """
+
+    backend = "tensorrt"
 
     def __init__(
         self,
@@ -529,13 +457,10 @@ class TensorRTQAHandler(WindowQAHandler[QASession]):
         onnx_path: Optional[Union[str, os.PathLike[str]]] = None,
         cache_dir: Optional[Union[str, os.PathLike[str]]] = None,
         library: str = "auto",
-        min_batch_size: Optional[int] = None,
-        max_batch_size: Optional[int] = None,
         contexts_per_profile: int = 1,
         large_model: bool = True,
-        buckets: Optional[Sequence[int]] = None,
         build_options: Any = None,
-        max_batch_duration_secs: Optional[float] = None,
+        **options: Any,
     ) -> None:
         engine = _checked_path("engine_path", engine_path)
         onnx = None if onnx_path is None else _checked_path("onnx_path", onnx_path)
@@ -548,26 +473,29 @@ class TensorRTQAHandler(WindowQAHandler[QASession]):
             raise ValueError(f"library must be a non-empty string such as 'auto', got {library!r}")
         _check_positive_int("contexts_per_profile", contexts_per_profile)
         profiles = read_engine_profiles(engine)
-        lo, hi = _batch_range(profiles, min_batch_size, max_batch_size, engine)
-        if buckets is None:
-            buckets = sorted({p.max_seq for p in profiles}) if profiles else DEFAULT_BUCKETS
-        super().__init__(
-            buckets=buckets, min_batch_size=lo, max_batch_size=hi,
-            max_batch_duration_secs=max_batch_duration_secs, large_model=bool(large_model),
-        )
+        if profiles:
+            engine_max = max(p.max_batch for p in profiles)
+            asked = options.get("max_model_batch")
+            if asked is not None and asked > engine_max:
+                raise ValueError(
+                    f"max_model_batch={asked} exceeds the largest batch of engine {engine} ({engine_max}, from its "
+                    ".json sidecar); leave it unset to use the engine's, or rebuild with a larger max batch"
+                )
+            options.setdefault("max_model_batch", engine_max)
+            options["profiles"] = profiles
+        super().__init__(large_model=bool(large_model), **options)
         self._engine_path = engine
         self._onnx_path = onnx
         self._cache_dir = cache
         self._library = library
         self._contexts_per_profile = contexts_per_profile
-        self._sidecar_profiles = profiles
         self._build_options = build_options
 
     @property
     def engine_path(self) -> str:
         return self._engine_path
 
-    def load_model(self) -> QASession:
+    def load_model(self) -> Any:
         from trt_handler.engines.session import EngineCompatibilityError
 
         path = self._engine_path
@@ -587,30 +515,29 @@ class TensorRTQAHandler(WindowQAHandler[QASession]):
             cause = f"engine {path} does not exist"
         return self._session(self._rebuild(cause))
 
-    def _session(self, path: str) -> QASession:
+    def _session(self, path: str) -> Any:
         """EngineSession over the engine's bytes (read through FileSystems, so gs:// works), given
         its sidecar so version/GPU mismatches are explained before deserializing."""
         from trt_handler.engines.session import EngineSession
 
-        session: QASession = EngineSession(
+        return EngineSession(
             _read_bytes(path), library=self._library, contexts_per_profile=self._contexts_per_profile,
-            sidecar=_read_sidecar(path),
+            sidecar=read_sidecar(path),
         )
-        return session
 
     def _rebuild(self, cause: str) -> str:
         """Engine path from ``ensure_engine`` (cached per GPU, library version, precision, ONNX), logging why."""
         from trt_handler.engines.cache import ensure_engine
 
-        assert self._onnx_path is not None and self._cache_dir is not None  # checked in __init__
+        if self._onnx_path is None or self._cache_dir is None:  # checked in __init__
+            raise RuntimeError(cause)
         onnx = _bundle_onnx(self._onnx_path)
         LOGGER.warning("%s; using an engine built from %s (cache %s) instead", cause, onnx, self._cache_dir)
         return str(ensure_engine(onnx, self._cache_dir, self._build_options))
 
-    def _profiles(self, model: QASession) -> Optional[List[ProfileSpec]]:
+    def _runtime_profiles(self, model: Any) -> Optional[List[ProfileSpec]]:
         # An EngineSession has the .profiles property; Beam's cross-process proxy forwards only
-        # methods, so there a get_profiles() method is used if the session has one, else the
-        # sidecar's profiles stand in.
+        # methods, so there get_profiles() is used.
         value = getattr(model, "profiles", None)
         if value is None:
             value = getattr(model, "get_profiles", None)
@@ -618,36 +545,14 @@ class TensorRTQAHandler(WindowQAHandler[QASession]):
             value = value()
         if value:
             return [p if isinstance(p, ProfileSpec) else ProfileSpec(**p) for p in value]
-        return self._sidecar_profiles
+        return None
 
     def update_model_path(self, model_path: Optional[str] = None) -> None:
         if model_path:
             self._engine_path = _checked_path("model_path", model_path)
 
-    def get_metrics_namespace(self) -> str:
-        return "TrtBertQA"
+    def model_label(self) -> str:
+        return self._engine_path
 
     def __repr__(self) -> str:
-        return f"TensorRTQAHandler({self._engine_path!r}, buckets={self._buckets})"
-
-
-def _batch_range(
-    profiles: Optional[Sequence[ProfileSpec]],
-    min_batch_size: Optional[int],
-    max_batch_size: Optional[int],
-    engine_path: str,
-) -> Tuple[int, int]:
-    """BatchElements' (min, max): the engine's profiles, narrowed by explicit args, else defaults."""
-    for name, value in (("min_batch_size", min_batch_size), ("max_batch_size", max_batch_size)):
-        if value is not None:
-            _check_positive_int(name, value)
-    if not profiles:
-        return (min_batch_size or 1, max_batch_size or 64)
-    engine_lo = min(p.min_batch for p in profiles)
-    engine_hi = max(p.max_batch for p in profiles)
-    if max_batch_size is not None and max_batch_size > engine_hi:
-        raise ValueError(
-            f"max_batch_size={max_batch_size} exceeds the largest batch of engine {engine_path} ({engine_hi}, "
-            "from its .json sidecar); leave it unset to use the engine's, or rebuild with a larger max batch"
-        )
-    return (min_batch_size or engine_lo, max_batch_size or engine_hi)
+        return f"TensorRTQAHandler({self._engine_path!r}, buckets={self.buckets})"
