@@ -1,9 +1,9 @@
-"""The RunInference handlers: bucketing, splitting, order, profiles, Beam wiring, errors, gs://.
+"""The RunInference handlers: question elements, batch sizing, profiles, Beam wiring, errors, gs://.
 
 Most tests drive the shared logic with a fake session whose logits are a function of its input
-(start = token id, end = -token id), so every result can be checked against its own window and
-every call's shape is recorded. The ONNX Runtime handler also runs the real model, in a Beam
-pipeline and from a gs:// bundle on a local GCS emulator.
+(start = end = token id), so every answer can be predicted from its own question and every call's
+shape is recorded. The ONNX Runtime handler also runs the real model, in a Beam pipeline (against
+answers computed without Beam) and from a gs:// bundle on a local GCS emulator.
 """
 
 from __future__ import annotations
@@ -20,42 +20,48 @@ import apache_beam as beam
 import numpy as np
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
-from apache_beam.testing.util import assert_that
+from apache_beam.ml.inference.base import PredictionResult, RunInference
+from apache_beam.testing.util import assert_that, equal_to
 
 from tests.gcs_emulator import gcs_emulator  # noqa: F401  (pytest fixture)
 from trt_handler.engines.export import BUNDLE_ONNX, export_random_bert, resolve_model_bundle
+from trt_handler.answer_batch import BatchPlan, answer_batch
 from trt_handler.backends.handlers import (
+    METRICS_NAMESPACE,
     OnnxRuntimeQAHandler,
+    QAHandler,
     TensorRTQAHandler,
-    WindowQAHandler,
-    beam_bucket_boundaries,
-    plan_model_calls,
-    window_length,
+    TorchQAHandler,
+    question_size,
 )
 from trt_handler.backends.onnx_runner import OnnxRunner
 from trt_handler.engines.profiles import ProfileSpec, profiles_for_buckets
-from trt_handler.qa.types import ModelBatch, QAExample, Window, WindowLogits
+from trt_handler.qa.types import Answer, ModelBatch, QAExample, QuestionWindows, Window
 
 # --------------------------------------------------------------------------------------------
 # helpers
 
 
 def make_window(example_id: str, length: int, index: int = 0) -> Window:
-    """A window whose token ids encode its position (so logits can be traced back to it)."""
+    """A window whose token ids encode its position; tokens 3.. are context with 2-char offsets."""
     ids = (np.arange(length, dtype=np.int32) + 1000 * (index + 1)) % 30000
-    zeros = np.zeros(length, dtype=np.int32)
-    return Window(example_id, index, ids, zeros, np.full((length, 2), -1, np.int32),
-                  zeros.astype(bool), zeros.astype(bool))
+    is_ctx = np.arange(length) >= 3
+    offsets = np.stack([np.arange(length) * 2, np.arange(length) * 2 + 1], axis=1).astype(np.int32)
+    offsets[~is_ctx] = -1
+    return Window(example_id, index, ids, is_ctx.astype(np.int32), offsets, is_ctx, is_ctx.copy())
+
+
+def make_question(qid: str, *lengths: int) -> QuestionWindows:
+    ex = QAExample(qid, "q?", "ab" * (max(lengths) + 2))
+    return QuestionWindows(ex, tuple(make_window(qid, n, i) for i, n in enumerate(lengths)), raw=f"raw-{qid}")
 
 
 class FakeSession:
-    """EngineSession's interface; start = ids, end = -ids, written into ONE reused buffer (as an
-    engine's output buffers are), so results that are not copied get overwritten by later calls."""
+    """EngineSession's interface: start = ids, end = +ids (the best span is a question's last
+    context token), written into ONE reused buffer as an engine's outputs are."""
 
     def __init__(self, profiles: Optional[List[ProfileSpec]] = None) -> None:
         self.shapes: List[Tuple[int, int]] = []
-        self.masks: List[np.ndarray] = []
         self._buffer = np.zeros((2, 512, 512), dtype=np.float32)
         if profiles is not None:
             self.profiles = profiles
@@ -67,161 +73,139 @@ class FakeSession:
     def run(self, batch: ModelBatch) -> Tuple[np.ndarray, np.ndarray]:
         b, s = batch.shape
         self.shapes.append((b, s))
-        self.masks.append(batch.attention_mask.copy())
         self._buffer[0, :b, :s] = batch.input_ids
-        self._buffer[1, :b, :s] = -batch.input_ids
+        self._buffer[1, :b, :s] = batch.input_ids
         return self._buffer[0, :b, :s], self._buffer[1, :b, :s]
 
 
-class FakeHandler(WindowQAHandler[FakeSession]):
+class FakeHandler(QAHandler[FakeSession]):
     """The shared base with a fake session (no model files)."""
 
-    def __init__(self, buckets: Sequence[int] = (128, 256, 384), max_batch_size: int = 64, **kw: Any) -> None:
-        super().__init__(buckets=buckets, min_batch_size=1, max_batch_size=max_batch_size,
-                         max_batch_duration_secs=kw.pop("max_batch_duration_secs", None), large_model=False)
+    backend = "fake"
 
     def load_model(self) -> FakeSession:
         return FakeSession()
 
-    def get_metrics_namespace(self) -> str:
-        return "FakeBertQA"
+
+def expected_answer(q: QuestionWindows) -> str:
+    """What FakeSession's logits make the answer: the last context token of the window whose last
+    id is largest (ids grow with the window index)."""
+    w = q.windows[-1]
+    start, end = w.offsets[-1]
+    return q.example.context[start:end]
 
 
-# Batches that reached run_inference in a pipeline (DirectRunner runs in this process; the
-# handler pickles by reference because this module is importable).
-SEEN_BATCHES: List[List[int]] = []
-
-
-class RecordingHandler(FakeHandler):
-    def run_inference(self, batch: Sequence[Window], model: FakeSession,
-                      inference_args: Optional[Dict[str, Any]] = None) -> Any:
-        SEEN_BATCHES.append([w.length for w in batch])
-        return super().run_inference(batch, model, inference_args)
-
-
-def check_results(windows: Sequence[Window], results: Sequence[PredictionResult]) -> None:
-    assert len(results) == len(windows)
-    for w, r in zip(windows, results):
-        assert r.example is w
-        assert isinstance(r.inference, WindowLogits)
-        np.testing.assert_array_equal(r.inference.start_logits, w.input_ids.astype(np.float32))
-        np.testing.assert_array_equal(r.inference.end_logits, -w.input_ids.astype(np.float32))
+def check_results(questions: Sequence[QuestionWindows], results: Sequence[PredictionResult]) -> None:
+    assert len(results) == len(questions)
+    for q, r in zip(questions, results):
+        assert r.example is q
+        assert isinstance(r.inference, Answer) and r.inference.id == q.example.id
+        assert r.inference.text == expected_answer(q)
 
 
 # --------------------------------------------------------------------------------------------
-# planning and run_inference through the shared base class
+# run_inference through the shared base class
 
 
-def test_groups_by_bucket_pads_to_it_splits_and_keeps_input_order() -> None:
-    lengths = [10, 300, 130, 20, 384, 129, 128, 5]
-    windows = [make_window(f"q{i}", n, i) for i, n in enumerate(lengths)]
-    handler, session = FakeHandler(max_batch_size=2), FakeSession()
-    results = list(handler.run_inference(windows, session))
-    # bucket 128: q0, q3, q6, q7 -> 2 + 2; bucket 256: q2, q5; bucket 384: q1, q4
-    assert session.shapes == [(2, 128), (2, 128), (2, 256), (2, 384)]
-    check_results(windows, results)  # also proves outputs were copied out of the reused buffer
-    assert [m.sum(axis=1).tolist() for m in session.masks] == [[10, 20], [128, 5], [130, 129], [300, 384]]
+def test_one_result_per_question_in_input_order_with_its_answer() -> None:
+    questions = [make_question(f"q{i}", *lengths) for i, lengths in
+                 enumerate([(10,), (300, 200), (130,), (20, 384, 129), (5,)])]
+    handler, session = FakeHandler(max_model_batch=2), FakeSession()
+    results = list(handler.run_inference(questions, session))
+    check_results(questions, results)
+    assert sum(b for b, _ in session.shapes) == sum(q.num_windows for q in questions)
+    assert all(b <= 2 for b, _ in session.shapes)
+    assert {r.model_id for r in results} == {"fake"}
 
 
-def test_plan_is_pure_and_smallest_bucket_first() -> None:
-    windows = [make_window(f"q{i}", n) for i, n in enumerate([200, 50, 60, 250])]
-    calls = plan_model_calls(windows, (128, 256), max_batch=8)
-    assert [(c.indices, c.shape) for c in calls] == [((1, 2), (2, 128)), ((0, 3), (2, 256))]
+def test_a_question_that_cannot_be_answered_is_its_own_outcome() -> None:
+    bad = QuestionWindows(QAExample("bad", "q?", "ab"), (make_window("bad", 3),))  # no context token
+    results = list(FakeHandler().run_inference([make_question("ok", 8), bad], FakeSession()))
+    assert isinstance(results[0].inference, Answer)
+    assert isinstance(results[1].inference, ValueError) and "no window has a valid answer span" in str(
+        results[1].inference)
 
 
-def test_engine_profiles_choose_padding_batch_cap_and_filler_rows() -> None:
+def test_engine_profiles_from_the_session_decide_the_calls() -> None:
     profiles = [ProfileSpec(1, 2, 3, 1, 96, 128), ProfileSpec(2, 4, 8, 129, 300, 384)]
-    handler = TensorRTQAHandler("/nonexistent/model.engine", buckets=(128, 384), max_batch_size=8)
+    handler = TensorRTQAHandler("/nonexistent/model.engine", pad_to="bucket")
     session = FakeSession(profiles)
-    windows = [make_window(f"q{i}", n, i) for i, n in enumerate([40, 200, 90, 10, 30, 120])]
-    results = list(handler.run_inference(windows, session))
-    # <=128: five windows on profile 0, padded to its opt 96 unless longer (120 is), split to its
-    # max batch 3. 129-384: one window on profile 1, padded to its opt 300, plus one filler row
-    # because that profile's min batch is 2.
-    assert session.shapes == [(3, 120), (2, 120), (2, 300)]
-    check_results(windows, results)
-    assert session.masks[-1][1].tolist()[:2] == [1, 0], "filler row: one unmasked token"
+    questions = [make_question(f"q{i}", n) for i, n in enumerate([40, 200, 90, 10, 30, 120])]
+    check_results(questions, list(handler.run_inference(questions, session)))
+    assert session.shapes == [(3, 96), (2, 120), (2, 300)]
 
 
-def test_profiles_opt_length_used_when_it_holds_the_group() -> None:
-    session = FakeSession(profiles_for_buckets((128, 256, 384), opt_batch=4, max_batch=4))
-    handler = TensorRTQAHandler("/nonexistent/model.engine")
-    windows = [make_window(f"q{i}", n, i) for i, n in enumerate([7, 8, 9, 10, 11, 140])]
-    check_results(windows, list(handler.run_inference(windows, session)))
-    assert session.shapes == [(4, 128), (1, 128), (1, 256)]
-
-
-def test_windows_longer_than_the_largest_bucket_are_named() -> None:
-    windows = [make_window("ok", 100), make_window("too-long", 400, index=2)]
-    with pytest.raises(ValueError, match=r"'too-long'#2 has 400 tokens, more than the largest bucket 384"):
-        FakeHandler().run_inference(windows, FakeSession())
-
-
-def test_windows_no_profile_accepts_are_named() -> None:
-    session = FakeSession([ProfileSpec(1, 1, 4, 1, 128, 128)])
-    handler = TensorRTQAHandler("/nonexistent/model.engine", buckets=(128, 256))
-    with pytest.raises(ValueError, match=r"'long'#1 \(200 tokens\) fits no engine profile .*1-128"):
-        handler.run_inference([make_window("q", 150), make_window("long", 200, 1)], session)
-
-
-def test_bad_session_output_is_reported() -> None:
-    class Truncating(FakeSession):
-        def run(self, batch: ModelBatch) -> Tuple[np.ndarray, np.ndarray]:
-            start, end = super().run(batch)
-            return start[:, :-1], end[:, :-1]
-
-    with pytest.raises(RuntimeError, match=r"logits of shapes \(1, 127\).*input of shape \(1, 128\)"):
-        FakeHandler().run_inference([make_window("q", 5)], Truncating())
+def test_too_long_windows_fail_the_batch_with_a_reason() -> None:
+    with pytest.raises(ValueError, match=r"has 400 tokens, more than the longest profile \(384\)"):
+        FakeHandler().run_inference([make_question("ok", 100), make_question("too-long", 400)], FakeSession())
 
 
 def test_empty_batch_and_inference_args() -> None:
     assert list(FakeHandler().run_inference([], FakeSession())) == []
     with pytest.raises(ValueError, match="take none"):
-        FakeHandler().run_inference([make_window("q", 5)], FakeSession(), {"x": 1})
+        FakeHandler().run_inference([make_question("q", 5)], FakeSession(), {"x": 1})
 
 
 def test_num_bytes_are_the_window_arrays() -> None:
-    w = make_window("q", 10)
+    q = make_question("q", 10, 10)
     expected = 10 * 4 + 10 * 4 + 10 * 2 * 4 + 10 + 10
-    assert FakeHandler().get_num_bytes([w, w]) == 2 * expected
+    assert FakeHandler().get_num_bytes([q, q]) == 4 * expected
 
 
 # --------------------------------------------------------------------------------------------
 # batching kwargs, Beam hooks, constructor validation
 
 
-def test_length_fn_and_bucket_boundaries_match_our_buckets() -> None:
-    kwargs = OnnxRuntimeQAHandler("bundle", buckets=(256, 128, 384)).batch_elements_kwargs()
-    assert kwargs["min_batch_size"] == 1 and kwargs["max_batch_size"] == 64
-    assert kwargs["bucket_boundaries"] == [129, 257, 385] == beam_bucket_boundaries((128, 256, 384))
-    w = make_window("q", 128)
-    assert kwargs["length_fn"](w) == 128 and kwargs["length_fn"](("key", w)) == 128
-    with pytest.raises(TypeError, match="Window or a \\(key, Window\\) pair"):
-        window_length("text")
-    # Beam accepts them, and they survive pickling (module-level function, no lambdas)
-    beam.BatchElements(**kwargs)
-    again = pickle.loads(pickle.dumps(kwargs))
-    assert again["length_fn"] is window_length
+def test_batches_are_sized_by_window_count() -> None:
+    kwargs = OnnxRuntimeQAHandler("bundle", max_batch_windows=96).batch_elements_kwargs()
+    assert kwargs["min_batch_size"] == kwargs["max_batch_size"] == 96
+    assert kwargs["element_size_fn"] is question_size
+    assert question_size(make_question("q", 10, 20, 30)) == 3
+    with pytest.raises(TypeError, match="expected QuestionWindows"):
+        question_size("text")
+    beam.BatchElements(**kwargs)  # Beam accepts them, and they survive pickling (no lambdas)
+    assert pickle.loads(pickle.dumps(kwargs))["element_size_fn"] is question_size
     assert "max_batch_duration_secs" not in kwargs
-    assert OnnxRuntimeQAHandler("b", max_batch_duration_secs=0.01).batch_elements_kwargs()[
-        "max_batch_duration_secs"] == 0.01
+    streaming = OnnxRuntimeQAHandler("b", max_batch_duration_secs=0.01, min_batch_windows=1).batch_elements_kwargs()
+    assert streaming["max_batch_duration_secs"] == 0.01 and streaming["min_batch_size"] == 1
 
 
-def test_hooks_and_keyed_wrapping() -> None:
-    ort = OnnxRuntimeQAHandler("gs://bucket/bundle", max_batch_size=32)
+SEEN_BATCHES: List[List[int]] = []
+
+
+class RecordingHandler(FakeHandler):
+    def run_inference(self, batch: Sequence[QuestionWindows], model: FakeSession,
+                      inference_args: Optional[Dict[str, Any]] = None) -> Any:
+        SEEN_BATCHES.append([q.num_windows for q in batch])
+        return super().run_inference(batch, model, inference_args)
+
+
+def test_beam_batches_hold_about_max_batch_windows() -> None:
+    rng = np.random.default_rng(0)
+    questions = [make_question(f"q{i}", *([50] * int(rng.integers(1, 4)))) for i in range(200)]
+    SEEN_BATCHES.clear()
+    with beam.Pipeline() as p:
+        out = p | beam.Create(questions) | RunInference(RecordingHandler(max_batch_windows=32))
+        assert_that(out | beam.Map(lambda r: r.inference.id), equal_to([q.example.id for q in questions]))
+    sizes = [sum(b) for b in SEEN_BATCHES]
+    assert sum(sizes) == sum(q.num_windows for q in questions)
+    assert max(sizes) < 32 + 3 and sorted(sizes)[len(sizes) // 2] >= 32  # full batches; the last may be partial
+
+
+def test_hooks() -> None:
+    ort = OnnxRuntimeQAHandler("gs://bucket/bundle", max_model_batch=32)
     trt = TensorRTQAHandler("/nonexistent/model.engine")
-    assert ort.get_metrics_namespace() == "OnnxBertQA" and trt.get_metrics_namespace() == "TrtBertQA"
-    assert ort.share_model_across_processes() is False
+    torch = TorchQAHandler("/models/qa", device="cpu", large_model=True, model_copies=2)
+    assert ort.get_metrics_namespace() == trt.get_metrics_namespace() == METRICS_NAMESPACE
+    assert ort.share_model_across_processes() is False and torch.share_model_across_processes() is True
     assert trt.share_model_across_processes() is True
     assert TensorRTQAHandler("/x.engine", large_model=False).share_model_across_processes() is False
-    assert ort.model_copies() == trt.model_copies() == 1
+    assert ort.model_copies() == trt.model_copies() == 1 and torch.model_copies() == 2
     assert ort.onnx_path == "gs://bucket/bundle/model.onnx"
-    keyed = KeyedModelHandler(trt)
-    assert keyed.batch_elements_kwargs() == trt.batch_elements_kwargs()
-    assert keyed.share_model_across_processes() is True
+    assert torch.resolved_device() == "cpu"
     from apache_beam.internal import pickler
 
-    for handler in (ort, trt, keyed):
+    for handler in (ort, trt, torch):
         clone = pickler.loads(pickler.dumps(handler))
         assert clone.batch_elements_kwargs() == handler.batch_elements_kwargs()
 
@@ -233,9 +217,12 @@ def test_hooks_and_keyed_wrapping() -> None:
         ({"buckets": (128, 128)}, "buckets must be distinct positive"),
         ({"buckets": (0, 128)}, "buckets must be distinct positive"),
         ({"buckets": "128"}, "buckets must be a sequence of ints"),
-        ({"min_batch_size": 0}, "min_batch_size must be a positive int"),
-        ({"max_batch_size": 2.5}, "max_batch_size must be a positive int"),
-        ({"min_batch_size": 8, "max_batch_size": 4}, r"min_batch_size \(8\) must not exceed max_batch_size \(4\)"),
+        ({"max_model_batch": 0}, "max_model_batch must be a positive int"),
+        ({"max_batch_windows": 2.5}, "max_batch_windows must be a positive int"),
+        ({"min_batch_windows": 8, "max_batch_windows": 4}, r"min_batch_windows \(8\) must not exceed max_batch_windows"),
+        ({"max_tokens": 0}, "max_tokens must be a positive int"),
+        ({"pad_to": "max"}, "pad_to must be one of"),
+        ({"answer_config": {"n_best": 3}}, "answer_config must be a trt_handler.qa.answers.AnswerConfig"),
         ({"intra_op_threads": 0}, "intra_op_threads must be a positive int"),
         ({"max_batch_duration_secs": 0}, "max_batch_duration_secs must be positive"),
     ],
@@ -256,6 +243,10 @@ def test_tensorrt_handler_argument_errors() -> None:
         TensorRTQAHandler("/x.engine", library="")
     with pytest.raises(ValueError, match="onnx_path_or_bundle must be a non-empty path"):
         OnnxRuntimeQAHandler(None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="dtype must be fp16, bf16 or fp32"):
+        TorchQAHandler("/m", dtype="int4")
+    with pytest.raises(ValueError, match="device must be"):
+        TorchQAHandler("/m", device="tpu")
 
 
 def write_engine(tmp_path: Path, profiles: Optional[List[ProfileSpec]], name: str = "model.engine",
@@ -268,28 +259,28 @@ def write_engine(tmp_path: Path, profiles: Optional[List[ProfileSpec]], name: st
     return str(engine)
 
 
-def test_tensorrt_batching_comes_from_the_engine_sidecar(tmp_path: Path) -> None:
+def test_tensorrt_plan_comes_from_the_engine_sidecar(tmp_path: Path) -> None:
     profiles = profiles_for_buckets((64, 192), min_batch=2, opt_batch=8, max_batch=16)
     engine = write_engine(tmp_path, profiles)
     handler = TensorRTQAHandler(engine)
-    kw = handler.batch_elements_kwargs()
-    assert (kw["min_batch_size"], kw["max_batch_size"]) == (2, 16)
-    assert handler.buckets == (64, 192) and kw["bucket_boundaries"] == [65, 193]
-    assert TensorRTQAHandler(engine, max_batch_size=8).batch_elements_kwargs()["max_batch_size"] == 8
-    with pytest.raises(ValueError, match=r"max_batch_size=32 exceeds the largest batch of engine .* \(16"):
-        TensorRTQAHandler(engine, max_batch_size=32)
-    # without a sidecar: explicit args, else 1..64 and the default buckets
+    assert handler.plan.profiles == tuple(profiles) and handler.plan.max_batch == 16
+    assert handler.buckets == (64, 192)
+    assert TensorRTQAHandler(engine, max_model_batch=8).plan.max_batch == 8
+    with pytest.raises(ValueError, match=r"max_model_batch=32 exceeds the largest batch of engine .* \(16"):
+        TensorRTQAHandler(engine, max_model_batch=32)
+    # without a sidecar: the handler's buckets (the engine's own profiles are used once loaded)
     bare = write_engine(tmp_path, None, "bare.engine")
-    assert TensorRTQAHandler(bare).batch_elements_kwargs()["max_batch_size"] == 64
-    assert TensorRTQAHandler(bare, min_batch_size=4, max_batch_size=24).batch_elements_kwargs()[
-        "min_batch_size"] == 4
     assert TensorRTQAHandler(bare).buckets == (128, 256, 384)
+    assert TensorRTQAHandler(bare, buckets=(128, 384)).buckets == (128, 384)
 
 
 def test_tensorrt_sidecar_without_profiles_is_an_error(tmp_path: Path) -> None:
     engine = write_engine(tmp_path, None)
     Path(engine + ".json").write_text(json.dumps({"profiles": [{"min_batch": 1}]}))
     with pytest.raises(ValueError, match="sidecar .* is not valid .*rebuild the engine"):
+        TensorRTQAHandler(engine)
+    Path(engine + ".json").write_text("{not json")
+    with pytest.raises(ValueError, match="sidecar .* is not JSON"):
         TensorRTQAHandler(engine)
 
 
@@ -339,8 +330,8 @@ def test_tensorrt_load_model_reads_bytes_and_sidecar(tmp_path: Path, fake_engine
     engine_bytes, library, contexts, sidecar = fake_engine_modules["sessions"][0]
     assert (engine_bytes, library, contexts) == (b"engine-bytes", "tensorrt_rtx", 2)
     assert sidecar["library"] == "tensorrt" and len(sidecar["profiles"]) == 2
-    windows = [make_window("a", 30), make_window("b", 200)]
-    check_results(windows, list(handler.run_inference(windows, session)))
+    questions = [make_question("a", 30), make_question("b", 200, 20)]
+    check_results(questions, list(handler.run_inference(questions, session)))
     assert fake_engine_modules["built"] == []
 
 
@@ -373,20 +364,19 @@ def test_tensorrt_missing_engine(tmp_path: Path, fake_engine_modules: Dict[str, 
     assert fake_engine_modules["sessions"][-1][0] == b"rebuilt-bytes"
 
 
-def test_tensorrt_handler_in_a_keyed_beam_pipeline(tmp_path: Path, fake_engine_modules: Dict[str, Any]) -> None:
+def test_tensorrt_handler_in_a_beam_pipeline(tmp_path: Path, fake_engine_modules: Dict[str, Any]) -> None:
     """In-process (large_model=False) so the stand-in engine module is the one Beam's DoFn loads."""
     engine = write_engine(tmp_path, profiles_for_buckets((128, 256, 384), opt_batch=4, max_batch=4))
-    windows = [make_window(f"q{i}", n, i) for i, n in enumerate([12, 300, 140, 64, 99, 7, 255])]
-    expected = {w.example_id: w.input_ids.astype(np.float32) for w in windows}
+    questions = [make_question(f"q{i}", n, 20) for i, n in enumerate([12, 300, 140, 64, 99, 7, 255])]
+    expected = {q.example.id: expected_answer(q) for q in questions}
 
-    def matches(results: List[Tuple[str, PredictionResult]]) -> None:
-        assert sorted(k for k, _ in results) == sorted(expected)
-        for key, r in results:
-            np.testing.assert_array_equal(r.inference.start_logits, expected[key])
+    def matches(results: List[PredictionResult]) -> None:
+        assert sorted(r.inference.id for r in results) == sorted(expected)
+        for r in results:
+            assert r.inference.text == expected[r.inference.id] and r.model_id == engine
 
     with beam.Pipeline() as p:
-        out = (p | beam.Create([(w.example_id, w) for w in windows])
-               | RunInference(KeyedModelHandler(TensorRTQAHandler(engine, large_model=False))))
+        out = p | beam.Create(questions) | RunInference(TensorRTQAHandler(engine, large_model=False))
         assert_that(out, matches)
     assert len(fake_engine_modules["sessions"]) >= 1
 
@@ -414,15 +404,15 @@ def test_tensorrt_profiles_through_beams_cross_process_proxy(tmp_path: Path) -> 
     from apache_beam.utils.multi_process_shared import MultiProcessShared
 
     engine = write_engine(tmp_path, profiles_for_buckets((128, 256), opt_batch=2, max_batch=2))
-    handler = TensorRTQAHandler(engine)
-    windows = [make_window(f"q{i}", 10 + i, i) for i in range(3)] + [make_window("long", 200, 3)]
+    handler = TensorRTQAHandler(engine, pad_to="bucket")
+    questions = [make_question(f"q{i}", 10 + i) for i in range(3)] + [make_question("long", 200)]
     for loader, shapes in ((load_small_engine_session, [(2, 128), (1, 128), (1, 256)]),
-                           (load_session_with_get_profiles, [(1, 200)] * 3 + [(1, 200)])):
+                           (load_session_with_get_profiles, [(1, 200)] * 4)):
         shared = MultiProcessShared(loader, tag=f"test-{uuid.uuid4().hex}", always_proxy=True)
         proxy = shared.acquire()
         try:
             assert getattr(proxy, "profiles", None) is None
-            check_results(windows, list(handler.run_inference(windows, proxy)))
+            check_results(questions, list(handler.run_inference(questions, proxy)))
             assert proxy.recorded_shapes() == shapes
         finally:
             shared.release(proxy)
@@ -433,76 +423,48 @@ def test_tensorrt_profiles_through_beams_cross_process_proxy(tmp_path: Path) -> 
 # Beam pipelines
 
 
-def test_stateful_batch_elements_groups_by_length_bucket_for_keyed_windows() -> None:
-    """What Beam 2.77 really does with length_fn/bucket_boundaries: only the stateful path
-    (max_batch_duration_secs set) keys by bucket; the default path mixes lengths."""
-    rng = np.random.default_rng(0)
-    windows = [make_window(f"q{i}", int(rng.integers(5, 385)), i) for i in range(120)]
-
-    expected_keys = sorted(w.example_id for w in windows)
-
-    def all_keys_once(keys: List[str]) -> None:
-        assert sorted(keys) == expected_keys, "windows were lost or duplicated"
-
-    def run(duration: Optional[float]) -> List[List[int]]:
-        SEEN_BATCHES.clear()
-        with beam.Pipeline() as p:
-            out = (p | beam.Create([(w.example_id, w) for w in windows])
-                   | RunInference(KeyedModelHandler(RecordingHandler(max_batch_duration_secs=duration))))
-            assert_that(out | beam.Map(lambda kv: kv[0]), all_keys_once)
-        return list(SEEN_BATCHES)
-
-    def mixed(batches: List[List[int]]) -> int:
-        return sum(1 for b in batches if len({(n - 1) // 128 for n in b}) > 1)
-
-    stateful = run(0.05)
-    assert sum(len(b) for b in stateful) == len(windows) and mixed(stateful) == 0
-    plain = run(None)
-    assert sum(len(b) for b in plain) == len(windows)
-    assert mixed(plain) > 0, "Beam's default BatchElements path now honours length_fn: update docs/handlers.md"
-
-
 @pytest.fixture(scope="module")
 def bundle(model_dir: Path, test_cache: Path) -> Path:
     return resolve_model_bundle(model_dir, test_cache)
 
 
 @pytest.fixture(scope="module")
-def short_windows(bundle: Path, squad_a: Path) -> List[Window]:
+def short_questions(bundle: Path, squad_a: Path) -> List[QuestionWindows]:
     from trt_handler.qa.reading import load_examples
     from trt_handler.qa.windows import WindowMaker, load_tokenizer
 
     maker = WindowMaker(load_tokenizer(bundle))
-    examples = load_examples(squad_a)[:5]
+    everything = load_examples(squad_a)[:300]
+    examples = everything[:12]
     examples.append(QAExample("tiny", examples[0].question, examples[0].context.split(". ")[0] + "."))
-    return [w for ex in examples for w in maker.windows(ex)]
+    contexts = list(dict.fromkeys(e.context for e in everything))[:4]
+    examples.append(QAExample("long", examples[1].question, " ".join(contexts)))
+    return [QuestionWindows(ex, tuple(ws)) for ex, ws in zip(examples, maker.windows_many(examples))]
 
 
-def test_onnx_handler_in_a_keyed_beam_pipeline(bundle: Path, short_windows: List[Window]) -> None:
-    runner = OnnxRunner(bundle / BUNDLE_ONNX)
-    expected = {}
-    for w in short_windows:  # reference: each window alone, unpadded
-        start, end = runner.run(ModelBatch(w.input_ids[None], np.ones((1, w.length), np.int32), w.token_type_ids[None]))
-        expected[(w.example_id, w.window_index)] = (start[0], end[0])
+def test_onnx_handler_in_a_beam_pipeline(bundle: Path, short_questions: List[QuestionWindows]) -> None:
+    assert any(q.num_windows > 1 for q in short_questions)
+    runner = OnnxRunner(bundle / BUNDLE_ONNX, intra_op_threads=1)
+    # reference without Beam: the whole list in one call of the same answer path, padded to buckets
+    reference = answer_batch(short_questions, runner, BatchPlan.for_buckets(pad_to="bucket"))
+    expected = {q.example.id: (a.text, a.score) for q, a in zip(short_questions, reference)}  # type: ignore[union-attr]
 
-    def matches(results: List[Tuple[str, PredictionResult]]) -> None:
-        assert len(results) == len(short_windows)
-        for key, r in results:
-            assert key == r.example.example_id
-            ref_start, ref_end = expected[(key, r.example.window_index)]
-            assert r.inference.start_logits.shape == (r.example.length,)
-            np.testing.assert_allclose(r.inference.start_logits, ref_start, atol=1e-4)
-            np.testing.assert_allclose(r.inference.end_logits, ref_end, atol=1e-4)
+    def matches(results: List[PredictionResult]) -> None:
+        assert len(results) == len(short_questions)
+        for r in results:
+            text, score = expected[r.example.example.id]
+            assert r.inference.text == text and r.inference.score == pytest.approx(score, abs=1e-3)
 
-    handler = KeyedModelHandler(OnnxRuntimeQAHandler(str(bundle), max_batch_size=4, intra_op_threads=1))
+    handler = OnnxRuntimeQAHandler(str(bundle), max_model_batch=4, max_batch_windows=5, intra_op_threads=1)
     p = beam.Pipeline()
-    out = p | beam.Create([(w.example_id, w) for w in short_windows]) | RunInference(handler)
+    out = p | beam.Create(short_questions) | RunInference(handler)
     assert_that(out, matches)
     result = p.run()
     result.wait_until_finish()
     counters = {c.key.metric.name: c.committed for c in
-                result.metrics().query(MetricsFilter().with_namespace("OnnxBertQA"))["counters"]}
-    assert counters["model_windows"] == len(short_windows) and counters["model_calls"] >= 2
+                result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]}
+    assert counters["onnx_model_windows"] == sum(q.num_windows for q in short_questions)
+    assert counters["onnx_model_calls"] >= 4
 
 
 @pytest.fixture(scope="module")
@@ -516,9 +478,10 @@ def test_onnx_handler_loads_a_bundle_from_gs(tiny_bundle: Path, gcs_emulator: An
     assert handler.onnx_path == f"{url}/model.onnx"
     remote = handler.load_model()
     local = OnnxRuntimeQAHandler(str(tiny_bundle)).load_model()
-    windows = [make_window("a", 50), make_window("b", 150, 1)]
-    for got, want in zip(handler.run_inference(windows, remote), handler.run_inference(windows, local)):
-        np.testing.assert_array_equal(got.inference.start_logits, want.inference.start_logits)
+    batch = ModelBatch(np.arange(60, dtype=np.int32).reshape(2, 30) % 100, np.ones((2, 30), np.int32),
+                       np.zeros((2, 30), np.int32))
+    for got, want in zip(remote.run(batch), local.run(batch)):
+        np.testing.assert_array_equal(got, want)
     with pytest.raises(FileNotFoundError, match="does not exist; upload a model bundle"):
         OnnxRuntimeQAHandler(gcs_emulator.url("models/none")).load_model()
 
