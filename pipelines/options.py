@@ -11,8 +11,8 @@ import argparse
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from trt_handler.qa.batching import DEFAULT_BUCKETS, validate_buckets
 from pipelines.records import RecordLimits
+from trt_handler.qa.batching import DEFAULT_BUCKETS, validate_buckets
 
 __all__ = [
     "QASettings",

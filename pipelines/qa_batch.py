@@ -24,6 +24,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.options import QASettings, add_qa_arguments, new_parser, resolve_model, settings_or_exit, split_argv
+from pipelines.records import answer_row
 from pipelines.transforms import (
     NAMESPACE,
     AnswerQuestions,
@@ -34,7 +35,6 @@ from pipelines.transforms import (
     write_rejections_to_bigquery,
 )
 from trt_handler.qa.types import Answer, QAExample
-from pipelines.records import answer_row
 
 LOGGER = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import logging
 import os
 import tempfile
 import threading
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, Iterator, List, NamedTuple, Tuple
 
 import apache_beam as beam
 from apache_beam import pvalue

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from trt_handler.engines import cuda_runtime as cr
 from trt_handler import gpu_check
+from trt_handler.engines import cuda_runtime as cr
 from trt_handler.engines.profiles import ProfileSpec, profiles_for_buckets
 from trt_handler.qa.types import ModelBatch
 
@@ -111,4 +111,4 @@ def test_run_check_reports_error_agreement_and_speed(model_dir: Path, squad_a: P
     assert answers["questions"] == 6 and answers["agreement"] == 1.0
     assert answers["engine_scores"] == answers["reference_scores"]
     assert speed["engine_windows_per_s"] > 0 and speed["pipeline_questions_per_s"] > 0
-    assert all(s[0] <= 16 and s[1] in (128, 256, 384) for s in session.shapes)
+    assert all(s[0] <= 16 and s[1] <= 384 and s[1] % 8 == 0 for s in session.shapes)  # planned: longest, x8

@@ -24,7 +24,6 @@ from apache_beam.ml.inference.base import PredictionResult, RunInference
 from apache_beam.testing.util import assert_that, equal_to
 
 from tests.gcs_emulator import gcs_emulator  # noqa: F401  (pytest fixture)
-from trt_handler.engines.export import BUNDLE_ONNX, export_random_bert, resolve_model_bundle
 from trt_handler.answer_batch import BatchPlan, answer_batch
 from trt_handler.backends.handlers import (
     METRICS_NAMESPACE,
@@ -35,6 +34,7 @@ from trt_handler.backends.handlers import (
     question_size,
 )
 from trt_handler.backends.onnx_runner import OnnxRunner
+from trt_handler.engines.export import BUNDLE_ONNX, export_random_bert, resolve_model_bundle
 from trt_handler.engines.profiles import ProfileSpec, profiles_for_buckets
 from trt_handler.qa.types import Answer, ModelBatch, QAExample, QuestionWindows, Window
 

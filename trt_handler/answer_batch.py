@@ -94,7 +94,7 @@ class BatchPlan:
     def for_buckets(
         cls, buckets: Sequence[int] = DEFAULT_BUCKETS, max_batch: int = 64, *, max_tokens: Optional[int] = None,
         pad_to: str = "longest",
-    ) -> "BatchPlan":
+    ) -> BatchPlan:
         """A plan for backends without engine profiles: one profile per bucket, each allowed
         ``max_tokens // bucket`` rows (a constant token budget: the same activation memory per
         call) capped at ``max_batch``; without ``max_tokens`` every bucket gets ``max_batch``."""

@@ -1,4 +1,4 @@
-"""In-process SQuAD evaluation: features -> ONNX Runtime handler -> answers -> official metric.
+"""In-process SQuAD evaluation: windows -> answer_batch on ONNX Runtime -> official metric.
 
 The same modules the Beam pipeline composes, called directly in one process. It is the
 reference the pipeline's ``--eval`` output is checked against, and a quick way to score a model
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
 from trt_handler.qa.batching import DEFAULT_BUCKETS
-from trt_handler.qa.types import Answer, QAExample, Window, WindowLogits
+from trt_handler.qa.types import Answer, QAExample, QuestionWindows
 
 
 def answer_examples(
@@ -29,42 +29,46 @@ def answer_examples(
     answer_config: Optional[object] = None,
     buckets: Sequence[int] = DEFAULT_BUCKETS,
     batch_size: int = 64,
+    batch_windows: int = 256,
 ) -> Dict[str, Answer]:
-    """Answer every example; windows are sorted by length so each batch pads to a small bucket."""
-    from trt_handler.engines.export import resolve_model_bundle
-    from trt_handler.backends.handlers import OnnxRuntimeQAHandler
-    from trt_handler.qa.answers import AnswerConfig, extract_answer
+    """Answer every example with ONNX Runtime through :func:`~trt_handler.answer_batch.answer_batch`,
+    the path the Beam handlers take, ``batch_windows`` windows at a time."""
+    from trt_handler.answer_batch import BatchPlan, answer_batch
+    from trt_handler.backends.onnx_runner import OnnxRunner
+    from trt_handler.engines.export import bundle_onnx_path, resolve_model_bundle
+    from trt_handler.qa.answers import AnswerConfig
     from trt_handler.qa.windows import FeatureConfig, WindowMaker, load_tokenizer
 
     bundle = resolve_model_bundle(model, cache_dir)
     maker = WindowMaker(load_tokenizer(bundle), feature_config or FeatureConfig())
-    per_example = maker.windows_many(examples)
-    windows: List[Window] = []
-    for ex, result in zip(examples, per_example):
+    questions: List[QuestionWindows] = []
+    for ex, result in zip(examples, maker.windows_many(examples)):
         if isinstance(result, Exception):
             raise ValueError(f"question {ex.id!r} cannot be tokenized: {result}")
-        windows.extend(result)
-
-    handler = OnnxRuntimeQAHandler(bundle, buckets=buckets, max_batch_size=batch_size)
-    session = handler.load_model()
-    order = sorted(range(len(windows)), key=lambda i: windows[i].length)
-    logits: Dict[int, WindowLogits] = {}
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        results = handler.run_inference([windows[i] for i in idx], session)
-        for i, r in zip(idx, results):
-            logits[i] = r.inference
-
-    by_example: Dict[str, List[int]] = {}
-    for i, w in enumerate(windows):
-        by_example.setdefault(w.example_id, []).append(i)
+        questions.append(QuestionWindows(ex, tuple(result)))
+    runner = OnnxRunner(bundle_onnx_path(bundle))
+    plan = BatchPlan.for_buckets(buckets, batch_size)
     config = answer_config or AnswerConfig()
-    return {
-        ex.id: extract_answer(
-            ex, [windows[i] for i in by_example[ex.id]], [logits[i] for i in by_example[ex.id]], config
-        )
-        for ex in examples
-    }
+    answers: Dict[str, Answer] = {}
+    for part in _batches(questions, batch_windows):
+        for q, outcome in zip(part, answer_batch(part, runner, plan, config)):  # type: ignore[arg-type]
+            if isinstance(outcome, Exception):
+                raise ValueError(f"question {q.example.id!r} cannot be answered: {outcome}")
+            answers[q.example.id] = outcome
+    return answers
+
+
+def _batches(questions: Sequence[QuestionWindows], windows: int) -> List[List[QuestionWindows]]:
+    """Consecutive questions holding about ``windows`` windows each (what BatchElements forms)."""
+    out: List[List[QuestionWindows]] = [[]]
+    count = 0
+    for q in questions:
+        if count >= windows:
+            out.append([])
+            count = 0
+        out[-1].append(q)
+        count += q.num_windows
+    return [b for b in out if b]
 
 
 def evaluate(

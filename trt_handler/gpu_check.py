@@ -4,8 +4,9 @@ Usage (on a machine with an NVIDIA GPU, TensorRT and ONNX Runtime)::
 
     python -m trt_handler.gpu_check --engine E --onnx O --model M --data SQUAD.json [--limit N]
 
-It windows the questions (``WindowMaker``), runs every window through the engine
-(``EngineSession``) and ONNX Runtime (``OnnxRunner``), and prints JSON lines: the environment, the
+It windows the questions (``WindowMaker``) and runs them through the production answer path
+(``answer_batch``: planned model calls, answers) on the engine (``EngineSession``) and on ONNX
+Runtime (``OnnxRunner``), and prints JSON lines: the environment, the
 relative error of the logits over real tokens, answer agreement after extraction (and SQuAD
 scores when the data has gold answers), engine-only windows/s and whole-pipeline questions/s.
 Exit status: 0 pass, 1 a threshold failed, 2 something it needs is missing (the message says
@@ -20,7 +21,7 @@ import importlib.util
 import json
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,9 +29,9 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from trt_handler.qa.batching import chunks, group_by_bucket, pad_windows
+from trt_handler.answer_batch import BatchPlan, answer_batch, plan_model_calls, run_model_calls
 from trt_handler.engines.profiles import ProfileSpec
-from trt_handler.qa.types import Answer, ModelBatch, QAExample, Window, WindowLogits
+from trt_handler.qa.types import Answer, ModelBatch, QAExample, QuestionWindows
 
 EXIT_OK, EXIT_FAILED, EXIT_MISSING, EXIT_INCOMPATIBLE = 0, 1, 2, 3
 
@@ -96,65 +97,38 @@ class Comparison:
         return float(np.sqrt(self.sq_diff / self.sq_ref)) if self.sq_ref > 0 else 0.0
 
 
-def make_batches(
-    windows: Sequence[Window], profiles: Sequence[ProfileSpec], batch_size: int
-) -> Iterator[tuple[list[int], ModelBatch]]:
-    """(window indices, padded batch) per batch: grouped by the smallest profile max_seq that fits,
-    padded to it, at most ``batch_size`` rows, as the TensorRT handler batches."""
-    buckets = sorted({p.max_seq for p in profiles})
-    for bucket, indices in sorted(group_by_bucket(windows, buckets).items()):
-        for rows in chunks(len(indices), batch_size):
-            chosen = indices[rows]
-            yield chosen, pad_windows([windows[i] for i in chosen], bucket)
+def _questions(maker: Any, examples: Sequence[QAExample]) -> list[QuestionWindows]:
+    """Questions that window cleanly, with their windows (questions that cannot are skipped)."""
+    return [QuestionWindows(ex, tuple(ws)) for ex, ws in zip(examples, maker.windows_many(examples))
+            if not isinstance(ws, Exception) and ws]
 
 
-def _logits_by_window(
-    windows: Sequence[Window], batches: Sequence[tuple[list[int], ModelBatch]], runner: Runner
-) -> list[WindowLogits]:
-    """Each window's logits, cut to its real length, in window order."""
-    out: dict[int, WindowLogits] = {}
-    for indices, batch in batches:
-        start, end = runner.run(batch)
-        for row, i in enumerate(indices):
-            n = windows[i].length
-            out[i] = WindowLogits(np.array(start[row, :n]), np.array(end[row, :n]))
-    if len(out) != len(windows):
-        raise RuntimeError(f"batches covered {len(out)} of {len(windows)} windows")
-    return [out[i] for i in range(len(windows))]
+def _answers(questions: Sequence[QuestionWindows], runner: Runner, plan: BatchPlan,
+             batch_windows: int) -> list[Answer | Exception]:
+    """The production answer path (``answer_batch``), ``batch_windows`` windows per batch."""
+    out: list[Answer | Exception] = []
+    part: list[QuestionWindows] = []
+    count = 0
+    for q in questions:
+        part.append(q)
+        count += q.num_windows
+        if count >= batch_windows:
+            out += answer_batch(part, runner, plan)
+            part, count = [], 0
+    if part:
+        out += answer_batch(part, runner, plan)
+    return out
 
 
-def _answers(
-    examples: Sequence[QAExample], windows_per_example: Sequence[list[Window]], logits: Sequence[WindowLogits]
-) -> list[Answer]:
-    from trt_handler.qa.answers import extract_answer
-
-    answers: list[Answer] = []
-    pos = 0
-    for example, windows in zip(examples, windows_per_example):
-        answers.append(extract_answer(example, windows, logits[pos : pos + len(windows)]))
-        pos += len(windows)
-    return answers
-
-
-def _scores(examples: Sequence[QAExample], answers: Sequence[Answer]) -> dict[str, float] | None:
+def _scores(questions: Sequence[QuestionWindows], answers: Sequence[Answer | Exception]) -> dict[str, float] | None:
+    examples = [q.example for q in questions]
     if not any(ex.answers or ex.is_impossible for ex in examples):
         return None
     from trt_handler.qa.metric import squad_evaluate
 
-    result = squad_evaluate(examples, {a.id: a.text for a in answers})
+    texts = {q.example.id: (a.text if isinstance(a, Answer) else "") for q, a in zip(questions, answers)}
+    result = squad_evaluate(examples, texts)
     return {"exact": float(result["exact"]), "f1": float(result["f1"])}
-
-
-def _window_all(maker: Any, examples: Sequence[QAExample]) -> tuple[list[QAExample], list[list[Window]]]:
-    """Examples that window cleanly, and their windows (questions that cannot are skipped)."""
-    kept: list[QAExample] = []
-    per_example: list[list[Window]] = []
-    for example, result in zip(examples, maker.windows_many(examples)):
-        if isinstance(result, Exception):
-            continue
-        kept.append(example)
-        per_example.append(result)
-    return kept, per_example
 
 
 def run_check(
@@ -164,40 +138,42 @@ def run_check(
     examples: Sequence[QAExample],
     *,
     batch_size: int | None = None,
+    batch_windows: int = 256,
     repeats: int = 3,
 ) -> list[dict[str, Any]]:
     """Compare ``session`` with ``reference`` and time it; returns the report records (no I/O).
 
-    ``maker`` is a ``WindowMaker``. The accuracy pass doubles as the engine's warm-up, so the
-    timed passes exclude first-call costs (lazy kernel loading, JIT in TensorRT-RTX).
+    Both run the production path: windows from ``maker`` (a ``WindowMaker``), model calls planned
+    by ``answer_batch.plan_model_calls`` on the engine's profiles (filler rows, splits, padding as
+    the Beam handler does them) and answers from ``answer_batch``. The accuracy pass doubles as
+    the engine's warm-up, so the timed passes exclude first-call costs (lazy kernel loading, JIT).
     """
     size = min(batch_size or session.max_batch, session.max_batch)
-    kept, per_example = _window_all(maker, examples)
-    windows = [w for ws in per_example for w in ws]
+    plan = BatchPlan(tuple(session.profiles), max_batch=size)
+    questions = _questions(maker, examples)
+    windows = [w for q in questions for w in q.windows]
     if not windows:
         raise ValueError("no question produced a window; check --data and --model")
-    batches = list(make_batches(windows, session.profiles, size))
+    calls = plan_model_calls([w.length for w in windows], plan)
 
-    engine_logits = _logits_by_window(windows, batches, session)
-    reference_logits = _logits_by_window(windows, batches, reference)
+    engine_logits = run_model_calls(windows, calls, session)
+    reference_logits = run_model_calls(windows, calls, reference)
     start_cmp, end_cmp = Comparison(), Comparison()
     for e, r in zip(engine_logits, reference_logits):
         start_cmp.add(e.start_logits, r.start_logits)
         end_cmp.add(e.end_logits, r.end_logits)
-    engine_answers = _answers(kept, per_example, engine_logits)
-    reference_answers = _answers(kept, per_example, reference_logits)
-    agree = sum(a.text == b.text for a, b in zip(engine_answers, reference_answers))
+    engine_answers = _answers(questions, session, plan, batch_windows)
+    reference_answers = _answers(questions, reference, plan, batch_windows)
+    agree = sum(isinstance(a, Answer) and isinstance(b, Answer) and a.text == b.text
+                for a, b in zip(engine_answers, reference_answers))
 
     t0 = time.perf_counter()
     for _ in range(repeats):
-        for _, batch in batches:
-            session.run(batch)
+        run_model_calls(windows, calls, session)
     engine_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    kept2, per_example2 = _window_all(maker, kept)
-    windows2 = [w for ws in per_example2 for w in ws]
-    _answers(kept2, per_example2, _logits_by_window(windows2, list(make_batches(windows2, session.profiles, size)), session))
+    _answers(_questions(maker, [q.example for q in questions]), session, plan, batch_windows)
     pipeline_s = time.perf_counter() - t0
 
     return [
@@ -211,20 +187,20 @@ def run_check(
         },
         {
             "event": "answers",
-            "questions": len(kept),
-            "skipped_questions": len(examples) - len(kept),
-            "agreement": agree / len(kept),
-            "engine_scores": _scores(kept, engine_answers),
-            "reference_scores": _scores(kept, reference_answers),
+            "questions": len(questions),
+            "skipped_questions": len(examples) - len(questions),
+            "agreement": agree / len(questions),
+            "engine_scores": _scores(questions, engine_answers),
+            "reference_scores": _scores(questions, reference_answers),
         },
         {
             "event": "throughput",
             "batch_size": size,
-            "batches": len(batches),
+            "model_calls": len(calls),
             "engine_windows_per_s": repeats * len(windows) / engine_s,
-            "pipeline_questions_per_s": len(kept2) / pipeline_s,
-            "note": "engine: session.run only, after warm-up; pipeline: windowing + padding + engine + "
-            "answer extraction, one thread, no Beam",
+            "pipeline_questions_per_s": len(questions) / pipeline_s,
+            "note": "engine: the planned model calls only, after warm-up; pipeline: windowing + answer_batch "
+            "(planning, padding, engine, answers), one thread, no Beam",
         },
     ]
 
@@ -273,8 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  - {line}", file=sys.stderr)
         return EXIT_MISSING
 
-    from trt_handler.engines.session import EngineCompatibilityError, EngineSession
     from trt_handler.backends.onnx_runner import OnnxRunner
+    from trt_handler.engines.session import EngineCompatibilityError, EngineSession
     from trt_handler.qa.reading import load_examples
     from trt_handler.qa.windows import WindowMaker, load_tokenizer
 
