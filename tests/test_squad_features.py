@@ -319,3 +319,82 @@ def test_tokenizer_loads_from_a_bundle_folder_without_model_config(tokenizer, ma
     (want,) = maker.windows(ex)
     np.testing.assert_array_equal(got.input_ids, want.input_ids)
     np.testing.assert_array_equal(got.offsets, want.offsets)
+
+
+# --- bounded memory: linear max-context, window limit ---------------------------------------
+
+def test_max_context_window_matches_bert_on_generated_geometries():
+    """The one-pass rule against the transcribed BERT loop, for random context sizes and window
+    geometries (odd strides make ties; step 1 makes every token sit in `room` windows)."""
+    from trt_handler.qa.windows import _max_context_window, _span_bounds, num_windows
+
+    rng = np.random.default_rng(5)
+    cases = [(int(rng.integers(1, 400)), int(rng.integers(2, 60))) for _ in range(150)]
+    for n, room in cases + [(300, 40), (97, 5)]:
+        stride = int(rng.integers(0, room))
+        bounds = _span_bounds(n, room, stride)
+        assert num_windows(n, room, stride) == len(bounds)
+        assert bounds[0][0] == 0 and bounds[-1][1] == n
+        if len(bounds) == 1:
+            continue
+        best = _max_context_window(bounds, n)
+        spans = [(s, e - s) for s, e in bounds]
+        want = [next(k for k in range(len(spans)) if reference_is_max_context(spans, k, p)) for p in range(n)]
+        assert best.tolist() == want, (n, room, stride)
+
+
+def test_max_context_memory_is_linear_in_the_context():
+    """A 100k-token context at the default geometry: the old windows x tokens score matrix was
+    ~400 x 100k float64 (300 MB, several of them); the one-pass rule keeps a few arrays of 100k."""
+    import tracemalloc
+
+    from trt_handler.qa.windows import _max_context_window, _span_bounds
+
+    n = 100_000
+    bounds = _span_bounds(n, 371, 128)
+    assert len(bounds) > 400
+    tracemalloc.start()
+    try:
+        best = _max_context_window(bounds, n)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert best.shape == (n,) and best[0] == 0 and best[-1] == len(bounds) - 1
+    assert peak < 40 * n, f"peak {peak / 2**20:.0f} MiB for {n} tokens"
+
+
+def _words_context(n_words: int, seed: int = 0) -> str:
+    rng = np.random.default_rng(seed)
+    words = ["river", "castle", "seven", "north", "music", "green", "table", "silver"]
+    return " ".join(words[i] for i in rng.integers(0, len(words), n_words))
+
+
+def test_too_many_windows_is_a_feature_error_with_its_code(tokenizer):
+    import pickle
+
+    from trt_handler.qa.windows import num_windows
+
+    context = _words_context(3000, seed=1)  # one token a word
+    ex = QAExample("many", "Which castle?", context)
+    unlimited = WindowMaker(tokenizer, FeatureConfig(max_windows_per_question=None)).windows(ex)
+    n = len(unlimited)
+    assert n > 5
+    n_context = int(unlimited[-1].is_context.sum()) + (n - 1) * (384 - 3 - 3 - 128)  # 3 question tokens
+    assert num_windows(n_context, 384 - 3 - 3, 128) == n
+    assert len(WindowMaker(tokenizer, FeatureConfig(max_windows_per_question=n)).windows(ex)) == n
+    (result,) = WindowMaker(tokenizer, FeatureConfig(max_windows_per_question=n - 1)).windows_many([ex])
+    assert isinstance(result, FeatureError) and result.code == "too_many_windows"
+    assert f"needs {n} windows" in str(result) and "max_windows_per_question" in str(result)
+    clone = pickle.loads(pickle.dumps(result))
+    assert clone.code == "too_many_windows" and str(clone) == str(result)
+    assert FeatureError("x").code == "feature_error"
+    # the default limit holds a 100,000-character English context, and stops a CJK one of that size
+    english = QAExample("en", "Which castle?", _words_context(16_000)[:100_000])
+    assert len(english.context) == 100_000
+    assert isinstance(WindowMaker(tokenizer).windows_many([english])[0], list)
+    cjk = QAExample("zh", "哪个城堡？", "".join(chr(0x4E00 + int(i)) for i in
+                                           np.random.default_rng(2).integers(0, 2000, 100_000)))
+    (res,) = WindowMaker(tokenizer).windows_many([cjk])
+    assert isinstance(res, FeatureError) and res.code == "too_many_windows"
+    with pytest.raises(ValueError, match="max_windows_per_question"):
+        FeatureConfig(max_windows_per_question=0)

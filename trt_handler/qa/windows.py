@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,14 +34,39 @@ if TYPE_CHECKING:  # transformers is imported lazily: it is slow to import and o
     from tokenizers import Encoding, Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-__all__ = ["FeatureConfig", "FeatureError", "WindowMaker", "load_tokenizer"]
+__all__ = ["MIN_VOCAB", "TOKENIZER_FILES", "FeatureConfig", "FeatureError", "TokenizerCheckError", "WindowMaker",
+           "load_tokenizer"]
 
 # Tokens around the two sequences: [CLS] question [SEP] context [SEP].
 _NUM_SPECIAL = 3
 
 
 class FeatureError(ValueError):
-    """A question/context pair that cannot be turned into windows (empty text, nothing to tokenize)."""
+    """A question/context pair that cannot be turned into windows (empty text, nothing to tokenize,
+    more windows than allowed).
+
+    ``code`` is the rejection reason code the pipeline dead-letters it under: ``feature_error``, or
+    ``too_many_windows`` when the context is above ``FeatureConfig.max_windows_per_question``.
+    """
+
+    def __init__(self, message: str, code: str = "feature_error") -> None:
+        super().__init__(message)
+        self.code = code
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # keeps ``code`` through pickling (Beam)
+        return (type(self), (str(self), self.code))
+
+
+class TokenizerCheckError(ValueError):
+    """A model folder whose tokenizer loads but cannot serve the model; the message names cause and fix."""
+
+
+# Files that carry a vocabulary; a folder with none of them gives transformers nothing to load.
+TOKENIZER_FILES: tuple[str, ...] = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
+                                    "sentencepiece.bpe.model", "tokenizer.model")
+# Fewer tokens than this is not a real WordPiece vocabulary (BERT's has 30,522; transformers 5
+# builds a 5-token one, the special tokens alone, from a folder without tokenizer files).
+MIN_VOCAB = 1000
 
 
 @dataclass(frozen=True)
@@ -51,17 +77,27 @@ class FeatureConfig:
         max_seq_length: tokens per window, special tokens included.
         doc_stride: context tokens shared by two neighbouring windows (transformers' ``stride``).
         max_query_length: question tokens kept; longer questions are cut, not dropped.
+        max_windows_per_question: a question whose context needs more windows is a FeatureError
+            (code ``too_many_windows``) before any window is built; None turns the limit off. The
+            default 128 windows is ~31,000 context tokens: about 130,000 characters of English,
+            so the pipeline's 100,000-character context limit stays the one English text meets,
+            while a CJK context (about one token a character) is stopped near 31,000 characters
+            instead of making ~400 windows.
     """
 
     max_seq_length: int = 384
     doc_stride: int = 128
     max_query_length: int = 64
+    max_windows_per_question: int | None = 128
 
     def __post_init__(self) -> None:
         for name in ("max_seq_length", "doc_stride", "max_query_length"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+        limit = self.max_windows_per_question
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+            raise ValueError(f"max_windows_per_question must be a positive int or None, got {limit!r}")
         if self.max_query_length < 1:
             raise ValueError("max_query_length must be at least 1 so a question keeps a token")
         room = self.max_seq_length - self.max_query_length - _NUM_SPECIAL
@@ -73,20 +109,37 @@ class FeatureConfig:
             )
 
 
-def load_tokenizer(model: str | Path) -> PreTrainedTokenizerFast:
+def load_tokenizer(model: str | Path, *, min_vocab: int = MIN_VOCAB) -> PreTrainedTokenizerFast:
     """The fast tokenizer of ``model``: a local folder (a checkpoint or an exported model bundle,
-    both hold the tokenizer files) or a Hugging Face hub id."""
+    both hold the tokenizer files) or a Hugging Face hub id.
+
+    Refused with a :class:`TokenizerCheckError` whose message names cause and fix, because each
+    would load and then answer nothing right: a local folder with none of :data:`TOKENIZER_FILES`
+    (transformers 5 builds a 5-token tokenizer there that makes every word [UNK]); a vocabulary of
+    fewer than ``min_vocab`` tokens; a vocabulary that does not fit the model's ``config.json``
+    ``vocab_size`` (when the folder has one): larger (ids past the embedding table) or under half
+    of it (the tokenizer of another model); no [CLS]/[SEP] tokens.
+    """
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     text = str(model)
     # Hub ids look like "name" or "org/name"; anything else is a local path, checked here so a
     # typo does not turn into a hub lookup.
-    looks_local = text.startswith(("/", ".", "~")) or "\\" in text or text.count("/") > 1
+    looks_local = text.startswith(("/", ".", "~")) or "\\" in text or text.count("/") > 1 or Path(text).is_dir()
     if looks_local:
         text = str(Path(text).expanduser())
         if not Path(text).is_dir():
             raise ValueError(f"model folder {text!r} does not exist; pass the folder that holds "
                              "the tokenizer files (or a hub id such as 'org/name')")
+        if not any((Path(text) / name).is_file() for name in TOKENIZER_FILES):
+            raise TokenizerCheckError(
+                f"model folder {text!r} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}). "
+                "Without them transformers builds a tokenizer of only its 5 special tokens, which turns "
+                "every word into [UNK], so the model would load and answer nothing right. Fix: save the "
+                "tokenizer of the checkpoint this model was trained from into the folder "
+                "(AutoTokenizer.from_pretrained(ORIGINAL).save_pretrained(FOLDER)) or pass the "
+                "original checkpoint folder, which has tokenizer.json or vocab.txt."
+            )
     try:
         tokenizer = AutoTokenizer.from_pretrained(text, use_fast=True)
     except (OSError, ValueError) as err:
@@ -99,21 +152,61 @@ def load_tokenizer(model: str | Path) -> PreTrainedTokenizerFast:
             f"{str(model)!r} gave a slow tokenizer ({type(tokenizer).__name__}); windows need the "
             "fast (Rust) tokenizer for character offsets: add tokenizer.json to the model folder"
         )
+    _check_vocab(tokenizer, str(model), Path(text) / "config.json" if looks_local else None, min_vocab)
     return tokenizer
 
 
-@functools.lru_cache(maxsize=4096)
-def _spans(n_context: int, room: int, stride: int) -> tuple[tuple[int, int, np.ndarray], ...]:
-    """Windows over ``n_context`` context tokens as (start, stop, max_context[stop-start]).
+def _check_vocab(tokenizer: PreTrainedTokenizerFast, name: str, config_path: Path | None, min_vocab: int) -> None:
+    """Refuse a vocabulary too small to be real, or one that does not fit the model's embeddings."""
+    n = len(tokenizer)
+    if n < min_vocab:
+        raise TokenizerCheckError(
+            f"the tokenizer of {name!r} has only {n} tokens (a BERT WordPiece vocabulary has tens of "
+            f"thousands; the check wants at least {min_vocab}), so nearly every word would become "
+            "[UNK] and no answer would be right. Cause: the folder's tokenizer files are missing or "
+            "truncated (a tokenizer_config.json without tokenizer.json/vocab.txt does this). Fix: copy "
+            "tokenizer.json and vocab.txt from the checkpoint the model was trained from, or pass that "
+            "checkpoint folder."
+        )
+    vocab_size = None
+    if config_path is not None and config_path.is_file():
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise TokenizerCheckError(
+                f"{str(config_path)!r} is not readable JSON ({err}), so the tokenizer cannot be checked "
+                "against the model's vocab_size. Fix: restore config.json from the checkpoint."
+            ) from err
+        value = config.get("vocab_size") if isinstance(config, dict) else None
+        vocab_size = value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+    if vocab_size is not None and (n > vocab_size or 2 * n < vocab_size):
+        problem = (f"it makes token ids up to {n - 1}, past the model's embedding table of {vocab_size} "
+                   "rows (wrong embeddings or an index error at inference)" if n > vocab_size else
+                   f"the model has {vocab_size} token embeddings, so this tokenizer can reach under half "
+                   "of them")
+        raise TokenizerCheckError(
+            f"the tokenizer of {name!r} has {n} tokens but its config.json says vocab_size {vocab_size}: "
+            f"{problem}. Cause: the tokenizer files come from a different model than the weights. Fix: "
+            "put the tokenizer files of the checkpoint the weights were trained with next to them "
+            "(tokenizer.save_pretrained(FOLDER) from that checkpoint)."
+        )
+    for token in ("cls_token_id", "sep_token_id"):
+        if getattr(tokenizer, token, None) is None:
+            raise TokenizerCheckError(
+                f"the tokenizer of {name!r} has no {token.removesuffix('_id').replace('_token', '').upper()} "
+                "token; BERT windows are [CLS] question [SEP] context [SEP]. Fix: use the BERT-family "
+                "tokenizer of the checkpoint (its tokenizer_config.json names cls_token and sep_token)."
+            )
+
+
+def _span_bounds(n_context: int, room: int, stride: int) -> list[tuple[int, int]]:
+    """(start, stop) of each window over ``n_context`` context tokens.
 
     Mirrors the tokenizers library's overflow rule: windows of ``room`` tokens starting every
-    ``room - stride`` tokens, the last one ending at the context's end. Cached because the result
-    depends only on the three numbers; the masks are read-only for that reason.
+    ``room - stride`` tokens, the last one ending at the context's end.
     """
     if n_context <= room:
-        mask = np.ones(n_context, dtype=bool)
-        mask.flags.writeable = False
-        return ((0, n_context, mask),)
+        return [(0, n_context)]
     step = room - stride
     bounds: list[tuple[int, int]] = []
     for start in range(0, n_context, step):
@@ -121,6 +214,43 @@ def _spans(n_context: int, room: int, stride: int) -> tuple[tuple[int, int, np.n
         bounds.append((start, stop))
         if stop == n_context:
             break
+    return bounds
+
+
+def num_windows(n_context: int, room: int, stride: int) -> int:
+    """How many windows ``_span_bounds`` makes, without making them."""
+    if n_context <= room:
+        return 1
+    step = room - stride
+    return -(-(n_context - room) // step) + 1
+
+
+# Only small window sets are cached: the masks of a huge context would pin memory in the cache.
+_CACHED_WINDOWS = 256
+
+
+def _spans(n_context: int, room: int, stride: int) -> tuple[tuple[int, int, np.ndarray], ...]:
+    """Windows over ``n_context`` context tokens as (start, stop, max_context[stop-start]).
+
+    Cached (the result depends only on the three numbers) unless there are many windows; the
+    masks are read-only for that reason.
+    """
+    if num_windows(n_context, room, stride) <= _CACHED_WINDOWS:
+        return _spans_cached(n_context, room, stride)
+    return _make_spans(n_context, room, stride)
+
+
+@functools.lru_cache(maxsize=4096)
+def _spans_cached(n_context: int, room: int, stride: int) -> tuple[tuple[int, int, np.ndarray], ...]:
+    return _make_spans(n_context, room, stride)
+
+
+def _make_spans(n_context: int, room: int, stride: int) -> tuple[tuple[int, int, np.ndarray], ...]:
+    bounds = _span_bounds(n_context, room, stride)
+    if len(bounds) == 1:
+        mask = np.ones(n_context, dtype=bool)
+        mask.flags.writeable = False
+        return ((0, n_context, mask),)
     best = _max_context_window(bounds, n_context)
     out = []
     for w, (start, stop) in enumerate(bounds):
@@ -134,16 +264,21 @@ def _max_context_window(bounds: Sequence[tuple[int, int]], n_context: int) -> np
     """For each context token, the index of the window that gives it the most context.
 
     Score of window w for token p: min(p - start, end - p) + 0.01 * length, as in BERT's
-    ``_check_is_max_context``; argmax keeps the first window on ties, like its strict ``>``.
+    ``_check_is_max_context``; the first window wins ties, like its strict ``>``. One pass over
+    the windows, each scoring only its own tokens: time and memory follow the total window
+    length (linear in the context), not windows x context tokens.
     """
-    starts = np.array([b[0] for b in bounds], dtype=np.int64)[:, None]
-    stops = np.array([b[1] for b in bounds], dtype=np.int64)[:, None]
-    pos = np.arange(n_context, dtype=np.int64)[None, :]
-    left = pos - starts
-    right = (stops - 1) - pos
-    score = np.minimum(left, right) + 0.01 * (stops - starts)
-    score[(left < 0) | (right < 0)] = -np.inf
-    return np.argmax(score, axis=0)
+    best_score = np.full(n_context, -np.inf)
+    best = np.zeros(n_context, dtype=np.int64)
+    for w, (start, stop) in enumerate(bounds):
+        length = stop - start
+        offset = np.arange(length, dtype=np.int64)
+        score = np.minimum(offset, (length - 1) - offset) + 0.01 * length
+        seen = best_score[start:stop]
+        better = score > seen
+        seen[better] = score[better]
+        best[start:stop][better] = w
+    return best
 
 
 def _encoding_arrays(encoding: Encoding) -> tuple[np.ndarray, np.ndarray]:
@@ -189,6 +324,11 @@ class WindowMaker:
                 f"max_seq_length {config.max_seq_length} is longer than the model accepts "
                 f"({max_len} tokens); lower max_seq_length"
             )
+        for token in ("cls_token_id", "sep_token_id"):
+            if getattr(tokenizer, token, None) is None:
+                raise ValueError(f"WindowMaker needs a tokenizer with {token.split('_')[0].upper()} and SEP "
+                                 "tokens (BERT windows are [CLS] question [SEP] context [SEP]); this one has "
+                                 f"no {token}: use the model's BERT-family tokenizer")
         self.config = config
         self._tokenizer: Tokenizer = Tokenizer.from_str(backend.to_str())
         self._tokenizer.no_truncation()
@@ -261,6 +401,15 @@ class WindowMaker:
                                 "(only control or zero-width characters?); fix the context text")
         n_q = len(question_ids)
         room = self.config.max_seq_length - n_q - _NUM_SPECIAL
+        limit = self.config.max_windows_per_question
+        if limit is not None:
+            needed = num_windows(n_context, room, self.config.doc_stride)
+            if needed > limit:
+                return FeatureError(
+                    f"context of example {ex.id!r} is {n_context} tokens, which needs {needed} windows of "
+                    f"{self.config.max_seq_length} tokens, more than max_windows_per_question {limit}; "
+                    "split the context into shorter passages or raise the limit",
+                    code="too_many_windows")
         spans = _spans(n_context, room, self.config.doc_stride)
         head = np.array([self._cls, *question_ids, self._sep], dtype=np.int32)
         c0 = n_q + 2  # first context position in a window
