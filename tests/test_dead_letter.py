@@ -111,8 +111,11 @@ def test_malformed_corpus_every_record_has_one_outcome(bundle: str, tmp_path: Pa
     assert "WARNING" not in qa_batch.summary_line(counts, outcome["seconds"])
 
 
-def _failing_handler(base: Any, fail: set) -> Any:
-    """``base`` that raises for any batch holding one of the windows in ``fail`` ((id, window) pairs)."""
+def _failing_handler(base: Any, fail: set, sleep_secs: float = 0.0) -> Any:
+    """``base`` that raises (or, with ``sleep_secs``, hangs that long first) for any batch
+    holding one of the question ids in ``fail``."""
+    import time
+
     from apache_beam.ml.inference.base import ModelHandler
 
     class Failing(ModelHandler):
@@ -120,8 +123,10 @@ def _failing_handler(base: Any, fail: set) -> Any:
             return base.load_model()
 
         def run_inference(self, batch: Any, model: Any, inference_args: Any = None) -> Any:
-            hit = [(w.example_id, w.window_index) for w in batch if (w.example_id, w.window_index) in fail]
-            if hit:
+            hit = sorted(q.example.id for q in batch if q.example.id in fail)
+            if hit and sleep_secs:
+                time.sleep(sleep_secs)
+            elif hit:
                 raise RuntimeError(f"simulated GPU failure on {hit}")
             return base.run_inference(batch, model, inference_args)
 
@@ -131,25 +136,28 @@ def _failing_handler(base: Any, fail: set) -> Any:
     return Failing()
 
 
-def test_inference_failure_is_dead_lettered_once_per_question(bundle: str, tmp_path: Path) -> None:
-    """One window of a two-window question and the only window of another fail: both questions are
-    rejected once as inference_failed (with their raw record), all others answered."""
-    from pipelines.options import QASettings
-    from pipelines.transforms import make_handler
+def _one_and_two_window_ids(bundle: str, records: List[Dict[str, Any]]) -> Tuple[str, str, Dict[str, int]]:
     from trt_handler.qa.types import QAExample
     from trt_handler.qa.windows import WindowMaker, load_tokenizer
 
-    lines = _good_lines()
-    records = [json.loads(line) for line in lines]
     maker = WindowMaker(load_tokenizer(bundle))
     counts = {r["id"]: len(maker.windows(QAExample(r["id"], r["question"], r["context"]))) for r in records}
-    two = next(i for i, n in counts.items() if n == 2)
-    one = next(i for i, n in counts.items() if n == 1)
-    # max batch 1: a failing batch holds exactly the window it names.
-    handler = _failing_handler(make_handler(QASettings(model_dir=bundle, max_batch=1)), {(two, 1), (one, 0)})
+    return next(i for i, n in counts.items() if n == 1), next(i for i, n in counts.items() if n == 2), counts
+
+
+def test_inference_failure_is_dead_lettered_once_per_question(bundle: str, tmp_path: Path) -> None:
+    """The batches holding a two-window question and a one-window question fail: both questions
+    are rejected once as inference_failed (with their raw record), all others answered."""
+    from pipelines.options import QASettings
+    from pipelines.transforms import make_handler
+
+    lines = _good_lines()
+    records = [json.loads(line) for line in lines]
+    one, two, counts = _one_and_two_window_ids(bundle, records)
+    # one window per batch: a failing batch holds exactly the question it names
+    handler = _failing_handler(make_handler(QASettings(model_dir=bundle, batch_windows=1)), {one, two})
     out = tmp_path / "answers"
-    outcome = qa_batch.run(["--input", str(SAMPLE), "--output", str(out), "--model", bundle, "--max-batch", "1"],
-                           handler=handler)
+    outcome = qa_batch.run(["--input", str(SAMPLE), "--output", str(out), "--model", bundle], handler=handler)
     answers = _read_jsonl(out, rejected=False)
     rejected = _read_jsonl(out, rejected=True)
     assert sorted(a["id"] for a in answers) == sorted(set(counts) - {one, two})
@@ -158,3 +166,25 @@ def test_inference_failure_is_dead_lettered_once_per_question(bundle: str, tmp_p
     assert all("simulated GPU failure" in r["reason"] for r in rejected)
     assert {r["raw"] for r in rejected} == {line for line, rec in zip(lines, records) if rec["id"] in (one, two)}
     assert outcome["counters"]["records_read"] == len(lines)
+
+
+def test_a_stuck_model_call_times_out_into_dead_letters(bundle: str, tmp_path: Path) -> None:
+    """A batch that hangs past --inference-timeout-secs is abandoned: its question is rejected as
+    inference_timeout and the run goes on (the sleep is real: the test takes a few seconds)."""
+    import time
+
+    from pipelines.options import QASettings
+    from pipelines.transforms import make_handler
+
+    lines = _good_lines()
+    records = [json.loads(line) for line in lines]
+    one, _, counts = _one_and_two_window_ids(bundle, records)
+    handler = _failing_handler(make_handler(QASettings(model_dir=bundle, batch_windows=1)), {one}, sleep_secs=30)
+    out = tmp_path / "answers"
+    t0 = time.perf_counter()
+    qa_batch.run(["--input", str(SAMPLE), "--output", str(out), "--model", bundle,
+                  "--inference-timeout-secs", "3"], handler=handler)
+    assert time.perf_counter() - t0 < 30, "the stuck call was waited for instead of abandoned"
+    rejected = _read_jsonl(out, rejected=True)
+    assert [(r["id"], r["reason_code"]) for r in rejected] == [(one, "inference_timeout")]
+    assert sorted(a["id"] for a in _read_jsonl(out, rejected=False)) == sorted(set(counts) - {one})
