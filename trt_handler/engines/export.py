@@ -16,6 +16,14 @@ padded rows, and fails loudly above ``tolerance``; nothing unverified lands in a
 Int32 inputs are what TensorRT and the handlers feed; a small wrapper casts them to int64 inside
 the graph. fp16 checkpoints are loaded as float32 (precision is the engine builder's choice).
 
+Bundles are checked where they are used: :func:`verify_bundle` compares ``model.onnx`` with the
+sha256 its export.json recorded (once per file version and process: the result is cached by
+size, mtime and inode), :func:`resolve_model_bundle` verifies what it returns (a damaged cached
+export is exported again), and :func:`check_model_bundle` is the launch check of a pipeline: the
+hash plus the tokenizer (see ``qa.windows.load_tokenizer``), raising :class:`ModelCheckError` with
+one paragraph naming cause and fix. A checkpoint whose tokenizer would not serve it is refused
+before anything is exported or cached.
+
 CLI::
 
     python -m trt_handler.engines.export --model MODEL_DIR_OR_HUB_ID --cache-dir cache [--out-dir DIR]
@@ -46,12 +54,15 @@ __all__ = [
     "BUNDLE_ONNX",
     "CHECK_SHAPES",
     "ExportCheckError",
+    "ModelCheckError",
     "bundle_onnx_path",
+    "check_model_bundle",
     "export_onnx",
     "export_random_bert",
     "is_model_bundle",
     "model_cache_key",
     "resolve_model_bundle",
+    "verify_bundle",
 ]
 
 LOGGER = logging.getLogger("trt_handler.engines.export")
@@ -70,6 +81,11 @@ _MAX_EXPORT_BATCH = 4096
 
 class ExportCheckError(RuntimeError):
     """The exported ONNX disagrees with PyTorch beyond the tolerance; no bundle is written."""
+
+
+class ModelCheckError(ValueError):
+    """A model bundle or checkpoint that must not be used; the message is one paragraph naming
+    the cause and the fix."""
 
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -94,6 +110,94 @@ def bundle_onnx_path(bundle: PathLike) -> Path:
             "`python -m trt_handler.engines.export --model M --cache-dir C`"
         )
     return p
+
+
+# (resolved model.onnx path, size, mtime_ns, inode) -> the sha256 it was verified to have.
+_VERIFIED: Dict[Tuple[str, int, int, int], str] = {}
+
+
+def _file_key(path: Path) -> Tuple[str, int, int, int]:
+    st = path.stat()
+    return (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def verify_bundle(bundle: PathLike) -> None:
+    """Check that ``bundle/model.onnx`` is the file its export wrote: the sha256 and size recorded
+    in export.json. Raises ModelCheckError (a ValueError) otherwise.
+
+    The hash is computed once per version of the file in a process (cached by size, mtime and
+    inode), so calling this on every use is cheap. A bundle without export.json (a hand-made one)
+    records nothing to compare with: it is accepted with a warning.
+    """
+    path = Path(bundle)
+    try:
+        onnx_path = bundle_onnx_path(path)
+    except FileNotFoundError as err:
+        raise ModelCheckError(str(err)) from err
+    meta_path = path / BUNDLE_META
+    if not meta_path.exists():
+        LOGGER.warning("model bundle %s has no %s: its model.onnx cannot be checked against a recorded "
+                       "sha256 (a hand-made bundle?); export it with trt_handler.engines.export to get one",
+                       path, BUNDLE_META)
+        return
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ModelCheckError(
+            f"The model bundle {path} has an unreadable {BUNDLE_META} ({err}), so its model.onnx cannot be "
+            "checked against the sha256 its export recorded. Cause: the file was cut short or edited. Fix: "
+            "export the checkpoint again (python -m trt_handler.engines.export --model CHECKPOINT "
+            "--out-dir DIR), or delete the bundle folder if it is in the cache so the next run re-exports it."
+        ) from err
+    want = meta.get("sha256") if isinstance(meta, dict) else None
+    if not isinstance(want, str) or len(want) != 64:
+        raise ModelCheckError(
+            f"The model bundle {path} has a {BUNDLE_META} without a sha256 of {BUNDLE_ONNX}, so the model "
+            "cannot be checked. Cause: it was not written by trt_handler.engines.export, or was edited. "
+            "Fix: export the checkpoint again (python -m trt_handler.engines.export)."
+        )
+    key = _file_key(onnx_path)
+    if _VERIFIED.get(key) == want:
+        return
+    size = key[1]
+    recorded_size = meta.get("onnx_bytes")
+    got = None
+    if not (isinstance(recorded_size, int) and recorded_size != size):
+        got = _sha256(onnx_path)
+    if got != want:
+        found = f"is {size:,} bytes, its export recorded {recorded_size:,}" if got is None else (
+            f"has sha256 {got[:16]}..., its export recorded {want[:16]}...")
+        raise ModelCheckError(
+            f"The model in bundle {path} is not the one that was exported and checked: {onnx_path} {found}. "
+            "Cause: model.onnx was changed after export (weights edited, a partial copy, a different model "
+            "copied over it), so its answers were never compared with PyTorch. Fix: export the checkpoint "
+            "again (python -m trt_handler.engines.export --model CHECKPOINT --out-dir DIR), or delete the "
+            "bundle folder if it is in the cache so the next run re-exports it; if the new model.onnx is "
+            f"intended, export it properly so {BUNDLE_META} records it."
+        )
+    _VERIFIED[key] = want
+
+
+def check_model_bundle(path: PathLike) -> None:
+    """The launch check of a pipeline: raises ModelCheckError (a ValueError) with one paragraph
+    naming cause and fix unless ``path`` is a model bundle whose model.onnx matches its recorded
+    sha256 (:func:`verify_bundle`) and whose tokenizer loads, is a real vocabulary and fits the
+    model's vocab_size (``qa.windows.load_tokenizer``).
+    """
+    from trt_handler.qa.windows import load_tokenizer
+
+    p = Path(path)
+    if not is_model_bundle(p):
+        raise ModelCheckError(
+            f"{p} is not a model bundle: there is no folder with {BUNDLE_ONNX} there. Cause: the path points "
+            "at a checkpoint, a file or nothing. Fix: pass the folder that resolve_model_bundle returned "
+            "(python -m trt_handler.engines.export --model MODEL --cache-dir CACHE prints it)."
+        )
+    verify_bundle(p)
+    try:
+        load_tokenizer(p)
+    except (ValueError, TypeError) as err:
+        raise ModelCheckError(f"The model bundle {p} cannot be used because of its tokenizer: {err}") from err
 
 
 def _looks_like_hub_id(model: str) -> bool:
@@ -132,13 +236,19 @@ def resolve_model_bundle(model: PathLike, cache_dir: PathLike) -> Path:
     ``model`` may be a bundle folder (returned as is), a ``model.onnx`` file (its folder), a
     Hugging Face checkpoint folder or a hub id (exported once into
     ``cache_dir/onnx/<slug>-<hash>/``, then reused while the checkpoint's files are unchanged).
+
+    A bundle returned is verified (:func:`verify_bundle`): a given bundle whose model.onnx does not
+    match its export.json raises ModelCheckError; a cached export that does not is exported again.
+    A checkpoint whose tokenizer would not serve it raises before anything is cached.
     """
     s = os.fspath(model)
     p = Path(s)
     if is_model_bundle(p):
+        verify_bundle(p)
         return p
     if p.is_file():
         if p.name == BUNDLE_ONNX:
+            verify_bundle(p.parent)
             return p.parent
         raise ValueError(
             f"{p} is not a model bundle: a bundle is a folder with {BUNDLE_ONNX} (+ tokenizer files); "
@@ -152,8 +262,13 @@ def resolve_model_bundle(model: PathLike, cache_dir: PathLike) -> Path:
         )
     target = Path(cache_dir) / "onnx" / f"{_slug(s)}-{model_cache_key(s)}"
     if is_model_bundle(target) and (target / BUNDLE_META).is_file():
-        LOGGER.info("reusing exported ONNX bundle %s for %s", target, s)
-        return target
+        try:
+            verify_bundle(target)
+        except ModelCheckError as err:
+            LOGGER.warning("cached ONNX bundle %s is damaged, exporting it again: %s", target, err)
+        else:
+            LOGGER.info("reusing exported ONNX bundle %s for %s", target, s)
+            return target
     LOGGER.info("exporting %s to ONNX bundle %s (once; later runs reuse it)", s, target)
     return export_onnx(s, target)
 
@@ -177,19 +292,36 @@ def export_onnx(
     than ``tolerance`` at any of ``check_shapes``. ``out_dir`` is replaced only when it is empty or
     already a bundle, so an unrelated folder is never deleted.
     """
-    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+    from transformers import AutoModelForQuestionAnswering
 
     torch = _torch()
     src = os.fspath(model)
     if Path(src).is_file():
         raise ValueError(f"{src} is a file; export_onnx takes a checkpoint folder or a hub id")
-    tokenizer = AutoTokenizer.from_pretrained(src)
+    tokenizer = _checked_tokenizer(src)
     qa_model: Any = AutoModelForQuestionAnswering.from_pretrained(src, dtype=torch.float32)
     qa_model.eval()
+    vocab_size = getattr(qa_model.config, "vocab_size", None)
+    if isinstance(vocab_size, int) and len(tokenizer) > vocab_size:  # a hub id has no local config.json
+        raise ModelCheckError(
+            f"The tokenizer of {src} has {len(tokenizer)} tokens but the model has {vocab_size} token "
+            "embeddings, so ids past the table would reach it. Cause: tokenizer files from another model. "
+            "Fix: put the tokenizer of the checkpoint the weights were trained with next to them."
+        )
     return _write_bundle(
         qa_model, tokenizer, Path(out_dir), source=src, opset=opset, check=check,
         tolerance=tolerance, check_shapes=check_shapes,
     )
+
+
+def _checked_tokenizer(src: str) -> Any:
+    """``load_tokenizer`` with its refusals as ModelCheckError, raised before any export work."""
+    from trt_handler.qa.windows import load_tokenizer
+
+    try:
+        return load_tokenizer(src)
+    except (ValueError, TypeError) as err:
+        raise ModelCheckError(f"Not exporting {src}: {err}") from err
 
 
 def export_random_bert(
@@ -213,7 +345,7 @@ def export_random_bert(
     vocabulary comes from ``tokenizer_dir``, whose tokenizer files are copied into the bundle.
     With ``reuse``, an existing bundle of the same shape, seed and vocab in ``out_dir`` is returned.
     """
-    from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering
+    from transformers import BertConfig, BertForQuestionAnswering
 
     for name, value in (("num_layers", num_layers), ("hidden", hidden), ("heads", heads),
                         ("intermediate", intermediate), ("max_position_embeddings", max_position_embeddings)):
@@ -221,7 +353,7 @@ def export_random_bert(
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if hidden % heads:
         raise ValueError(f"hidden ({hidden}) must be a multiple of heads ({heads})")
-    tokenizer = AutoTokenizer.from_pretrained(os.fspath(tokenizer_dir))
+    tokenizer = _checked_tokenizer(os.fspath(tokenizer_dir))
     source = (
         f"random-bert:layers={num_layers},hidden={hidden},heads={heads},intermediate={intermediate},"
         f"max_pos={max_position_embeddings},seed={seed},vocab={len(tokenizer)},opset={opset}"
@@ -397,7 +529,11 @@ def _write_bundle(
             "export_seconds": round(time.perf_counter() - t0, 1),
         }
         (tmp / BUNDLE_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        ours = _file_key(onnx_path)[1:]
         _publish(tmp, out_dir)
+        published = _file_key(out_dir / BUNDLE_ONNX)
+        if published[1:] == ours:  # our file (not a racing exporter's): just hashed, no need again
+            _VERIFIED[published] = str(meta["sha256"])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     LOGGER.info("exported %s -> %s in %.1f s, max |diff| %s", source, out_dir, time.perf_counter() - t0, diffs)
