@@ -244,3 +244,15 @@ def test_record_size_is_checked_before_parsing() -> None:
         RecordLimits(max_record_chars=0)
     with pytest.raises(ValueError, match="max_record_chars"):
         RecordLimits(max_record_chars="big")
+
+
+def test_feature_rejection_uses_the_errors_code() -> None:
+    from pipelines.records import feature_rejection, reject
+    from trt_handler.qa.windows import FeatureError
+
+    many = feature_rejection(FeatureError("context needs 900 windows", code="too_many_windows"), "raw", "q1")
+    assert reason_code(many) == "too_many_windows" and many.stage == "features" and many.example_id == "q1"
+    assert reason_code(feature_rejection(FeatureError("no tokens"), "raw")) == "feature_error"
+    assert reason_code(feature_rejection(ValueError("odd"), "raw")) == "feature_error"
+    r = reject("invalid_text", "bad \ud800 text", "raw \udfff", example_id="id\ud801")
+    assert (r.reason, r.raw, r.example_id) == ("invalid_text: bad \\ud800 text", "raw \\udfff", "id\\ud801")
