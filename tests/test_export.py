@@ -16,6 +16,7 @@ import onnx
 import onnx.numpy_helper
 import pytest
 
+from trt_handler.backends.onnx_runner import OnnxRunner
 from trt_handler.engines import export
 from trt_handler.engines.export import (
     BUNDLE_META,
@@ -25,7 +26,6 @@ from trt_handler.engines.export import (
     model_cache_key,
     resolve_model_bundle,
 )
-from trt_handler.backends.onnx_runner import OnnxRunner
 from trt_handler.qa.types import INPUT_NAMES, OUTPUT_NAMES, ModelBatch
 
 

@@ -114,7 +114,8 @@ def test_limits_reject_oversized_fields_and_can_be_disabled() -> None:
 def test_reject_refuses_unknown_codes() -> None:
     with pytest.raises(ValueError, match="unknown rejection code"):
         reject("oops", "x", "raw")
-    assert set(REASON_CODES) >= {"duplicate_id", "inference_failed", "incomplete_windows", "feature_error"}
+    assert set(REASON_CODES) >= {"duplicate_id", "inference_failed", "feature_error", "too_many_windows",
+                                 "number_too_long", "invalid_text", "parse_error"}
 
 
 SQUAD = {

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from trt_handler.qa.types import QAExample
 from trt_handler.qa.reading import (
     DataFormatError,
     example_from_record,
@@ -16,6 +15,7 @@ from trt_handler.qa.reading import (
     read_jsonl,
     read_squad_json,
 )
+from trt_handler.qa.types import QAExample
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "squad_sample.jsonl"
 
