@@ -3,15 +3,16 @@
     python -m benchmarks.check_bucketing_identical --data ../shared/data/squad/squad_B1.json \
         [--model ../shared/models/minilm-l6-squad2] [--cache-dir cache] [--limit N] [--fine suggest]
 
-Every question of ``--data`` is cut into windows and run through the real ONNX Runtime handler
-(``OnnxRuntimeQAHandler.run_inference``) twice or more:
+Every question of ``--data`` is cut into windows and run on ONNX Runtime through the production
+planner (``answer_batch.plan_model_calls`` / ``run_model_calls``, batches of ``--batch-windows``
+consecutive windows as Beam forms them) twice or more:
 
-- off: buckets (384,), batches of consecutive windows: every window padded to 384 tokens;
-- on: buckets 128/256/384, batches formed per bucket (``batching.LengthBucketBatcher``);
+- off: one bucket, 384: every window padded to 384 tokens;
+- on: buckets 128/256/384, each call padded to its longest window (rounded up to 8);
 - on_fine (``--fine``): the finer buckets (default: 6 derived from the data by
-  ``batching.suggest_buckets``), formed per bucket too.
+  ``batching.suggest_buckets``), padded the same way.
 
-Answers come from ``squad_answers.extract_answers``. The check compares each question's answer
+Answers come from ``qa.answers.extract_answers``. The check compares each question's answer
 text (and reports best-span text, n-best texts and scores) with bucketing off as the reference,
 and the largest |logit difference| of any window token: padding changes the matmul shapes, so the
 last bits may differ, while masked pads get exactly zero attention weight. Prints one JSON line
@@ -45,29 +46,27 @@ def pick_examples(examples: Sequence[Any], windows: Sequence[Any], limit: int, m
     return sorted(several + rest)
 
 
-def run_logits(windows: Sequence[Any], bundle: str, buckets: Sequence[int], batch: int, bucketed: bool,
-               threads: Optional[int]) -> Tuple[Dict[Key, Any], Dict[str, Any]]:
-    """Logits of every window through OnnxRuntimeQAHandler with these buckets; batches of
-    consecutive windows, or per bucket when ``bucketed``."""
-    from trt_handler.qa.batching import LengthBucketBatcher
-    from trt_handler.backends.handlers import OnnxRuntimeQAHandler, plan_model_calls
+def run_logits(windows: Sequence[Any], bundle: str, buckets: Sequence[int], batch: int, pad_to: str,
+               threads: Optional[int], batch_windows: int = 256) -> Tuple[Dict[Key, Any], Dict[str, Any]]:
+    """Logits of every window on ONNX Runtime, planned by ``answer_batch`` with these buckets."""
+    from trt_handler.answer_batch import BatchPlan, plan_model_calls, run_model_calls
+    from trt_handler.backends.onnx_runner import OnnxRunner
+    from trt_handler.engines.export import bundle_onnx_path
 
-    handler = OnnxRuntimeQAHandler(bundle, buckets=buckets, max_batch_size=batch, intra_op_threads=threads)
-    session = handler.load_model()
-    if bucketed:
-        batcher = LengthBucketBatcher(buckets, batch)
-        batches = [b for w in windows for b in [batcher.add(w)] if b] + batcher.flush()
-    else:
-        batches = [list(windows[i:i + batch]) for i in range(0, len(windows), batch)]
+    runner = OnnxRunner(bundle_onnx_path(bundle), intra_op_threads=threads)
+    plan = BatchPlan.for_buckets(buckets, batch, pad_to=pad_to)
     out: Dict[Key, Any] = {}
-    engine_tokens = 0
+    engine_tokens = calls = 0
     t0 = time.perf_counter()
-    for b in batches:
-        engine_tokens += sum(c.rows * c.seq_len for c in plan_model_calls(b, handler.buckets, batch))
-        for r in handler.run_inference(b, session):
-            out[(r.example.example_id, r.example.window_index)] = r.inference
+    for start in range(0, len(windows), batch_windows):
+        part = windows[start:start + batch_windows]
+        planned = plan_model_calls([w.length for w in part], plan)
+        engine_tokens += sum(c.rows * c.seq_len for c in planned)
+        calls += len(planned)
+        for w, lg in zip(part, run_model_calls(part, planned, runner)):
+            out[(w.example_id, w.window_index)] = lg
     stats = {"seconds": round(time.perf_counter() - t0, 1), "engine_tokens": engine_tokens,
-             "real_tokens": sum(w.length for w in windows), "batches": len(batches)}
+             "real_tokens": sum(w.length for w in windows), "model_calls": calls}
     return out, stats
 
 
@@ -99,9 +98,9 @@ def compare(ref_answers: Sequence[Any], answers: Sequence[Any], ref_logits: Dict
 def check(data: str, model: str, cache_dir: str, *, limit: int = 0, multi: int = 20, batch: int = 64,
           threads: Optional[int] = None, fine: str = "suggest") -> List[Dict[str, Any]]:
     """Run the modes and compare each with bucketing off; one result dict per compared mode."""
-    from trt_handler.qa.batching import suggest_buckets, validate_buckets
     from trt_handler.engines.export import resolve_model_bundle
     from trt_handler.qa.answers import extract_answers  # noqa: F401  (fail early when missing)
+    from trt_handler.qa.batching import suggest_buckets, validate_buckets
     from trt_handler.qa.reading import load_examples
     from trt_handler.qa.windows import FeatureError, WindowMaker, load_tokenizer
 
@@ -116,12 +115,12 @@ def check(data: str, model: str, cache_dir: str, *, limit: int = 0, multi: int =
     examples = [examples[i] for i in picked]
     windows = [all_windows[i] for i in picked]
     flat = [w for ws in windows for w in ws]
-    modes: Dict[str, Tuple[Sequence[int], bool]] = {"off": ((384,), False), "on": ((128, 256, 384), True)}
+    modes: Dict[str, Tuple[Sequence[int], str]] = {"off": ((384,), "bucket"), "on": ((128, 256, 384), "longest")}
     if fine == "suggest":
-        modes["on_fine"] = (suggest_buckets([w.length for ws in all_windows for w in ws], 6, 384, 32), True)
+        modes["on_fine"] = (suggest_buckets([w.length for ws in all_windows for w in ws], 6, 384, 32), "longest")
     elif fine and fine != "none":
-        modes["on_fine"] = (validate_buckets([int(x) for x in fine.split(",")]), True)
-    runs = {name: run_logits(flat, bundle, buckets, batch, bucketed, threads) for name, (buckets, bucketed) in modes.items()}
+        modes["on_fine"] = (validate_buckets([int(x) for x in fine.split(",")]), "longest")
+    runs = {name: run_logits(flat, bundle, buckets, batch, pad_to, threads) for name, (buckets, pad_to) in modes.items()}
     ref_logits, ref_stats = runs["off"]
     ref = answers_from(examples, windows, ref_logits)
     errors = [a for a in ref if isinstance(a, Exception)]

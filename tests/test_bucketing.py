@@ -1,9 +1,8 @@
-"""Length-bucketed batching end to end: what Beam 2.77's BatchElements really does with
-``length_fn``/``bucket_boundaries``, a bucketing DoFn that works on the batch path, the handler
-running each bucket on its own profile, the bucket helpers, context sharing in the features, and
-the acceptance: answers with bucketing on are IDENTICAL to bucketing off (ONNX Runtime, shared
-model, a B1 subset with multi-window questions; the full B1 run is
-``python -m benchmarks.check_bucketing_identical``).
+"""Length buckets: the bucket helpers, context sharing in the features, batched vs one-by-one
+answer extraction, and the acceptance: answers with bucketing on are IDENTICAL to bucketing off
+(ONNX Runtime, shared model, a B1 subset with multi-window questions; the full B1 run is
+``python -m benchmarks.check_bucketing_identical``). How a batch becomes model calls is tested in
+tests/test_answer_batch.py.
 
 Correctness only: no timing is asserted here (the figures come from ``benchmarks/``).
 """
@@ -13,24 +12,17 @@ from __future__ import annotations
 import itertools
 import random
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, List
 
-import apache_beam as beam
 import numpy as np
 import pytest
-from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
-from apache_beam.testing.util import assert_that
 
 from trt_handler.qa.batching import (
-    LengthBucketBatcher,
-    bucket_for,
     padded_tokens,
     suggest_buckets,
     uniform_buckets,
 )
-from trt_handler.backends.handlers import WindowQAHandler, plan_model_calls
-from trt_handler.engines.profiles import profiles_for_buckets
-from trt_handler.qa.types import ModelBatch, QAExample, Window, WindowLogits
+from trt_handler.qa.types import QAExample, Window, WindowLogits
 
 BUCKETS = (128, 256, 384)
 
@@ -42,169 +34,8 @@ def make_window(example_id: str, length: int, index: int = 0, num: int = 1) -> W
                   zeros.astype(bool), zeros.astype(bool))
 
 
-class ShapeSession:
-    """Records every model call's [batch, seq]; logits start = ids, end = -ids."""
-
-    def __init__(self) -> None:
-        self.shapes: List[Tuple[int, int]] = []
-
-    def run(self, batch: ModelBatch) -> Tuple[np.ndarray, np.ndarray]:
-        self.shapes.append(batch.shape)
-        x = batch.input_ids.astype(np.float32)
-        return x, -x
-
-
-# Lengths of the batches that reached run_inference (DirectRunner runs in this process).
-SEEN: List[List[int]] = []
-
-
-class RecordingHandler(WindowQAHandler[ShapeSession]):
-    def __init__(self, buckets: Sequence[int] = BUCKETS, max_batch_size: int = 16,
-                 max_batch_duration_secs: Optional[float] = None) -> None:
-        super().__init__(buckets=buckets, min_batch_size=1, max_batch_size=max_batch_size,
-                         max_batch_duration_secs=max_batch_duration_secs, large_model=False)
-
-    def load_model(self) -> ShapeSession:
-        return ShapeSession()
-
-    def get_metrics_namespace(self) -> str:
-        return "RecordingQA"
-
-    def run_inference(self, batch: Sequence[Window], model: ShapeSession,
-                      inference_args: Optional[Dict[str, Any]] = None) -> Any:
-        SEEN.append([w.length for w in batch])
-        return super().run_inference(batch, model, inference_args)
-
-
-class BucketedBatches(beam.DoFn):
-    """Reference implementation of the workaround for Beam's batch path: keyed windows -> lists of
-    at most ``max_batch`` keyed windows of ONE bucket each, full batches as they fill, partial ones
-    at the end of the bundle. Feed it to ``RunInference(KeyedModelHandler(h).with_no_batching())``.
-    (Proposed for pipelines/transforms.py; see docs/performance.md.)"""
-
-    def __init__(self, buckets: Sequence[int], max_batch: int):
-        self._buckets = tuple(buckets)
-        self._max_batch = max_batch
-        self._batcher: Optional[LengthBucketBatcher] = None
-
-    def start_bundle(self) -> None:
-        self._batcher = LengthBucketBatcher(self._buckets, self._max_batch, length_fn=lambda kv: kv[1].length)
-
-    def process(self, element: Tuple[str, Window]) -> Iterator[List[Tuple[str, Window]]]:
-        assert self._batcher is not None
-        full = self._batcher.add(element)
-        if full:
-            yield full
-
-    def finish_bundle(self) -> Iterator[Any]:
-        from apache_beam.transforms.window import GlobalWindows
-
-        assert self._batcher is not None
-        for batch in self._batcher.flush():
-            yield GlobalWindows.windowed_value_at_end_of_window(batch)
-
-
-def _windows(n: int, seed: int = 0) -> List[Window]:
-    rng = np.random.default_rng(seed)
-    return [make_window(f"q{i:04d}", int(rng.integers(5, 385))) for i in range(n)]
-
-
-def _bucket(n: int) -> int:
-    return bucket_for(n, BUCKETS)
-
-
-def _run_pipeline(windows: Sequence[Window], transform: beam.PTransform) -> List[List[int]]:
-    SEEN.clear()
-    expected = sorted(w.example_id for w in windows)
-
-    def all_once(keys: List[str]) -> None:
-        assert sorted(keys) == expected, "windows were lost or duplicated"
-
-    with beam.Pipeline() as p:
-        out = p | beam.Create([(w.example_id, w) for w in windows]) | transform
-        assert_that(out | beam.Map(lambda kv: kv[0]), all_once)
-    return list(SEEN)
-
-
-# --------------------------------------------------------------------------------------------
-# what Beam does
-
-
-def test_default_batch_path_ignores_length_fn_and_the_handler_regroups() -> None:
-    """BatchElements' default (batch) path ignores length_fn/bucket_boundaries: mixed batches reach
-    run_inference; the handler then runs one model call per bucket (padded to that bucket)."""
-    windows = _windows(150)
-    batches = _run_pipeline(windows, RunInference(KeyedModelHandler(RecordingHandler())))
-    assert sum(len(b) for b in batches) == len(windows)
-    assert any(len({_bucket(n) for n in b}) > 1 for b in batches), \
-        "Beam's default BatchElements path now keeps buckets apart: update docs/performance.md"
-    for b in batches:  # the handler's plan for each such batch: one call group per bucket
-        calls = plan_model_calls([make_window("x", n) for n in b], BUCKETS, 16)
-        assert all(c.seq_len == _bucket(max(b[i] for i in c.indices)) for c in calls)
-        assert len({c.seq_len for c in calls}) == len({_bucket(n) for n in b})
-
-
-def test_stateful_path_keeps_buckets_apart_and_flushes_partial_buckets() -> None:
-    """With max_batch_duration_secs (the streaming setting) BatchElements keys by (worker, bucket):
-    every batch holds one bucket; buckets that never fill a batch still come out (window end)."""
-    windows = _windows(100, seed=1)
-    batches = _run_pipeline(windows, RunInference(KeyedModelHandler(RecordingHandler(max_batch_duration_secs=0.05))))
-    assert sum(len(b) for b in batches) == len(windows)
-    assert all(len({_bucket(n) for n in b}) == 1 for b in batches)
-    assert all(len(b) <= 16 for b in batches)
-
-
-def test_bucketed_batches_dofn_with_no_batching_keeps_buckets_apart_on_the_batch_path() -> None:
-    """The workaround without Beam's stateful shuffle: a DoFn forms per-bucket batches (partial ones
-    at bundle end) and RunInference skips its own batching."""
-    windows = _windows(150, seed=2)
-    transform = (beam.ParDo(BucketedBatches(BUCKETS, 16))
-                 | RunInference(KeyedModelHandler(RecordingHandler()).with_no_batching()))
-    batches = _run_pipeline(windows, transform)
-    assert sum(len(b) for b in batches) == len(windows)
-    assert all(len({_bucket(n) for n in b}) == 1 for b in batches)
-    assert all(len(b) <= 16 for b in batches)
-    per_bucket = {bk: sum(1 for w in windows if _bucket(w.length) == bk) for bk in BUCKETS}
-    for bk, n in per_bucket.items():  # full batches of 16, then one partial batch per bucket
-        sizes = sorted((len(b) for b in batches if _bucket(b[0]) == bk), reverse=True)
-        assert sizes == [16] * (n // 16) + ([n % 16] if n % 16 else [])
-
-
-def test_handler_runs_each_bucket_on_its_profile() -> None:
-    """One model call per bucket group, padded to the matching engine profile's opt length."""
-    profiles = profiles_for_buckets((64, 128, 192, 256, 320, 384), 1, 8, 8)
-    windows = [make_window(f"w{i}", n) for i, n in enumerate([10, 300, 64, 65, 200, 384, 129, 1, 250, 321] * 2)]
-    session = ShapeSession()
-
-    class EngineLike(RecordingHandler):
-        def _profiles(self, model: ShapeSession) -> Any:
-            return profiles
-
-    handler = EngineLike(buckets=(64, 128, 192, 256, 320, 384), max_batch_size=8)
-    results = list(handler.run_inference(windows, session))
-    assert [r.example for r in results] == windows  # input order kept
-    for r in results:
-        np.testing.assert_array_equal(r.inference.start_logits, r.example.input_ids.astype(np.float32))
-    groups: Dict[int, int] = {}
-    for w in windows:
-        b = bucket_for(w.length, (64, 128, 192, 256, 320, 384))
-        groups[b] = groups.get(b, 0) + 1
-    assert sorted(session.shapes) == sorted((n, b) for b, n in groups.items())
-
-
 # --------------------------------------------------------------------------------------------
 # helpers in trt_handler.qa.batching
-
-
-def test_length_bucket_batcher() -> None:
-    batcher = LengthBucketBatcher(BUCKETS, 2, length_fn=int)
-    out = [batcher.add(x) for x in [10, 300, 20, 200, 130, 5, 384]]
-    assert out == [None, None, [10, 20], None, [200, 130], None, [300, 384]]
-    assert batcher.pending() == 1 and batcher.flush() == [[5]] and batcher.flush() == []
-    with pytest.raises(ValueError, match="longer than the largest bucket"):
-        batcher.add(385)
-    with pytest.raises(ValueError, match="max_batch"):
-        LengthBucketBatcher(BUCKETS, 0)
 
 
 def test_uniform_and_padded_tokens() -> None:

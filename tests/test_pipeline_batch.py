@@ -178,7 +178,9 @@ def test_help_lists_every_setting() -> None:
     assert proc.returncode == 0
     for flag in ("--input", "--output", "--model", "--backend", "--engine", "--cache-dir", "--show", "--eval",
                  "--bigquery-table", "--max-seq-length", "--doc-stride", "--max-query-length", "--n-best",
-                 "--max-answer-length", "--null-threshold", "--v1", "--buckets", "--min-batch", "--max-batch",
+                 "--max-answer-length", "--null-threshold", "--v1", "--buckets", "--max-batch", "--batch-windows",
+                 "--max-tokens", "--pad-to", "--inference-timeout-secs", "--torch-device", "--torch-dtype",
+                 "--gpu-count", "--share-model", "--allow-duplicate-ids",
                  "--max-context-chars"):
         assert flag in proc.stdout, flag
 
