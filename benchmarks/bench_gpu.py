@@ -1,0 +1,538 @@
+"""GPU benchmark for the PyTorch backend (any NVIDIA GPU; `make bench-gpu`).
+
+Two modes:
+
+``model`` (default): windows/s of a BERT-large-shaped QA model (24 layers, hidden 1024, 16 heads,
+intermediate 4096; random weights made in-process, speed only) in fp16 with SDPA attention, fed the
+window lengths of a real SQuAD split (questions sampled with a fixed seed, windowed by
+:class:`trt_handler.qa.windows.WindowMaker` with the bert-base-uncased vocab). Each padding scheme
+turns the window stream into model calls ``(batch, seq)``:
+
+- ``pad384``: batches of B in arrival order, every window padded to 384.
+- ``buckets3`` (128, 256, 384) and ``buckets6`` (128, 160, 192, 224, 288, 384): each window goes
+  to the smallest bucket that holds it; a bucket's batch is sent when it holds B windows, the
+  partial ones at the end of the stream (the best case of a bucketing handler: full batches).
+- ``pad8``: batches of B in arrival order, padded to the batch's longest window rounded up to 8
+  (sorting rows inside a batch changes nothing for a dense model, so this is "sorted within batch").
+- ``sorted_pad8``: the whole stream sorted by length, then as ``pad8`` (an offline upper bound:
+  least padding any B-sized batching can reach).
+
+Inputs for all calls are staged on the GPU first, so the figure is the model alone; the time of a
+pass is taken with CUDA events around it after a warm-up pass over the same shapes, median of
+``--repeats`` passes. One more pair of figures goes through :class:`TorchRunner` (numpy in, numpy
+out, pinned copies): ``run()`` one call at a time, and ``submit()`` with two calls in flight.
+
+``pipeline``: the Beam pipeline with ``--backend torch`` on one GPU, in the topology of a Dataflow
+worker (N independent harness processes feeding one GPU: N ``python -m pipelines.qa_batch``
+processes over N input shards) and with the DirectRunner's multi-process mode
+(``--direct_num_workers N --direct_running_mode multi_processing``). Measures aggregate
+questions/s over the wall time (process start and model load included), the GPU's busy share
+(``nvidia-smi utilization.gpu`` sampled every 0.5 s) and CPU cores used (``/proc/stat``).
+
+Every figure is one JSON line ``{"figure", "value", "unit", "device", ...}`` on stdout and in
+``--out`` (JSONL); a table follows at the end (and goes to ``--md`` if given).
+
+    python -m benchmarks.bench_gpu model --squad ../shared/data/squad/squad_A.json \\
+        --vocab ../shared/vocab/bert-base-uncased-vocab.txt --out benchmarks/results/gpu_model_only.jsonl
+    python -m benchmarks.bench_gpu pipeline --model DIR --squad F --questions 20000 --procs 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.common import emit  # noqa: E402
+from trt_handler.qa.types import QAExample  # noqa: E402
+
+SCHEMES: Dict[str, Optional[Tuple[int, ...]]] = {
+    "pad384": (384,),
+    "buckets3": (128, 256, 384),
+    "buckets6": (128, 160, 192, 224, 288, 384),
+    "pad8": None,
+    "sorted_pad8": None,
+}
+BERT_LARGE = {"layers": 24, "hidden": 1024, "heads": 16, "intermediate": 4096}
+
+
+# --------------------------------------------------------------------------------------------
+# data
+
+
+def squad_examples(path: Path) -> List[QAExample]:
+    """Questions of a SQuAD JSON file, in file order (plain json: no Beam needed)."""
+    doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    return [QAExample(qa["id"], qa["question"], para["context"],
+                      tuple(a["text"] for a in qa.get("answers", ())), qa.get("is_impossible"))
+            for art in doc["data"] for para in art["paragraphs"] for qa in para["qas"]]
+
+
+def _tokenizer_from_vocab(vocab: Path, out: Path) -> Path:
+    """The engines' ``tokenizer_from_vocab`` (it moved between modules: take whichever exists)."""
+    try:
+        from trt_handler.engines.build_cli import tokenizer_from_vocab
+    except ImportError:
+        from trt_handler.engines.build import tokenizer_from_vocab  # type: ignore[attr-defined,no-redef]
+    return Path(tokenizer_from_vocab(vocab, out))
+
+
+def window_lengths(squad: Path, vocab: Path, *, questions: int, seed: int, tokenizer_dir: Optional[Path] = None,
+                   max_seq_length: int = 384) -> List[int]:
+    """Real token counts of the windows of ``questions`` questions sampled from ``squad`` (stream order)."""
+    from trt_handler.qa.windows import FeatureConfig, FeatureError, WindowMaker, load_tokenizer
+
+    examples = squad_examples(squad)
+    rng = random.Random(seed)
+    if questions and questions < len(examples):
+        examples = rng.sample(examples, questions)
+    else:
+        rng.shuffle(examples)
+    tok_dir = tokenizer_dir or Path(tempfile.gettempdir()) / "trt_qa_bench_tokenizer"
+    maker = WindowMaker(load_tokenizer(_tokenizer_from_vocab(vocab, tok_dir)), FeatureConfig(max_seq_length=max_seq_length))
+    lengths: List[int] = []
+    for result in maker.windows_many(examples):
+        if not isinstance(result, FeatureError):
+            lengths.extend(w.length for w in result)
+    return lengths
+
+
+def _round_up(n: int, k: int) -> int:
+    return -(-n // k) * k
+
+
+def plan_calls(lengths: Sequence[int], scheme: str, batch: int) -> List[List[int]]:
+    """The model calls of a scheme: each call is the list of its windows' lengths; the padded length
+    is :func:`call_seq` of it."""
+    if scheme in ("pad8", "pad384"):
+        return [list(lengths[i:i + batch]) for i in range(0, len(lengths), batch)]
+    if scheme == "sorted_pad8":
+        ordered = sorted(lengths)
+        return [ordered[i:i + batch] for i in range(0, len(ordered), batch)]
+    buckets = SCHEMES[scheme]
+    assert buckets is not None
+    open_: Dict[int, List[int]] = {b: [] for b in buckets}
+    calls: List[List[int]] = []
+    for n in lengths:
+        b = next(x for x in buckets if n <= x)
+        open_[b].append(n)
+        if len(open_[b]) == batch:
+            calls.append(open_.pop(b))
+            open_[b] = []
+    calls.extend(v for v in open_.values() if v)
+    return calls
+
+
+def call_seq(scheme: str, call: Sequence[int]) -> int:
+    longest = max(call)
+    if scheme in ("pad8", "sorted_pad8"):
+        return _round_up(longest, 8)
+    buckets = SCHEMES[scheme]
+    assert buckets is not None
+    return next(x for x in buckets if longest <= x)
+
+
+# --------------------------------------------------------------------------------------------
+# model-only
+
+
+def _random_bert(torch: Any, vocab_size: int, shape: Dict[str, int], dtype: Any, device: Any) -> Any:
+    from transformers import BertConfig, BertForQuestionAnswering
+
+    config = BertConfig(vocab_size=vocab_size, hidden_size=shape["hidden"], num_hidden_layers=shape["layers"],
+                        num_attention_heads=shape["heads"], intermediate_size=shape["intermediate"],
+                        max_position_embeddings=512)
+    torch.manual_seed(0)
+    with torch.device(device):  # weights made on the GPU: seconds instead of a CPU init of 335M params
+        model = BertForQuestionAnswering._from_config(config, attn_implementation="sdpa", dtype=dtype)
+    return model.eval()
+
+
+def _stage(torch: Any, calls: List[List[int]], seqs: List[int], vocab: int, device: Any, seed: int) -> List[Tuple[Any, Any, Any]]:
+    """Device tensors (ids, mask, types) per call, rows masked to their real lengths."""
+    gen = torch.Generator().manual_seed(seed)
+    staged = []
+    for call, s in zip(calls, seqs):
+        b = len(call)
+        lens = torch.tensor(call)
+        pos = torch.arange(s)
+        mask = (pos[None, :] < lens[:, None]).long()
+        ids = torch.randint(1000, vocab, (b, s), generator=gen) * mask
+        ids[:, 0] = 101
+        types = ((pos[None, :] >= (lens[:, None] // 3)) & mask.bool()).long()
+        staged.append((ids.to(device), mask.to(device), types.to(device)))
+    return staged
+
+
+def _time_pass(torch: Any, model: Any, staged: Sequence[Tuple[Any, Any, Any]]) -> float:
+    if staged and staged[0][0].device.type == "cpu":  # smoke runs without a GPU
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for ids, mask, types in staged:
+                model(input_ids=ids, attention_mask=mask, token_type_ids=types)
+        return time.perf_counter() - t0
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    with torch.inference_mode():
+        start.record()
+        for ids, mask, types in staged:
+            model(input_ids=ids, attention_mask=mask, token_type_ids=types)
+        end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3
+
+
+def _runner_figures(torch: Any, model: Any, calls: List[List[int]], seqs: List[int], repeats: int, vocab: int,
+                    base: Dict[str, Any], rows: List[Dict[str, Any]]) -> None:
+    """The same calls through TorchRunner: numpy in/out, pinned non-blocking copies, events."""
+    import numpy as np
+
+    from trt_handler.backends.torch_runner import TorchRunner
+    from trt_handler.qa.types import ModelBatch
+
+    runner = TorchRunner.from_model(model, device=str(base["torch_device"]), dtype="fp16")
+    rng = np.random.default_rng(0)
+    batches = []
+    for call, s in zip(calls, seqs):
+        lens = np.asarray(call)[:, None]
+        pos = np.arange(s)[None, :]
+        mask = (pos < lens).astype(np.int32)
+        ids = (rng.integers(1000, vocab, (len(call), s)) * mask).astype(np.int32)
+        ids[:, 0] = 101
+        types = ((pos >= lens // 3) & (mask > 0)).astype(np.int32)
+        batches.append(ModelBatch(ids, mask, types))
+    windows = sum(len(c) for c in calls)
+
+    def serial() -> None:
+        for b in batches:
+            runner.run(b)
+
+    def overlapped(depth: int = 2) -> None:
+        inflight: List[Any] = []
+        for b in batches:
+            inflight.append(runner.submit(b))
+            if len(inflight) >= depth:
+                inflight.pop(0).result()
+        for p in inflight:
+            p.result()
+
+    for name, fn in (("runner_run", serial), ("runner_submit_depth2", overlapped)):
+        fn()  # warm-up
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        med = statistics.median(times)
+        rows.append(emit(f"torch_fp16_{name}", windows / med, "windows/s", **base, mode=name,
+                         seconds_median=med, seconds_all=times))
+
+
+def bench_model(args: argparse.Namespace) -> List[Dict[str, Any]]:
+    import torch
+
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit("bench_gpu model needs a CUDA GPU visible to PyTorch (torch.cuda.is_available() is False); "
+                         "--device cpu with a small --layers/--hidden is a smoke test only")
+    if cuda:
+        torch.cuda.set_device(device)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    t0 = time.perf_counter()
+    lengths = window_lengths(Path(args.squad), Path(args.vocab), questions=args.sample_questions, seed=args.seed)
+    print(f"# {len(lengths)} windows from {args.sample_questions} sampled questions of {args.squad} "
+          f"(mean {statistics.mean(lengths):.1f} tokens, max {max(lengths)}) in {time.perf_counter() - t0:.1f}s",
+          file=sys.stderr, flush=True)
+    vocab = 30522
+    shape = {k: getattr(args, k) for k in BERT_LARGE}
+    model = _random_bert(torch, vocab, shape, dtype, device)
+    base = {
+        "device": torch.cuda.get_device_name(device) if cuda else "cpu (smoke test)", "torch_device": str(device), "dtype": args.dtype,
+        "attn": model.config._attn_implementation, "model_shape": shape, "torch": torch.__version__,
+        "cuda": torch.version.cuda, "squad": Path(args.squad).name, "sampled_questions": args.sample_questions,
+        "windows": len(lengths), "real_tokens": int(sum(lengths)), "repeats": args.repeats,
+    }
+    rows: List[Dict[str, Any]] = []
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    schemes = [s for s in args.schemes.split(",")]
+    for scheme in schemes:
+        if scheme not in SCHEMES:
+            raise SystemExit(f"unknown scheme {scheme!r}; choose from {', '.join(SCHEMES)}")
+        for b in batch_sizes:
+            calls = plan_calls(lengths, scheme, b)
+            seqs = [call_seq(scheme, c) for c in calls]
+            staged = _stage(torch, calls, seqs, vocab, device, args.seed)
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(device)
+            _time_pass(torch, model, staged)  # warm-up over every shape of this plan
+            times = [_time_pass(torch, model, staged) for _ in range(args.repeats)]
+            med = statistics.median(times)
+            padded = sum(len(c) * s for c, s in zip(calls, seqs))
+            rows.append(emit("model_only_windows_per_s", len(lengths) / med, "windows/s", **base, scheme=scheme,
+                             buckets=SCHEMES[scheme], batch=b, calls=len(calls), distinct_shapes=len(set(
+                                 (len(c), s) for c, s in zip(calls, seqs))), padded_tokens=padded,
+                             pad_share=1 - base["real_tokens"] / padded, seconds_median=med, seconds_all=times,
+                             real_tokens_per_s=base["real_tokens"] / med,
+                             peak_mem_gib=torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None))
+            del staged
+    if args.runner_check:
+        calls = plan_calls(lengths, "buckets3", 64)
+        _runner_figures(torch, model, calls, [call_seq("buckets3", c) for c in calls], args.repeats, vocab,
+                        {**base, "scheme": "buckets3", "batch": 64}, rows)
+    return rows
+
+
+def _shape_name(shape: Dict[str, int]) -> str:
+    text = f"{shape['layers']}L/{shape['hidden']}H/{shape['heads']}A/{shape['intermediate']}I"
+    return f"BERT-large ({text})" if shape == BERT_LARGE else text
+
+
+def model_table(rows: Sequence[Dict[str, Any]]) -> str:
+    model_rows = [r for r in rows if r["figure"] == "model_only_windows_per_s"]
+    if not model_rows:
+        return ""
+    r0 = model_rows[0]
+    batches = sorted({r["batch"] for r in model_rows})
+    schemes = list(dict.fromkeys(r["scheme"] for r in model_rows))
+    lines = [f"Model only, windows/s — {r0['device']}, model {_shape_name(r0['model_shape'])} {r0['dtype']} {r0['attn']}, torch "
+             f"{r0['torch']} CUDA {r0['cuda']}; {r0['windows']} windows of {r0['sampled_questions']} questions "
+             f"sampled from {r0['squad']} (median of {r0['repeats']})", "",
+             "| scheme | " + " | ".join(f"B={b}" for b in batches) + " | padding share (B=64) |",
+             "|---|" + "---:|" * len(batches) + "---:|"]
+    for s in schemes:
+        cells = []
+        pad = ""
+        for b in batches:
+            hit = [r for r in model_rows if r["scheme"] == s and r["batch"] == b]
+            cells.append(f"{hit[0]['value']:.0f}" if hit else "")
+            if hit and b == 64:
+                pad = f"{hit[0]['pad_share']:.0%}"
+        lines.append(f"| {s} | " + " | ".join(cells) + f" | {pad} |")
+    for r in rows:
+        if r["figure"].startswith("torch_fp16_runner"):
+            lines.append(f"\nTorchRunner ({r['mode']}, buckets3, B=64, numpy in/out): {r['value']:.0f} windows/s")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# pipeline (needs `--backend torch` in pipelines.qa_batch)
+
+
+def write_shards(squad: Path, questions: int, shards: int, folder: Path) -> List[Path]:
+    """Replicate the split's questions (ids made unique: ``<id>~r<k>``) up to ``questions``, dealt
+    round-robin into ``shards`` JSONL files."""
+    examples = squad_examples(squad)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"shard-{i:03d}.jsonl" for i in range(shards)]
+    files = [p.open("w", encoding="utf-8") for p in paths]
+    try:
+        for n in range(questions):
+            ex = examples[n % len(examples)]
+            rec = {"id": f"{ex.id}~r{n // len(examples)}", "question": ex.question, "context": ex.context,
+                   "answers": list(ex.answers)}
+            files[n % shards].write(json.dumps(rec) + "\n")
+    finally:
+        for f in files:
+            f.close()
+    return paths
+
+
+class Sampler:
+    """GPU utilization (nvidia-smi, every ``period`` s) and host CPU busy time (/proc/stat) over a run."""
+
+    def __init__(self, period: float = 0.5, gpu_index: int = 0):
+        self.period, self.gpu_index = period, gpu_index
+        self.gpu: List[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    @staticmethod
+    def _cpu_jiffies() -> Tuple[int, int]:
+        with open("/proc/stat", encoding="ascii") as f:
+            vals = [int(x) for x in f.readline().split()[1:]]
+        idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
+        return sum(vals) - idle, sum(vals)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                out = subprocess.run(["nvidia-smi", f"--id={self.gpu_index}", "--query-gpu=utilization.gpu",
+                                      "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=5)
+                self.gpu.append(float(out.stdout.strip().splitlines()[0]))
+            except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+                pass
+            self._stop.wait(self.period)
+
+    def __enter__(self) -> Sampler:
+        self._t0 = time.perf_counter()
+        self._cpu0 = self._cpu_jiffies()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.wall = time.perf_counter() - self._t0
+        busy1, _ = self._cpu_jiffies()
+        self.cpu_cores_used = (busy1 - self._cpu0[0]) / os.sysconf("SC_CLK_TCK") / self.wall
+
+    @property
+    def gpu_busy(self) -> Optional[float]:
+        return statistics.mean(self.gpu) / 100 if self.gpu else None
+
+
+def _qa_cmd(model: str, inp: Path, out: Path, extra: Sequence[str]) -> List[str]:
+    return [sys.executable, "-m", "pipelines.qa_batch", "--backend", "torch", "--model", model,
+            "--torch-device", "cuda", "--torch-dtype", "fp16", "--input", str(inp), "--output", str(out), *extra]
+
+
+def bench_pipeline(args: argparse.Namespace) -> List[Dict[str, Any]]:
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench_gpu_pipeline_"))
+    if args.random_bert_large:
+        args.model = str(make_random_checkpoint(Path(args.model), Path(args.vocab)))
+    extra = list(args.extra or ())
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    device = _gpu_name()
+    rows: List[Dict[str, Any]] = []
+    for procs in [int(p) for p in args.procs.split(",")]:
+        base = {"device": device, "questions": args.questions, "procs": procs, "model": args.model, "extra": extra}
+        if "independent" in args.modes:
+            shards = write_shards(Path(args.squad), args.questions, procs, work / f"in-{procs}")
+            with Sampler() as s:
+                running = [subprocess.Popen(_qa_cmd(args.model, p, work / f"out-{procs}" / p.stem, extra), env=env,
+                                            stdout=subprocess.DEVNULL, stderr=open(work / f"{p.stem}-{procs}.log", "w"))
+                           for p in shards]
+                codes = [p.wait() for p in running]
+            if any(codes):
+                raise SystemExit(f"qa_batch exited {codes}; logs in {work}")
+            rows.append(emit("pipeline_questions_per_s", args.questions / s.wall, "questions/s", **base,
+                             mode="independent_processes", wall_s=s.wall, gpu_busy_share=s.gpu_busy,
+                             gpu_samples=len(s.gpu), cpu_cores_used=s.cpu_cores_used))
+        if "direct" in args.modes:
+            (single,) = write_shards(Path(args.squad), args.questions, 1, work / f"in-direct-{procs}")
+            cmd = _qa_cmd(args.model, single, work / f"out-direct-{procs}" / "answers", extra) + [
+                "--direct_num_workers", str(procs), "--direct_running_mode", "multi_processing"]
+            with Sampler() as s:
+                code = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL,
+                                      stderr=open(work / f"direct-{procs}.log", "w")).returncode
+            if code:
+                raise SystemExit(f"qa_batch (DirectRunner multi_processing) exited {code}; log in {work}")
+            rows.append(emit("pipeline_questions_per_s", args.questions / s.wall, "questions/s", **base,
+                             mode="direct_multi_processing", wall_s=s.wall, gpu_busy_share=s.gpu_busy,
+                             gpu_samples=len(s.gpu), cpu_cores_used=s.cpu_cores_used))
+    return rows
+
+
+def _gpu_name() -> str:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=10)
+        return out.stdout.strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def _pct(x: Optional[float]) -> str:
+    return "n/a" if x is None else f"{x:.0%}"
+
+
+def make_random_checkpoint(out: Path, vocab: Path, shape: Dict[str, int] = BERT_LARGE) -> Path:
+    """A Hugging Face QA checkpoint folder (fp16 weights + tokenizer) of ``shape`` with seeded random
+    weights, for pipeline speed runs where answers do not matter; reused when present."""
+    if (out / "config.json").is_file():
+        return out
+    import torch
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(_tokenizer_from_vocab(vocab, out.parent / (out.name + "_tokenizer"))))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = _random_bert(torch, len(tok), shape, torch.float16, device)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    return out
+
+
+def pipeline_table(rows: Sequence[Dict[str, Any]]) -> str:
+    rows = [r for r in rows if r["figure"] == "pipeline_questions_per_s"]
+    if not rows:
+        return ""
+    lines = [f"Pipeline (--backend torch, fp16) — {rows[0]['device']}, {rows[0]['questions']} questions", "",
+             "| mode | procs | questions/s | wall s | GPU busy | CPU cores used |", "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['mode']} | {r['procs']} | {r['value']:.1f} | {r['wall_s']:.1f} | "
+                     f"{_pct(r['gpu_busy_share'])} | {r['cpu_cores_used']:.1f} |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="mode")
+    m = sub.add_parser("model", help="model-only windows/s over padding schemes and batch sizes (default)")
+    m.add_argument("--squad", default=str(REPO.parent / "shared/data/squad/squad_A.json"))
+    m.add_argument("--vocab", default=str(REPO.parent / "shared/vocab/bert-base-uncased-vocab.txt"))
+    m.add_argument("--sample-questions", type=int, default=2000, help="questions sampled from the split (0 = all)")
+    m.add_argument("--batch-sizes", default="16,32,64,128")
+    m.add_argument("--schemes", default=",".join(SCHEMES))
+    m.add_argument("--repeats", type=int, default=3)
+    m.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16")
+    m.add_argument("--device", default="cuda:0")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--no-runner-check", dest="runner_check", action="store_false",
+                   help="skip the TorchRunner run()/submit() figures")
+    for k, v in BERT_LARGE.items():
+        m.add_argument(f"--{k}", type=int, default=v)
+    pl = sub.add_parser("pipeline", help="Beam pipeline --backend torch: N processes feeding one GPU")
+    pl.add_argument("--model", required=True, help="Hugging Face QA checkpoint folder")
+    pl.add_argument("--random-bert-large", action="store_true",
+                    help="make --model first (if absent): BERT-large shape, random weights, fp16, --vocab tokenizer")
+    pl.add_argument("--vocab", default=str(REPO.parent / "shared/vocab/bert-base-uncased-vocab.txt"))
+    pl.add_argument("--squad", default=str(REPO.parent / "shared/data/squad/squad_A.json"))
+    pl.add_argument("--questions", type=int, default=20000, help="questions in all (the split replicated, ids unique)")
+    pl.add_argument("--procs", default="1,2,4", help="process counts to try, comma-separated")
+    pl.add_argument("--modes", default="independent,direct", help="independent and/or direct")
+    pl.add_argument("--work-dir", default=None)
+    pl.add_argument("extra", nargs="*", help="after --: more pipelines.qa_batch arguments (e.g. --max-batch 64)")
+    for q in (m, pl):
+        q.add_argument("--out", default=None, help="append the JSON lines here")
+        q.add_argument("--md", default=None, help="write the table here (markdown)")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["model", *argv]
+    args = _parser().parse_args(argv)
+    rows = bench_model(args) if args.mode == "model" else bench_pipeline(args)
+    table = model_table(rows) if args.mode == "model" else pipeline_table(rows)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.out, "a", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+    if args.md:
+        Path(args.md).write_text(table + "\n", encoding="utf-8")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
