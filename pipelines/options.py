@@ -8,6 +8,7 @@ one command line configures both the QA transforms and the runner.
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -45,6 +46,7 @@ class QASettings:
     max_seq_length: int = 384
     doc_stride: int = 128
     max_query_length: int = 64
+    max_windows_per_question: Optional[int] = 128
     n_best: int = 20
     max_answer_length: int = 30
     null_threshold: float = 0.0
@@ -92,7 +94,8 @@ class QASettings:
     def feature_config(self):  # -> FeatureConfig (import kept lazy: it pulls in the tokenizer stack)
         from trt_handler.qa.windows import FeatureConfig
 
-        return FeatureConfig(self.max_seq_length, self.doc_stride, self.max_query_length)
+        return FeatureConfig(self.max_seq_length, self.doc_stride, self.max_query_length,
+                             max_windows_per_question=self.max_windows_per_question)
 
     def answer_config(self):  # -> AnswerConfig
         from trt_handler.qa.answers import AnswerConfig
@@ -149,6 +152,8 @@ def add_qa_arguments(parser: argparse.ArgumentParser) -> None:
     f.add_argument("--max-seq-length", type=int, default=384, help="tokens per window (default 384)")
     f.add_argument("--doc-stride", type=int, default=128, help="context tokens shared by neighbouring windows (default 128)")
     f.add_argument("--max-query-length", type=int, default=64, help="question tokens kept (default 64)")
+    f.add_argument("--max-windows-per-question", type=_optional_limit, default=128,
+                   help="a longer context is dead-lettered as too_many_windows; 0 = no limit (default 128)")
 
     a = parser.add_argument_group("answers")
     a.add_argument("--n-best", type=int, default=20, help="candidates per window and n-best list size (default 20)")
@@ -178,7 +183,7 @@ def add_qa_arguments(parser: argparse.ArgumentParser) -> None:
 
 # QASettings fields set from the flag of the same name (its argparse dest), unchanged.
 _SAME_NAME_FIELDS = (
-    "backend", "engine", "max_seq_length", "doc_stride", "max_query_length", "n_best", "max_answer_length",
+    "backend", "engine", "max_seq_length", "doc_stride", "max_query_length", "max_windows_per_question", "n_best", "max_answer_length",
     "null_threshold", "buckets", "max_batch", "batch_windows", "max_tokens", "pad_to", "onnx_threads",
     "engine_cache_dir", "feature_batch", "inference_timeout_secs", "torch_device", "torch_dtype", "gpu_count",
     "share_model",
@@ -214,9 +219,29 @@ def settings_or_exit(parser: argparse.ArgumentParser, args: argparse.Namespace, 
     """:func:`resolve_model` then :func:`settings_from_args`; a model that cannot be found or a bad
     combination of settings is a usage error (``parser.error``: message, exit status 2)."""
     try:
-        return settings_from_args(args, resolve_model(args.model, args.cache_dir, args.backend), **overrides)
-    except (ValueError, FileNotFoundError) as exc:
+        model_dir = resolve_model(args.model, args.cache_dir, args.backend)
+        check_model(model_dir, args.backend)
+        return settings_from_args(args, model_dir, **overrides)
+    except (ValueError, FileNotFoundError, OSError) as exc:
         parser.error(str(exc))
+
+
+def check_model(model_dir: str, backend: str) -> None:
+    """The launch check, before any data flows: a local ONNX bundle must match its recorded hash
+    and hold a real tokenizer; a local checkpoint (torch, tensorrt) a real tokenizer. Remote
+    models are checked by the workers when they load them."""
+    from apache_beam.io.filesystems import FileSystems
+
+    if FileSystems.get_scheme(model_dir) not in (None, "file") or not os.path.isdir(model_dir):
+        return
+    if backend == "onnx":
+        from trt_handler.engines.export import check_model_bundle
+
+        check_model_bundle(model_dir)
+    else:
+        from trt_handler.qa.windows import load_tokenizer
+
+        load_tokenizer(model_dir)
 
 
 def split_argv(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, List[str]]:

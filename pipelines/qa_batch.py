@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -62,14 +63,59 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _has_gold(example: QAExample) -> bool:
+    """Gold answers, or SQuAD v2's explicit "unanswerable": a question the metric can score."""
+    return bool(example.answers) or example.is_impossible is True
+
+
 def _metric_json(pairs: List[Tuple[QAExample, Answer]]) -> str:
-    """The official SQuAD metric of the answered questions as one JSON line (empty input: total 0)."""
+    """The official SQuAD metric of the answered questions that carry gold as one JSON line;
+    ``unscored`` counts answered questions without gold (not scored as unanswerable)."""
     from trt_handler.evaluate import metric_for_answers
 
-    if not pairs:
-        return json.dumps({"total": 0})
-    examples = sorted((ex for ex, _ in pairs), key=lambda ex: ex.id)
-    return json.dumps(metric_for_answers(examples, {ex.id: a for ex, a in pairs}), sort_keys=True)
+    scored = [(ex, a) for ex, a in pairs if _has_gold(ex)]
+    if not scored:
+        return json.dumps({"total": 0, "unscored": len(pairs)})
+    examples = sorted((ex for ex, _ in scored), key=lambda ex: ex.id)
+    metric = metric_for_answers(examples, {ex.id: a for ex, a in scored})
+    return json.dumps({**metric, "unscored": len(pairs) - len(scored)}, sort_keys=True)
+
+
+def check_input(path: str) -> None:
+    """Refuse, before the pipeline is built, an input that matches no file or is a folder."""
+    from apache_beam.io.filesystems import FileSystems
+
+    if FileSystems.get_scheme(path) in (None, "file") and os.path.isdir(path):
+        raise ValueError(f"--input {path} is a folder; pass a file or a glob such as {path.rstrip('/')}/*.jsonl")
+    try:
+        matched = FileSystems.match([path])[0].metadata_list
+    except Exception as exc:  # noqa: BLE001 - Beam raises its own BeamIOError types
+        raise ValueError(f"--input {path} cannot be listed: {exc}") from None
+    if not matched:
+        raise ValueError(f"--input {path} matches no file; check the path (globs are allowed)")
+
+
+def replace_earlier_outputs(prefix: str) -> int:
+    """Delete what an earlier run wrote at this output prefix (answer and dead-letter shards, the
+    metric, the shown answers), so a run's outputs never mix with stale ones; returns how many.
+    Also makes the local output folder, failing in one sentence when it cannot."""
+    from apache_beam.io.filesystems import FileSystems
+
+    if FileSystems.get_scheme(prefix) in (None, "file"):
+        folder = os.path.dirname(os.path.abspath(prefix))
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"--output {prefix}: cannot create the folder {folder} ({exc.strerror})") from None
+        if not os.access(folder, os.W_OK):
+            raise ValueError(f"--output {prefix}: the folder {folder} is not writable")
+    patterns = [f"{prefix}-[0-9]*-of-[0-9]*.jsonl", f"{prefix}-rejected-[0-9]*-of-[0-9]*.jsonl",
+                f"{prefix}-metric.json", f"{prefix}-show.jsonl"]
+    stale = [m.path for r in FileSystems.match(patterns) for m in r.metadata_list]
+    if stale:
+        FileSystems.delete(stale)
+        LOGGER.warning("replaced %d files of an earlier run at %s", len(stale), prefix)
+    return len(stale)
 
 
 def _show_line(pair: Tuple[QAExample, Answer]) -> str:
@@ -152,6 +198,11 @@ def run(argv: Optional[Sequence[str]] = None, handler: Any = None) -> Dict[str, 
     if args.show < 0:
         parser.error("--show must be 0 or more")
     settings = settings_or_exit(parser, args)
+    try:
+        check_input(args.input)
+        replace_earlier_outputs(args.output)
+    except ValueError as exc:
+        parser.error(str(exc))
     options = PipelineOptions(beam_args)
     t0 = time.perf_counter()
     p = beam.Pipeline(options=options)
@@ -184,19 +235,41 @@ class _QuietBeamNoise(logging.Filter):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    """Exit 0 when questions were answered; 1 when every record was rejected (or nothing could be
+    scored with --eval); 2 for a usage error; 3 when the run itself failed (one paragraph; the
+    traceback with --verbose)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = "--verbose" in argv
+    argv = [a for a in argv if a != "--verbose"]
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(_QuietBeamNoise())
-    outcome = run(argv)
+    try:
+        outcome = run(argv)
+    except Exception as exc:  # noqa: BLE001 - one paragraph for a person, the traceback on request
+        if verbose:
+            raise
+        print(f"error: the pipeline failed: {type(exc).__name__}: {_first_lines(exc)}\n"
+              "(run again with --verbose for the traceback)", file=sys.stderr)
+        return 3
     _print_shown(outcome["shown"])
-    print(summary_line(outcome["counters"], outcome["seconds"]))
+    counts = outcome["counters"]
+    print(summary_line(counts, outcome["seconds"]))
+    if counts.get("records_read", 0) and not counts.get("answered", 0):
+        print("error: every record was rejected; see the dead letters (OUTPUT-rejected-*.jsonl)", file=sys.stderr)
+        return 1
     metric = outcome["metric"]
     if metric is not None:
         if not metric.get("total"):
-            print("error: no question was answered, so there is no metric; see the rejected records", file=sys.stderr)
+            print("error: no answered question carries gold answers, so there is no metric", file=sys.stderr)
             return 1
         print(json.dumps(metric, sort_keys=True))  # the last line: the SQuAD metric
     return 0
+
+
+def _first_lines(exc: BaseException, limit: int = 600) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 if __name__ == "__main__":

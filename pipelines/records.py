@@ -30,7 +30,7 @@ from trt_handler.qa.reading import (
     load_json,
     lone_surrogate,
 )
-from trt_handler.qa.types import Answer, QAExample, Rejection, Window, WindowLogits
+from trt_handler.qa.types import Answer, QAExample, Rejection
 
 __all__ = [
     "ANSWER_BQ_SCHEMA",
@@ -38,8 +38,6 @@ __all__ = [
     "REJECTED_BQ_SCHEMA",
     "RecordLimits",
     "answer_row",
-    "assemble_answer",
-    "duplicate_rejections",
     "feature_rejection",
     "parse_record",
     "raw_text",
@@ -68,7 +66,7 @@ REASON_CODES: Tuple[str, ...] = (
     "feature_error",  # the tokenizer could not make windows (WindowMaker)
     "too_many_windows",  # the context needs more windows than FeatureConfig.max_windows_per_question
     "inference_failed",  # the model handler raised for a batch holding this question
-    "incomplete_windows",  # not all of the question's windows came back (bounded wait)
+    "inference_timeout",  # the model call for a batch holding this question ran past the timeout
     "answer_error",  # answer extraction raised
     "parse_error",  # the parser itself failed on this record (a bug: the reason names the exception)
 )
@@ -356,57 +354,6 @@ def _dump(obj: Any) -> str:
     if lone_surrogate(text) >= 0:
         text = json.dumps(obj, ensure_ascii=True, default=repr)
     return text
-
-
-def duplicate_rejections(example_id: str, raws: Sequence[str]) -> Tuple[str, List[Rejection]]:
-    """For records sharing one id: the one to answer and a rejection for each other one.
-
-    Records are ordered by their raw text so the choice does not depend on how a runner happened to
-    order them; outputs keyed by id stay unique.
-    """
-    if not raws:
-        raise ValueError(f"no records for id {example_id!r}")
-    ordered = sorted(raws)
-    rejections = [
-        reject("duplicate_id", f"id {example_id!r} appears {len(ordered)} times; one of them is answered",
-               r, stage="dedupe", example_id=example_id)
-        for r in ordered[1:]
-    ]
-    return ordered[0], rejections
-
-
-def assemble_answer(
-    example: QAExample,
-    raw: str,
-    num_windows: int,
-    results: Sequence[Tuple[Window, WindowLogits]],
-    failures: Sequence[str],
-    answer_config: Any = None,
-) -> Union[Answer, Rejection]:
-    """Answer a question from all its window results, or say why it cannot be answered.
-
-    ``results`` may come in any order and may repeat a window (a retried bundle); ``failures`` are
-    inference errors for batches that held one of its windows. Only a question with every window
-    ``0 .. num_windows-1`` present and no failure is answered.
-    """
-    from trt_handler.qa.answers import AnswerConfig, extract_answer
-
-    if failures:
-        return reject("inference_failed", f"inference failed for a batch holding this question: {failures[0]}",
-                      raw, stage="inference", example_id=example.id)
-    by_index: Dict[int, Tuple[Window, WindowLogits]] = {}
-    for window, logits in results:
-        by_index.setdefault(window.window_index, (window, logits))
-    missing = sorted(set(range(num_windows)) - set(by_index))
-    if missing:
-        return reject("incomplete_windows", f"{len(by_index)} of {num_windows} windows came back (missing {missing[:10]})",
-                      raw, stage="regroup", example_id=example.id)
-    ordered = [by_index[i] for i in range(num_windows)]
-    try:
-        return extract_answer(example, [w for w, _ in ordered], [lg for _, lg in ordered], answer_config or AnswerConfig())
-    except Exception as exc:  # noqa: BLE001 - any failure of one question is that question's dead letter
-        return reject("answer_error", f"answer extraction failed: {type(exc).__name__}: {exc}",
-                      raw, stage="answer", example_id=example.id)
 
 
 def _finite(x: float) -> Optional[float]:

@@ -34,6 +34,7 @@ from pipelines.records import (
     ANSWER_BQ_SCHEMA,
     REJECTED_BQ_SCHEMA,
     answer_row,
+    feature_rejection,
     parse_record,
     raw_text,
     reason_code,
@@ -248,9 +249,8 @@ class _MakeQuestions(beam.DoFn):
         results = self._windows_many([ex for _, ex in batch])
         for (raw, ex), windows in zip(batch, results):
             if isinstance(windows, Exception) or not windows:
-                why = f"{type(windows).__name__}: {windows}" if isinstance(windows, Exception) else "no windows"
-                yield pvalue.TaggedOutput(REJECTED, reject("feature_error", why, raw, stage="features",
-                                                           example_id=ex.id))
+                error = windows if isinstance(windows, Exception) else ValueError("the tokenizer made no window")
+                yield pvalue.TaggedOutput(REJECTED, feature_rejection(error, raw, ex.id))
                 continue
             self._windows.inc(len(windows))
             yield QuestionWindows(ex, tuple(windows), raw)
