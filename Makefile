@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)
 
 # --- main job settings (override on the command line) --------------------------------------
-MODEL ?= ../shared/models/minilm-l6-squad2
+MODEL ?= models/minilm-l6-squad2
 INPUT ?= samples/squad_sample.jsonl
 OUTPUT ?= out/answers
 BACKEND ?= onnx
