@@ -65,7 +65,12 @@ SCHEMES: Dict[str, Optional[Tuple[int, ...]]] = {
     "buckets6": (128, 160, 192, 224, 288, 384),
     "pad8": None,
     "sorted_pad8": None,
+    # the product's own planner (answer_batch.plan_model_calls) over Beam batches of 256 windows
+    # in arrival order: sorted within the batch, padded to the longest window rounded up to 8
+    "planner3": (128, 256, 384),
+    "planner6": (128, 160, 192, 224, 288, 384),
 }
+PLANNER_BATCH_WINDOWS = 256
 BERT_LARGE = {"layers": 24, "hidden": 1024, "heads": 16, "intermediate": 4096}
 
 
@@ -114,9 +119,27 @@ def _round_up(n: int, k: int) -> int:
     return -(-n // k) * k
 
 
+def planner_calls(lengths: Sequence[int], buckets: Sequence[int], batch: int) -> Tuple[List[List[int]], List[int]]:
+    """The model calls ``answer_batch.plan_model_calls`` makes of consecutive Beam batches of
+    PLANNER_BATCH_WINDOWS windows: (each call's window lengths, its padded length)."""
+    from trt_handler.answer_batch import BatchPlan, plan_model_calls
+
+    plan = BatchPlan.for_buckets(buckets, batch)
+    calls: List[List[int]] = []
+    seqs: List[int] = []
+    for start in range(0, len(lengths), PLANNER_BATCH_WINDOWS):
+        part = list(lengths[start:start + PLANNER_BATCH_WINDOWS])
+        for c in plan_model_calls(part, plan):
+            calls.append([part[i] for i in c.indices])
+            seqs.append(c.seq_len)
+    return calls, seqs
+
+
 def plan_calls(lengths: Sequence[int], scheme: str, batch: int) -> List[List[int]]:
     """The model calls of a scheme: each call is the list of its windows' lengths; the padded length
     is :func:`call_seq` of it."""
+    if scheme.startswith("planner"):
+        return planner_calls(lengths, SCHEMES[scheme] or (), batch)[0]
     if scheme in ("pad8", "pad384"):
         return [list(lengths[i:i + batch]) for i in range(0, len(lengths), batch)]
     if scheme == "sorted_pad8":
@@ -272,8 +295,11 @@ def bench_model(args: argparse.Namespace) -> List[Dict[str, Any]]:
         if scheme not in SCHEMES:
             raise SystemExit(f"unknown scheme {scheme!r}; choose from {', '.join(SCHEMES)}")
         for b in batch_sizes:
-            calls = plan_calls(lengths, scheme, b)
-            seqs = [call_seq(scheme, c) for c in calls]
+            if scheme.startswith("planner"):
+                calls, seqs = planner_calls(lengths, SCHEMES[scheme] or (), b)
+            else:
+                calls = plan_calls(lengths, scheme, b)
+                seqs = [call_seq(scheme, c) for c in calls]
             staged = _stage(torch, calls, seqs, vocab, device, args.seed)
             if cuda:
                 torch.cuda.reset_peak_memory_stats(device)
@@ -332,18 +358,20 @@ def model_table(rows: Sequence[Dict[str, Any]]) -> str:
 
 
 def write_shards(squad: Path, questions: int, shards: int, folder: Path) -> List[Path]:
-    """Replicate the split's questions (ids made unique: ``<id>~r<k>``) up to ``questions``, dealt
-    round-robin into ``shards`` JSONL files."""
+    """Replicate the split's questions (ids made unique: ``<id>~r<k>``) up to ``questions``, cut
+    into ``shards`` contiguous JSONL files (as a sharded input is: questions of one paragraph stay
+    together, so each context is tokenized once per batch)."""
     examples = squad_examples(squad)
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"shard-{i:03d}.jsonl" for i in range(shards)]
     files = [p.open("w", encoding="utf-8") for p in paths]
+    per_shard = -(-questions // shards)
     try:
         for n in range(questions):
             ex = examples[n % len(examples)]
             rec = {"id": f"{ex.id}~r{n // len(examples)}", "question": ex.question, "context": ex.context,
                    "answers": list(ex.answers)}
-            files[n % shards].write(json.dumps(rec) + "\n")
+            files[n // per_shard].write(json.dumps(rec) + "\n")
     finally:
         for f in files:
             f.close()
@@ -406,9 +434,11 @@ def bench_pipeline(args: argparse.Namespace) -> List[Dict[str, Any]]:
     extra = list(args.extra or ())
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     device = _gpu_name()
+    wpq = windows_per_question(Path(args.squad), Path(args.model))
     rows: List[Dict[str, Any]] = []
     for procs in [int(p) for p in args.procs.split(",")]:
-        base = {"device": device, "questions": args.questions, "procs": procs, "model": args.model, "extra": extra}
+        base = {"device": device, "questions": args.questions, "procs": procs, "model": args.model, "extra": extra,
+                "windows_per_question": round(wpq, 4)}
         if "independent" in args.modes:
             shards = write_shards(Path(args.squad), args.questions, procs, work / f"in-{procs}")
             with Sampler() as s:
@@ -419,6 +449,7 @@ def bench_pipeline(args: argparse.Namespace) -> List[Dict[str, Any]]:
             if any(codes):
                 raise SystemExit(f"qa_batch exited {codes}; logs in {work}")
             rows.append(emit("pipeline_questions_per_s", args.questions / s.wall, "questions/s", **base,
+                             windows_per_s=args.questions * wpq / s.wall,
                              mode="independent_processes", wall_s=s.wall, gpu_busy_share=s.gpu_busy,
                              gpu_samples=len(s.gpu), cpu_cores_used=s.cpu_cores_used))
         if "direct" in args.modes:
@@ -431,9 +462,20 @@ def bench_pipeline(args: argparse.Namespace) -> List[Dict[str, Any]]:
             if code:
                 raise SystemExit(f"qa_batch (DirectRunner multi_processing) exited {code}; log in {work}")
             rows.append(emit("pipeline_questions_per_s", args.questions / s.wall, "questions/s", **base,
+                             windows_per_s=args.questions * wpq / s.wall,
                              mode="direct_multi_processing", wall_s=s.wall, gpu_busy_share=s.gpu_busy,
                              gpu_samples=len(s.gpu), cpu_cores_used=s.cpu_cores_used))
     return rows
+
+
+def windows_per_question(squad: Path, model_dir: Path) -> float:
+    """Windows per question of the split with the model's tokenizer (the pipeline's windows/s is
+    its questions/s times this)."""
+    from trt_handler.qa.windows import WindowMaker, load_tokenizer
+
+    examples = squad_examples(squad)
+    maker = WindowMaker(load_tokenizer(model_dir))
+    return sum(len(ws) for ws in maker.windows_many(examples) if not isinstance(ws, Exception)) / len(examples)
 
 
 def _gpu_name() -> str:
@@ -471,10 +513,11 @@ def pipeline_table(rows: Sequence[Dict[str, Any]]) -> str:
     if not rows:
         return ""
     lines = [f"Pipeline (--backend torch, fp16) — {rows[0]['device']}, {rows[0]['questions']} questions", "",
-             "| mode | procs | questions/s | wall s | GPU busy | CPU cores used |", "|---|---:|---:|---:|---:|---:|"]
+             "| mode | procs | questions/s | windows/s | wall s | GPU busy | CPU cores used |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['mode']} | {r['procs']} | {r['value']:.1f} | {r['wall_s']:.1f} | "
-                     f"{_pct(r['gpu_busy_share'])} | {r['cpu_cores_used']:.1f} |")
+        lines.append(f"| {r['mode']} | {r['procs']} | {r['value']:.1f} | {r.get('windows_per_s', 0):.1f} | "
+                     f"{r['wall_s']:.1f} | {_pct(r['gpu_busy_share'])} | {r['cpu_cores_used']:.1f} |")
     return "\n".join(lines)
 
 

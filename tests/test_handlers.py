@@ -489,3 +489,70 @@ def test_onnx_handler_loads_a_bundle_from_gs(tiny_bundle: Path, gcs_emulator: An
 def test_onnx_handler_local_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="model.onnx does not exist"):
         OnnxRuntimeQAHandler(str(tmp_path)).load_model()
+
+
+# --------------------------------------------------------------------------------------------
+# PyTorch
+
+
+def _torch_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def _answers_through_beam(handler: Any, questions: List[QuestionWindows]) -> Dict[str, str]:
+    """Answer texts by id from RunInference(handler) in a Beam pipeline (read back from a file:
+    pipeline results cannot be returned directly)."""
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="torch-handler-")
+    with beam.Pipeline() as p:
+        _ = (p | beam.Create(questions) | RunInference(handler)
+             | beam.Map(lambda r: json.dumps([r.inference.id, r.inference.text]))
+             | beam.io.WriteToText(f"{folder}/answers", file_name_suffix=".jsonl"))
+    out: Dict[str, str] = {}
+    for f in Path(folder).glob("answers*.jsonl"):
+        for line in f.read_text(encoding="utf-8").splitlines():
+            qid, text = json.loads(line)
+            out[qid] = text
+    return out
+
+
+def test_torch_handler_on_cpu_answers_like_onnx_runtime(model_dir: Path, bundle: Path,
+                                                        short_questions: List[QuestionWindows]) -> None:
+    """The PyTorch backend (fp32, CPU) gives the ONNX Runtime backend's answers on the same
+    checkpoint: two runtimes, one plan and answer path."""
+    pytest.importorskip("torch")
+    torch_answers = _answers_through_beam(TorchQAHandler(str(model_dir), device="cpu", max_batch_windows=8),
+                                          short_questions)
+    onnx_answers = _answers_through_beam(OnnxRuntimeQAHandler(str(bundle), max_batch_windows=8, intra_op_threads=1),
+                                         short_questions)
+    assert len(torch_answers) == len(short_questions)
+    assert torch_answers == onnx_answers
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _torch_cuda(), reason="needs PyTorch with a CUDA GPU")
+def test_torch_handler_on_cuda_fp16_agrees_with_cpu_fp32(model_dir: Path, short_questions: List[QuestionWindows]) -> None:
+    """On a GPU (fp16, SDPA) the answers match CPU fp32 for nearly every question (fp16 may flip a
+    near-tie)."""
+    gpu = _answers_through_beam(TorchQAHandler(str(model_dir), device="cuda", dtype="fp16", max_batch_windows=8),
+                                short_questions)
+    cpu = _answers_through_beam(TorchQAHandler(str(model_dir), device="cpu", max_batch_windows=8), short_questions)
+    assert gpu.keys() == cpu.keys()
+    same = sum(gpu[k] == cpu[k] for k in cpu)
+    assert same >= len(cpu) - 1, {k: (gpu[k], cpu[k]) for k in cpu if gpu[k] != cpu[k]}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _torch_cuda(), reason="needs PyTorch with a CUDA GPU")
+def test_torch_handler_auto_device_picks_a_visible_gpu(model_dir: Path) -> None:
+    handler = TorchQAHandler(str(model_dir), device="auto", gpu_count=1)
+    assert handler.resolved_device() == "cuda:0"
+    with pytest.raises(ValueError, match="GPU"):
+        import torch
+
+        TorchQAHandler(str(model_dir), device="auto", gpu_count=torch.cuda.device_count() + 1).resolved_device()

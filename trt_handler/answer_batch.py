@@ -155,10 +155,12 @@ class ModelCall:
 def plan_model_calls(lengths: Sequence[int], plan: BatchPlan) -> List[ModelCall]:
     """Windows (by real token count) -> model calls: the one place a batch is split to fit.
 
-    Windows are sorted by length and cut greedily into calls: a call grows while its profile (the
-    one its longest window needs) allows more rows; it is padded as ``plan.pad_to`` says. Sorting
-    puts windows of similar length together, so calls are full and padding is small even when
-    Beam's batch mixes lengths. Raises ValueError naming the window when one is too long.
+    Windows are sorted by length and cut greedily into calls: a call grows while the profile its
+    longest window needs allows more rows; it is padded as ``plan.pad_to`` says. Padding to the
+    longest window, a call may reach into a longer bucket (every row is padded to the call's
+    length, which that bucket's profile accepts); padding to buckets, it stays in one.
+    Sorting puts windows of similar length together, so calls are full and padding is small even
+    when Beam's batch mixes lengths. Raises ValueError naming the window when one is too long.
     """
     for i, n in enumerate(lengths):
         if n > plan.max_seq:
@@ -171,8 +173,8 @@ def plan_model_calls(lengths: Sequence[int], plan: BatchPlan) -> List[ModelCall]
     start = 0
     while start < len(order):
         end = start + 1
-        while end < len(order) and end - start < plan.cap(lengths[order[end]]) \
-                and plan.profile_for(lengths[order[end]]) is plan.profile_for(lengths[order[start]]):
+        while end < len(order) and end - start < plan.cap(lengths[order[end]]) and (
+                plan.pad_to == "longest" or plan.profile_for(lengths[order[end]]) is plan.profile_for(lengths[order[start]])):
             end += 1
         members = tuple(sorted(order[start:end]))
         longest = lengths[order[end - 1]]
