@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -99,6 +100,40 @@ def test_ensure_engine_builds_for_the_gpu_then_hits(shared_onnx: Path, tmp_path:
         ensure_engine(shared_onnx, tmp_path, options, gpu=T4)  # T4 engines from TensorRT-RTX must be fp16
 
 
+def test_a_damaged_cached_engine_is_rebuilt_not_served(shared_onnx: Path, tmp_path: Path) -> None:
+    pytest.importorskip("tensorrt_rtx")
+    options = BuildOptions(library="tensorrt_rtx", precision="fp32", targets=("sm89",), **ONE_PROFILE)  # as ensure_engine
+    path, first = engine_cache.build_into_cache(shared_onnx, tmp_path, options, gpu=L4)
+    whole = Path(path).read_bytes()
+    assert first["engine_bytes"] == len(whole) and first["engine_sha256"] == hashlib.sha256(whole).hexdigest()
+    assert engine_cache.build_into_cache(shared_onnx, tmp_path, options, gpu=L4)[1]["cache_hit"] is True
+
+    Path(path).write_bytes(whole[: len(whole) // 2])  # a truncated upload or copy
+    assert ensure_engine(shared_onnx, tmp_path, options, gpu=L4) == path
+    rebuilt = Path(path).read_bytes()
+    side = json.loads(Path(f"{path}.json").read_text())
+    assert len(rebuilt) == side["engine_bytes"] and hashlib.sha256(rebuilt).hexdigest() == side["engine_sha256"]
+    assert side["built_at"] and "cache_hit" not in side
+
+    damaged = bytearray(rebuilt)
+    damaged[len(damaged) // 2] ^= 0xFF  # same size, one flipped byte
+    Path(path).write_bytes(bytes(damaged))
+    again_path, again = engine_cache.build_into_cache(shared_onnx, tmp_path, options, gpu=L4)
+    assert again_path == path and "cache_hit" not in again  # rebuilt, not served
+    assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == again["engine_sha256"]
+
+
+def test_a_sidecar_that_is_not_json_is_a_miss(shared_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("tensorrt_rtx")
+    calls: list[str] = []
+    monkeypatch.setattr(engine_cache, "build_serialized", _fake_build(calls))
+    options = BuildOptions(library="tensorrt_rtx", **ONE_PROFILE)
+    path = Path(ensure_engine(shared_onnx, tmp_path, options, gpu=L4))
+    Path(f"{path}.json").write_text("{not json")
+    assert Path(ensure_engine(shared_onnx, tmp_path, options, gpu=L4)) == path
+    assert len(calls) == 2 and json.loads(Path(f"{path}.json").read_text())["engine_bytes"] == 600
+
+
 def test_ensure_engine_rejects_targets_without_this_gpu(shared_onnx: Path, tmp_path: Path) -> None:
     pytest.importorskip("tensorrt_rtx")
     options = BuildOptions(library="tensorrt_rtx", targets=("sm75",))
@@ -122,7 +157,9 @@ def test_ensure_engine_without_a_gpu_says_what_to_do(shared_onnx: Path, tmp_path
 def _fake_build(calls: list[str]) -> Any:
     def build(onnx_path: Any, options: BuildOptions, **kwargs: Any) -> tuple[bytes, dict[str, Any]]:
         calls.append(str(options.targets))
-        return b"ENGINE" * 100, {"library": "tensorrt_rtx", "engine_bytes": 600, "targets": list(options.targets)}
+        data = b"ENGINE" * 100
+        return data, {"library": "tensorrt_rtx", "engine_bytes": len(data), "engine_sha256": hashlib.sha256(data).hexdigest(),
+                      "targets": list(options.targets)}
 
     return build
 

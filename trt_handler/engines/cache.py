@@ -49,6 +49,7 @@ from trt_handler.engines.library import (
     load_trt,
     local_gpu,
 )
+from trt_handler.engines.sidecar import read_cached_sidecar
 
 __all__ = ["KEY_FORMAT", "build_into_cache", "engine_key", "engine_location", "ensure_engine"]
 
@@ -156,25 +157,36 @@ def _build_lock(path: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _read_sidecar(path: str) -> dict[str, Any] | None:
-    """The sidecar of a cached engine, or None unless both the engine and its sidecar exist."""
-    side = path + ".json"
-    if _is_remote(path):
-        fs = _filesystems()
-        if not (fs.exists(path) and fs.exists(side)):
-            return None
-        with fs.open(side) as f:
-            text = f.read().decode()
-    else:
-        if not (Path(path).is_file() and Path(side).is_file()):
-            return None
-        text = Path(side).read_text(encoding="utf-8")
-    try:
-        sidecar = json.loads(text)
-    except ValueError:
-        LOGGER.warning("cached sidecar %s is not JSON; rebuilding the engine", side)
+def _engine_digest(path: str) -> tuple[int, str]:
+    """(size, sha256) of the engine file at ``path`` (local or through Beam's FileSystems)."""
+    h = hashlib.sha256()
+    size = 0
+    with (_filesystems().open(path) if _is_remote(path) else open(path, "rb")) as f:
+        for block in iter(lambda: f.read(8 << 20), b""):
+            h.update(block)
+            size += len(block)
+    return size, h.hexdigest()
+
+
+def _cached(path: str) -> dict[str, Any] | None:
+    """The sidecar of an intact cached engine; None when the engine or its sidecar is missing or
+    unusable, or the engine's size or sha256 differ from what its sidecar recorded (a truncated
+    upload, a damaged disk): such an engine is rebuilt, never served."""
+    sidecar = read_cached_sidecar(path)
+    if sidecar is None:
         return None
-    return sidecar if isinstance(sidecar, dict) else None
+    want_size, want_sha = sidecar.get("engine_bytes"), sidecar.get("engine_sha256")
+    if want_size is None or want_sha is None:
+        LOGGER.warning("cached sidecar %s.json records no engine size/sha256; rebuilding the engine", path)
+        return None
+    size, sha = _engine_digest(path)
+    if size != want_size or sha != want_sha:
+        LOGGER.warning(
+            "cached engine %s is damaged (%d bytes, sha256 %s..., its sidecar says %s bytes, %s...); rebuilding it",
+            path, size, sha[:12], want_size, str(want_sha)[:12],
+        )
+        return None
+    return sidecar
 
 
 def _store(path: str, data: bytes, sidecar: Mapping[str, Any]) -> dict[str, Any]:
@@ -216,7 +228,7 @@ def build_into_cache(
     local = _local_onnx(os.fspath(onnx_path))
     key = engine_key(onnx_sha256(local), lib, version, options, gpu)
     path = engine_location(cache_dir, onnx_path, key)
-    cached = None if force else _read_sidecar(path)
+    cached = None if force else _cached(path)
     if cached is not None:
         LOGGER.info("engine cache hit: %s", path)
         return path, dict(cached, cache_hit=True)
@@ -224,7 +236,7 @@ def build_into_cache(
         timing = _join(os.fspath(cache_dir), "timing", f"{_slug(gpu.name)}-{gpu.sm}-{lib}-{_slug(version, 20)}.cache")
         options = replace(options, timing_cache=timing)
     with _build_lock(path):
-        cached = None if force else _read_sidecar(path)  # another process may have built it meanwhile
+        cached = None if force else _cached(path)  # another process may have built it meanwhile
         if cached is not None:
             LOGGER.info("engine built by another process meanwhile: %s", path)
             return path, dict(cached, cache_hit=True)
