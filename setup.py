@@ -6,7 +6,8 @@ installs it too. Extras keep the heavy, platform-specific pieces optional:
   cpu       ONNX Runtime reference backend (laptops, tests, the notebook)
   export    Hugging Face checkpoint -> ONNX (torch, onnxscript)
   rtx       TensorRT for RTX: build engines ahead of time without a GPU
-  gpu       cuda-python for the engine session (TensorRT itself comes from the NGC container)
+  lean      TensorRT 11's lean runtime (runs --version-compatible engines; type-check stubs)
+  gpu       cuda-python for the engine session, plus the lean runtime (full TensorRT comes from the NGC container)
   gcp       Beam's GCP IO (gs://, Pub/Sub, BigQuery) and Dataflow
   notebook  Beam Interactive + plotting
   dev       tests, type checks, lint, local GCS emulator
@@ -27,8 +28,17 @@ EXTRAS = {
         "safetensors>=0.4",
     ],
     "rtx": ["tensorrt-rtx-cu13>=1.2", "onnx>=1.17", "onnxconverter-common>=1.14"],
+    # TensorRT's lean runtime (runs engines built --version-compatible; imports on a CPU box, where
+    # `make typecheck` checks the engine session against its stubs).
+    "lean": ["tensorrt-lean-cu12-bindings==11.4.*", "tensorrt-lean-cu12-libs==11.4.*"],
     # TensorRT itself comes from the NGC container; onnx + onnxconverter-common let workers rebuild engines.
-    "gpu": ["cuda-python>=12.6", "onnx>=1.17", "onnxconverter-common>=1.14"],
+    "gpu": [
+        "cuda-python>=12.6",
+        "onnx>=1.17",
+        "onnxconverter-common>=1.14",
+        "tensorrt-lean-cu12-bindings==11.4.*",
+        "tensorrt-lean-cu12-libs==11.4.*",
+    ],
     "gcp": [f"apache-beam[gcp]=={BEAM_VERSION}"],
     "notebook": [
         f"apache-beam[interactive]=={BEAM_VERSION}",
@@ -66,7 +76,7 @@ setup(
     extras_require=EXTRAS,
     entry_points={
         "console_scripts": [
-            "trt-qa-engine=trt_handler.engines.build:main",
+            "trt-qa-engine=trt_handler.engines.build_cli:main",
         ]
     },
     classifiers=[

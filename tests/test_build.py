@@ -23,14 +23,9 @@ import pytest
 
 from tests.conftest import REPO
 from trt_handler.engines import library as trt_lib
-from trt_handler.engines.build import (
-    BuildError,
-    BuildOptions,
-    build_engine,
-    build_serialized,
-    calibration_batches,
-    main,
-)
+from trt_handler.engines.build import BuildError, BuildOptions, build_engine, build_serialized
+from trt_handler.engines.build_cli import main
+from trt_handler.engines.calibration import calibration_batches
 from trt_handler.engines.library import GpuDescriptor, check_engine_bytes, sidecar_mismatches
 
 trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX builds engines here: pip install 'trt-bert-qa-beam[rtx]'")
@@ -51,7 +46,7 @@ def _has_gpu() -> bool:
 
 def _code_version() -> str:
     h = hashlib.sha256()
-    for name in ("build.py", "library.py", "cache.py"):
+    for name in ("build.py", "library.py", "cache.py", "calibration.py", "profiles.py", "sidecar.py"):
         h.update((REPO / "trt_handler" / "engines" / name).read_bytes())
     return h.hexdigest()[:10]
 
@@ -367,3 +362,98 @@ def test_cli_bert_large_random_exports_that_shape_and_builds(shared_onnx: Path, 
     assert (asked["tokenizer"] / "tokenizer.json").is_file()  # a fast tokenizer made from the vocab
     assert "BERT-large-shaped ONNX ready" in out.err and "build took" in out.err
     assert Path(out.out.strip()).is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# version-compatible engines (full TensorRT) and token-budget profiles from data
+
+
+def test_tensorrt_rtx_refuses_version_compatible() -> None:
+    with pytest.raises(ValueError, match="--version-compatible is a full TensorRT flag"):
+        BuildOptions(library="tensorrt_rtx", version_compatible=True)
+    with pytest.raises(ValueError, match="--version-compatible is a full TensorRT flag"):
+        BuildOptions(version_compatible=True).check_library("tensorrt_rtx")  # "auto" that resolved to RTX
+    rc = main(["--onnx", "m.onnx", "--output", "x.engine", "--library", "tensorrt_rtx", "--version-compatible"])
+    assert rc == 2
+
+
+def test_version_compatible_build_sets_both_flags_and_the_sidecar_says_so(
+    fake_tensorrt: types.ModuleType, shared_onnx: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The full-TensorRT branch, run for real by TensorRT-RTX's builder standing in for TensorRT."""
+    flags_set: list[str] = []
+    real_set_flag = trt.IBuilderConfig.set_flag
+
+    def recording_set_flag(config: Any, flag: Any) -> Any:
+        flags_set.append(flag.name)
+        return real_set_flag(config, flag)
+
+    monkeypatch.setattr(trt.IBuilderConfig, "set_flag", recording_set_flag)  # records, then really sets
+    options = BuildOptions(library="tensorrt", precision="fp32", version_compatible=True, **ONE_PROFILE)
+    data, sidecar = build_serialized(shared_onnx, options)
+    assert {"VERSION_COMPATIBLE", "EXCLUDE_LEAN_RUNTIME"} <= set(flags_set)
+    assert sidecar["version_compatible"] is True and sidecar["library"] == "tensorrt" and len(data) > 0
+    plain = BuildOptions(library="tensorrt", precision="fp32", **ONE_PROFILE)
+    assert plain.key_fields() != options.key_fields()  # a different engine, a different cache key
+
+
+def test_token_budget_plan_defaults_keep_the_budget() -> None:
+    from trt_handler.engines.profiles import DEFAULT_PLAN_BUCKETS, token_budget_profiles
+
+    plan = token_budget_profiles()
+    assert [p.max_seq for p in plan] == list(DEFAULT_PLAN_BUCKETS) == [128, 160, 192, 224, 288, 384]
+    assert [p.max_batch for p in plan] == [192, 152, 128, 104, 80, 64]
+    assert all(0.9 * 64 * 384 <= p.max_batch * p.max_seq <= 64 * 384 for p in plan)
+    assert [p.min_seq for p in plan] == [1, 129, 161, 193, 225, 289]  # contiguous
+    with pytest.raises(ValueError, match="below max_seq"):
+        token_budget_profiles(token_budget=100)
+
+
+def test_token_budget_plan_from_window_lengths() -> None:
+    from trt_handler.engines.profiles import token_budget_profiles
+
+    lengths = [40] * 50 + [100] * 30 + [250] * 20
+    plan = token_budget_profiles(lengths, token_budget=64 * 256, count=3, max_seq=256)
+    assert [p.max_seq for p in plan] == [48, 112, 256]  # multiples of 16 hugging the data, the last max_seq
+    assert [p.max_batch for p in plan] == [336, 144, 64]
+
+
+def test_cli_data_plan_reaches_the_sidecar(shared_onnx: Path, tmp_path: Path) -> None:
+    """A real TensorRT-RTX build whose profiles come from SQuAD window lengths and a token budget."""
+    from trt_handler.engines.build_cli import window_lengths
+    from trt_handler.engines.profiles import ProfileSpec
+    from trt_handler.engines.sidecar import read_engine_profiles
+    from trt_handler.qa.batching import suggest_buckets
+
+    data = REPO / "samples" / "squad_sample.jsonl"
+    engine = tmp_path / "planned.engine"
+    rc = main(["--onnx", str(shared_onnx), "--output", str(engine), "--library", "tensorrt_rtx", "--precision", "fp32",
+               "--data", str(data), "--bucket-count", "2", "--buckets", "128", "--token-budget", "512",
+               "--batch", "1,2,64"])
+    assert rc == 0
+    sidecar = json.loads(Path(f"{engine}.json").read_text())
+    lengths = window_lengths(data, shared_onnx.parent, 128)
+    assert len(lengths) >= 20 and max(lengths) <= 128
+    buckets = list(suggest_buckets(lengths, 2, 128))  # least padding for these windows, the last 128
+    assert [p["max_seq"] for p in sidecar["profiles"]] == buckets and buckets[-1] == 128
+    assert [p["max_batch"] for p in sidecar["profiles"]] == [512 // b for b in buckets]  # the token budget
+    assert [p["min_seq"] for p in sidecar["profiles"]] == [1, buckets[0] + 1]
+    assert all(p["opt_batch"] == 2 and p["min_batch"] == 1 for p in sidecar["profiles"])
+    assert sidecar["token_budget"] == 512
+    assert read_engine_profiles(str(engine)) == [ProfileSpec(**p) for p in sidecar["profiles"]]  # what the pipeline plans with
+
+
+def test_sidecar_batch_limits_must_be_sane(tmp_path: Path) -> None:
+    from trt_handler.engines.sidecar import SidecarError, profiles_from_sidecar
+
+    good = [{"min_batch": 1, "opt_batch": 2, "max_batch": 4, "min_seq": 1, "opt_seq": 64, "max_seq": 64},
+            {"min_batch": 1, "opt_batch": 2, "max_batch": 4, "min_seq": 65, "opt_seq": 128, "max_seq": 128}]
+    assert len(profiles_from_sidecar({"profiles": good})) == 2
+    with pytest.raises(SidecarError, match="max_batch 5000 \\(limit 4096\\)"):
+        profiles_from_sidecar({"profiles": [dict(good[0], max_batch=5000)]})
+    with pytest.raises(SidecarError, match="a gap .* starts at 70, expected 65"):
+        profiles_from_sidecar({"profiles": [good[0], dict(good[1], min_seq=70)]})
+    with pytest.raises(SidecarError, match="an overlap"):
+        profiles_from_sidecar({"profiles": [good[0], dict(good[1], min_seq=60)]})
+    with pytest.raises(SidecarError, match="starts at 2, expected 1"):
+        profiles_from_sidecar({"profiles": [dict(good[0], min_seq=2)]})

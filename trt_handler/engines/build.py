@@ -16,37 +16,31 @@ only in TensorRT 10's weakly typed mode, so it builds the fp32 ONNX with the FP1
 One optimization profile per sequence bucket (:func:`trt_handler.engines.profiles.profiles_for_buckets`),
 the same ranges on all three inputs, so the handlers can run short batches on short kernels.
 
-CLI (``python -m trt_handler.engines.build --help``, console script ``trt-qa-engine``)::
-
-    python -m trt_handler.engines.build --onnx model.onnx --output model.engine --targets sm75,sm89
-    python -m trt_handler.engines.build --model MODEL --cache-dir cache        # prints the engine's path
-    python -m trt_handler.engines.build --bert-large-random --cache-dir cache --vocab vocab.txt
+The command line lives in :mod:`trt_handler.engines.build_cli` (``python -m trt_handler.engines.build``
+still works: it runs that CLI) and INT8 calibration in :mod:`trt_handler.engines.calibration`; this
+module is the builder only and imports neither the cache nor the CLI.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import hashlib
 import json
 import logging
 import os
 import re
-import shutil
 import socket
 import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from trt_handler.qa.batching import DEFAULT_BUCKETS, pad_windows, validate_buckets
-from trt_handler.engines.profiles import ProfileSpec, profiles_for_buckets
-from trt_handler.qa.types import INPUT_NAMES, OUTPUT_NAMES, ModelBatch
+from trt_handler.engines.calibration import QDQ_FIX, CalibrationError, setup_int8
 from trt_handler.engines.library import (
     LIBRARIES,
     GpuDescriptor,
@@ -57,19 +51,19 @@ from trt_handler.engines.library import (
     local_gpu,
     make_logger,
 )
+from trt_handler.engines.profiles import ProfileSpec, profiles_for_buckets
+from trt_handler.engines.sidecar import atomic_write
+from trt_handler.qa.batching import DEFAULT_BUCKETS, validate_buckets
+from trt_handler.qa.types import INPUT_NAMES, OUTPUT_NAMES
 
 __all__ = [
-    "BERT_LARGE",
     "PRECISIONS",
     "BuildError",
     "BuildOptions",
     "build_engine",
     "build_serialized",
-    "calibration_batches",
     "check_engine_bytes",
-    "main",
     "onnx_sha256",
-    "tokenizer_from_vocab",
     "write_engine_files",
 ]
 
@@ -77,13 +71,7 @@ LOGGER = logging.getLogger(__name__)
 
 SIDECAR_FORMAT = 1
 PRECISIONS: tuple[str, ...] = ("fp16", "fp32", "int8")
-BERT_LARGE: dict[str, int] = {"num_layers": 24, "hidden": 1024, "heads": 16, "intermediate": 4096}
 _ONNX_FIX = "Fix: export the model with `python -m trt_handler.engines.export --model M --cache-dir C`."
-_QDQ_FIX = (
-    "quantize explicitly instead: insert Q/DQ nodes into the ONNX (NVIDIA ModelOpt, "
-    "`python -m modelopt.onnx.quantization --onnx_path model.onnx --quantize_mode int8`) and build that "
-    "ONNX with --precision fp32, which keeps the Q/DQ types (strongly typed)"
-)
 
 
 class BuildError(RuntimeError):
@@ -118,6 +106,13 @@ class BuildOptions:
         calibration_cache: INT8 calibration cache file (read if present, written after).
         calibration_batches: at most this many calibration batches (of opt_batch windows).
         tokenizer: folder with tokenizer files for calibration; default: the ONNX's folder.
+        max_batches: per-bucket max batch (one per bucket, e.g. from
+            :func:`~trt_handler.engines.profiles.token_budget_profiles`); () = ``max_batch`` for all.
+            opt_batch is capped at each profile's max.
+        token_budget: the token budget the per-bucket max batches came from (recorded only).
+        version_compatible: full TensorRT only: VERSION_COMPATIBLE + EXCLUDE_LEAN_RUNTIME, so the
+            engine runs on later TensorRT versions of its major and on the lean runtime
+            (``library="tensorrt_lean"``); TensorRT-RTX refuses it.
     """
 
     library: str = "auto"
@@ -134,10 +129,18 @@ class BuildOptions:
     calibration_batches: int = 32
     tokenizer: str | None = None
     verbose: bool = False
+    max_batches: tuple[int, ...] = ()
+    token_budget: int | None = None
+    version_compatible: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "buckets", tuple(validate_buckets(self.buckets)))
         object.__setattr__(self, "targets", tuple(dict.fromkeys(_normalize_target(t) for t in self.targets)))
+        object.__setattr__(self, "max_batches", tuple(int(b) for b in self.max_batches))
+        if self.max_batches and len(self.max_batches) != len(self.buckets):
+            raise ValueError(
+                f"max_batches needs one max batch per bucket ({len(self.buckets)}), got {len(self.max_batches)}"
+            )
         if self.library not in ("auto", *LIBRARIES):
             raise ValueError(f"library must be auto, tensorrt or tensorrt_rtx, got {self.library!r}")
         if self.precision not in PRECISIONS:
@@ -158,6 +161,14 @@ class BuildOptions:
                 "sm75 (T4, Turing) cannot run FP32 matrix multiplies in TensorRT-RTX; build sm75 engines "
                 "with --precision fp16 (the default) or drop sm75 from --targets"
             )
+        if self.version_compatible and library == "tensorrt_rtx":
+            raise ValueError(
+                "--version-compatible is a full TensorRT flag (VERSION_COMPATIBLE + EXCLUDE_LEAN_RUNTIME, for the "
+                "lean runtime); TensorRT-RTX engines are not version-compatible: use --library tensorrt on the GPU "
+                "(NGC container), or drop --version-compatible"
+            )
+        if self.version_compatible and self.precision == "int8":
+            raise ValueError("--version-compatible cannot be combined with --precision int8 (weakly typed INT8)")
         if library == "tensorrt" and self.targets:
             raise ValueError(
                 "--targets is for TensorRT-RTX ahead-of-time builds; TensorRT builds for the GPU it runs on: "
@@ -167,7 +178,7 @@ class BuildOptions:
             if library == "tensorrt_rtx":
                 raise ValueError(
                     "int8 PTQ needs TensorRT: TensorRT-RTX has no INT8 calibration; use --library tensorrt "
-                    f"on the GPU (NGC container), or {_QDQ_FIX}"
+                    f"on the GPU (NGC container), or {QDQ_FIX}"
                 )
             if not (self.calibration_data or self.calibration_cache):
                 raise ValueError(
@@ -178,7 +189,13 @@ class BuildOptions:
             raise ValueError("--calibration-data/--calibration-cache apply to --precision int8 only")
 
     def profiles(self) -> list[ProfileSpec]:
-        return profiles_for_buckets(self.buckets, self.min_batch, self.opt_batch, self.max_batch)
+        if not self.max_batches:
+            return profiles_for_buckets(self.buckets, self.min_batch, self.opt_batch, self.max_batch)
+        out, lower = [], 1
+        for bucket, rows in zip(self.buckets, self.max_batches):
+            out.append(ProfileSpec(self.min_batch, min(self.opt_batch, rows), rows, lower, bucket, bucket))
+            lower = bucket + 1
+        return out
 
     def key_fields(self) -> dict[str, Any]:
         """The options that change the engine's bytes (engine_cache hashes these)."""
@@ -187,6 +204,8 @@ class BuildOptions:
             "profiles": [p.to_dict() for p in self.profiles()],
             "targets": list(self.targets),
         }
+        if self.version_compatible:
+            out["version_compatible"] = True
         if self.precision == "int8":
             out["calibration"] = [self.calibration_data, self.calibration_batches]
         return out
@@ -349,121 +368,8 @@ def _save_timing_cache(config: Any, info: dict[str, Any] | None) -> None:
     cache = config.get_timing_cache()
     data = bytes(cache.serialize()) if cache is not None else b""
     if data:
-        _atomic_write(Path(info["path"]), data)
+        atomic_write(Path(info["path"]), data)
     info["saved_bytes"] = len(data)
-
-
-# --------------------------------------------------------------------------------------------
-# INT8 calibration (TensorRT 10)
-
-
-def calibration_batches(
-    data: str, tokenizer: str, *, batch_size: int, seq_len: int, max_batches: int
-) -> Iterator[ModelBatch]:
-    """[batch_size, seq_len] int32 batches of real SQuAD windows from ``data``, in file order.
-
-    Windows are made exactly as the pipeline makes them (WindowMaker), so INT8 ranges are measured
-    on the token distributions the engine will see.
-    """
-    from trt_handler.qa.reading import load_examples
-    from trt_handler.qa.windows import FeatureConfig, WindowMaker, load_tokenizer
-
-    query = min(64, seq_len // 4)
-    config = FeatureConfig(max_seq_length=seq_len, doc_stride=min(128, (seq_len - query - 3) // 2), max_query_length=query)
-    maker = WindowMaker(load_tokenizer(tokenizer), config)
-    examples = load_examples(data)
-    pending: list[Any] = []
-    made = 0
-    for start in range(0, len(examples), 64):  # tokenize lazily: a few batches need few questions
-        for windows in maker.windows_many(examples[start:start + 64]):
-            if not isinstance(windows, Exception):
-                pending.extend(windows)
-        while len(pending) >= batch_size and made < max_batches:
-            yield pad_windows(pending[:batch_size], seq_len)
-            del pending[:batch_size]
-            made += 1
-        if made >= max_batches:
-            return
-    if made == 0:
-        raise BuildError(f"{data} gave fewer than {batch_size} windows; INT8 calibration needs at least one full batch")
-
-
-def _make_calibrator(trt: ModuleType, batches: Sequence[ModelBatch], batch_size: int, cache_path: str | None) -> Any:
-    """An IInt8EntropyCalibrator2 feeding ``batches`` to the GPU through cuda_runtime buffers
-    (one device buffer per input, reused; ``close()`` frees them after the build)."""
-    from trt_handler.engines import cuda_runtime
-
-    base: Any = trt.IInt8EntropyCalibrator2
-    pending = iter(batches)
-
-    class SquadCalibrator(base):  # type: ignore[misc]
-        def __init__(self) -> None:
-            base.__init__(self)
-            self.buffers: dict[str, Any] = {}
-            self.count = 0
-
-        def get_batch_size(self) -> int:
-            return batch_size
-
-        def get_batch(self, names: Sequence[str]) -> list[int] | None:
-            batch = next(pending, None)
-            if batch is None:
-                return None
-            feed = batch.as_feed()
-            rt = cuda_runtime.cudart()
-            ptrs = []
-            for name in names:
-                host = feed[name]
-                buf = self.buffers.get(name)
-                if buf is None or buf.nbytes < host.nbytes:
-                    if buf is not None:
-                        buf.close()
-                    buf = self.buffers[name] = cuda_runtime.DeviceBuffer(host.nbytes)
-                kind = rt.cudaMemcpyKind.cudaMemcpyHostToDevice
-                cuda_runtime.check(rt.cudaMemcpy(buf.ptr, host.ctypes.data, host.nbytes, kind), "cudaMemcpy")
-                ptrs.append(buf.ptr)
-            self.count += 1
-            return ptrs
-
-        def read_calibration_cache(self) -> bytes | None:
-            if cache_path and Path(cache_path).is_file():
-                return Path(cache_path).read_bytes()
-            return None
-
-        def write_calibration_cache(self, cache: Any) -> None:
-            if cache_path:
-                _atomic_write(Path(cache_path), bytes(cache))
-
-        def close(self) -> None:
-            for buf in self.buffers.values():
-                buf.close()
-            self.buffers.clear()
-
-    return SquadCalibrator()
-
-
-def _setup_int8(trt: ModuleType, config: Any, profiles: Sequence[Any], specs: Sequence[ProfileSpec],
-                options: BuildOptions, onnx_path: Path) -> tuple[Any, dict[str, Any]]:
-    """Weakly typed INT8 (+FP16 fallback) with entropy calibration on the largest bucket's profile."""
-    flags = trt.BuilderFlag.__members__
-    if not hasattr(trt, "IInt8EntropyCalibrator2") or "INT8" not in flags:
-        raise BuildError(
-            f"TensorRT {library_version(trt)} removed implicit INT8 (calibration and BuilderFlag.INT8); "
-            f"{_QDQ_FIX}."
-        )
-    spec = specs[-1]  # TensorRT calibrates at the calibration profile's opt shape
-    batches = [] if not options.calibration_data else list(calibration_batches(
-        options.calibration_data, options.tokenizer or str(onnx_path.parent),
-        batch_size=spec.opt_batch, seq_len=spec.opt_seq, max_batches=options.calibration_batches,
-    ))
-    calibrator = _make_calibrator(trt, batches, spec.opt_batch, options.calibration_cache)
-    config.set_flag(trt.BuilderFlag.INT8)
-    config.set_flag(trt.BuilderFlag.FP16)
-    config.int8_calibrator = calibrator
-    config.set_calibration_profile(profiles[-1])
-    info = {"data": options.calibration_data, "cache": options.calibration_cache,
-            "batch": [spec.opt_batch, spec.opt_seq], "batches": len(batches)}
-    return calibrator, info
 
 
 # --------------------------------------------------------------------------------------------
@@ -554,13 +460,36 @@ def _configure(trt: ModuleType, lib: str, builder: Any, options: BuildOptions, s
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mib << 20)
     if lib == "tensorrt_rtx":
         _set_targets(trt, config, options.targets)
+    if options.version_compatible:
+        _set_version_compatible(trt, config)
     timing = _load_timing_cache(config, options.timing_cache) if lib == "tensorrt" else None
     if lib == "tensorrt_rtx" and options.timing_cache:
         timing = {"path": options.timing_cache, "skipped": "timing caches are no-ops in TensorRT-RTX"}
     if options.precision != "int8":
         return config, timing, None, None
-    calibrator, calibration = _setup_int8(trt, config, profiles, specs, options, src)
+    try:
+        calibrator, calibration = setup_int8(
+            trt, config, profiles, specs, data=options.calibration_data,
+            tokenizer=options.tokenizer or str(src.parent), cache=options.calibration_cache,
+            max_batches=options.calibration_batches,
+        )
+    except CalibrationError as exc:
+        raise BuildError(str(exc)) from exc
     return config, timing, calibrator, calibration
+
+
+def _set_version_compatible(trt: ModuleType, config: Any) -> None:
+    """VERSION_COMPATIBLE + EXCLUDE_LEAN_RUNTIME: the engine runs on later TensorRT of its major
+    version and on the lean runtime, which the worker installs itself (tensorrt-lean)."""
+    flags = trt.BuilderFlag.__members__
+    missing = [f for f in ("VERSION_COMPATIBLE", "EXCLUDE_LEAN_RUNTIME") if f not in flags]
+    if missing:
+        raise BuildError(
+            f"{library_name(trt)} {library_version(trt)} has no BuilderFlag {' or '.join(missing)}; "
+            "--version-compatible needs full TensorRT >= 8.6"
+        )
+    config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    config.set_flag(trt.BuilderFlag.EXCLUDE_LEAN_RUNTIME)
 
 
 def _sidecar(*, lib: str, version: str, options: BuildOptions, src: Path, data: bytes, gpu: GpuDescriptor | None,
@@ -573,6 +502,8 @@ def _sidecar(*, lib: str, version: str, options: BuildOptions, src: Path, data: 
         "library_version": version,
         "precision": options.precision,
         "strongly_typed": options.precision != "int8",
+        "version_compatible": options.version_compatible,
+        "token_budget": options.token_budget,
         "fp16_network": fp16_network,
         "targets": list(options.targets) if lib == "tensorrt_rtx" else [],
         "gpu": gpu.to_dict() if gpu is not None else None,
@@ -595,26 +526,13 @@ def _sidecar(*, lib: str, version: str, options: BuildOptions, src: Path, data: 
     }
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temporary sibling and rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_engine_files(engine_path: str | os.PathLike[str], data: bytes, sidecar: Mapping[str, Any]) -> dict[str, Any]:
     """Write ``<engine_path>`` and ``<engine_path>.json`` atomically (sidecar first, engine last,
     so an engine file never exists without its sidecar); returns the sidecar as written."""
     path = Path(engine_path)
     out = dict(sidecar, engine=path.name)
-    _atomic_write(Path(f"{path}.json"), (json.dumps(out, indent=2, sort_keys=True) + "\n").encode())
-    _atomic_write(path, data)
+    atomic_write(Path(f"{path}.json"), (json.dumps(out, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write(path, data)
     return out
 
 
@@ -628,145 +546,7 @@ def build_engine(
     return write_engine_files(engine_path, data, sidecar)
 
 
-# --------------------------------------------------------------------------------------------
-# CLI
+if __name__ == "__main__":  # `python -m trt_handler.engines.build` is the CLI's historical name
+    from trt_handler.engines.build_cli import main
 
-
-def tokenizer_from_vocab(vocab_file: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:
-    """A folder with a BERT WordPiece fast tokenizer (uncased) made from a vocab.txt; reused if present."""
-    import transformers
-
-    vocab, out = Path(vocab_file), Path(out_dir)
-    if not vocab.is_file():
-        raise FileNotFoundError(f"vocab file {vocab} does not exist; pass a BERT vocab.txt with --vocab")
-    if (out / "tokenizer.json").is_file():
-        return out
-    with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as tmp:
-        shutil.copy(vocab, Path(tmp) / "vocab.txt")
-        # transformers 5 made BertTokenizer the fast one and kept BertTokenizerFast as an alias
-        cls = getattr(transformers, "BertTokenizerFast", None) or transformers.BertTokenizer
-        tokenizer = cls.from_pretrained(tmp, do_lower_case=True)
-        out.mkdir(parents=True, exist_ok=True)
-        tokenizer.save_pretrained(str(out))
-    return out
-
-
-def _ints(text: str, n: int | None = None) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if n is not None and len(values) != n:
-        raise argparse.ArgumentTypeError(f"expected {n} comma-separated integers (min,opt,max), got {text!r}")
-    return values
-
-
-def _arg_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m trt_handler.engines.build",
-        description="Build a TensorRT or TensorRT-RTX engine (+ <engine>.json sidecar) for BERT SQuAD QA; "
-        "prints the engine's path. See docs/engines.md.",
-    )
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--onnx", help="ONNX file to build (with --output)")
-    src.add_argument("--model", help="checkpoint folder, hub id, model bundle or model.onnx; exported and "
-                     "built into --cache-dir")
-    src.add_argument("--bert-large-random", action="store_true",
-                     help="build a BERT-large-shaped model (24 layers, hidden 1024, random weights); prints the build time")
-    p.add_argument("--output", help="engine file to write (with --onnx)")
-    p.add_argument("--cache-dir", default="cache", help="cache folder for --model/--bert-large-random (default: cache)")
-    p.add_argument("--library", default="auto", choices=("auto", *LIBRARIES),
-                   help="auto prefers tensorrt when importable (default: auto)")
-    p.add_argument("--precision", default="fp16", choices=PRECISIONS, help="default: fp16")
-    p.add_argument("--buckets", type=_ints, default=tuple(DEFAULT_BUCKETS),
-                   help="sequence-length buckets, one profile each (default: 128,256,384)")
-    p.add_argument("--batch", type=lambda s: _ints(s, 3), default=(1, 16, 64), help="min,opt,max batch (default: 1,16,64)")
-    p.add_argument("--targets", type=lambda s: tuple(t for t in s.split(",") if t.strip()), default=(),
-                   help="TensorRT-RTX GPU targets, e.g. sm75,sm89 (T4, L4); default: the library's (Ampere+)")
-    p.add_argument("--workspace-mib", type=int, help="builder workspace limit in MiB")
-    p.add_argument("--timing-cache", help="TensorRT timing cache file (loaded if present, saved after)")
-    p.add_argument("--calibration-data", help="SQuAD JSON/JSONL for INT8 calibration (--precision int8)")
-    p.add_argument("--calibration-cache", help="INT8 calibration cache file (read if present, written after)")
-    p.add_argument("--calibration-batches", type=int, default=32, help="INT8 calibration batches (default: 32)")
-    p.add_argument("--tokenizer", help="folder with tokenizer files (calibration; --bert-large-random vocab)")
-    p.add_argument("--vocab", help="BERT vocab.txt for --bert-large-random when no --tokenizer is given")
-    p.add_argument("--seed", type=int, default=0, help="random-weight seed for --bert-large-random")
-    p.add_argument("--force", action="store_true", help="rebuild even when the cache has the engine")
-    p.add_argument("--verbose", action="store_true", help="log TensorRT's info messages; show tracebacks")
-    return p
-
-
-def _options(args: argparse.Namespace) -> BuildOptions:
-    return BuildOptions(
-        library=args.library, precision=args.precision, buckets=args.buckets, min_batch=args.batch[0],
-        opt_batch=args.batch[1], max_batch=args.batch[2], targets=args.targets, workspace_mib=args.workspace_mib,
-        timing_cache=args.timing_cache, calibration_data=args.calibration_data,
-        calibration_cache=args.calibration_cache, calibration_batches=args.calibration_batches,
-        tokenizer=args.tokenizer, verbose=args.verbose,
-    )
-
-
-def _random_bert_bundle(args: argparse.Namespace, cache: Path) -> Path:
-    from trt_handler.engines.export import export_random_bert
-
-    if args.tokenizer:
-        tokenizer = Path(args.tokenizer)
-    elif args.vocab:
-        digest = hashlib.sha256(Path(args.vocab).read_bytes()).hexdigest()[:12]
-        tokenizer = tokenizer_from_vocab(args.vocab, cache / "tokenizers" / f"bert-uncased-{digest}")
-    else:
-        raise ValueError("--bert-large-random needs a vocabulary: pass --vocab path/to/bert-vocab.txt "
-                         "(an uncased BERT WordPiece vocab) or --tokenizer DIR")
-    return export_random_bert(
-        cache / "onnx" / f"bert-large-random-seed{args.seed}", tokenizer, BERT_LARGE["num_layers"],
-        BERT_LARGE["hidden"], BERT_LARGE["heads"], BERT_LARGE["intermediate"], seed=args.seed,
-    )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = _arg_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    if args.onnx and not args.output:
-        parser.error("--onnx needs --output ENGINE_FILE")
-    if args.output and not args.onnx:
-        parser.error("--output goes with --onnx; --model/--bert-large-random write into --cache-dir")
-    try:
-        options = _options(args)
-        if args.onnx:
-            sidecar = build_engine(args.onnx, args.output, options)
-            path = args.output
-        else:
-            from trt_handler.engines.cache import build_into_cache
-            from trt_handler.engines.export import bundle_onnx_path, resolve_model_bundle
-
-            cache = Path(args.cache_dir)
-            t0 = time.perf_counter()
-            if args.model:
-                bundle = resolve_model_bundle(args.model, cache)
-            else:
-                bundle = _random_bert_bundle(args, cache)
-                print(f"BERT-large-shaped ONNX ready in {time.perf_counter() - t0:.1f} s: {bundle}", file=sys.stderr)
-            options = replace(options, tokenizer=options.tokenizer or str(bundle))
-            path, sidecar = build_into_cache(bundle_onnx_path(bundle), cache, options, force=args.force)
-    except (RuntimeError, ValueError, FileNotFoundError, ModuleNotFoundError) as exc:  # BuildError included
-        if args.verbose:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if sidecar.get("cache_hit"):
-        print(f"engine already in the cache (built {sidecar.get('built_at')}; --force rebuilds)", file=sys.stderr)
-    targets = ",".join(sidecar["targets"]) or ("library default" if sidecar["library"] == "tensorrt_rtx" else "this GPU")
-    print(
-        f"engine: {sidecar['library']} {sidecar['library_version']}, {sidecar['precision']}, targets {targets}, "
-        f"{len(sidecar['profiles'])} profiles, {sidecar['engine_bytes'] / 2**20:.1f} MiB; "
-        f"build took {sidecar['build_seconds']:.1f} s ({sidecar['total_seconds']:.1f} s with parsing/conversion)",
-        file=sys.stderr,
-    )
-    print(path)
-    return 0
-
-
-if __name__ == "__main__":
     sys.exit(main())

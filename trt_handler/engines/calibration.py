@@ -1,0 +1,145 @@
+"""INT8 post-training calibration (TensorRT 10 only): real SQuAD windows through an entropy calibrator.
+
+TensorRT 11 and TensorRT-RTX removed implicit INT8; there the answer is explicit quantization
+(Q/DQ nodes in the ONNX, :data:`QDQ_FIX`). The builder (:mod:`trt_handler.engines.build`) calls
+:func:`setup_int8` for ``--precision int8``; nothing here imports the builder.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from trt_handler.engines.library import library_version
+from trt_handler.engines.profiles import ProfileSpec
+from trt_handler.engines.sidecar import atomic_write
+from trt_handler.qa.batching import pad_windows
+from trt_handler.qa.types import ModelBatch
+
+__all__ = ["QDQ_FIX", "CalibrationError", "calibration_batches", "setup_int8"]
+
+LOGGER = logging.getLogger(__name__)
+
+QDQ_FIX = (
+    "quantize explicitly instead: insert Q/DQ nodes into the ONNX (NVIDIA ModelOpt, "
+    "`python -m modelopt.onnx.quantization --onnx_path model.onnx --quantize_mode int8`) and build that "
+    "ONNX with --precision fp32, which keeps the Q/DQ types (strongly typed)"
+)
+
+
+class CalibrationError(RuntimeError):
+    """INT8 calibration cannot run (no data, or this TensorRT has no implicit INT8); says what to do."""
+
+
+def calibration_batches(
+    data: str, tokenizer: str, *, batch_size: int, seq_len: int, max_batches: int
+) -> Iterator[ModelBatch]:
+    """[batch_size, seq_len] int32 batches of real SQuAD windows from ``data``, in file order.
+
+    Windows are made exactly as the pipeline makes them (WindowMaker), so INT8 ranges are measured
+    on the token distributions the engine will see.
+    """
+    from trt_handler.qa.reading import load_examples
+    from trt_handler.qa.windows import FeatureConfig, WindowMaker, load_tokenizer
+
+    query = min(64, seq_len // 4)
+    config = FeatureConfig(max_seq_length=seq_len, doc_stride=min(128, (seq_len - query - 3) // 2), max_query_length=query)
+    maker = WindowMaker(load_tokenizer(tokenizer), config)
+    examples = load_examples(data)
+    pending: list[Any] = []
+    made = 0
+    for start in range(0, len(examples), 64):  # tokenize lazily: a few batches need few questions
+        for windows in maker.windows_many(examples[start:start + 64]):
+            if not isinstance(windows, Exception):
+                pending.extend(windows)
+        while len(pending) >= batch_size and made < max_batches:
+            yield pad_windows(pending[:batch_size], seq_len)
+            del pending[:batch_size]
+            made += 1
+        if made >= max_batches:
+            return
+    if made == 0:
+        raise CalibrationError(f"{data} gave fewer than {batch_size} windows; INT8 calibration needs at least one full batch")
+
+
+def _make_calibrator(trt: ModuleType, batches: Sequence[ModelBatch], batch_size: int, cache_path: str | None) -> Any:
+    """An IInt8EntropyCalibrator2 feeding ``batches`` to the GPU through cuda_runtime buffers
+    (one device buffer per input, reused; ``close()`` frees them after the build)."""
+    from trt_handler.engines import cuda_runtime
+
+    base: Any = trt.IInt8EntropyCalibrator2
+    pending = iter(batches)
+
+    class SquadCalibrator(base):  # type: ignore[misc]
+        def __init__(self) -> None:
+            base.__init__(self)
+            self.buffers: dict[str, Any] = {}
+            self.count = 0
+
+        def get_batch_size(self) -> int:
+            return batch_size
+
+        def get_batch(self, names: Sequence[str]) -> list[int] | None:
+            batch = next(pending, None)
+            if batch is None:
+                return None
+            feed = batch.as_feed()
+            rt = cuda_runtime.cudart()
+            ptrs = []
+            for name in names:
+                host = feed[name]
+                buf = self.buffers.get(name)
+                if buf is None or buf.nbytes < host.nbytes:
+                    if buf is not None:
+                        buf.close()
+                    buf = self.buffers[name] = cuda_runtime.DeviceBuffer(host.nbytes)
+                kind = rt.cudaMemcpyKind.cudaMemcpyHostToDevice
+                cuda_runtime.check(rt.cudaMemcpy(buf.ptr, host.ctypes.data, host.nbytes, kind), "cudaMemcpy")
+                ptrs.append(buf.ptr)
+            self.count += 1
+            return ptrs
+
+        def read_calibration_cache(self) -> bytes | None:
+            if cache_path and Path(cache_path).is_file():
+                return Path(cache_path).read_bytes()
+            return None
+
+        def write_calibration_cache(self, cache: Any) -> None:
+            if cache_path:
+                atomic_write(Path(cache_path), bytes(cache))
+
+        def close(self) -> None:
+            for buf in self.buffers.values():
+                buf.close()
+            self.buffers.clear()
+
+    return SquadCalibrator()
+
+
+def setup_int8(trt: ModuleType, config: Any, profiles: Sequence[Any], specs: Sequence[ProfileSpec], *,
+               data: str | None, tokenizer: str, cache: str | None, max_batches: int) -> tuple[Any, dict[str, Any]]:
+    """Weakly typed INT8 (+FP16 fallback) with entropy calibration on the largest bucket's profile.
+
+    Returns (calibrator, info for the sidecar); the caller closes the calibrator after the build.
+    Raises CalibrationError when this TensorRT has no implicit INT8 (TensorRT 11).
+    """
+    flags = trt.BuilderFlag.__members__
+    if not hasattr(trt, "IInt8EntropyCalibrator2") or "INT8" not in flags:
+        raise CalibrationError(
+            f"TensorRT {library_version(trt)} removed implicit INT8 (calibration and BuilderFlag.INT8); "
+            f"{QDQ_FIX}."
+        )
+    spec = specs[-1]  # TensorRT calibrates at the calibration profile's opt shape
+    batches = [] if not data else list(calibration_batches(
+        data, tokenizer, batch_size=spec.opt_batch, seq_len=spec.opt_seq, max_batches=max_batches,
+    ))
+    calibrator = _make_calibrator(trt, batches, spec.opt_batch, cache)
+    config.set_flag(trt.BuilderFlag.INT8)
+    config.set_flag(trt.BuilderFlag.FP16)
+    config.int8_calibrator = calibrator
+    config.set_calibration_profile(profiles[-1])
+    info = {"data": data, "cache": cache, "batch": [spec.opt_batch, spec.opt_seq], "batches": len(batches)}
+    return calibrator, info
