@@ -1,7 +1,8 @@
 """Tests for the engine session.
 
-* Pure Python, run anywhere: I/O validation, profile reading, split plan, the slot pool under
-  threads, and ``EngineSession.run`` over test-double engines and slots.
+* Pure Python, run anywhere: I/O validation, profile reading, the slot pool under threads
+  (including a TensorRT that refuses a second context on a busy profile), and
+  ``EngineSession.run``/``warm_up``/``stats`` over test-double engines and slots.
 * Compatibility errors with TensorRT-RTX's real runtime (where ``tensorrt_rtx`` is installed): a
   garbage, empty, truncated or (without a GPU) unrunnable engine gives an error naming the cause.
 * ``gpu``: the real CUDA path (ExecutionSlot, BufferSet, streams, threads) with a stand-in for
@@ -26,19 +27,21 @@ import pytest
 
 from tests.helpers import GPU_SKIP, needs_gpu, run_threads
 from trt_handler.engines import cuda_runtime as cr
+from trt_handler.engines.library import engine_validity
+from trt_handler.engines.profiles import ProfileSpec, profiles_for_buckets
 from trt_handler.engines.session import (
     EngineCompatibilityError,
     EngineIOError,
     EngineSession,
     ExecutionSlot,
+    ProfileBusyError,
     SlotPool,
-    plan_batches,
+    WarmUpError,
     read_profiles,
+    select_profile,
     validate_io,
 )
-from trt_handler.engines.profiles import ProfileSpec, profiles_for_buckets
 from trt_handler.qa.types import INPUT_NAMES, OUTPUT_NAMES, ModelBatch
-from trt_handler.engines.library import engine_validity
 
 HAS_RTX = importlib.util.find_spec("tensorrt_rtx") is not None
 needs_rtx = pytest.mark.skipif(not HAS_RTX, reason="tensorrt_rtx is not installed")
@@ -160,28 +163,7 @@ def test_read_profiles_rejects_inputs_that_disagree() -> None:
         read_profiles(engine)
 
 
-# --------------------------------------------------------------------------------------------
-# Split plan
-# --------------------------------------------------------------------------------------------
-
 PROFILES = profiles_for_buckets((128, 256, 384), 1, 16, 64)
-
-
-def test_plan_splits_only_above_the_profile_max() -> None:
-    assert plan_batches(PROFILES, 10, 100) == [(slice(0, 10), 0)]
-    assert plan_batches(PROFILES, 64, 128) == [(slice(0, 64), 0)]
-    assert plan_batches(PROFILES, 150, 300) == [(slice(0, 64), 2), (slice(64, 128), 2), (slice(128, 150), 2)]
-    assert plan_batches(PROFILES, 65, 129) == [(slice(0, 64), 1), (slice(64, 65), 1)]
-
-
-def test_plan_errors_say_why() -> None:
-    with pytest.raises(ValueError, match="no optimization profile takes sequence length 500"):
-        plan_batches(PROFILES, 4, 500)
-    with pytest.raises(ValueError, match="must be positive"):
-        plan_batches(PROFILES, 0, 10)
-    needs_two = [ProfileSpec(2, 8, 8, 1, 64, 64)]
-    with pytest.raises(ValueError, match=r"no optimization profile accepts shape \[1, 10\]"):
-        plan_batches(needs_two, 9, 10)  # the last slice of 1 row is below min_batch 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -336,14 +318,21 @@ def test_session_reports_profiles_and_max_batch() -> None:
     assert session.contexts_created() == [2, 2, 2] and len(slots) == 6
 
 
-def test_session_splits_big_batches_and_keeps_row_order() -> None:
+def test_session_runs_the_given_shape_on_the_chosen_profile() -> None:
     session, shapes, _ = _echo_session()
-    batch = _batch(150, 200)
+    batch = _batch(64, 200)
     start, end = session.run(batch)
-    assert start.dtype == np.float32 and start.shape == (150, 200)
+    assert start.dtype == np.float32 and start.shape == (64, 200)
     np.testing.assert_array_equal(start, batch.input_ids + 1000.0)  # profile 1 (129-256)
     np.testing.assert_array_equal(end, batch.token_type_ids)
-    assert shapes == [(1, 64, 200), (1, 64, 200), (1, 22, 200)]
+    assert shapes == [(1, 64, 200)]  # one run, unsplit
+
+
+def test_session_does_not_split_a_batch_no_profile_takes() -> None:
+    session, shapes, _ = _echo_session()
+    with pytest.raises(ValueError, match=r"no optimization profile accepts shape \[65, 200\]"):
+        session.run(_batch(65, 200))  # splitting is the batch planner's job, not the session's
+    assert shapes == [] and session.stats()["runs"] == 0
 
 
 def test_session_does_not_pad_small_batches() -> None:
@@ -359,7 +348,7 @@ def test_session_rejects_malformed_batches() -> None:
         session.run(ModelBatch(good.input_ids, good.attention_mask[:, :4], good.token_type_ids))
     with pytest.raises(ValueError, match="must hold integers"):
         session.run(ModelBatch(good.input_ids.astype(np.float32), good.attention_mask, good.token_type_ids))
-    with pytest.raises(ValueError, match="no optimization profile takes sequence length 400"):
+    with pytest.raises(ValueError, match=r"no optimization profile accepts shape \[2, 400\]"):
         session.run(_batch(2, 400))
 
 
@@ -369,7 +358,7 @@ def test_session_run_from_many_threads() -> None:
     def work(seed: int) -> None:
         rng = random.Random(seed)
         for i in range(20):
-            b, s = rng.randint(1, 100), rng.choice([5, 128, 129, 256, 384])
+            b, s = rng.randint(1, 64), rng.choice([5, 128, 129, 256, 384])
             batch = _batch(b, s, seed * 100 + i)
             start, end = session.run(batch)
             profile = 0 if s <= 128 else 1 if s <= 256 else 2
@@ -403,6 +392,152 @@ def test_default_slot_factory_reports_a_context_that_cannot_be_made() -> None:
     # create_execution_context() -> None, as TensorRT answers when GPU memory runs out
     with pytest.raises(RuntimeError, match="could not create an execution context for profile 0"):
         EngineSession.from_engine(FakeEngine())
+
+
+# --------------------------------------------------------------------------------------------
+# Warm-up at load, run statistics
+# --------------------------------------------------------------------------------------------
+
+
+def test_warm_up_runs_each_profile_once_at_its_opt_shape(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("INFO", logger="trt_handler.engines.session"):
+        session, shapes, _ = _echo_session(warm_up=True)
+    assert shapes == [(0, 16, 128), (1, 16, 256), (2, 16, 384)]
+    logged = [r.getMessage() for r in caplog.records if "warm-up" in r.getMessage()]
+    assert len(logged) == 3 and "profile 2 [16, 384] ran in" in logged[2]
+    times = session.warm_up()  # callable again (the handler's load_model), one timing per profile
+    assert sorted(times) == [0, 1, 2] and all(t >= 0 for t in times.values())
+    assert session.stats()["runs"] == 0  # warm-up runs are not batches
+
+
+class FailingSlot(EchoSlot):
+    def run(self, arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        if self.profile == 1:
+            raise RuntimeError("execute_async_v3 failed")
+        return super().run(arrays)
+
+
+def test_warm_up_fails_at_load_naming_the_profile() -> None:
+    shapes: list[tuple[int, int, int]] = []
+    with pytest.raises(WarmUpError, match=r"profile 1 at its opt shape \[16, 256\] failed: execute_async_v3 failed"):
+        EngineSession.from_engine(FakeEngine(), slot_factory=lambda e, p, spec: FailingSlot(p, spec, shapes), warm_up=True)
+    assert shapes == [(0, 16, 128)]  # profile 0 ran, profile 1 failed, profile 2 was not tried
+
+
+class SlowSlot(EchoSlot):
+    def run(self, arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        time.sleep(0.05)
+        return super().run(arrays)
+
+
+def test_stats_count_runs_and_the_wait_for_a_context() -> None:
+    shapes: list[tuple[int, int, int]] = []
+    session = EngineSession.from_engine(FakeEngine(), slot_factory=lambda e, p, spec: SlowSlot(p, spec, shapes),
+                                        contexts_per_profile=1, max_contexts_per_profile=1)
+    assert session.stats() == {"runs": 0, "context_wait_us": 0, "max_context_wait_us": 0}
+    session.run(_batch(2, 8))
+    alone = session.stats()
+    assert alone["runs"] == 1 and alone["context_wait_us"] < 40_000  # an idle context: no real wait
+    run_threads(lambda seed: session.run(_batch(2, 8, seed)), 4, timeout=60)  # one context, four threads
+    after = session.stats()
+    assert after["runs"] == 5
+    # the three threads that queued behind a 50 ms run waited about 50, 100 and 150 ms
+    assert after["context_wait_us"] - alone["context_wait_us"] >= 250_000
+    assert after["max_context_wait_us"] >= 120_000
+
+
+def test_gpu_memory_is_none_without_a_gpu_and_sane_with_one() -> None:
+    session, _, _ = _echo_session()
+    memory = session.gpu_memory()
+    if GPU_SKIP is not None:
+        assert memory is None
+    else:
+        assert memory is not None and 0 < memory["used_bytes"] <= memory["total_bytes"]
+        assert memory["free_bytes"] + memory["used_bytes"] == memory["total_bytes"]
+
+
+# --------------------------------------------------------------------------------------------
+# One context per profile: TensorRT refuses a second one, the pool waits instead of failing
+# --------------------------------------------------------------------------------------------
+
+
+class OneContextPerProfile:
+    """TensorRT as some versions behave: a profile bound to a live context refuses another."""
+
+    def __init__(self, refuse_by: str = "false") -> None:
+        self.lock = threading.Lock()
+        self.bound: dict[int, int] = {}
+        self.refusals = 0
+        self.refuse_by = refuse_by
+
+    def context(self) -> Any:
+        owner = self
+
+        class Context:
+            def set_optimization_profile_async(self, profile_index: int, stream_handle: int) -> bool:
+                with owner.lock:
+                    if owner.bound.get(profile_index, 0) >= 1:
+                        owner.refusals += 1
+                        if owner.refuse_by == "raise":
+                            raise RuntimeError("profile is in use by another execution context")
+                        return False
+                    owner.bound[profile_index] = owner.bound.get(profile_index, 0) + 1
+                    return True
+
+        return Context()
+
+
+class BoundSlot(EchoSlot):
+    """An EchoSlot whose context went through the session's own profile selection."""
+
+    def __init__(self, trt: OneContextPerProfile, profile: int, spec: ProfileSpec, shapes: list[Any]) -> None:
+        select_profile(trt.context(), profile, 0)  # raises ProfileBusyError when refused
+        super().__init__(profile, spec, shapes)
+        self.busy = threading.Lock()
+
+    def run(self, arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        assert self.busy.acquire(blocking=False), "one slot used by two threads"
+        try:
+            time.sleep(0.003)
+            return super().run(arrays)
+        finally:
+            self.busy.release()
+
+
+@pytest.mark.parametrize("refuse_by", ["false", "raise"])
+def test_pool_waits_for_the_busy_profile_instead_of_failing(refuse_by: str, caplog: pytest.LogCaptureFixture) -> None:
+    trt = OneContextPerProfile(refuse_by)
+    shapes: list[tuple[int, int, int]] = []
+    session = EngineSession.from_engine(
+        FakeEngine(), slot_factory=lambda e, p, spec: BoundSlot(trt, p, spec, shapes),
+        contexts_per_profile=1, max_contexts_per_profile=4,
+    )
+
+    def work(seed: int) -> None:
+        rng = random.Random(seed)
+        for i in range(15):
+            s = rng.choice([64, 200, 300])
+            batch = _batch(4, s, seed * 100 + i)
+            start, _ = session.run(batch)  # never fails: waits for the profile's one context
+            np.testing.assert_array_equal(start, batch.input_ids + 1000.0 * (0 if s <= 128 else 1 if s <= 256 else 2))
+
+    with caplog.at_level("WARNING", logger="trt_handler.engines.session"):
+        run_threads(work, 6, timeout=120)
+    assert session.contexts_created() == [1, 1, 1]
+    assert session.stats()["runs"] == 90 and trt.refusals >= 1
+    warnings = [r.getMessage() for r in caplog.records if "refused another execution context" in r.getMessage()]
+    assert 1 <= len(warnings) <= 3 and len(set(warnings)) == len(warnings)  # at most once per profile
+    assert session._pool.limits() != [4, 4, 4]
+
+
+def test_prefill_stops_at_the_busy_profile_and_a_profile_with_no_context_still_fails() -> None:
+    trt = OneContextPerProfile()
+    session = EngineSession.from_engine(FakeEngine(), slot_factory=lambda e, p, spec: BoundSlot(trt, p, spec, []),
+                                        contexts_per_profile=2, max_contexts_per_profile=2)
+    assert session.contexts_created() == [1, 1, 1]
+    trt.bound = {0: 1, 1: 1, 2: 1}  # every profile taken by someone else
+    with pytest.raises(ProfileBusyError, match="refused optimization profile 0"):
+        EngineSession.from_engine(FakeEngine(), slot_factory=lambda e, p, spec: BoundSlot(trt, p, spec, []))
 
 
 # --------------------------------------------------------------------------------------------
@@ -499,6 +634,53 @@ def test_valid_engine_without_a_gpu_names_the_missing_gpu(rtx_engine: bytes) -> 
 
 
 # --------------------------------------------------------------------------------------------
+# TensorRT's lean runtime (real tensorrt_lean_bindings, which import on a CPU box)
+# --------------------------------------------------------------------------------------------
+
+HAS_LEAN = importlib.util.find_spec("tensorrt_lean_bindings") is not None
+needs_lean = pytest.mark.skipif(not HAS_LEAN, reason="pip install 'trt-bert-qa-beam[lean]'")
+
+
+@needs_lean
+def test_lean_runtime_loads_as_its_own_library() -> None:
+    from trt_handler.engines.library import library_name, load_trt
+
+    module = load_trt("tensorrt_lean")
+    assert module.__name__ == "tensorrt_lean_bindings" and library_name(module) == "tensorrt_lean"
+    assert module.__version__.startswith("11.")
+
+
+@needs_lean
+def test_lean_runtime_refuses_an_engine_not_built_version_compatible(tmp_path: Any) -> None:
+    import tensorrt_lean_bindings as lean
+
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"\0" * 4096)
+    sidecar = {"library": "tensorrt", "library_version": lean.__version__, "version_compatible": False,
+               "profiles": [p.to_dict() for p in PROFILES]}
+    (tmp_path / "m.engine.json").write_text(__import__("json").dumps(sidecar))
+    with pytest.raises(EngineCompatibilityError) as info:
+        EngineSession(str(engine), library="tensorrt_lean")  # the sidecar is read next to the engine
+    assert info.value.cause == "version"
+    assert "not built version-compatible" in str(info.value) and "--version-compatible" in str(info.value)
+
+
+@needs_lean
+def test_lean_runtime_names_the_missing_gpu_for_a_version_compatible_engine() -> None:
+    import tensorrt_lean_bindings as lean
+
+    sidecar = {"library": "tensorrt", "library_version": lean.__version__, "version_compatible": True}
+    with pytest.raises(EngineCompatibilityError) as info:
+        EngineSession(b"\0" * 4096, library="tensorrt_lean", sidecar=sidecar)
+    if GPU_SKIP is not None:
+        assert info.value.cause == "no_gpu" and "tensorrt_lean_bindings 11." in str(info.value)
+    newer = dict(sidecar, library_version="11.99.0.1")
+    with pytest.raises(EngineCompatibilityError, match="no newer than itself") as info:
+        EngineSession(b"\0" * 4096, library="tensorrt_lean", sidecar=newer)
+    assert info.value.cause == "version"
+
+
+# --------------------------------------------------------------------------------------------
 # Real GPU: ExecutionSlot and EngineSession over CUDA, with a stand-in for TensorRT
 # --------------------------------------------------------------------------------------------
 
@@ -575,7 +757,7 @@ def test_engine_session_on_the_gpu_from_many_threads() -> None:
         def work(seed: int) -> None:
             rng = random.Random(seed)
             for i in range(25):
-                b, s = rng.randint(1, 40), rng.randint(1, 128)  # up to 40 rows: split at 16
+                b, s = rng.randint(1, 16), rng.randint(1, 128)  # the profiles' max batch: 16
                 batch = _batch(b, s, seed * 1000 + i)
                 start, end = session.run(batch)
                 if not (np.array_equal(_bits(start), batch.input_ids) and np.array_equal(_bits(end), batch.token_type_ids)):

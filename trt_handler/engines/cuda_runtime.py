@@ -48,6 +48,7 @@ __all__ = [
     "device_count",
     "device_name",
     "driver_version",
+    "memory_info",
     "set_device",
     "unavailable_reason",
 ]
@@ -197,6 +198,15 @@ def compute_capability(index: int = 0) -> tuple[int, int]:
     major = check(rt.cudaDeviceGetAttribute(attr.cudaDevAttrComputeCapabilityMajor, index), "cudaDeviceGetAttribute")
     minor = check(rt.cudaDeviceGetAttribute(attr.cudaDevAttrComputeCapabilityMinor, index), "cudaDeviceGetAttribute")
     return (int(major), int(minor))
+
+
+def memory_info() -> dict[str, int] | None:
+    """GPU memory of the current device as {"free_bytes", "total_bytes", "used_bytes"}
+    (``cudaMemGetInfo``); None when cuda-python, the driver or a GPU is missing (never raises then)."""
+    if unavailable_reason() is not None:
+        return None
+    free, total = check(cudart().cudaMemGetInfo(), "cudaMemGetInfo")
+    return {"free_bytes": int(free), "total_bytes": int(total), "used_bytes": int(total) - int(free)}
 
 
 def driver_version() -> int | None:

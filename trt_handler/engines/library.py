@@ -1,5 +1,7 @@
 """Which TensorRT: full TensorRT (``tensorrt``, NGC containers, builds on the GPU it runs on) or
-TensorRT-RTX (``tensorrt_rtx``, builds ahead of time on a CPU box), imported only when needed.
+TensorRT-RTX (``tensorrt_rtx``, builds ahead of time on a CPU box), imported only when needed; and
+for running only, TensorRT's lean runtime (``tensorrt_lean``: PyPI tensorrt-lean-cu12-bindings,
+module ``tensorrt_lean_bindings``), which loads engines built version-compatible by full TensorRT.
 
 The two Python APIs match in shape (Builder, OnnxParser, Runtime, ICudaEngine), so the builder and
 the engine session take the module as a value and branch only where the libraries differ. This
@@ -10,13 +12,17 @@ session (:mod:`trt_handler.engines.session`) turns their findings into its error
 
 Nothing heavy is imported at module level: ``import trt_handler.engines.library`` needs only the standard
 library; ``cuda.bindings`` is reached through :mod:`trt_handler.engines.cuda_runtime`, lazily.
+
+Diagnosis lives here too: :class:`EngineCompatibilityError` (cause + fix), :func:`load_library`
+(load_trt that raises it), :func:`diagnose` (every finding before deserializing, from the
+validity query or the sidecar) and :func:`compatibility_error` (findings -> one error).
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, NamedTuple
@@ -25,6 +31,14 @@ __all__ = [
     "INSTALL_FIX",
     "LIBRARIES",
     "NO_GPU_FIX",
+    "REBUILD_FIX",
+    "RUNTIME_LIBRARIES",
+    "EngineCompatibilityError",
+    "compatibility_error",
+    "diagnose",
+    "findings_from_log",
+    "library_label",
+    "load_library",
     "RTX_DEFAULT_TARGETS",
     "Finding",
     "GpuDescriptor",
@@ -43,10 +57,19 @@ __all__ = [
 LOGGER = logging.getLogger(__name__)
 
 LIBRARIES: tuple[str, str] = ("tensorrt", "tensorrt_rtx")
+# Libraries that can run (deserialize) engines; the lean runtime cannot build.
+RUNTIME_LIBRARIES: tuple[str, ...] = (*LIBRARIES, "tensorrt_lean")
+# Module names each library may import as, first found wins (the lean bindings wheel installs
+# ``tensorrt_lean_bindings``; NVIDIA's ``tensorrt_lean`` wrapper re-exports it).
+_MODULES: dict[str, tuple[str, ...]] = {
+    "tensorrt": ("tensorrt",),
+    "tensorrt_rtx": ("tensorrt_rtx",),
+    "tensorrt_lean": ("tensorrt_lean", "tensorrt_lean_bindings"),
+}
 # Where a TensorRT-RTX engine built without --targets runs (TensorRT-RTX docs, "CPU-only AOT"):
 # Ampere and later consumer/data-center parts, but neither Turing (T4) nor Hopper (H100).
 RTX_DEFAULT_TARGETS: tuple[str, ...] = ("sm80", "sm86", "sm89", "sm120", "sm121")
-_CHOICES = ("auto", *LIBRARIES)
+_CHOICES = ("auto", *RUNTIME_LIBRARIES)
 # The fixes, each one sentence without the leading "Fix: ", shared by every message that needs them.
 INSTALL_FIX = (
     "run in an NGC TensorRT container such as this project's worker image (container/), or install "
@@ -76,8 +99,9 @@ class TensorRTMissingError(ModuleNotFoundError):
 
 
 def load_trt(library: str = "auto") -> ModuleType:
-    """The TensorRT module for ``library``: "tensorrt", "tensorrt_rtx", or "auto" (tensorrt if
-    importable, else tensorrt_rtx).
+    """The TensorRT module for ``library``: "tensorrt", "tensorrt_rtx", "tensorrt_lean" (the lean
+    runtime: runs version-compatible engines, builds nothing), or "auto" (tensorrt if importable,
+    else tensorrt_rtx).
 
     Raises ValueError for an unknown name and :class:`TensorRTMissingError` (a ModuleNotFoundError)
     naming what to install; a library that is there but cannot import what it needs raises the
@@ -88,21 +112,23 @@ def load_trt(library: str = "auto") -> ModuleType:
     names = LIBRARIES if library == "auto" else (library,)
     missing: list[str] = []
     for name in names:
-        try:
-            return importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:  # the package is there but something it needs is not
-                raise
-            missing.append(name)
+        for module in _MODULES[name]:
+            try:
+                return importlib.import_module(module)
+            except ModuleNotFoundError as exc:
+                if exc.name != module:  # the package is there but something it needs is not
+                    raise
+        missing.append(name)
     raise TensorRTMissingError(tuple(missing), library)
 
 
 def library_name(module: ModuleType) -> str:
-    """"tensorrt" or "tensorrt_rtx" for a module returned by :func:`load_trt`."""
+    """"tensorrt", "tensorrt_rtx" or "tensorrt_lean" for a module returned by :func:`load_trt`."""
     name = module.__name__.split(".")[0]
-    if name not in LIBRARIES:
-        raise ValueError(f"{module.__name__} is not a TensorRT module; expected one of {LIBRARIES}")
-    return name
+    for library, modules in _MODULES.items():
+        if name in modules:
+            return library
+    raise ValueError(f"{module.__name__} is not a TensorRT module; expected one of {RUNTIME_LIBRARIES}")
 
 
 def library_version(module: ModuleType) -> str:
@@ -272,7 +298,9 @@ def sidecar_findings(
     """
     out: list[Finding] = []
     built_lib, built_ver = sidecar.get("library"), sidecar.get("library_version")
-    if built_lib and built_lib != library:
+    if library == "tensorrt_lean":
+        out += _lean_findings(sidecar, version)
+    elif built_lib and built_lib != library:
         out.append(Finding(
             "version",
             f"the engine was built with {built_lib} but {library} is loading it",
@@ -284,7 +312,9 @@ def sidecar_findings(
             f"the engine was built with {built_lib} {built_ver} but {version} is installed",
             f"rebuild it with {version} or install {built_ver}.",
         ))
-    if gpu is None:
+    if gpu is None or library == "tensorrt_lean":  # version-compatible engines are still per-GPU, see below
+        if library == "tensorrt_lean" and gpu is not None:
+            out += _built_gpu_findings(sidecar, gpu)
         return out
     targets = [str(t) for t in sidecar.get("targets") or [] if t != "current"]
     if library == "tensorrt_rtx" and not sidecar.get("targets"):
@@ -297,14 +327,63 @@ def sidecar_findings(
             f"the engine targets {', '.join(targets)} but this GPU ({gpu.name}) is {gpu.sm}",
             f"rebuild with --targets {gpu.sm}{hopper}",
         ))
-    elif library == "tensorrt" and built_gpu.get("sm") and built_gpu["sm"] != gpu.sm:
-        out.append(Finding(
-            "gpu_arch",
-            f"the engine was built on {built_gpu.get('name')} ({built_gpu['sm']}) but this GPU is "
-            f"{gpu.name} ({gpu.sm}); TensorRT engines run only on the architecture they were built on",
-            "rebuild it on this GPU (engine_cache.ensure_engine does that).",
-        ))
+    elif library == "tensorrt" and built_gpu.get("sm"):
+        out += _built_gpu_findings(sidecar, gpu)
     return out
+
+
+def _built_gpu_findings(sidecar: Mapping[str, Any], gpu: GpuDescriptor) -> list[Finding]:
+    built_gpu = sidecar.get("gpu") or {}
+    if not built_gpu.get("sm") or built_gpu["sm"] == gpu.sm:
+        return []
+    return [Finding(
+        "gpu_arch",
+        f"the engine was built on {built_gpu.get('name')} ({built_gpu['sm']}) but this GPU is "
+        f"{gpu.name} ({gpu.sm}); TensorRT engines run only on the architecture they were built on",
+        "rebuild it on this GPU (engine_cache.ensure_engine does that).",
+    )]
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    parts: list[int] = []
+    for piece in str(text).split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def _lean_findings(sidecar: Mapping[str, Any], version: str) -> list[Finding]:
+    """Why the lean runtime ``version`` cannot load the engine the sidecar describes.
+
+    The lean runtime loads only engines full TensorRT built with VERSION_COMPATIBLE (this
+    project's ``--version-compatible``, which also sets EXCLUDE_LEAN_RUNTIME), with the same
+    TensorRT major version and a version no newer than the runtime's.
+    """
+    built_lib, built_ver = sidecar.get("library"), str(sidecar.get("library_version") or "")
+    if built_lib and built_lib != "tensorrt":
+        return [Finding(
+            "version",
+            f"the engine was built with {built_lib}, and the TensorRT lean runtime loads only engines full "
+            "TensorRT built version-compatible",
+            f"load it with library={built_lib!r}, or rebuild it with full TensorRT and --version-compatible.",
+        )]
+    if not sidecar.get("version_compatible"):
+        return [Finding(
+            "version",
+            "the engine was not built version-compatible, so the TensorRT lean runtime cannot load it",
+            "rebuild it with full TensorRT and `--version-compatible`, or load it with library='tensorrt'.",
+        )]
+    built, runtime = _version_tuple(built_ver), _version_tuple(version)
+    if built and runtime and (built[0] != runtime[0] or runtime < built):
+        return [Finding(
+            "version",
+            f"the engine was built with TensorRT {built_ver}; the lean runtime {version} runs version-compatible "
+            "engines of its own major version that are no newer than itself",
+            f"install tensorrt-lean {built_ver.split('.')[0]}.x at least {built_ver}, or rebuild the engine.",
+        )]
+    return []
 
 
 def sidecar_mismatches(
@@ -355,3 +434,127 @@ def check_engine_bytes(
     if state == "UNCHECKED":
         return True, f"{name} {version} has no engine validity query; deserialization will tell."
     return False, findings[0].text
+
+
+# --------------------------------------------------------------------------------------------
+# diagnosis: findings -> one error with cause and fix
+
+REBUILD_FIX = (
+    "rebuild the engine for this GPU and TensorRT version with `make engine` on a machine like "
+    "this one, or pass the ONNX model to the handler so it builds a matching engine automatically."
+)
+IO_FIX = (
+    "build the engine from this project's ONNX export (`make onnx` then `make engine`), whose "
+    "inputs are int32 [batch, seq] input_ids/attention_mask/token_type_ids and outputs float32 "
+    "[batch, seq] start_logits/end_logits."
+)
+_FIXES = {"no_gpu": NO_GPU_FIX, "no_tensorrt": INSTALL_FIX, "io": IO_FIX}
+# Causes in the order a message reports them: the first is the one to fix first.
+_CAUSE_ORDER = ("no_tensorrt", "malformed", "version", "gpu_arch", "driver", "no_gpu", "memory", "io", "unknown")
+
+
+class EngineCompatibilityError(RuntimeError):
+    """The engine cannot run here; the message names the cause and the fix.
+
+    ``cause`` is a short key: ``no_tensorrt``, ``malformed`` (corrupt, truncated or not an engine),
+    ``version`` (other TensorRT version), ``gpu_arch`` (built for another GPU), ``driver``,
+    ``no_gpu``, ``memory``, ``io`` (wrong inputs/outputs) or ``unknown``.
+    """
+
+    def __init__(self, cause: str, detail: str, fix: str | None = None) -> None:
+        self.cause = cause
+        self.detail = detail
+        self.fix = fix if fix is not None else _FIXES.get(cause, REBUILD_FIX)
+        super().__init__(f"{detail} Fix: {self.fix}")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # custom __init__ args: keep it picklable for Beam
+        return (EngineCompatibilityError, (self.cause, self.detail, self.fix))
+
+
+def load_library(library: str) -> Any:
+    """:func:`load_trt` for running engines: raises EngineCompatibilityError (cause ``no_tensorrt``)
+    naming what could not be imported."""
+    try:
+        return load_trt(library)
+    except TensorRTMissingError as exc:
+        missing = " and ".join(exc.missing)
+        raise EngineCompatibilityError(
+            "no_tensorrt", f"TensorRT is not installed for library={library!r} ({missing} cannot be imported)."
+        ) from exc
+    except ImportError as exc:  # the library is there but something it needs is not
+        raise EngineCompatibilityError("no_tensorrt", f"TensorRT is not installed for library={library!r} ({exc}).") from exc
+
+
+def library_label(module: Any) -> str:
+    """"tensorrt_rtx 1.7.1.116": the module's name and version, for messages."""
+    return f"{getattr(module, '__name__', 'tensorrt')} {getattr(module, '__version__', '?')}"
+
+
+def _gpu_label() -> str:
+    """"NVIDIA H100 80GB HBM3 (sm_90)" or the reason there is no GPU."""
+    from trt_handler.engines import cuda_runtime
+
+    reason = cuda_runtime.unavailable_reason()
+    if reason is not None:
+        return f"no GPU ({reason})"
+    try:
+        major, minor = cuda_runtime.compute_capability()
+        return f"{cuda_runtime.device_name()} (sm_{major}{minor})"
+    except cuda_runtime.CudaError as exc:
+        return f"a GPU that cannot be queried ({exc})"
+
+
+def diagnose(module: Any, runtime: Any, data: bytes, sidecar: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    """(cause, sentence) pairs for why ``data`` cannot be deserialized; [] when no check finds a problem.
+
+    :func:`engine_validity` decides where the library can check (TensorRT-RTX); where it cannot
+    (TensorRT proper, the lean runtime), the build sidecar's view (library, version, target GPUs,
+    version compatibility) stands in.
+    """
+    state, findings = engine_validity(module, runtime, data)
+    if state == "SUBOPTIMAL":
+        LOGGER.warning("TensorRT says the engine is valid but suboptimal for this GPU; consider rebuilding it here")
+    if state != "UNCHECKED":
+        return [(f.cause, f.sentence) for f in findings]
+    if sidecar:
+        mismatches = sidecar_findings(sidecar, library_name(module), library_version(module), local_gpu())
+        if mismatches:
+            return [(f.cause, f.text) for f in mismatches]
+    LOGGER.warning("%s has no engine validity query; deserialization will tell.", library_label(module))
+    return []
+
+
+# Causes guessed from TensorRT's log lines.
+_LOG_CAUSES = (
+    ("malformed", ("magictag", "magic tag", "truncated", "corrupt", "not a trt engine", "serialization assertion")),
+    ("version", ("library version", "version mismatch", "plan file is not compatible", "serialization version")),
+    ("gpu_arch", ("incompatible device", "expecting compute", "compute capability", "unsupported_cc", "sm version", "architecture")),
+    ("driver", ("driver is too old", "runtime is too old")),
+    ("no_gpu", ("cudaerror 35", "cudaerror 100", "driver version is insufficient", "no cuda-capable device")),
+    ("memory", ("out of memory", "cudaerror 2:")),
+)
+
+
+def findings_from_log(logger: Any) -> list[tuple[str, str]]:
+    """Findings from the TensorRT errors a :func:`make_logger` logger holds (then forgotten): causes
+    guessed from the text."""
+    errors: list[str] = list(getattr(logger, "errors", []))
+    if not errors:
+        return []
+    logger.errors.clear()
+    said = "TensorRT says: " + " | ".join(e.strip().rstrip(".") for e in errors[-3:])
+    text = " ".join(errors).lower()
+    causes = [cause for cause, needles in _LOG_CAUSES if any(n in text for n in needles)]
+    return [(cause, said) for cause in causes or ["unknown"]]
+
+
+def compatibility_error(findings: Sequence[tuple[str, str]], data: bytes, module: Any) -> EngineCompatibilityError:
+    """One error naming every cause found, ordered so the first is the one to fix first."""
+    causes = sorted({c for c, _ in findings}, key=_CAUSE_ORDER.index) or ["unknown"]
+    sentences = "; ".join(dict.fromkeys(s for _, s in findings if s)) or "TensorRT cannot load it here"
+    detail = (
+        f"cannot load the TensorRT engine ({len(data)} bytes) with {library_label(module)} on "
+        f"{_gpu_label()}: {sentences}."
+    )
+    fix = " Also: ".join(dict.fromkeys(_FIXES.get(c, REBUILD_FIX) for c in causes))
+    return EngineCompatibilityError(causes[0], detail, fix)

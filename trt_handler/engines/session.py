@@ -3,14 +3,18 @@
 Layers, each testable on its own:
 
 * pure Python (CPU tests): :func:`validate_io` checks the engine's tensors against what the QA
-  features produce, :func:`read_profiles` reads its optimization profiles back, :func:`plan_batches`
-  splits a batch to the profiles' maximum, :class:`SlotPool` hands execution slots to threads;
+  features produce, :func:`read_profiles` reads its optimization profiles back, :class:`SlotPool`
+  hands execution slots to threads, :class:`SessionStats` counts runs and context waits;
 * CUDA (device tests, no TensorRT needed): :class:`ExecutionSlot` drives any object with TensorRT's
   execution-context methods over a :class:`~trt_handler.engines.cuda_runtime.BufferSet` and its stream;
 * TensorRT (needs the library and a GPU): :class:`EngineSession` deserializes the engine, explains
-  why it cannot when it cannot (:class:`EngineCompatibilityError`, from the findings of
-  :mod:`trt_handler.engines.library`, which owns library loading, the TensorRT logger and the validity
-  check), and wires the layers together.
+  why it cannot when it cannot (:class:`EngineCompatibilityError` from
+  :mod:`trt_handler.engines.library`, which owns library loading, the TensorRT logger, the validity
+  check and the diagnosis), warms every profile up, and wires the layers together.
+
+The session does not split batches: ``run`` runs exactly the [B, S] it is given, on the profile
+:func:`~trt_handler.engines.profiles.choose_profile` picks. Fitting batches to the profiles is the
+batch planner's job (``trt_handler.answer_batch``), the one owner of that decision.
 
 Threading: Beam runs several harness threads per worker process and they share one session. Each
 call checks out an :class:`ExecutionSlot` (execution context + stream + buffers) for the profile its
@@ -18,7 +22,10 @@ batch needs and returns it afterwards, so threads never share a context. ``conte
 slots per profile are created up front; when all of a profile's slots are busy a thread creates one
 more, up to ``max_contexts_per_profile`` (default twice ``contexts_per_profile``), and beyond that it
 waits for a slot to come back. The cap bounds GPU memory: every context holds its own activation
-memory and buffers sized for its profile's maximum.
+memory and buffers sized for its profile's maximum. Some TensorRT versions allow only one execution
+context per optimization profile at a time: when binding another context to a busy profile is
+refused (:class:`ProfileBusyError`), the pool stops growing that profile and the thread waits for
+the busy slot instead of failing its batch (logged once per profile).
 
 ``tensorrt``/``tensorrt_rtx`` and ``cuda.bindings`` are imported only when a session is built.
 """
@@ -27,9 +34,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
@@ -37,76 +44,46 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from trt_handler.qa.batching import chunks
-from trt_handler.engines.profiles import ProfileSpec, choose_profile
-from trt_handler.qa.types import INPUT_NAMES, OUTPUT_NAMES, ModelBatch
 from trt_handler.engines.library import (
-    INSTALL_FIX,
-    NO_GPU_FIX,
-    TensorRTMissingError,
-    engine_validity,
-    library_name,
-    library_version,
-    load_trt,
-    local_gpu,
+    REBUILD_FIX,
+    EngineCompatibilityError,
+    compatibility_error,
+    diagnose,
+    findings_from_log,
+    library_label,
+    load_library,
     make_logger,
-    sidecar_findings,
 )
+from trt_handler.engines.profiles import ProfileSpec, choose_profile
+from trt_handler.engines.sidecar import read_sidecar
+from trt_handler.qa.types import INPUT_NAMES, OUTPUT_NAMES, ModelBatch
 
 if TYPE_CHECKING:  # cuda_runtime is imported lazily so `import trt_handler.engines.session` needs no CUDA
     from typing import Self
 
+    import tensorrt_lean
+
     from trt_handler.engines.cuda_runtime import TensorSpec
 
 __all__ = [
+    "REBUILD_FIX",
     "EngineCompatibilityError",
     "EngineIOError",
     "EngineSession",
     "ExecutionSlot",
+    "ProfileBusyError",
+    "SessionStats",
     "SlotPool",
+    "WarmUpError",
     "load_library",
-    "plan_batches",
     "read_profiles",
+    "select_profile",
     "validate_io",
 ]
 
 LOGGER = logging.getLogger(__name__)
 
 Logits = tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]
-
-REBUILD_FIX = (
-    "rebuild the engine for this GPU and TensorRT version with `make engine` on a machine like "
-    "this one, or pass the ONNX model to the handler so it builds a matching engine automatically."
-)
-IO_FIX = (
-    "build the engine from this project's ONNX export (`make onnx` then `make engine`), whose "
-    "inputs are int32 [batch, seq] input_ids/attention_mask/token_type_ids and outputs float32 "
-    "[batch, seq] start_logits/end_logits."
-)
-
-_FIXES = {"no_gpu": NO_GPU_FIX, "no_tensorrt": INSTALL_FIX, "io": IO_FIX}
-
-# Causes in the order a message reports them: the first is the one to fix first.
-_CAUSE_ORDER = ("no_tensorrt", "malformed", "version", "gpu_arch", "driver", "no_gpu", "memory", "io", "unknown")
-
-
-class EngineCompatibilityError(RuntimeError):
-    """The engine cannot run here; the message names the cause and the fix.
-
-    ``cause`` is a short key: ``no_tensorrt``, ``malformed`` (corrupt, truncated or not an engine),
-    ``version`` (other TensorRT version), ``gpu_arch`` (built for another GPU), ``driver``,
-    ``no_gpu``, ``memory``, ``io`` (wrong inputs/outputs) or ``unknown``.
-    """
-
-    def __init__(self, cause: str, detail: str, fix: str | None = None) -> None:
-        self.cause = cause
-        self.detail = detail
-        self.fix = fix if fix is not None else _FIXES.get(cause, REBUILD_FIX)
-        super().__init__(f"{detail} Fix: {self.fix}")
-
-    def __reduce__(self) -> tuple[Any, ...]:  # custom __init__ args: keep it picklable for Beam
-        return (EngineCompatibilityError, (self.cause, self.detail, self.fix))
-
 
 class EngineIOError(EngineCompatibilityError):
     """The engine's tensors are not the QA model's (names, dtypes or ranks differ)."""
@@ -260,26 +237,13 @@ def read_profiles(engine: TrtEngine) -> list[ProfileSpec]:
     return out
 
 
-def plan_batches(profiles: Sequence[ProfileSpec], batch: int, seq: int) -> list[tuple[slice, int]]:
-    """Split a [batch, seq] batch into row slices that each fit a profile: (rows, profile index).
-
-    Rows are cut at the largest max_batch among the profiles that take ``seq``; nothing is padded,
-    so the last slice may be short. Raises ValueError when no profile takes ``seq`` or a slice.
-    """
-    if batch <= 0 or seq <= 0:
-        raise ValueError(f"batch shape must be positive, got [{batch}, {seq}]")
-    fitting = [p for p in profiles if p.min_seq <= seq <= p.max_seq]
-    if not fitting:
-        ranges = ", ".join(f"{p.min_seq}-{p.max_seq}" for p in profiles)
-        raise ValueError(
-            f"no optimization profile takes sequence length {seq} (the engine takes {ranges}); "
-            "pad to a length the engine was built for, or rebuild it with a larger max_seq"
-        )
-    step = max(p.max_batch for p in fitting)
-    return [(sl, choose_profile(profiles, sl.stop - sl.start, seq)) for sl in chunks(batch, step)]
-
-
 _S = TypeVar("_S")
+
+
+class ProfileBusyError(RuntimeError):
+    """TensorRT refused to bind another execution context to a profile that one already uses
+    (some versions allow one context per optimization profile at a time). The pool answers it by
+    waiting for the busy slot; it reaches a caller only when no slot of the profile exists."""
 
 
 class SlotPool(Generic[_S]):
@@ -288,6 +252,11 @@ class SlotPool(Generic[_S]):
     ``prefill`` slots per profile are made by :meth:`prefill`; when none is idle a checkout makes a
     new one until the profile has ``cap``, then waits. A slot whose use raised is closed and not
     reused (its stream may hold half-finished work), which frees room for a fresh one.
+
+    When the factory raises :class:`ProfileBusyError` while the profile already has a slot, the
+    profile's limit drops to the slots it has, and the thread waits for one of them instead of
+    failing (logged once per profile). With no slot of the profile at all the error is real and
+    is raised.
     """
 
     def __init__(
@@ -310,19 +279,45 @@ class SlotPool(Generic[_S]):
         self._cond = threading.Condition()
         self._idle: list[list[_S]] = [[] for _ in range(num_profiles)]
         self._created = [0] * num_profiles
+        self._limit = [cap] * num_profiles  # lowered for a profile TensorRT will not share
         self._closed = False
 
     @property
     def cap(self) -> int:
         return self._cap
 
+    def limits(self) -> list[int]:
+        """Most slots per profile: ``cap``, or fewer where TensorRT refused another context."""
+        with self._cond:
+            return list(self._limit)
+
+    def _busy(self, profile: int, existing: int, exc: BaseException) -> None:
+        """Stop growing ``profile`` at ``existing`` slots (the caller then waits); log it once."""
+        with self._cond:
+            first = self._limit[profile] > existing
+            self._limit[profile] = min(self._limit[profile], existing)
+            self._cond.notify_all()
+        if first:
+            LOGGER.warning(
+                "TensorRT refused another execution context on optimization profile %d (%s); that profile "
+                "keeps %d context(s) and further batches on it wait for a free one",
+                profile, exc, existing,
+            )
+
     def prefill(self) -> None:
-        """Create the up-front slots; on failure close those made and re-raise."""
+        """Create the up-front slots; on failure close those made and re-raise (a profile TensorRT
+        will not share stops at the slots it already has)."""
         made: list[tuple[int, _S]] = []
         try:
             for p in range(len(self._idle)):
-                for _ in range(self._prefill):
-                    made.append((p, self._factory(p)))
+                for k in range(self._prefill):
+                    try:
+                        made.append((p, self._factory(p)))
+                    except ProfileBusyError as exc:
+                        if k == 0:
+                            raise
+                        self._busy(p, k, exc)
+                        break
         except BaseException:
             for _, slot in made:
                 self._close(slot)
@@ -345,28 +340,40 @@ class SlotPool(Generic[_S]):
                     raise RuntimeError("the engine session is closed; create a new EngineSession")
                 if self._idle[profile]:
                     return self._idle[profile].pop()
-                if self._created[profile] < self._cap:
+                if self._created[profile] < self._limit[profile]:
                     self._created[profile] += 1
                     return None
                 self._cond.wait()
 
-    def _forget(self, profile: int) -> None:
+    def _forget(self, profile: int) -> int:
+        """Give back a reserved or failed slot's room; returns the slots the profile still has."""
         with self._cond:
             self._created[profile] -= 1
-            self._cond.notify()
+            self._cond.notify_all()  # waiters of every profile share the condition
+            return self._created[profile]
+
+    def _acquire(self, profile: int) -> _S:
+        while True:
+            slot = self._take(profile)
+            if slot is not None:
+                return slot
+            try:
+                return self._factory(profile)
+            except ProfileBusyError as exc:
+                existing = self._forget(profile)
+                if existing == 0:
+                    raise
+                self._busy(profile, existing, exc)  # then wait for one of the existing slots
+            except BaseException:
+                self._forget(profile)
+                raise
 
     @contextmanager
     def checkout(self, profile: int) -> Iterator[_S]:
         """Use a slot of ``profile`` exclusively for the ``with`` block."""
         if not 0 <= profile < len(self._idle):
             raise IndexError(f"profile {profile} does not exist; the engine has {len(self._idle)}")
-        slot = self._take(profile)
-        if slot is None:
-            try:
-                slot = self._factory(profile)
-            except BaseException:
-                self._forget(profile)
-                raise
+        slot = self._acquire(profile)
         try:
             yield slot
         except BaseException:
@@ -376,7 +383,7 @@ class SlotPool(Generic[_S]):
         with self._cond:
             if not self._closed:
                 self._idle[profile].append(slot)
-                self._cond.notify()
+                self._cond.notify_all()  # waiters of every profile share the condition
                 return
         self._close(slot)
 
@@ -395,6 +402,25 @@ class SlotPool(Generic[_S]):
 # ---------------------------------------------------------------------------------------------
 # CUDA: one execution context with its stream and buffers
 # ---------------------------------------------------------------------------------------------
+
+
+def select_profile(context: TrtContext, profile_index: int, stream_handle: int) -> None:
+    """Bind ``context`` to ``profile_index`` (``set_optimization_profile_async`` on the stream).
+
+    Raises :class:`ProfileBusyError` when TensorRT refuses (returns False or raises), which on
+    versions that allow one context per profile at a time means the profile is in use: the pool
+    then waits for that context instead of failing the batch.
+    """
+    try:
+        ok = context.set_optimization_profile_async(profile_index, stream_handle)
+    except Exception as exc:  # noqa: BLE001 - TensorRT raises its own error types
+        raise ProfileBusyError(
+            f"TensorRT refused optimization profile {profile_index} for a new execution context ({exc})"
+        ) from exc
+    if not ok:
+        raise ProfileBusyError(
+            f"TensorRT refused optimization profile {profile_index} for a new execution context; see the TensorRT log"
+        )
 
 
 def _tensor_specs(spec: ProfileSpec) -> list[TensorSpec]:
@@ -430,12 +456,7 @@ class ExecutionSlot:
 
     def _bind(self, context: TrtContext) -> None:
         stream = self.buffers.stream
-        if not context.set_optimization_profile_async(self.profile_index, stream.handle):
-            raise RuntimeError(
-                f"TensorRT refused optimization profile {self.profile_index} for a new execution context; "
-                "see the TensorRT log above (if your TensorRT lets only one context use a profile at a "
-                "time, pass contexts_per_profile=1, max_contexts_per_profile=1)"
-            )
+        select_profile(context, self.profile_index, stream.handle)
         for name in INPUT_NAMES + OUTPUT_NAMES:
             if not context.set_tensor_address(name, self.buffers.device_ptr(name)):
                 raise RuntimeError(f"TensorRT refused the device address of tensor {name!r}; see the log above")
@@ -478,121 +499,36 @@ class ExecutionSlot:
 # ---------------------------------------------------------------------------------------------
 
 
-def load_library(library: str) -> Any:
-    """The TensorRT module for ``library`` ("auto", "tensorrt", "tensorrt_rtx"), from
-    ``trt_lib.load_trt``; raises EngineCompatibilityError (cause ``no_tensorrt``) naming what
-    could not be imported."""
-    try:
-        return load_trt(library)
-    except TensorRTMissingError as exc:
-        missing = " and ".join(exc.missing)
-        raise EngineCompatibilityError(
-            "no_tensorrt", f"TensorRT is not installed for library={library!r} ({missing} cannot be imported)."
-        ) from exc
-    except ImportError as exc:  # the library is there but something it needs is not
-        raise EngineCompatibilityError("no_tensorrt", f"TensorRT is not installed for library={library!r} ({exc}).") from exc
-
-
-def _library_label(module: Any) -> str:
-    return f"{getattr(module, '__name__', 'tensorrt')} {getattr(module, '__version__', '?')}"
-
-
-def _gpu_label() -> str:
-    """"NVIDIA H100 80GB HBM3 (sm_90)" or the reason there is no GPU."""
-    from trt_handler.engines import cuda_runtime
-
-    reason = cuda_runtime.unavailable_reason()
-    if reason is not None:
-        return f"no GPU ({reason})"
-    try:
-        major, minor = cuda_runtime.compute_capability()
-        return f"{cuda_runtime.device_name()} (sm_{major}{minor})"
-    except cuda_runtime.CudaError as exc:
-        return f"a GPU that cannot be queried ({exc})"
-
-
-def _check_before_loading(
-    module: Any, runtime: Any, data: bytes, sidecar: Mapping[str, Any] | None
-) -> list[tuple[str, str]]:
-    """(cause, sentence) pairs for why ``data`` cannot be deserialized; [] when no check finds a problem.
-
-    ``trt_lib.engine_validity`` decides where the library can check (TensorRT-RTX); where it cannot
-    (TensorRT proper), the build sidecar's view (library version, target GPUs) stands in.
-    """
-    state, findings = engine_validity(module, runtime, data)
-    if state == "SUBOPTIMAL":
-        LOGGER.warning("TensorRT says the engine is valid but suboptimal for this GPU; consider rebuilding it here")
-    if state != "UNCHECKED":
-        return [(f.cause, f.sentence) for f in findings]
-    if sidecar:
-        mismatches = sidecar_findings(sidecar, library_name(module), library_version(module), local_gpu())
-        if mismatches:
-            return [(f.cause, f.text) for f in mismatches]
-    LOGGER.warning("%s has no engine validity query; deserialization will tell.", _library_label(module))
-    return []
-
-
-# Causes guessed from TensorRT's log lines.
-_LOG_CAUSES = (
-    ("malformed", ("magictag", "magic tag", "truncated", "corrupt", "not a trt engine", "serialization assertion")),
-    ("version", ("library version", "version mismatch", "plan file is not compatible", "serialization version")),
-    ("gpu_arch", ("incompatible device", "expecting compute", "compute capability", "unsupported_cc", "sm version", "architecture")),
-    ("driver", ("driver is too old", "runtime is too old")),
-    ("no_gpu", ("cudaerror 35", "cudaerror 100", "driver version is insufficient", "no cuda-capable device")),
-    ("memory", ("out of memory", "cudaerror 2:")),
-)
-
-
-def _causes_from_log(lines: Sequence[str]) -> list[str]:
-    text = " ".join(lines).lower()
-    return [cause for cause, needles in _LOG_CAUSES if any(n in text for n in needles)]
-
-
-def _compatibility_error(findings: Sequence[tuple[str, str]], data: bytes, module: Any) -> EngineCompatibilityError:
-    """One error naming every cause found, ordered so the first is the one to fix first."""
-    causes = sorted({c for c, _ in findings}, key=_CAUSE_ORDER.index) or ["unknown"]
-    sentences = "; ".join(dict.fromkeys(s for _, s in findings if s)) or "TensorRT cannot load it here"
-    detail = (
-        f"cannot load the TensorRT engine ({len(data)} bytes) with {_library_label(module)} on "
-        f"{_gpu_label()}: {sentences}."
-    )
-    fix = " Also: ".join(dict.fromkeys(_FIXES.get(c, REBUILD_FIX) for c in causes))
-    return EngineCompatibilityError(causes[0], detail, fix)
-
-
 def _deserialize(module: Any, data: bytes, sidecar: Mapping[str, Any] | None = None) -> tuple[Any, Any, Any]:
     """(engine, runtime, logger) — the runtime and logger must outlive the engine.
 
     On failure the runtime is released before raising: a traceback that kept it alive would
-    destroy it at interpreter exit, when its logger callback can no longer run Python.
+    destroy it at interpreter exit, when its logger callback can no longer run Python. Without a
+    GPU a Runtime is made only where it can check an engine without one (TensorRT-RTX's validity
+    query): the lean runtime's Runtime, made on a machine without CUDA, crashes when destroyed.
     """
     from trt_handler.engines import cuda_runtime
 
     logger = make_logger(module)
-    runtime = module.Runtime(logger)
-    engine = None
-    findings = _check_before_loading(module, runtime, data, sidecar)
-    findings += _log_findings(logger)
-    if cuda_runtime.unavailable_reason() is not None:
+    no_gpu = cuda_runtime.unavailable_reason() is not None
+    can_check = getattr(module.Runtime, "get_engine_validity", None) is not None
+    if no_gpu and not can_check:
+        findings = diagnose(module, None, data, sidecar) + [("no_gpu", "")]
+        raise compatibility_error(findings, data, module)
+    runtime: tensorrt_lean.Runtime = module.Runtime(logger)
+    engine: tensorrt_lean.ICudaEngine | None = None
+    findings = diagnose(module, runtime, data, sidecar)
+    findings += findings_from_log(logger)
+    if no_gpu:
         findings.append(("no_gpu", ""))  # the message's "on no GPU (...)" already says why
     if not findings:
         engine = runtime.deserialize_cuda_engine(data)
         if engine is None:
-            findings = _log_findings(logger) or [("unknown", "deserialize_cuda_engine failed and TensorRT logged no error")]
+            findings = findings_from_log(logger) or [("unknown", "deserialize_cuda_engine failed and TensorRT logged no error")]
     if engine is None:
         del runtime
-        raise _compatibility_error(findings, data, module)
+        raise compatibility_error(findings, data, module)
     return engine, runtime, logger
-
-
-def _log_findings(logger: Any) -> list[tuple[str, str]]:
-    """Findings from the TensorRT errors logged so far (then forgotten): causes guessed from the text."""
-    errors: list[str] = list(getattr(logger, "errors", []))
-    if not errors:
-        return []
-    logger.errors.clear()
-    said = "TensorRT says: " + " | ".join(e.strip().rstrip(".") for e in errors[-3:])
-    return [(cause, said) for cause in _causes_from_log(errors) or ["unknown"]]
 
 
 def _read_engine(engine: bytes | bytearray | memoryview | str) -> bytes:
@@ -618,16 +554,6 @@ def _read_engine(engine: bytes | bytearray | memoryview | str) -> bytes:
         ) from None
 
 
-def _read_sidecar(path: str) -> dict[str, Any] | None:
-    """The build sidecar ``<path>.json`` next to a local engine, or None (absent or unreadable)."""
-    try:
-        with open(path.removeprefix("file://") + ".json", encoding="utf-8") as f:
-            value = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def _batch_arrays(batch: ModelBatch) -> list[npt.NDArray[Any]]:
     """The batch's three arrays in INPUT_NAMES order, checked to be integer [B, S] of one shape."""
     arrays = [np.asarray(getattr(batch, name)) for name in INPUT_NAMES]
@@ -643,8 +569,37 @@ def _batch_arrays(batch: ModelBatch) -> list[npt.NDArray[Any]]:
 SlotFactory = Callable[[Any, int, ProfileSpec], Slot]
 
 
+class SessionStats:
+    """Thread-safe running totals of a session's batches: runs, and the time each waited for a
+    free execution context (checkout, including making a new context). Cumulative: a reader
+    that wants per-interval numbers subtracts two :meth:`snapshot` results."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs = 0
+        self._wait_us = 0
+        self._max_wait_us = 0
+
+    def record(self, wait_seconds: float) -> None:
+        us = max(0, int(round(wait_seconds * 1e6)))
+        with self._lock:
+            self._runs += 1
+            self._wait_us += us
+            self._max_wait_us = max(self._max_wait_us, us)
+
+    def snapshot(self) -> dict[str, int]:
+        """{"runs", "context_wait_us" (total), "max_context_wait_us"} so far."""
+        with self._lock:
+            return {"runs": self._runs, "context_wait_us": self._wait_us, "max_context_wait_us": self._max_wait_us}
+
+
+class WarmUpError(RuntimeError):
+    """A profile could not run its opt shape at load time; the message names the profile and shape."""
+
+
 def _trt_slot_factory(engine: Any, profile_index: int, spec: ProfileSpec) -> Slot:
-    context = engine.create_execution_context()
+    trt_engine: tensorrt_lean.ICudaEngine = engine
+    context: tensorrt_lean.IExecutionContext | None = trt_engine.create_execution_context()
     if context is None:
         raise RuntimeError(
             f"TensorRT could not create an execution context for profile {profile_index} (usually out of "
@@ -663,10 +618,17 @@ class EngineSession:
         max_contexts_per_profile: most contexts per profile when threads contend; further threads
             wait. Defaults to twice ``contexts_per_profile``.
         sidecar: the build's ``<engine>.json`` (library, version, target GPUs), checked before
-            deserializing; read next to a local engine path when not given.
+            deserializing; read next to an engine path (local or gs://) when not given.
+        warm_up: run every profile once at its opt shape before returning (:meth:`warm_up`), so
+            the first batch meets a ready engine and a profile that cannot run fails here.
+
+    ``library="tensorrt_lean"`` runs engines full TensorRT built with ``--version-compatible``
+    on TensorRT's lean runtime (tensorrt-lean-cu12-bindings).
 
     Raises:
         EngineCompatibilityError: the engine cannot run here (cause and fix in the message).
+        WarmUpError: a profile failed its warm-up run.
+        SidecarError: the sidecar next to the engine exists but is not valid JSON.
     """
 
     def __init__(
@@ -677,11 +639,12 @@ class EngineSession:
         contexts_per_profile: int = 1,
         max_contexts_per_profile: int | None = None,
         sidecar: Mapping[str, Any] | None = None,
+        warm_up: bool = True,
     ) -> None:
         _check_counts(contexts_per_profile, max_contexts_per_profile)
         data = _read_engine(engine)
         if sidecar is None and isinstance(engine, str):
-            sidecar = _read_sidecar(engine)
+            sidecar = read_sidecar(engine.removeprefix("file://"))
         module = load_library(library)
         trt_engine, runtime, logger = _deserialize(module, data, sidecar)
         self._setup(
@@ -691,7 +654,9 @@ class EngineSession:
             max_contexts_per_profile=max_contexts_per_profile,
             slot_factory=_trt_slot_factory,
         )
-        self.library = _library_label(module)
+        self.library = library_label(module)
+        if warm_up:
+            self.warm_up()
 
     @classmethod
     def from_engine(
@@ -702,6 +667,7 @@ class EngineSession:
         max_contexts_per_profile: int | None = None,
         slot_factory: SlotFactory | None = None,
         keepalive: Sequence[Any] = (),
+        warm_up: bool = False,
     ) -> EngineSession:
         """A session over an already deserialized engine (or a test double of one).
 
@@ -719,6 +685,8 @@ class EngineSession:
             slot_factory=slot_factory or _trt_slot_factory,
         )
         self.library = "unknown"
+        if warm_up:
+            self.warm_up()
         return self
 
     def _setup(
@@ -744,6 +712,7 @@ class EngineSession:
         self._pool: SlotPool[Slot] = SlotPool(
             factory, lambda slot: slot.close(), len(self._profiles), prefill=contexts_per_profile, cap=cap
         )
+        self._stats = SessionStats()
         self._pool.prefill()
         self._closed = False
 
@@ -754,7 +723,7 @@ class EngineSession:
 
     @property
     def max_batch(self) -> int:
-        """Largest batch any profile takes; bigger batches are split by :meth:`run`."""
+        """Largest batch any profile takes; :meth:`run` refuses bigger ones (the planner splits)."""
         return max(p.max_batch for p in self._profiles)
 
     def get_profiles(self) -> list[ProfileSpec]:
@@ -767,22 +736,65 @@ class EngineSession:
         return self._pool.created()
 
     def run(self, batch: ModelBatch) -> Logits:
-        """Start and end logits, float32 [B, S], for a padded int32 [B, S] batch.
+        """Start and end logits, float32 [B, S], for a padded int32 [B, S] batch. Thread-safe.
 
-        Batches over a profile's max batch are split and run slice by slice (each slice one
-        synchronize); smaller ones run at their own shape, unpadded. Thread-safe.
+        Runs exactly this shape, unpadded and unsplit, on the profile :func:`choose_profile`
+        picks; raises its ValueError (naming the shape and the profiles) when none accepts it:
+        fitting batches to the profiles is the batch planner's job. Each run's wait for a free
+        execution context is recorded in :meth:`stats`.
         """
         if self._closed:
             raise RuntimeError("the engine session is closed; create a new EngineSession")
         arrays = _batch_arrays(batch)
-        b, s = arrays[0].shape
-        plan = plan_batches(self._profiles, int(b), int(s))
-        start = np.empty((b, s), dtype=np.float32)
-        end = np.empty((b, s), dtype=np.float32)
-        for rows, profile in plan:
-            with self._pool.checkout(profile) as slot:
-                start[rows], end[rows] = slot.run([a[rows] for a in arrays])
+        b, s = (int(d) for d in arrays[0].shape)
+        profile = choose_profile(self._profiles, b, s)
+        t0 = time.perf_counter()
+        with self._pool.checkout(profile) as slot:
+            waited = time.perf_counter() - t0
+            start, end = slot.run(arrays)
+        self._stats.record(waited)
         return start, end
+
+    def warm_up(self) -> dict[int, float]:
+        """Run every profile once at its opt shape; returns {profile index: seconds} and logs them.
+
+        The first run of a context pays one-time costs (kernel loading, lazy allocations); doing
+        it here keeps them off the first real batch, and a profile that cannot run fails at load
+        with :class:`WarmUpError` naming it, not in the middle of a pipeline. Not counted in
+        :meth:`stats`.
+        """
+        if self._closed:
+            raise RuntimeError("the engine session is closed; create a new EngineSession")
+        times: dict[int, float] = {}
+        for i, spec in enumerate(self._profiles):
+            b, s = spec.opt_batch, spec.opt_seq
+            arrays = [np.zeros((b, s), np.int32), np.ones((b, s), np.int32), np.zeros((b, s), np.int32)]
+            t0 = time.perf_counter()
+            try:
+                with self._pool.checkout(i) as slot:
+                    start, end = slot.run(arrays)
+                if start.shape != (b, s) or end.shape != (b, s):
+                    raise RuntimeError(f"it returned logits of shapes {start.shape} and {end.shape}")
+            except Exception as exc:
+                raise WarmUpError(
+                    f"warm-up of optimization profile {i} at its opt shape [{b}, {s}] failed: {exc}. The engine "
+                    f"cannot serve this profile here; {REBUILD_FIX}"
+                ) from exc
+            times[i] = time.perf_counter() - t0
+            LOGGER.info("warm-up: profile %d [%d, %d] ran in %.1f ms", i, b, s, times[i] * 1e3)
+        return times
+
+    def stats(self) -> dict[str, int]:
+        """Cumulative {"runs", "context_wait_us", "max_context_wait_us"} of :meth:`run` calls
+        (thread-safe; a method so a ``MultiProcessShared`` proxy can call it)."""
+        return self._stats.snapshot()
+
+    def gpu_memory(self) -> dict[str, int] | None:
+        """{"free_bytes", "total_bytes", "used_bytes"} of the current GPU (cudaMemGetInfo), or None
+        without a usable GPU."""
+        from trt_handler.engines import cuda_runtime
+
+        return cuda_runtime.memory_info()
 
     def close(self) -> None:
         """Free every slot (contexts, buffers, streams), then the engine and runtime; idempotent."""
@@ -808,3 +820,13 @@ def _check_counts(contexts_per_profile: int, max_contexts_per_profile: int | Non
             f"max_contexts_per_profile ({max_contexts_per_profile}) must be >= contexts_per_profile "
             f"({contexts_per_profile})"
         )
+
+
+if TYPE_CHECKING:  # checked by `make typecheck` against TensorRT's real runtime stubs, never run
+
+    def _runtime_api_conforms(
+        context: tensorrt_lean.IExecutionContext, engine: tensorrt_lean.ICudaEngine
+    ) -> tuple[TrtContext, TrtEngine]:
+        """TensorRT's IExecutionContext and ICudaEngine have every method the protocols above
+        (and so ExecutionSlot and EngineSession) call, with compatible signatures."""
+        return context, engine
