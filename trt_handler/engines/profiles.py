@@ -79,16 +79,6 @@ def choose_profile(profiles: Sequence[ProfileSpec], batch: int, seq: int) -> int
     return best
 
 
-def padded_seq_for(profiles: Sequence[ProfileSpec], seq: int) -> int:
-    """Length to pad a batch whose longest window has ``seq`` tokens: the chosen profile's opt_seq
-    when it is >= seq (buckets built by :func:`profiles_for_buckets`), else ``seq`` itself."""
-    fitting = [p for p in profiles if p.min_seq <= seq <= p.max_seq]
-    if not fitting:
-        raise ValueError(f"no optimization profile accepts sequence length {seq}")
-    p = min(fitting, key=lambda q: q.max_seq)
-    return p.opt_seq if p.opt_seq >= seq else seq
-
-
 # Token budget: a profile's max_batch x max_seq stays about this many tokens, so short buckets
 # take proportionally more rows and every profile's activation memory is about the same.
 DEFAULT_TOKEN_BUDGET = 64 * 384
