@@ -38,7 +38,14 @@ case "$stage" in
     python3 -m pytest -q -ra -m gpu tests/test_torch_runner.py tests/test_devices.py tests/test_handlers.py \
       tests/test_gpu_check.py tests/test_cuda_runtime.py 2>&1 | tee "$OUT/gpu_tests_h200.txt" | tail -25
     M=.devdata2/models/minilm-l6-squad2
-    python3 -m pipelines.qa_batch --backend torch --torch-device cuda --torch-dtype fp16 --model $M \
-      --input .devdata2/data/squad/squad_B1.json --output "$OUT/b1_torch_fp16" --eval | tail -2 ;;
+    B1=.devdata2/data/squad/squad_B1.json
+    python3 -m trt_handler.evaluate --backend torch --device cuda --dtype fp16 --model $M --data $B1 \
+      --answers "$OUT/b1_torch_fp16_inprocess.json" | tee "$OUT/b1_torch_fp16_inprocess_metric.json"
+    if python3 -c "import apache_beam" 2>/dev/null; then
+      python3 -m pipelines.qa_batch --backend torch --torch-device cuda --torch-dtype fp16 --model $M \
+        --input $B1 --output "$OUT/b1_torch_fp16" --eval | tail -1 | tee "$OUT/b1_torch_fp16_pipeline_metric.json"
+    else
+      echo "Beam is not installed here: the B1 run went through answer_batch in-process only"
+    fi ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac

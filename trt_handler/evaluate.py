@@ -14,7 +14,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from trt_handler.qa.batching import DEFAULT_BUCKETS
 from trt_handler.qa.types import Answer, QAExample, QuestionWindows
@@ -30,23 +30,33 @@ def answer_examples(
     buckets: Sequence[int] = DEFAULT_BUCKETS,
     batch_size: int = 64,
     batch_windows: int = 256,
+    backend: str = "onnx",
+    device: str = "cuda",
+    dtype: str = "fp16",
 ) -> Dict[str, Answer]:
-    """Answer every example with ONNX Runtime through :func:`~trt_handler.answer_batch.answer_batch`,
-    the path the Beam handlers take, ``batch_windows`` windows at a time."""
+    """Answer every example through :func:`~trt_handler.answer_batch.answer_batch`, the path the
+    Beam handlers take, ``batch_windows`` windows at a time: on ONNX Runtime (the model's exported
+    bundle), or with ``backend="torch"`` on PyTorch (``model`` is then a checkpoint folder)."""
     from trt_handler.answer_batch import BatchPlan, answer_batch
     from trt_handler.backends.onnx_runner import OnnxRunner
     from trt_handler.engines.export import bundle_onnx_path, resolve_model_bundle
     from trt_handler.qa.answers import AnswerConfig
     from trt_handler.qa.windows import FeatureConfig, WindowMaker, load_tokenizer
 
-    bundle = resolve_model_bundle(model, cache_dir)
+    if backend == "torch":
+        from trt_handler.backends.torch_runner import TorchRunner
+
+        bundle = Path(model)
+        runner: Any = TorchRunner(model, device=device, dtype=dtype if device != "cpu" else "fp32")
+    else:
+        bundle = resolve_model_bundle(model, cache_dir)
+        runner = OnnxRunner(bundle_onnx_path(bundle))
     maker = WindowMaker(load_tokenizer(bundle), feature_config or FeatureConfig())
     questions: List[QuestionWindows] = []
     for ex, result in zip(examples, maker.windows_many(examples)):
         if isinstance(result, Exception):
             raise ValueError(f"question {ex.id!r} cannot be tokenized: {result}")
         questions.append(QuestionWindows(ex, tuple(result)))
-    runner = OnnxRunner(bundle_onnx_path(bundle))
     plan = BatchPlan.for_buckets(buckets, batch_size)
     config = answer_config or AnswerConfig()
     answers: Dict[str, Answer] = {}
@@ -85,7 +95,10 @@ def evaluate(
     examples = load_examples(data)
     if limit is not None:
         examples = examples[:limit]
+    answers_file = kwargs.pop("answers_file", None)
     answers = answer_examples(examples, model, cache_dir, **kwargs)  # type: ignore[arg-type]
+    if answers_file:
+        Path(str(answers_file)).write_text(json.dumps({k: a.text for k, a in answers.items()}), encoding="utf-8")
     return metric_for_answers(examples, answers)
 
 
@@ -111,9 +124,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--cache-dir", default="cache", type=Path, help="where exported ONNX bundles are cached")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N questions")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--backend", choices=("onnx", "torch"), default="onnx",
+                        help="onnx: ONNX Runtime on the CPU; torch: PyTorch (--model a checkpoint folder)")
+    parser.add_argument("--device", default="cuda", help="torch backend: cuda, cuda:N or cpu")
+    parser.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16", help="torch backend precision")
+    parser.add_argument("--answers", default=None, help="also write {id: answer text} as JSON here")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
-    metric = evaluate(args.data, args.model, args.cache_dir, limit=args.limit, batch_size=args.batch_size)
+    metric = evaluate(args.data, args.model, args.cache_dir, limit=args.limit, batch_size=args.batch_size,
+                      backend=args.backend, device=args.device, dtype=args.dtype, answers_file=args.answers)
     print(f"evaluated {int(metric['total'])} questions in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     print(json.dumps(metric, sort_keys=True))
     return 0
