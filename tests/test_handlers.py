@@ -556,3 +556,32 @@ def test_torch_handler_auto_device_picks_a_visible_gpu(model_dir: Path) -> None:
         import torch
 
         TorchQAHandler(str(model_dir), device="auto", gpu_count=torch.cuda.device_count() + 1).resolved_device()
+
+
+class StatefulSession(FakeSession):
+    """A session with the engine session's stats() and gpu_memory()."""
+
+    def stats(self) -> Dict[str, int]:
+        return {"runs": len(self.shapes), "context_wait_us": 1234, "max_context_wait_us": 99}
+
+    def gpu_memory(self) -> Dict[str, int]:
+        return {"free_bytes": 10, "total_bytes": 30, "used_bytes": 20}
+
+
+def test_model_state_lands_in_the_one_metrics_namespace() -> None:
+    """Context waits and GPU memory read from the model reach Beam's metrics (one namespace)."""
+    questions = [make_question(f"q{i}", 20) for i in range(3)]
+    p = beam.Pipeline()
+    _ = p | beam.Create(questions) | RunInference(StateHandler(max_batch_windows=1))
+    result = p.run()
+    result.wait_until_finish()
+    gauges = {g.key.metric.name: g.committed.value for g in
+              result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))["gauges"]}
+    assert gauges["fake_context_wait_micro_secs_total"] == 1234
+    assert gauges["fake_context_wait_micro_secs_max"] == 99
+    assert gauges["fake_gpu_memory_used_bytes"] == 20
+
+
+class StateHandler(FakeHandler):
+    def load_model(self) -> FakeSession:
+        return StatefulSession()

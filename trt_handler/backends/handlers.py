@@ -83,10 +83,18 @@ def question_size(element: Any) -> int:
 
 class _CallMetrics:
     """Beam metrics per model call (units in the names, as Beam's own), in one namespace for all
-    backends. Attributes are Any: Beam's metric methods are unannotated."""
+    backends, plus what a GPU operator reads from the model itself every ``STATE_EVERY`` batches:
+    time waited for a free execution context (engines) and GPU memory in use. Attributes are Any:
+    Beam's metric methods are unannotated."""
+
+    STATE_EVERY = 16
 
     def __init__(self, backend: str) -> None:
         ns = METRICS_NAMESPACE
+        self.context_wait: Any = Metrics.gauge(ns, f"{backend}_context_wait_micro_secs_total")
+        self.max_context_wait: Any = Metrics.gauge(ns, f"{backend}_context_wait_micro_secs_max")
+        self.gpu_memory: Any = Metrics.gauge(ns, f"{backend}_gpu_memory_used_bytes")
+        self._batches = 0
         self.batch_size: Any = Metrics.distribution(ns, f"{backend}_model_batch_size")
         self.padded_tokens: Any = Metrics.distribution(ns, f"{backend}_model_padded_tokens")
         self.real_tokens: Any = Metrics.distribution(ns, f"{backend}_model_real_tokens")
@@ -101,6 +109,23 @@ class _CallMetrics:
         self.latency.update(int(elapsed_us))
         self.calls.inc()
         self.windows.inc(len(call.indices))
+
+    def model_state(self, model: Any) -> None:
+        """Read the model's own counters (``stats()``, ``gpu_memory()``) now and then: through
+        Beam's cross-process proxy each read is a round trip."""
+        self._batches += 1
+        if self._batches % self.STATE_EVERY != 1:
+            return
+        stats = getattr(model, "stats", None)
+        if callable(stats):
+            values = stats()
+            self.context_wait.set(int(values.get("context_wait_us", 0)))
+            self.max_context_wait.set(int(values.get("max_context_wait_us", 0)))
+        memory = getattr(model, "gpu_memory", None)
+        if callable(memory):
+            info = memory()
+            if info:
+                self.gpu_memory.set(int(info["used_bytes"]))
 
 
 class QAHandler(ModelHandler[QuestionWindows, PredictionResult, RunnerT]):
@@ -235,6 +260,7 @@ class QAHandler(ModelHandler[QuestionWindows, PredictionResult, RunnerT]):
         if self._metrics is None:
             self._metrics = _CallMetrics(self.backend)
         outcomes = answer_batch(questions, model, self._plan_for(model), self._answer_config, self._metrics)
+        self._metrics.model_state(model)
         label = self.model_label()
         make: Any = PredictionResult  # Beam's __new__ is unannotated; Any keeps strict mypy quiet
         return [make(q, outcome, label) for q, outcome in zip(questions, outcomes)]

@@ -34,7 +34,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Any, Iterable, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, Optional, Tuple, Union
 
 import numpy as np
 
@@ -203,6 +203,14 @@ class TorchRunner:
     @property
     def is_cuda(self) -> bool:
         return bool(self.device.type == "cuda")
+
+    def gpu_memory(self) -> Optional[Dict[str, int]]:
+        """{free_bytes, total_bytes, used_bytes} of this runner's GPU (the engine session's form);
+        None on the CPU."""
+        if not self.is_cuda:
+            return None
+        free, total = self._torch.cuda.mem_get_info(self.device)
+        return {"free_bytes": int(free), "total_bytes": int(total), "used_bytes": int(total - free)}
 
     # -- running ------------------------------------------------------------------------------
 
