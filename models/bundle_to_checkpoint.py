@@ -3,14 +3,15 @@
 The bundled model (``models/minilm-l6-squad2``) stores only ONNX; some tests (export, PyTorch
 parity) need a PyTorch checkpoint folder. On a clone without ``../shared`` the test fixtures use
 the checkpoint this module writes: the bundle's weights read from ``model.onnx``, int8 weights
-dequantized (``(q - zero_point) * scale``) to float32, plus the bundle's config and tokenizer files.
+dequantized (``(q - zero_point) * scale``) to float32 exactly as the graph does it, plus the bundle's config and tokenizer files.
 
 It is *not* the original shared checkpoint (its weights carry the int8 rounding), so accuracy
 figures of the model card do not apply to it; it is a real trained model of the same shape and
 vocabulary, which is what plumbing and parity tests need.
 
 How weights are found: initializers named after the PyTorch parameters (``inner.<param>``,
-possibly with ``_quantized``/``_scale``/``_zero_point``) map directly; a MatMul / MatMulInteger with
+possibly stored as ``_int8`` + ``_scale`` and rebuilt by Cast + Mul nodes, or quantize_dynamic's
+``_quantized``/``_scale``/``_zero_point``) map directly; a MatMul / MatMulInteger with
 a constant weight ``[in, out]`` is the Linear whose bias the graph adds right after it (the Add's
 initializer ``inner.<module>.bias``), stored transposed. Every parameter of the model must be found
 (``load_state_dict(strict=True)``), or this fails.
@@ -63,12 +64,18 @@ def onnx_state_dict(onnx_path: os.PathLike[str] | str) -> Dict[str, np.ndarray]:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
 
-    # 0. constant DequantizeLinear nodes (weight-only int8 bundles, quantized embeddings): their
-    #    output is the float32 weight under its original name
+    # 0. constant dequantization (weight-only int8 bundles: Cast + Mul; quantize_dynamic's
+    #    embeddings: DequantizeLinear): the output is the float32 weight under its original name
     for node in graph.node:
-        if node.op_type == "DequantizeLinear" and node.input[0] in inits and node.input[1] in inits:
+        if not node.input or not all(i in inits for i in node.input if i):
+            continue
+        if node.op_type == "DequantizeLinear":
             zp = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
             inits[node.output[0]] = _dequantize(inits[node.input[0]], inits[node.input[1]], zp, attr(node, "axis", 1))
+        elif node.op_type == "Cast" and attr(node, "to", 0) == onnx.TensorProto.FLOAT:
+            inits[node.output[0]] = inits[node.input[0]].astype(np.float32)
+        elif node.op_type == "Mul" and inits[node.input[0]].ndim == 2:
+            inits[node.output[0]] = (inits[node.input[0]] * inits[node.input[1]]).astype(np.float32)
 
     out: Dict[str, np.ndarray] = {}
     # 1. parameters stored under their own name (float32, or DequantizeLinear'd int8 embeddings)
@@ -79,7 +86,7 @@ def onnx_state_dict(onnx_path: os.PathLike[str] | str) -> Dict[str, np.ndarray]:
             base = name[: -len("_quantized")]
             axis = next((attr(n, "axis", 1) for n in consumers.get(name, []) if n.op_type == "DequantizeLinear"), 1)
             out[base[len(PREFIX):]] = _dequantize(value, inits[base + "_scale"], inits.get(base + "_zero_point"), axis)
-        elif not name.endswith(("_scale", "_zero_point")) and value.dtype == np.float32:
+        elif not name.endswith(("_scale", "_zero_point", "_as_float")) and value.dtype == np.float32:
             out[name[len(PREFIX):]] = value.astype(np.float32)
 
     # 2. Linear weights: the constant B of a MatMul/MatMulInteger, named by the bias added after it

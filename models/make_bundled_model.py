@@ -7,10 +7,13 @@ Steps (same checkpoint + same library versions -> same model.onnx sha256):
 
 1. ``trt_handler.engines.export.export_onnx`` exports the checkpoint to a float32 bundle in a
    temporary folder (checked against PyTorch as every export is).
-2. ``onnxruntime.quantization.quantize_dynamic`` turns the weights of the MatMul and Gather
-   (embedding) nodes into int8; activations are quantized per batch at run time. With
-   ``--per-channel`` the MatMul weights get one scale per output channel. ``--exclude`` takes
-   op-name substrings that stay float32 (e.g. ``qa_outputs`` keeps the span head exact).
+2. ``quantize_weight_only`` (default ``--method weight-only``) stores the large weights of the
+   MatMul and Gather (embedding) nodes as int8 with a float32 scale per output column / row,
+   turned back into float32 by Cast + Mul nodes that ONNX Runtime folds at load time: int8 on
+   disk, float32 arithmetic. ``--method dynamic`` uses
+   ``onnxruntime.quantization.quantize_dynamic`` instead (int8 activations too; measured 2.7 F1
+   worse on B1, kept for comparison; ``--per-channel`` applies to it). ``--exclude`` takes
+   node-name substrings that stay float32.
 3. The quantized graph is compared with the float32 one on real SQuAD windows (the committed B1
    sample; max |diff| per batch shape recorded), and written as ``model.onnx`` with the float32
    bundle's tokenizer files and config.json, plus ``export.json`` in the same format as any
@@ -133,9 +136,9 @@ def quantize_weight_only(fp32_onnx: Path, out_onnx: Path, *, op_types: Sequence[
                          exclude: Sequence[str] = ()) -> List[str]:
     """Weight-only int8: each large constant weight of a MatMul (B, [in, out]) or Gather (the
     embedding table, [rows, dim]) is stored as symmetric int8 with one float32 scale per output
-    column / per row, and a standard ONNX ``DequantizeLinear`` (per axis) turns it back into float32
-    in the graph; all arithmetic stays float32 (no activation quantization). Returns the names of
-    the quantized initializers."""
+    column / per row; ``Cast`` + ``Mul`` in the graph turn it back into float32 (folded at load
+    time); all arithmetic stays float32 (no activation quantization). Returns the names of the
+    quantized initializers."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -159,20 +162,23 @@ def quantize_weight_only(fp32_onnx: Path, out_onnx: Path, *, op_types: Sequence[
     dq_nodes = []
     for name, axis in sorted(targets.items()):
         w = numpy_helper.to_array(inits[name]).astype(np.float32)
-        amax = np.max(np.abs(w), axis=1 - axis)
+        amax = np.max(np.abs(w), axis=1 - axis, keepdims=True)  # [1, out] (MatMul) or [rows, 1] (Gather)
         scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
-        shape = (1, -1) if axis == 1 else (-1, 1)
-        q = np.clip(np.rint(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+        q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
         graph.initializer.remove(inits[name])
-        graph.initializer.extend([
-            numpy_helper.from_array(q, f"{name}_int8"),
-            numpy_helper.from_array(scale, f"{name}_scale"),
-            numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{name}_zero_point"),
-        ])
-        dq_nodes.append(helper.make_node("DequantizeLinear", [f"{name}_int8", f"{name}_scale", f"{name}_zero_point"],
-                                         [name], name=f"{name}_dequantize", axis=axis))
-    for i, node in enumerate(dq_nodes):
-        graph.node.insert(i, node)
+        graph.initializer.extend([numpy_helper.from_array(q, f"{name}_int8"),
+                                  numpy_helper.from_array(scale, f"{name}_scale")])
+        # Cast + Mul rather than DequantizeLinear: both have only constant inputs, so ONNX Runtime
+        # (and TensorRT's parser) fold them into a float32 weight once at load time and the model
+        # computes in float32. A DequantizeLinear -> MatMul pair is instead fused by ONNX Runtime's
+        # extended optimizations into a MatMul that quantizes activations too (logits off by ~0.2).
+        dq_nodes.append(helper.make_node("Cast", [f"{name}_int8"], [f"{name}_int8_as_float"],
+                                         name=f"{name}_cast", to=onnx.TensorProto.FLOAT))
+        dq_nodes.append(helper.make_node("Mul", [f"{name}_int8_as_float", f"{name}_scale"], [name],
+                                         name=f"{name}_dequantize"))
+    nodes = dq_nodes + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
     onnx.checker.check_model(model)
     onnx.save(model, str(out_onnx))
     return sorted(targets)
@@ -192,8 +198,8 @@ def make(model: str, out_dir: Path, *, method: str = "weight-only", per_channel:
             quantized = quantize_weight_only(fp32 / BUNDLE_ONNX, staged / BUNDLE_ONNX, op_types=op_types, exclude=exclude)
             how: Dict[str, Any] = {
                 "method": "weight-only int8 (models/make_bundled_model.py: quantize_weight_only)",
-                "weights": "symmetric int8, one float32 scale per MatMul output column / embedding row, "
-                           "ONNX DequantizeLinear in the graph; activations and arithmetic float32",
+                "weights": "symmetric int8, one float32 scale per MatMul output column / embedding row; "
+                           "Cast + Mul in the graph (constant-folded at load); activations and arithmetic float32",
                 "quantized_initializers": quantized,
             }
         elif method == "dynamic":
