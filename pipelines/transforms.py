@@ -286,6 +286,8 @@ def make_handler(settings: QASettings) -> Any:
                                        gpu_count=settings.gpu_count, large_model=settings.share_model, **kwargs)
     if settings.engine_cache_dir:
         kwargs.update(onnx_path=settings.model_dir, cache_dir=settings.engine_cache_dir)
+    if settings.gpu_count is not None and settings.gpu_count > 1:  # one engine per process, on its own GPU
+        kwargs.update(gpu_count=settings.gpu_count, large_model=False)
     return handlers.TensorRTQAHandler(settings.engine, **kwargs)
 
 

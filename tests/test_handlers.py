@@ -585,3 +585,18 @@ def test_model_state_lands_in_the_one_metrics_namespace() -> None:
 class StateHandler(FakeHandler):
     def load_model(self) -> FakeSession:
         return StatefulSession()
+
+
+def test_every_gpu_of_a_worker_or_a_clear_refusal(tmp_path: Path, fake_engine_modules: Dict[str, Any]) -> None:
+    """gpu_count > 1 needs one engine per process (each on its round-robin GPU); one shared engine
+    would leave the other GPUs idle, so that combination is refused at construction."""
+    engine = write_engine(tmp_path, profiles_for_buckets((128, 256, 384)))
+    with pytest.raises(ValueError, match="gpu_count=2 with large_model=True would use one GPU"):
+        TensorRTQAHandler(engine, gpu_count=2)
+    handler = TensorRTQAHandler(engine, gpu_count=2, large_model=False)
+    assert handler.share_model_across_processes() is False
+    from trt_handler.backends.devices import visible_gpu_count
+
+    if visible_gpu_count() < 2:  # here: the devices module names the problem instead of using GPU 0 only
+        with pytest.raises(ValueError, match="GPU"):
+            handler.load_model()

@@ -464,8 +464,11 @@ class TensorRTQAHandler(QAHandler[Any]):
         cache_dir: where ``engines.cache.ensure_engine`` keeps engines built from ``onnx_path``.
         library: "auto", or the engine library to force; passed to ``EngineSession``.
         contexts_per_profile: execution contexts per profile, so that Beam threads run concurrently.
-        large_model: True shares one engine per GPU across the worker's SDK processes (Beam's
-            MultiProcessShared); False loads one per process.
+        large_model: True shares one engine across the worker's SDK processes (Beam's
+            MultiProcessShared: one GPU); False loads one per process.
+        gpu_count: GPUs per worker. Above 1 each process loads its engine on the GPU that
+            ``backends.devices.assign_device`` gives it (round-robin), so every GPU is used; that
+            needs large_model=False (one shared engine lives on one GPU), and is refused otherwise.
         build_options: ``engines.build.BuildOptions`` for a rebuild (None: ensure_engine's default).
         **options: :class:`QAHandler`'s (``buckets`` apply only when the engine has no sidecar).
 
@@ -485,10 +488,19 @@ class TensorRTQAHandler(QAHandler[Any]):
         library: str = "auto",
         contexts_per_profile: int = 1,
         large_model: bool = True,
+        gpu_count: Optional[int] = None,
         build_options: Any = None,
         **options: Any,
     ) -> None:
         engine = _checked_path("engine_path", engine_path)
+        if gpu_count is not None:
+            _check_positive_int("gpu_count", gpu_count)
+            if gpu_count > 1 and large_model:
+                raise ValueError(
+                    f"gpu_count={gpu_count} with large_model=True would use one GPU: a shared engine lives on one "
+                    "GPU. Pass large_model=False so each SDK process loads its engine on its own GPU (round-robin), "
+                    "or gpu_count=1"
+                )
         onnx = None if onnx_path is None else _checked_path("onnx_path", onnx_path)
         cache = None if cache_dir is None else _checked_path("cache_dir", cache_dir)
         if onnx is not None and cache is None:
@@ -515,6 +527,7 @@ class TensorRTQAHandler(QAHandler[Any]):
         self._cache_dir = cache
         self._library = library
         self._contexts_per_profile = contexts_per_profile
+        self._gpu_count = gpu_count
         self._build_options = build_options
 
     @property
@@ -546,9 +559,14 @@ class TensorRTQAHandler(QAHandler[Any]):
         its sidecar so version/GPU mismatches are explained before deserializing."""
         from trt_handler.engines.session import EngineSession
 
+        kwargs: Dict[str, Any] = {}
+        if self._gpu_count is not None and self._gpu_count > 1:
+            from trt_handler.backends.devices import assign_device
+
+            kwargs["device"] = assign_device(self._gpu_count)
         return EngineSession(
             _read_bytes(path), library=self._library, contexts_per_profile=self._contexts_per_profile,
-            sidecar=read_sidecar(path),
+            sidecar=read_sidecar(path), **kwargs,
         )
 
     def _rebuild(self, cause: str) -> str:

@@ -621,6 +621,9 @@ class EngineSession:
             deserializing; read next to an engine path (local or gs://) when not given.
         warm_up: run every profile once at its opt shape before returning (:meth:`warm_up`), so
             the first batch meets a ready engine and a profile that cannot run fails here.
+        device: the CUDA device the engine lives on (None: the calling thread's current one). CUDA's
+            current device is per thread, so every thread that runs the session is switched to it
+            (once per thread): one session per GPU lets a worker use all of its GPUs.
 
     ``library="tensorrt_lean"`` runs engines full TensorRT built with ``--version-compatible``
     on TensorRT's lean runtime (tensorrt-lean-cu12-bindings).
@@ -640,8 +643,12 @@ class EngineSession:
         max_contexts_per_profile: int | None = None,
         sidecar: Mapping[str, Any] | None = None,
         warm_up: bool = True,
+        device: int | None = None,
     ) -> None:
         _check_counts(contexts_per_profile, max_contexts_per_profile)
+        self._device = device
+        self._thread_device = threading.local()
+        self._use_device()
         data = _read_engine(engine)
         if sidecar is None and isinstance(engine, str):
             sidecar = read_sidecar(engine.removeprefix("file://"))
@@ -677,6 +684,8 @@ class EngineSession:
         """
         _check_counts(contexts_per_profile, max_contexts_per_profile)
         self = cls.__new__(cls)
+        self._device = None
+        self._thread_device = threading.local()
         self._setup(
             engine,
             keepalive=tuple(keepalive),
@@ -716,6 +725,20 @@ class EngineSession:
         self._pool.prefill()
         self._closed = False
 
+    def _use_device(self) -> None:
+        """Make this session's GPU current for the calling thread (once per thread)."""
+        if self._device is None or getattr(self._thread_device, "done", False):
+            return
+        from trt_handler.engines import cuda_runtime
+
+        cuda_runtime.set_device(self._device)
+        self._thread_device.done = True
+
+    @property
+    def device(self) -> int | None:
+        """The CUDA device index this session runs on (None: whichever is current)."""
+        return self._device
+
     @property
     def profiles(self) -> list[ProfileSpec]:
         """The engine's optimization profiles, in index order."""
@@ -745,6 +768,7 @@ class EngineSession:
         """
         if self._closed:
             raise RuntimeError("the engine session is closed; create a new EngineSession")
+        self._use_device()
         arrays = _batch_arrays(batch)
         b, s = (int(d) for d in arrays[0].shape)
         profile = choose_profile(self._profiles, b, s)
