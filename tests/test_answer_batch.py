@@ -90,9 +90,9 @@ def test_every_window_is_in_exactly_one_call_within_its_profile_limits() -> None
 
 def test_token_budget_gives_short_buckets_more_rows() -> None:
     p = BatchPlan.for_buckets((128, 384), max_batch=256, max_tokens=128 * 64)
-    assert [q.max_batch for q in p.profiles] == [64, 21]
+    assert [q.max_batch for q in p.profiles] == [64, 16]  # rows rounded down to a multiple of 8
     calls = plan_model_calls([100] * 70 + [300] * 30, p)
-    assert [len(c.indices) for c in calls] == [64, 21, 15]  # the second reaches into the 384 bucket: 21 rows
+    assert [len(c.indices) for c in calls] == [64, 16, 16, 4]  # the second reaches into the 384 bucket: 16 rows
 
 
 def test_filler_rows_meet_a_profiles_min_batch() -> None:

@@ -36,6 +36,7 @@ from trt_handler.backends.handlers import (
 from trt_handler.backends.onnx_runner import OnnxRunner
 from trt_handler.engines.export import BUNDLE_ONNX, export_random_bert, resolve_model_bundle
 from trt_handler.engines.profiles import ProfileSpec, profiles_for_buckets
+from trt_handler.qa.batching import DEFAULT_BUCKETS
 from trt_handler.qa.types import Answer, ModelBatch, QAExample, QuestionWindows, Window
 
 # --------------------------------------------------------------------------------------------
@@ -270,7 +271,7 @@ def test_tensorrt_plan_comes_from_the_engine_sidecar(tmp_path: Path) -> None:
         TensorRTQAHandler(engine, max_model_batch=32)
     # without a sidecar: the handler's buckets (the engine's own profiles are used once loaded)
     bare = write_engine(tmp_path, None, "bare.engine")
-    assert TensorRTQAHandler(bare).buckets == (128, 256, 384)
+    assert TensorRTQAHandler(bare).buckets == DEFAULT_BUCKETS == (128, 160, 192, 224, 288, 384)
     assert TensorRTQAHandler(bare, buckets=(128, 384)).buckets == (128, 384)
 
 

@@ -27,7 +27,13 @@ from typing import Any, Callable, List, Optional, Protocol, Sequence, Tuple, Uni
 
 import numpy as np
 
-from trt_handler.engines.profiles import ProfileSpec, choose_profile, profiles_for_buckets
+from trt_handler.engines.profiles import (
+    DEFAULT_TOKEN_BUDGET,
+    ProfileSpec,
+    choose_profile,
+    profiles_for_buckets,
+    token_budget_profiles,
+)
 from trt_handler.qa.answers import AnswerConfig, extract_answers
 from trt_handler.qa.batching import DEFAULT_BUCKETS, pad_windows, validate_buckets
 from trt_handler.qa.types import Answer, ModelBatch, QuestionWindows, Window, WindowLogits
@@ -92,19 +98,24 @@ class BatchPlan:
 
     @classmethod
     def for_buckets(
-        cls, buckets: Sequence[int] = DEFAULT_BUCKETS, max_batch: int = 64, *, max_tokens: Optional[int] = None,
-        pad_to: str = "longest",
-    ) -> BatchPlan:
-        """A plan for backends without engine profiles: one profile per bucket, each allowed
-        ``max_tokens // bucket`` rows (a constant token budget: the same activation memory per
-        call) capped at ``max_batch``; without ``max_tokens`` every bucket gets ``max_batch``."""
-        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+        cls, buckets: Sequence[int] = DEFAULT_BUCKETS, max_batch: Optional[int] = None, *,
+        max_tokens: Optional[int] = DEFAULT_TOKEN_BUDGET, pad_to: str = "longest",
+    ) -> "BatchPlan":
+        """The plan for backends without engine profiles, the same one the engine builder makes by
+        default: one profile per bucket, each allowed ``max_tokens // bucket`` rows (rounded down
+        to a multiple of 8: a constant token budget, so the same activation memory per call), capped
+        at ``max_batch`` when given. ``max_tokens=None``: every bucket gets ``max_batch`` (64)."""
+        if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
             raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
-        profiles = []
-        for p in profiles_for_buckets(validate_buckets(buckets), 1, 1, max_batch):
-            rows = max_batch if max_tokens is None else max(1, min(max_batch, max_tokens // p.max_seq))
-            profiles.append(ProfileSpec(1, 1, rows, p.min_seq, p.opt_seq, p.max_seq))
-        return cls(tuple(profiles), max_batch=max_batch, pad_to=pad_to)
+        buckets = validate_buckets(buckets)
+        if max_tokens is None:
+            rows = [max_batch or 64] * len(buckets)
+        else:
+            planned = token_budget_profiles(buckets=buckets, token_budget=max_tokens, max_seq=buckets[-1])
+            rows = [p.max_batch if max_batch is None else min(max_batch, p.max_batch) for p in planned]
+        profiles = [ProfileSpec(1, 1, n, p.min_seq, p.opt_seq, p.max_seq)
+                    for n, p in zip(rows, profiles_for_buckets(buckets, 1, 1, 1))]
+        return cls(tuple(profiles), max_batch=max(rows), pad_to=pad_to)
 
     @property
     def buckets(self) -> Tuple[int, ...]:

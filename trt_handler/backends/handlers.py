@@ -44,9 +44,9 @@ from apache_beam.metrics.metric import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from trt_handler.answer_batch import BatchPlan, ModelCall, Runner, answer_batch
-from trt_handler.engines.profiles import ProfileSpec
+from trt_handler.engines.profiles import DEFAULT_TOKEN_BUDGET, ProfileSpec
 from trt_handler.engines.sidecar import read_engine_profiles, read_sidecar
-from trt_handler.qa.answers import AnswerConfig
+from trt_handler.qa.answers import AnswerConfig, Provenance, with_provenance
 from trt_handler.qa.batching import DEFAULT_BUCKETS, validate_buckets
 from trt_handler.qa.types import QuestionWindows
 
@@ -66,6 +66,9 @@ LOGGER = logging.getLogger(__name__)
 
 METRICS_NAMESPACE = "BertQA"  # one namespace for every backend; the backend is a metric label
 _BUNDLE_ONNX = "model.onnx"  # same name as trt_handler.engines.export.BUNDLE_ONNX (not imported: no torch path)
+_BUNDLE_META = "export.json"  # same as trt_handler.engines.export.BUNDLE_META
+THRESHOLD_KEY = "null_threshold"  # where --eval --save-threshold keeps the learned threshold (export.json / sidecar)
+SHA_PREFIX = 12  # hex digits of a model's sha256 written on every answer row
 
 RunnerT = TypeVar("RunnerT", bound=Runner)
 
@@ -136,9 +139,10 @@ class QAHandler(ModelHandler[QuestionWindows, PredictionResult, RunnerT]):
     Args (keyword-only, shared by all backends):
         buckets: sequence-length buckets when the model has no profiles of its own (ONNX Runtime,
             PyTorch); one profile per bucket.
-        max_model_batch: rows per model call at most.
+        max_model_batch: rows per model call at most (default: what the profiles allow).
         max_tokens: per-call token budget for backends without profiles (rows = budget // bucket,
-            capped by max_model_batch); None: every bucket gets max_model_batch rows.
+            rounded down to a multiple of 8, capped by max_model_batch): the engine builder's
+            default plan; None: every bucket gets max_model_batch (64) rows.
         max_batch_windows / min_batch_windows: BatchElements' batch size, counted in windows.
         pad_to: "longest" (pad a call to its longest window, rounded up to 8) or "bucket".
         answer_config: n-best, max answer length, no-answer threshold.
@@ -151,8 +155,8 @@ class QAHandler(ModelHandler[QuestionWindows, PredictionResult, RunnerT]):
         self,
         *,
         buckets: Sequence[int] = DEFAULT_BUCKETS,
-        max_model_batch: int = 64,
-        max_tokens: Optional[int] = None,
+        max_model_batch: Optional[int] = None,
+        max_tokens: Optional[int] = DEFAULT_TOKEN_BUDGET,
         max_batch_windows: int = 256,
         min_batch_windows: Optional[int] = None,
         pad_to: str = "longest",
@@ -161,14 +165,16 @@ class QAHandler(ModelHandler[QuestionWindows, PredictionResult, RunnerT]):
         large_model: bool = False,
         model_copies: Optional[int] = None,
         profiles: Optional[Sequence[ProfileSpec]] = None,
+        threshold_source: str = "config",
     ) -> None:
         kwargs: Dict[str, Any] = {"large_model": large_model}
         if model_copies is not None:
             _check_positive_int("model_copies", model_copies)
             kwargs["model_copies"] = model_copies
         super().__init__(**kwargs)
-        for name, value in (("max_model_batch", max_model_batch), ("max_batch_windows", max_batch_windows)):
-            _check_positive_int(name, value)
+        _check_positive_int("max_batch_windows", max_batch_windows)
+        if max_model_batch is not None:
+            _check_positive_int("max_model_batch", max_model_batch)
         if min_batch_windows is not None:
             _check_positive_int("min_batch_windows", min_batch_windows)
             if min_batch_windows > max_batch_windows:
@@ -181,14 +187,20 @@ class QAHandler(ModelHandler[QuestionWindows, PredictionResult, RunnerT]):
         if not isinstance(answer_config, AnswerConfig):
             raise ValueError(f"answer_config must be a trt_handler.qa.answers.AnswerConfig, got {answer_config!r}")
         if profiles:
-            self._plan = BatchPlan(tuple(profiles), max_batch=max_model_batch, pad_to=pad_to)
+            self._plan = BatchPlan(tuple(profiles), max_batch=max_model_batch or max(p.max_batch for p in profiles),
+                                   pad_to=pad_to)
         else:
             self._plan = BatchPlan.for_buckets(_checked_buckets(buckets), max_model_batch, max_tokens=max_tokens,
                                                pad_to=pad_to)
         self._max_batch_windows = max_batch_windows
         self._min_batch_windows = min_batch_windows if min_batch_windows is not None else max_batch_windows
         self._max_batch_duration_secs = max_batch_duration_secs
+        if threshold_source not in ("config", "flag", "model"):
+            raise ValueError(f"threshold_source must be 'config', 'flag' or 'model', got {threshold_source!r}")
         self._answer_config = answer_config
+        self._base_threshold = answer_config.null_threshold
+        self._threshold_source = threshold_source
+        self._provenance: Optional[Provenance] = None
         self._metrics: Optional[_CallMetrics] = None
 
     @property
@@ -247,6 +259,40 @@ class QAHandler(ModelHandler[QuestionWindows, PredictionResult, RunnerT]):
         """Which model produced an answer (``PredictionResult.model_id``)."""
         return self.backend
 
+    def model_metadata(self) -> Dict[str, Any]:
+        """What the current model's own files record: ``sha256``, ``precision`` and the learned
+        ``null_threshold`` (None each when not recorded). Backends read their sidecar / bundle."""
+        return {}
+
+    def provenance(self) -> Provenance:
+        """The :class:`~trt_handler.qa.answers.Provenance` of the current model, read once per
+        model (at the first batch and again after ``update_model_path``). With
+        ``threshold_source="model"`` the threshold saved with the model (``--eval --save-threshold``)
+        replaces the configured one; a model without one keeps the configured threshold."""
+        if self._provenance is None:
+            meta = self.model_metadata()
+            threshold, source = self._base_threshold, self._threshold_source
+            if source == "model":
+                saved = meta.get("null_threshold")
+                if saved is None:
+                    source = "default" if threshold == 0.0 else "config"
+                else:
+                    threshold = float(saved)
+            if threshold != self._answer_config.null_threshold:
+                from dataclasses import replace
+
+                self._answer_config = replace(self._answer_config, null_threshold=threshold)
+            sha = meta.get("sha256")
+            self._provenance = Provenance(
+                model_id=self.model_label(), backend=self.backend,
+                model_sha256=sha[:SHA_PREFIX] if isinstance(sha, str) and sha else None,
+                precision=meta.get("precision"), null_threshold=threshold, threshold_source=source)
+        return self._provenance
+
+    def _model_changed(self) -> None:
+        """Forget what was read about the previous model (``update_model_path`` calls it)."""
+        self._provenance = None
+
     def run_inference(
         self,
         batch: Sequence[QuestionWindows],
@@ -259,11 +305,13 @@ class QAHandler(ModelHandler[QuestionWindows, PredictionResult, RunnerT]):
         questions = list(batch)
         if self._metrics is None:
             self._metrics = _CallMetrics(self.backend)
+        provenance = self.provenance()  # first: it may set the model's learned threshold
         outcomes = answer_batch(questions, model, self._plan_for(model), self._answer_config, self._metrics)
         self._metrics.model_state(model)
-        label = self.model_label()
+        label = provenance.model_id
         make: Any = PredictionResult  # Beam's __new__ is unannotated; Any keeps strict mypy quiet
-        return [make(q, outcome, label) for q, outcome in zip(questions, outcomes)]
+        return [make(q, outcome if isinstance(outcome, Exception) else with_provenance(outcome, provenance), label)
+                for q, outcome in zip(questions, outcomes)]
 
 
 def _checked_buckets(buckets: Sequence[int]) -> Tuple[int, ...]:
@@ -306,6 +354,53 @@ def _is_local(path: str) -> bool:
 def _bundle_onnx(path: str) -> str:
     """``path`` itself when it is an ``.onnx`` file, else the ``model.onnx`` of the bundle folder ``path``."""
     return path if path.endswith(".onnx") else str(_FS.join(path, _BUNDLE_ONNX))
+
+
+def _read_json(path: str) -> Optional[Dict[str, Any]]:
+    """A JSON object file (local or gs://), None when missing or not a JSON object."""
+    import json
+
+    try:
+        if not _exists(path):
+            return None
+        meta = json.loads(_read_bytes(path).decode("utf-8"))
+    except (OSError, ValueError) as err:
+        LOGGER.warning("cannot read %s (%s): answers will not carry its provenance", path, err)
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _saved_threshold(meta: Optional[Mapping[str, Any]]) -> Optional[float]:
+    """The learned no-answer threshold recorded in an export.json / sidecar, if any."""
+    entry = (meta or {}).get(THRESHOLD_KEY)
+    value = entry.get("value") if isinstance(entry, dict) else entry
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
+        return float(value)
+    return None
+
+
+def bundle_metadata(model_path: str) -> Dict[str, Any]:
+    """sha256, precision and learned null_threshold of an ONNX bundle (folder or its .onnx file),
+    from its export.json (local or gs://); None each when there is none."""
+    if model_path.endswith(".onnx"):
+        folder = model_path[:model_path.rfind("/")] if "/" in model_path else "."
+    else:
+        folder = model_path.rstrip("/")
+    meta = _read_json(str(_FS.join(folder, _BUNDLE_META)))
+    if meta is None:
+        return {"sha256": None, "precision": None, "null_threshold": None}
+    quant = meta.get("quantization")
+    precision = meta.get("precision") or ("int8-weight-only" if isinstance(quant, dict) else "fp32")
+    return {"sha256": meta.get("sha256"), "precision": precision, "null_threshold": _saved_threshold(meta)}
+
+
+def engine_metadata(engine_path: str) -> Dict[str, Any]:
+    """sha256, precision and learned null_threshold of an engine, from its sidecar."""
+    meta = read_sidecar(engine_path)
+    if meta is None:
+        return {"sha256": None, "precision": None, "null_threshold": None}
+    return {"sha256": meta.get("engine_sha256"), "precision": meta.get("precision"),
+            "null_threshold": _saved_threshold(meta)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -360,11 +455,17 @@ class OnnxRuntimeQAHandler(QAHandler["OnnxRunner"]):
         return OnnxRunner(_read_bytes(path), intra_op_threads=self._intra_op_threads)
 
     def update_model_path(self, model_path: Optional[str] = None) -> None:
+        """A new bundle (folder or its model.onnx; WatchFilePattern's side input): the next batch
+        runs on it and its answers carry its id, sha256 and learned threshold."""
         if model_path:
             self._model_path = _checked_path("model_path", model_path)
+            self._model_changed()
 
     def model_label(self) -> str:
         return self._model_path
+
+    def model_metadata(self) -> Dict[str, Any]:
+        return bundle_metadata(self._model_path)
 
     def share_model_across_processes(self) -> bool:
         return False
@@ -440,9 +541,17 @@ class TorchQAHandler(QAHandler[Any]):
     def update_model_path(self, model_path: Optional[str] = None) -> None:
         if model_path:
             self._model_dir = _checked_path("model_path", model_path)
+            self._model_changed()
 
     def model_label(self) -> str:
         return self._model_dir
+
+    def model_metadata(self) -> Dict[str, Any]:
+        """A checkpoint records no sha256; precision is the dtype this process runs in; a learned
+        threshold may sit in the folder's export.json (a bundle converted back to a checkpoint)."""
+        meta = bundle_metadata(self._model_dir)
+        return {"sha256": meta["sha256"], "precision": self._dtype if self._device != "cpu" else "fp32",
+                "null_threshold": meta["null_threshold"]}
 
     def __repr__(self) -> str:
         return f"TorchQAHandler({self._model_dir!r}, device={self._device!r}, dtype={self._dtype!r})"
@@ -592,11 +701,22 @@ class TensorRTQAHandler(QAHandler[Any]):
         return None
 
     def update_model_path(self, model_path: Optional[str] = None) -> None:
+        """A new engine (WatchFilePattern's side input): its sidecar's profiles replace the plan
+        before it is loaded, and its answers carry its id, sha256, precision and threshold."""
         if model_path:
-            self._engine_path = _checked_path("model_path", model_path)
+            path = _checked_path("model_path", model_path)
+            profiles = read_engine_profiles(path)
+            if profiles:
+                self._plan = BatchPlan(tuple(profiles), max_batch=max(p.max_batch for p in profiles),
+                                       pad_to=self._plan.pad_to)
+            self._engine_path = path
+            self._model_changed()
 
     def model_label(self) -> str:
         return self._engine_path
+
+    def model_metadata(self) -> Dict[str, Any]:
+        return engine_metadata(self._engine_path)
 
     def __repr__(self) -> str:
         return f"TensorRTQAHandler({self._engine_path!r}, buckets={self.buckets})"

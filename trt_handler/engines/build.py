@@ -98,7 +98,8 @@ class BuildOptions:
         library: "auto" (tensorrt if importable, else tensorrt_rtx), "tensorrt" or "tensorrt_rtx".
         precision: "fp16" (default), "fp32" or "int8" (TensorRT 10 only, needs calibration data).
         buckets: sequence-length buckets; one optimization profile each.
-        min_batch, opt_batch, max_batch: batch range of every profile.
+        min_batch, opt_batch, max_batch: batch range of every profile (max_batch caps the token-budget
+            plan's per-profile max; default 192 = 64 x 384 tokens at 128).
         targets: TensorRT-RTX compute capabilities ("sm75", "sm89", ...); () = the library default.
         workspace_mib: builder workspace limit; None = the library default (all GPU memory).
         timing_cache: TensorRT timing-cache file, loaded if present and saved after the build.
@@ -107,7 +108,10 @@ class BuildOptions:
         calibration_batches: at most this many calibration batches (of opt_batch windows).
         tokenizer: folder with tokenizer files for calibration; default: the ONNX's folder.
         max_batches: per-bucket max batch (one per bucket, e.g. from
-            :func:`~trt_handler.engines.profiles.token_budget_profiles`); () = ``max_batch`` for all.
+            :func:`~trt_handler.engines.profiles.token_budget_profiles`); () = ``max_batch`` for all;
+            None (the default) = the token-budget plan: each bucket gets ``token_budget`` (default
+            64 x 384) tokens' worth of rows (a multiple of 8), at most ``max_batch``: the plan the
+            handlers use without an engine.
             opt_batch is capped at each profile's max.
         token_budget: the token budget the per-bucket max batches came from (recorded only).
         version_compatible: full TensorRT only: VERSION_COMPATIBLE + EXCLUDE_LEAN_RUNTIME, so the
@@ -120,7 +124,7 @@ class BuildOptions:
     buckets: tuple[int, ...] = tuple(DEFAULT_BUCKETS)
     min_batch: int = 1
     opt_batch: int = 16
-    max_batch: int = 64
+    max_batch: int = 192
     targets: tuple[str, ...] = ()
     workspace_mib: int | None = None
     timing_cache: str | None = None
@@ -129,14 +133,19 @@ class BuildOptions:
     calibration_batches: int = 32
     tokenizer: str | None = None
     verbose: bool = False
-    max_batches: tuple[int, ...] = ()
+    max_batches: tuple[int, ...] | None = None
     token_budget: int | None = None
     version_compatible: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "buckets", tuple(validate_buckets(self.buckets)))
         object.__setattr__(self, "targets", tuple(dict.fromkeys(_normalize_target(t) for t in self.targets)))
-        object.__setattr__(self, "max_batches", tuple(int(b) for b in self.max_batches))
+        if self.max_batches is None:  # the default plan: a constant token budget per profile
+            from trt_handler.engines.profiles import DEFAULT_TOKEN_BUDGET
+
+            object.__setattr__(self, "token_budget", self.token_budget or DEFAULT_TOKEN_BUDGET)
+        else:
+            object.__setattr__(self, "max_batches", tuple(int(b) for b in self.max_batches))
         if self.max_batches and len(self.max_batches) != len(self.buckets):
             raise ValueError(
                 f"max_batches needs one max batch per bucket ({len(self.buckets)}), got {len(self.max_batches)}"
@@ -189,6 +198,14 @@ class BuildOptions:
             raise ValueError("--calibration-data/--calibration-cache apply to --precision int8 only")
 
     def profiles(self) -> list[ProfileSpec]:
+        if self.max_batches is None:
+            from trt_handler.engines.profiles import token_budget_profiles
+
+            assert self.token_budget is not None  # set in __post_init__
+            planned = token_budget_profiles(buckets=self.buckets, token_budget=self.token_budget,
+                                            max_seq=max(self.buckets), min_batch=self.min_batch, opt_batch=self.opt_batch)
+            return [ProfileSpec(p.min_batch, min(p.opt_batch, self.max_batch), min(p.max_batch, self.max_batch),
+                                p.min_seq, p.opt_seq, p.max_seq) for p in planned]
         if not self.max_batches:
             return profiles_for_buckets(self.buckets, self.min_batch, self.opt_batch, self.max_batch)
         out, lower = [], 1

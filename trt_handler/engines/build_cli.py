@@ -115,7 +115,9 @@ def _arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--version-compatible", action="store_true",
                    help="full TensorRT only: build VERSION_COMPATIBLE + EXCLUDE_LEAN_RUNTIME, for later TensorRT "
                    "versions and the lean runtime (library tensorrt_lean)")
-    p.add_argument("--batch", type=lambda s: _ints(s, 3), default=(1, 16, 64), help="min,opt,max batch (default: 1,16,64)")
+    p.add_argument("--batch", type=lambda s: _ints(s, 3), default=None,
+                   help="min,opt,max batch (default 1,16,192); each profile's max batch is the token budget's "
+                        "rows for its bucket, at most max")
     p.add_argument("--targets", type=lambda s: tuple(t for t in s.split(",") if t.strip()), default=(),
                    help="TensorRT-RTX GPU targets, e.g. sm75,sm89 (T4, L4); default: the library's (Ampere+)")
     p.add_argument("--workspace-mib", type=int, help="builder workspace limit in MiB")
@@ -151,10 +153,11 @@ def _planned(args: argparse.Namespace, options: BuildOptions, tokenizer: str | N
 
 
 def _options(args: argparse.Namespace) -> BuildOptions:
+    batch = args.batch or (1, 16, 192)
     return BuildOptions(
         library=args.library, precision=args.precision, buckets=args.buckets or tuple(DEFAULT_BUCKETS),
-        min_batch=args.batch[0],
-        opt_batch=args.batch[1], max_batch=args.batch[2], targets=args.targets, workspace_mib=args.workspace_mib,
+        min_batch=batch[0], opt_batch=batch[1], max_batch=batch[2],
+        targets=args.targets, workspace_mib=args.workspace_mib,
         timing_cache=args.timing_cache, calibration_data=args.calibration_data,
         calibration_cache=args.calibration_cache, calibration_batches=args.calibration_batches,
         tokenizer=args.tokenizer, verbose=args.verbose, version_compatible=args.version_compatible,

@@ -84,7 +84,7 @@ def choose_profile(profiles: Sequence[ProfileSpec], batch: int, seq: int) -> int
 DEFAULT_TOKEN_BUDGET = 64 * 384
 # Buckets used when no data is given: measured 1.12 compute inflation (padded / real tokens) on
 # SQuAD dev splits A and B1 with 384-token windows, within the 1.15 target.
-DEFAULT_PLAN_BUCKETS: Tuple[int, ...] = (128, 160, 192, 224, 288, 384)
+DEFAULT_PLAN_BUCKETS: Tuple[int, ...] = DEFAULT_BUCKETS
 
 
 def token_budget_profiles(
