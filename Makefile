@@ -19,7 +19,10 @@ TARGETS ?=
 EXTRA_ARGS ?=
 
 .PHONY: help install test test-slow test-gpu lint typecheck run eval eval-inprocess onnx engine engine-bert-large \
-        gpu-check submit-dataflow container container-push bench notebook clean
+        gpu-check submit-dataflow container container-push bench bench-gpu notebook clean
+
+# DATA given on the command line (not the default): `make engine DATA=...` derives the plan from it.
+DATA_GIVEN = $(filter command line environment,$(origin DATA))
 
 help:
 	@grep -E '^## ' Makefile | sed 's/^## //'
@@ -50,7 +53,7 @@ lint:
 typecheck:
 	$(PY) -m trt_handler.engines.typecheck
 
-## run              answer INPUT with the local Beam pipeline (BACKEND=onnx|tensorrt, MODEL=dir|hub id)
+## run              answer INPUT with the local Beam pipeline (BACKEND=onnx|torch|tensorrt, MODEL=dir|hub id)
 run:
 	$(PY) -m pipelines.qa_batch --input $(INPUT) --output $(OUTPUT) --model $(MODEL) \
 	  --backend $(BACKEND) $(if $(ENGINE),--engine $(ENGINE)) --cache-dir $(CACHE) --show 5 $(EXTRA_ARGS)
@@ -68,9 +71,10 @@ eval-inprocess:
 onnx:
 	$(PY) -m trt_handler.engines.export --model $(MODEL) --cache-dir $(CACHE)
 
-## engine           build a TensorRT / TensorRT-RTX engine from MODEL's ONNX (see README: engine guide)
+## engine           build a TensorRT / TensorRT-RTX engine from MODEL's ONNX; DATA=squad.json derives its profiles
 engine:
-	$(PY) -m trt_handler.engines.build --model $(MODEL) --cache-dir $(CACHE) $(if $(TARGETS),--targets $(TARGETS)) $(EXTRA_ARGS)
+	$(PY) -m trt_handler.engines.build --model $(MODEL) --cache-dir $(CACHE) $(if $(TARGETS),--targets $(TARGETS)) \
+	  $(if $(DATA_GIVEN),--data $(DATA)) $(EXTRA_ARGS)
 
 ## engine-bert-large  build a BERT-large-shaped (24 layers, hidden 1024, random weights) engine; prints build time
 engine-bert-large:
@@ -96,6 +100,17 @@ container-push:
 ## bench            benchmarks (figures, not tests): DATA=<squad json>; writes benchmarks/results/
 bench:
 	$(PY) -m benchmarks.run --data $(if $(filter command line environment,$(origin DATA)),$(DATA),../shared/data/squad/squad_A.json) --model $(MODEL) --cache-dir $(CACHE) $(EXTRA_ARGS)
+
+## bench-gpu        GPU figures on this machine's NVIDIA GPU (PyTorch; BERT-large shape): model only, then the
+##                  pipeline by process count (DATA=squad json, VOCAB=bert vocab; QUESTIONS, PROCS)
+QUESTIONS ?= 200000
+PROCS ?= 1,2,4,8
+bench-gpu:
+	$(PY) -m benchmarks.bench_gpu model --squad $(if $(DATA_GIVEN),$(DATA),../shared/data/squad/squad_A.json) \
+	  --vocab $(VOCAB) --out benchmarks/results/gpu_model_only.jsonl --md benchmarks/results/gpu_model_only.md
+	$(PY) -m benchmarks.bench_gpu pipeline --model $(CACHE)/bert-large-random --random-bert-large --vocab $(VOCAB) \
+	  --squad $(if $(DATA_GIVEN),$(DATA),../shared/data/squad/squad_A.json) --questions $(QUESTIONS) --procs $(PROCS) \
+	  --modes independent --out benchmarks/results/gpu_pipeline.jsonl --md benchmarks/results/gpu_pipeline.md
 
 ## notebook         execute the Beam Interactive notebook headless
 notebook:
