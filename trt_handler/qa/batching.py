@@ -1,14 +1,13 @@
-"""Padding windows into model batches, and choosing sequence-length buckets.
+"""Padding windows into model inputs, and choosing sequence-length buckets.
 
-Windows arrive unpadded (see :class:`~trt_handler.qa.types.Window`). A batch is padded only to
-the smallest bucket that holds its longest window, so a batch of short windows runs on a short
-engine profile instead of paying for 384 tokens each. Both handlers and the benchmarks use these
-functions, so "what the GPU computes" is defined in one place.
+Windows arrive unpadded (see :class:`~trt_handler.qa.types.Window`); :func:`pad_windows` stacks
+them into int32 [B, S] arrays, and the bucket helpers say how far a batch is padded. Which
+windows share a model call is decided in one place, ``trt_handler.answer_batch.plan_model_calls``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import numpy as np
 
@@ -64,22 +63,6 @@ def pad_windows(windows: Sequence[Window], seq_len: int | None = None) -> ModelB
     return ModelBatch(input_ids, attention_mask, token_type_ids)
 
 
-def group_by_bucket(windows: Sequence[Window], buckets: Sequence[int]) -> Dict[int, List[int]]:
-    """Indices of ``windows`` grouped by the bucket each one fits, in input order per bucket."""
-    groups: Dict[int, List[int]] = {}
-    for i, w in enumerate(windows):
-        groups.setdefault(bucket_for(w.length, buckets), []).append(i)
-    return groups
-
-
-def chunks(n: int, max_batch: int) -> Iterator[slice]:
-    """Slices that cover range(n) in pieces of at most ``max_batch`` (no padding of the last)."""
-    if max_batch <= 0:
-        raise ValueError(f"max_batch must be positive, got {max_batch}")
-    for start in range(0, n, max_batch):
-        yield slice(start, min(n, start + max_batch))
-
-
 def uniform_buckets(step: int, max_len: int) -> Tuple[int, ...]:
     """Buckets every ``step`` tokens up to ``max_len`` (the last one is ``max_len``), e.g.
     ``uniform_buckets(64, 384) == (64, 128, 192, 256, 320, 384)``."""
@@ -87,58 +70,6 @@ def uniform_buckets(step: int, max_len: int) -> Tuple[int, ...]:
         raise ValueError(f"step and max_len must be positive, got step={step}, max_len={max_len}")
     out = list(range(step, max_len, step)) + [max_len]
     return validate_buckets(out)
-
-
-class LengthBucketBatcher:
-    """Forms batches of one sequence bucket each, in arrival order: what BatchElements'
-    ``length_fn``/``bucket_boundaries`` do only on Beam's stateful path, for any caller.
-
-    ``add`` buffers an element in its bucket and returns the bucket's batch when it reaches
-    ``max_batch`` elements; ``flush`` returns every partial batch (smallest bucket first) and
-    empties the buffers, e.g. at the end of a Beam bundle. Pure Python (no Beam): a DoFn that
-    calls ``add`` in ``process`` and ``flush`` in ``finish_bundle`` batches per bucket within a
-    bundle, without the shuffle Beam's stateful path needs.
-
-    Args:
-        buckets: sequence-length buckets (validated, sorted).
-        max_batch: elements per emitted batch at most.
-        length_fn: element -> token count (default: ``element.length``, i.e. a Window).
-    """
-
-    def __init__(self, buckets: Sequence[int], max_batch: int, length_fn: Callable[[Any], int] | None = None):
-        if max_batch <= 0:
-            raise ValueError(f"max_batch must be positive, got {max_batch}")
-        self.buckets = validate_buckets(buckets)
-        self.max_batch = int(max_batch)
-        self._length = length_fn or _window_length
-        self._buffers: Dict[int, List[Any]] = {}
-
-    def bucket_of(self, element: Any) -> int:
-        return bucket_for(self._length(element), self.buckets)
-
-    def add(self, element: Any) -> List[Any] | None:
-        """Buffer ``element``; its bucket's full batch when this filled it, else None."""
-        bucket = self.bucket_of(element)
-        buffer = self._buffers.setdefault(bucket, [])
-        buffer.append(element)
-        if len(buffer) >= self.max_batch:
-            self._buffers[bucket] = []
-            return buffer
-        return None
-
-    def flush(self) -> List[List[Any]]:
-        """Every non-empty partial batch, smallest bucket first; the buffers are emptied."""
-        out = [self._buffers[b] for b in sorted(self._buffers) if self._buffers[b]]
-        self._buffers = {}
-        return out
-
-    def pending(self) -> int:
-        """Elements buffered and not yet returned."""
-        return sum(len(v) for v in self._buffers.values())
-
-
-def _window_length(element: Any) -> int:
-    return int(element.length)
 
 
 def padded_tokens(lengths: Sequence[int], buckets: Sequence[int]) -> int:
