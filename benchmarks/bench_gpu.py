@@ -263,7 +263,52 @@ def _runner_figures(torch: Any, model: Any, calls: List[List[int]], seqs: List[i
                          seconds_median=med, seconds_all=times))
 
 
+def bench_engine(args: argparse.Namespace) -> List[Dict[str, Any]]:
+    """Model only on a TensorRT engine (``--backend tensorrt --engine E``): the product's planner on
+    the engine's own profiles over the same real window lengths, timed with ``run_model_calls``.
+    Needs TensorRT and a GPU the engine was built for (a T4/L4/A100 with the NGC container); it
+    cannot run on Hopper, where TensorRT-RTX engines refuse to load."""
+    import numpy as np
+
+    from trt_handler.answer_batch import BatchPlan, plan_model_calls, run_model_calls
+    from trt_handler.engines import cuda_runtime
+    from trt_handler.engines.session import EngineSession
+    from trt_handler.qa.types import Window
+
+    lengths = window_lengths(Path(args.squad), Path(args.vocab), questions=args.sample_questions, seed=args.seed)
+    session = EngineSession(args.engine)  # warms every profile up
+    plan = BatchPlan(tuple(session.profiles), max_batch=session.max_batch)
+    rng = np.random.default_rng(args.seed)
+    windows = []
+    for i, n in enumerate(lengths):
+        ids = rng.integers(1000, 30000, n).astype(np.int32)
+        ctx = np.arange(n) >= 3
+        windows.append(Window(f"w{i}", 0, ids, ctx.astype(np.int32), np.zeros((n, 2), np.int32), ctx, ctx))
+    rows: List[Dict[str, Any]] = []
+    batches = [(windows[start:start + PLANNER_BATCH_WINDOWS],
+                plan_model_calls(lengths[start:start + PLANNER_BATCH_WINDOWS], plan))
+               for start in range(0, len(windows), PLANNER_BATCH_WINDOWS)]
+    for part, planned in batches[:2]:  # warm-up of the planned shapes
+        run_model_calls(part, planned, session)
+    times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        for part, planned in batches:
+            run_model_calls(part, planned, session)
+        times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    rows.append(emit("model_only_windows_per_s", len(lengths) / med, "windows/s", device=cuda_runtime.device_name(),
+                     backend="tensorrt", engine=args.engine, library=session.library, scheme="planner (engine profiles)",
+                     calls=sum(len(planned) for _, planned in batches), windows=len(lengths),
+                     seconds_median=med, seconds_all=times))
+    return rows
+
+
 def bench_model(args: argparse.Namespace) -> List[Dict[str, Any]]:
+    if getattr(args, "backend", "torch") == "tensorrt":
+        if not args.engine:
+            raise SystemExit("--backend tensorrt needs --engine FILE (built for this GPU)")
+        return bench_engine(args)
     import torch
 
     device = torch.device(args.device)
@@ -330,6 +375,10 @@ def model_table(rows: Sequence[Dict[str, Any]]) -> str:
     model_rows = [r for r in rows if r["figure"] == "model_only_windows_per_s"]
     if not model_rows:
         return ""
+    if model_rows[0].get("backend") == "tensorrt":
+        r = model_rows[0]
+        return (f"Model only, TensorRT engine {r['engine']} ({r['library']}) on {r['device']}: "
+                f"{r['value']:.0f} windows/s over {r['windows']} windows in {r['calls']} planned calls")
     r0 = model_rows[0]
     batches = sorted({r["batch"] for r in model_rows})
     schemes = list(dict.fromkeys(r["scheme"] for r in model_rows))
@@ -422,9 +471,11 @@ class Sampler:
         return statistics.mean(self.gpu) / 100 if self.gpu else None
 
 
-def _qa_cmd(model: str, inp: Path, out: Path, extra: Sequence[str]) -> List[str]:
-    return [sys.executable, "-m", "pipelines.qa_batch", "--backend", "torch", "--model", model,
-            "--torch-device", "cuda", "--torch-dtype", "fp16", "--input", str(inp), "--output", str(out), *extra]
+def _qa_cmd(model: str, inp: Path, out: Path, extra: Sequence[str], engine: Optional[str] = None) -> List[str]:
+    backend = ["--backend", "tensorrt", "--engine", engine] if engine else [
+        "--backend", "torch", "--torch-device", "cuda", "--torch-dtype", "fp16"]
+    return [sys.executable, "-m", "pipelines.qa_batch", *backend, "--model", model,
+            "--input", str(inp), "--output", str(out), *extra]
 
 
 def bench_pipeline(args: argparse.Namespace) -> List[Dict[str, Any]]:
@@ -442,7 +493,7 @@ def bench_pipeline(args: argparse.Namespace) -> List[Dict[str, Any]]:
         if "independent" in args.modes:
             shards = write_shards(Path(args.squad), args.questions, procs, work / f"in-{procs}")
             with Sampler() as s:
-                running = [subprocess.Popen(_qa_cmd(args.model, p, work / f"out-{procs}" / p.stem, extra), env=env,
+                running = [subprocess.Popen(_qa_cmd(args.model, p, work / f"out-{procs}" / p.stem, extra, args.engine if args.backend == "tensorrt" else None), env=env,
                                             stdout=subprocess.DEVNULL, stderr=open(work / f"{p.stem}-{procs}.log", "w"))
                            for p in shards]
                 codes = [p.wait() for p in running]
@@ -454,7 +505,8 @@ def bench_pipeline(args: argparse.Namespace) -> List[Dict[str, Any]]:
                              gpu_samples=len(s.gpu), cpu_cores_used=s.cpu_cores_used))
         if "direct" in args.modes:
             (single,) = write_shards(Path(args.squad), args.questions, 1, work / f"in-direct-{procs}")
-            cmd = _qa_cmd(args.model, single, work / f"out-direct-{procs}" / "answers", extra) + [
+            cmd = _qa_cmd(args.model, single, work / f"out-direct-{procs}" / "answers", extra,
+                          args.engine if args.backend == "tensorrt" else None) + [
                 "--direct_num_workers", str(procs), "--direct_running_mode", "multi_processing"]
             with Sampler() as s:
                 code = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL,
@@ -536,6 +588,9 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--schemes", default=",".join(SCHEMES))
     m.add_argument("--repeats", type=int, default=3)
     m.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16")
+    m.add_argument("--backend", choices=("torch", "tensorrt"), default="torch",
+                   help="torch: a BERT-large-shaped PyTorch model; tensorrt: --engine through EngineSession")
+    m.add_argument("--engine", default=None, help="--backend tensorrt: the engine file (sidecar beside it)")
     m.add_argument("--device", default="cuda:0")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--no-runner-check", dest="runner_check", action="store_false",
@@ -543,7 +598,9 @@ def _parser() -> argparse.ArgumentParser:
     for k, v in BERT_LARGE.items():
         m.add_argument(f"--{k}", type=int, default=v)
     pl = sub.add_parser("pipeline", help="Beam pipeline --backend torch: N processes feeding one GPU")
-    pl.add_argument("--model", required=True, help="Hugging Face QA checkpoint folder")
+    pl.add_argument("--model", required=True, help="Hugging Face QA checkpoint folder (tensorrt: its tokenizer)")
+    pl.add_argument("--backend", choices=("torch", "tensorrt"), default="torch")
+    pl.add_argument("--engine", default=None, help="--backend tensorrt: the engine file")
     pl.add_argument("--random-bert-large", action="store_true",
                     help="make --model first (if absent): BERT-large shape, random weights, fp16, --vocab tokenizer")
     pl.add_argument("--vocab", default=str(REPO.parent / "shared/vocab/bert-base-uncased-vocab.txt"))
