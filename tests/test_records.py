@@ -12,7 +12,6 @@ from pipelines.records import (
     REJECTED_BQ_SCHEMA,
     RecordLimits,
     answer_row,
-    duplicate_rejections,
     parse_record,
     reason_code,
     reject,
@@ -152,14 +151,6 @@ def test_split_squad_document_yields_self_contained_records() -> None:
 def test_split_squad_document_rejects_a_broken_document_once(doc: bytes, code: str) -> None:
     items = list(split_squad_document(doc))
     assert len(items) == 1 and isinstance(items[0], Rejection) and reason_code(items[0]) == code
-
-
-def test_duplicates_keep_one_deterministically() -> None:
-    keep, rejected = duplicate_rejections("q1", ["b", "a", "c"])
-    assert keep == "a"
-    assert [r.raw for r in rejected] == ["b", "c"]
-    assert all(reason_code(r) == "duplicate_id" and r.example_id == "q1" for r in rejected)
-    assert duplicate_rejections("q1", ["b", "a"])[0] == duplicate_rejections("q1", ["a", "b"])[0]
 
 
 def _schema_names(schema: dict) -> list:

@@ -1,0 +1,62 @@
+"""Duplicate ids in batch jobs: every record ends as one answer or one rejection, with only the ids
+counted across workers (pipelines.transforms.RejectDuplicateIds); --allow-duplicate-ids answers all."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any, Dict, List
+
+import pytest
+
+from pipelines import qa_batch
+from tests.conftest import REPO
+
+SAMPLE = REPO / "samples" / "squad_sample.jsonl"
+
+
+@pytest.fixture(scope="module")
+def bundle(model_dir: Path, test_cache: Path) -> str:
+    from trt_handler.engines.export import resolve_model_bundle
+
+    return str(resolve_model_bundle(model_dir, test_cache))
+
+
+def _rows(prefix: Path, rejected: bool) -> List[Dict[str, Any]]:
+    pattern = f"{prefix.name}-rejected-*.jsonl" if rejected else f"{prefix.name}-[0-9]*.jsonl"
+    return [json.loads(line) for f in prefix.parent.glob(pattern) for line in f.read_text().splitlines() if line]
+
+
+def _input(tmp_path: Path) -> tuple:
+    lines = SAMPLE.read_text(encoding="utf-8").splitlines()[:6]
+    records = [json.loads(line) for line in lines]
+    changed = dict(records[1], question=records[1]["question"] + " (asked again)")
+    extra = [lines[0], lines[0], json.dumps(changed)]  # an exact duplicate twice, a differing one once
+    path = tmp_path / "dups.jsonl"
+    path.write_text("\n".join(lines + extra) + "\n", encoding="utf-8")
+    return path, records, lines + extra
+
+
+def test_each_duplicated_id_is_answered_once_and_the_rest_rejected(bundle: str, tmp_path: Path) -> None:
+    path, records, all_lines = _input(tmp_path)
+    out = tmp_path / "answers"
+    outcome = qa_batch.run(["--input", str(path), "--output", str(out), "--model", bundle])
+    answers, rejected = _rows(out, False), _rows(out, True)
+    assert sorted(a["id"] for a in answers) == sorted(r["id"] for r in records)  # every id exactly once
+    assert Counter((r["id"], r["reason_code"]) for r in rejected) == {
+        (records[0]["id"], "duplicate_id"): 2, (records[1]["id"], "duplicate_id"): 1}
+    assert len(answers) + len(rejected) == len(all_lines) == outcome["counters"]["records_read"]
+    # of the two differing records of one id, the one with the smaller raw text is answered
+    kept_raw = min(line for line in all_lines if json.loads(line)["id"] == records[1]["id"])
+    assert {r["raw"] for r in rejected if r["id"] == records[1]["id"]} == \
+        {line for line in all_lines if json.loads(line)["id"] == records[1]["id"]} - {kept_raw}
+
+
+def test_allow_duplicate_ids_answers_every_record(bundle: str, tmp_path: Path) -> None:
+    path, records, all_lines = _input(tmp_path)
+    out = tmp_path / "answers"
+    qa_batch.run(["--input", str(path), "--output", str(out), "--model", bundle, "--allow-duplicate-ids"])
+    answers = _rows(out, False)
+    assert len(answers) == len(all_lines) and not _rows(out, True)
+    assert Counter(a["id"] for a in answers)[records[0]["id"]] == 3
