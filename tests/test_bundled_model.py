@@ -67,7 +67,7 @@ def test_bundle_answers_real_b1_questions(bundled_model: Path, test_cache: Path)
 
     metric = evaluate(str(SQUAD_B1_SAMPLE), str(bundled_model), test_cache, limit=120)
     assert metric["total"] == 120
-    assert metric["HasAns_total"] > 30 and metric["NoAns_total"] > 30
+    assert metric["HasAns_total"] > 20 and metric["NoAns_total"] > 20
     assert metric["HasAns_f1"] >= 30, metric
     assert metric["NoAns_exact"] >= 30, metric
     assert metric["f1"] >= 40, metric
