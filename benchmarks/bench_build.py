@@ -1,16 +1,18 @@
 """TensorRT-RTX engine build time on this (CPU-only) machine: the shared model, and BERT-large.
 
     python -m benchmarks.bench_build --model ../shared/models/minilm-l6-squad2 --cache-dir cache \
-        [--fine-buckets 128,160,192,224,288,384] [--with-bert-large-build] [--vocab VOCAB]
+        [--compare-buckets 128,256,384] [--with-bert-large-build] [--vocab VOCAB]
 
 Builds with the project's builder CLI (``python -m trt_handler.engines.build --onnx ... --output ...``)
 into a temporary folder, so the engine cache is left alone, and reports the ``build_seconds`` the
 builder writes into the engine's sidecar (the library's build call), with the CLI's wall time,
 the sidecar's ``total_seconds`` and the engine size alongside.
 
-- ``trt_build_seconds_minilm``: the shared model, default buckets 128/256/384 (3 profiles);
-- ``trt_build_seconds_minilm_fine``: the same with ``--fine-buckets`` (one profile each), since
-  finer buckets cost build time and engine size;
+- ``trt_build_seconds_minilm``: the shared model with the builder's default plan (``BuildOptions``:
+  buckets 128,160,192,224,288,384, one profile each, max batch per profile from the 64 x 384
+  token budget: 6 profiles);
+- ``trt_build_seconds_minilm_128_256_384``: the same with ``--compare-buckets`` (default
+  128,256,384, the old default: 3 profiles), since every profile costs build time and engine size;
 - ``trt_build_seconds_bert_large``: a BERT-large-shaped model (24 layers, hidden 1024). Takes
   minutes, so only with ``--with-bert-large-build``; without it, the newest existing sidecar of
   such an engine in ``--cache-dir/engines`` is read (``"measured": "existing sidecar"``, with
@@ -56,6 +58,7 @@ def report(figure: str, sidecar: Dict[str, Any], measured: str, **extra: Any) ->
          engine_mib=round(sidecar.get("engine_bytes", 0) / 2**20, 1), library=sidecar.get("library"),
          library_version=sidecar.get("library_version"), precision=sidecar.get("precision"),
          profiles=len(sidecar.get("profiles", [])), buckets=(sidecar.get("options") or {}).get("buckets"),
+         max_batches=[p.get("max_batch") for p in sidecar.get("profiles", []) if isinstance(p, dict)] or None,
          targets=sidecar.get("targets"), built_at=sidecar.get("built_at"), gpu=sidecar.get("gpu"),
          measured=measured, loadavg=[round(x, 2) for x in os.getloadavg()], **extra)
 
@@ -78,7 +81,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
     parser.add_argument("--cache-dir", default="cache")
-    parser.add_argument("--fine-buckets", default="", help="also build with these buckets (comma-separated)")
+    parser.add_argument("--compare-buckets", default="128,256,384",
+                        help="also build with these buckets (comma-separated; '' to skip; default 128,256,384)")
     parser.add_argument("--with-bert-large-build", action="store_true", help="build BERT-large (minutes)")
     parser.add_argument("--vocab", default=str(REPO.parent / "shared" / "vocab" / "bert-base-uncased-vocab.txt"),
                         help="vocab for exporting the BERT-large-shaped model when it is not cached yet")
@@ -90,10 +94,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-build-") as tmp:
         out = Path(tmp)
         report("trt_build_seconds_minilm", build(onnx, out, "minilm"), "built now",
-               model=os.path.basename(os.path.normpath(args.model)))
-        if args.fine_buckets:
-            report("trt_build_seconds_minilm_fine", build(onnx, out, "minilm-fine", ["--buckets", args.fine_buckets]),
-                   "built now", model=os.path.basename(os.path.normpath(args.model)))
+               model=os.path.basename(os.path.normpath(args.model)), plan="builder default (BuildOptions)")
+        if args.compare_buckets:
+            name = "_".join(b.strip() for b in args.compare_buckets.split(",") if b.strip())
+            report(f"trt_build_seconds_minilm_{name}",
+                   build(onnx, out, f"minilm-{name}", ["--buckets", args.compare_buckets]), "built now",
+                   model=os.path.basename(os.path.normpath(args.model)), plan=f"--buckets {args.compare_buckets}")
         if args.with_bert_large_build:
             large = Path(args.cache_dir) / "onnx" / "bert-large-random-seed0" / "model.onnx"
             if not large.is_file():  # export it once into the cache (the builder's own recipe)
@@ -104,6 +110,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 found = list((Path(args.cache_dir) / "onnx").glob("bert-large-random*/model.onnx"))
                 large = found[0]
             report("trt_build_seconds_bert_large", build(large, out, "bert-large"), "built now",
+                   plan="builder default (BuildOptions)",
                    model="BERT-large-shaped, random weights (24 layers, hidden 1024)")
             return 0
     meta = newest_sidecar(Path(args.cache_dir) / "engines", "bert-large-random")

@@ -10,7 +10,10 @@ is tokenized once), with the rate for shuffled questions (one context tokenizati
 what a lost order costs) and for one call over the whole file alongside. Answers:
 ``extract_answer`` for every question with seeded random logits of the windows' shapes
 (``answers_q_per_s_per_core``) and ``extract_answers`` over batches of 64 questions
-(``answers_batched_q_per_s_per_core``, same answers). Each is
+(``answers_batched_q_per_s_per_core``, same answers), and ``answer_batch`` (the handlers' whole
+path after the model: plan the calls, pad, run, cut the logits, answer) over Beam batches of up to
+256 windows with the default plan and a model that returns precomputed random logits
+(``answer_batch_q_per_s_per_core``). Each is
 run ``--repeat`` times after a warm-up and the best run is reported (the other runs are in the
 JSON line): on a shared machine the best run is the one least disturbed by other work. The
 line also gives questions per CPU-second of this process (``q_per_cpu_s``), which other
@@ -115,6 +118,42 @@ def main(argv: Sequence[str] | None = None) -> None:
     runs = timed_runs(batched, args.repeat)
     emit_rate("answers_batched_q_per_s_per_core", len(pairs), runs, **common, windows=n_windows,
               api="extract_answers, 64 questions a call")
+
+    from benchmarks.bench_inflation import beam_batches
+    from trt_handler.answer_batch import BatchPlan, answer_batch
+    from trt_handler.qa.types import QuestionWindows
+
+    plan = BatchPlan.for_buckets()
+    model = FreeRunner(plan.max_batch, plan.max_seq, args.seed)
+    qws = [QuestionWindows(ex, tuple(ws)) for ex, ws in pairs]
+    sizes = [len(b) for b in beam_batches([q.windows for q in qws], 256)]
+    groups, at = [], 0
+    for n in sizes:  # the same Beam batches, as questions
+        take, got = [], 0
+        while at < len(qws) and got < n:
+            take.append(qws[at])
+            got += len(qws[at].windows)
+            at += 1
+        groups.append(take)
+    run_all = lambda: [a for g in groups for a in answer_batch(g, model, plan)]  # noqa: E731
+    failed_q = sum(isinstance(a, Exception) for a in run_all())  # warm-up
+    runs = timed_runs(run_all, args.repeat)
+    emit_rate("answer_batch_q_per_s_per_core", len(qws), runs, **common, windows=n_windows,
+              api="answer_batch (plan, pad, run, cut, extract_answers), default plan, free model",
+              beam_batches=len(groups), batch_windows=256, failed=failed_q)
+
+
+class FreeRunner:
+    """A model that costs ~nothing: logits sliced from a seeded random pool."""
+
+    def __init__(self, rows: int, seq: int, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        self._start = rng.normal(size=(rows, seq)).astype(np.float32)
+        self._end = rng.normal(size=(rows, seq)).astype(np.float32)
+
+    def run(self, batch):  # type: ignore[no-untyped-def]
+        b, s = batch.shape
+        return self._start[:b, :s], self._end[:b, :s]
 
 
 if __name__ == "__main__":

@@ -7,14 +7,20 @@
 prints one JSON line per figure (``benchmarks.common.emit``: figure, value, unit, machine, load
 average and details); this collects them:
 
-1. ``bench_qa_core``: features and answer extraction alone, per core;
-2. ``bench_inflation``: engine tokens / real tokens, bucketing off, 128/256/384 and finer buckets
-   (the data-derived ``suggest_buckets`` set is passed on to 4 and 5);
+1. ``bench_qa_core``: features, answer extraction and ``answer_batch`` (free model) alone, per core;
+2. ``bench_inflation``: engine tokens / real tokens of the production planner
+   (``answer_batch.plan_model_calls``) over Beam batches of 256 windows: the default plan
+   (``compute_inflation_bucketed``), padded to 384, the old 128/256/384 and finer bucket sets,
+   each also on the held-out ``--holdout`` data (squad_B1.json next to ``--data`` by default);
 3. ``bench_cpu_ceiling``: the whole local Beam pipeline with a free model, per core, on the data
-   replicated to 20,000+ questions; also a per-question-elements prototype and the stage costs;
-4. ``bench_onnx``: ONNX Runtime windows/s by batch size, bucketing off / on / fine;
-5. ``bench_build``: TensorRT-RTX build seconds (BERT-large only with ``--with-bert-large-build``,
-   else read from an existing sidecar).
+   replicated to 20,000+ questions: SQuAD JSON, JSONL, JSONL without the duplicate-id check, and
+   the stage costs without Beam;
+4. ``bench_onnx``: ONNX Runtime windows/s (1 thread) by rows-per-call cap for padded / 128,256,384
+   / the default plan, through ``run_model_calls``;
+5. ``bench_build``: TensorRT-RTX build seconds of the default plan (6 profiles) and of 128,256,384
+   (BERT-large only with ``--with-bert-large-build``, else read from an existing sidecar);
+6. ``bench_pipeline_20k`` (only with ``--with-pipeline-20k``, ~6 min): 20,000 questions through
+   ``pipelines.qa_batch`` with a tiny random BERT: peak memory and questions/s.
 
 ``--quick`` runs small sizes (a smoke test, minutes). Figures are measurements of this machine
 at this time: every line carries the cores, CPU model and load average it was measured under.
@@ -78,10 +84,12 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-_DETAIL_KEYS = ("buckets", "batch_size", "runs_s", "q_per_cpu_s", "us_cpu_per_q", "questions", "windows",
-                "rows_per_call_bucketed_formation", "rows_per_call_arrival_formation", "holdout_inflation",
-                "intra_op_threads", "profiles", "engine_mib", "measured", "built_at", "api",
-                "shuffled_q_per_s", "beam_and_rest_us_per_q", "q_per_s_without_beam", "stages")
+_DETAIL_KEYS = ("buckets", "pad_to", "batch_size", "runs_s", "q_per_cpu_s", "us_cpu_per_q", "questions", "windows",
+                "holdout_inflation", "inflation_pad_bucket", "inflation_pad_longest", "inflation_calls_within_bucket",
+                "inflation_by_batch_windows", "model_calls", "mean_rows_per_call", "calls_reaching_longer_bucket",
+                "inflation", "intra_op_threads", "profiles", "max_batches", "engine_mib", "measured", "built_at",
+                "pipeline", "api", "shuffled_q_per_s", "pipeline_us_per_q", "beam_and_rest_us_per_q",
+                "q_per_s_without_beam", "stages", "peak_rss_mib", "wall_s")
 
 
 def markdown(runs: Sequence[Dict[str, Any]], header: Dict[str, Any]) -> str:
@@ -127,19 +135,18 @@ def plot(runs: Sequence[Dict[str, Any]], path: Path) -> bool:
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     ax = axes[0]
-    labels = {"off": "bucketing off (pad to 384)", "on": "buckets 128/256/384", "on_fine": "fine buckets"}
-    for mode in ("off", "on", "on_fine"):
-        pts = sorted((f["batch_size"], f["value"], f["buckets"]) for f in onnx
-                     if f["figure"].rsplit("_b", 1)[0] == f"onnx_windows_per_s_{mode}")
+    labels = {"padded": "padded to 384", "128_256_384": "128/256/384, pad to bucket (old default)",
+              "default": "default plan (6 buckets, pad to longest)"}
+    for mode in ("padded", "128_256_384", "default"):
+        pts = sorted((f["batch_size"], f["value"]) for f in onnx if f.get("plan") == mode)
         if pts:
-            label = labels[mode] + (f" {pts[0][2]}" if mode == "on_fine" else "")
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=labels[mode])
     if onnx:
         threads = onnx[0].get("intra_op_threads")
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("batch size (windows)")
+        ax.set_xlabel("rows per model call at most")
         ax.set_ylabel("windows / s")
-        ax.set_title(f"ONNX Runtime CPU, {threads} thread(s): throughput vs batch size")
+        ax.set_title(f"ONNX Runtime CPU, {threads} thread(s): windows/s by plan")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     ax = axes[1]
@@ -149,11 +156,18 @@ def plot(runs: Sequence[Dict[str, Any]], path: Path) -> bool:
         bars = ax.bar(range(len(values)), values, color=["#c44" if v > 1.15 else "#4a4" for v in values])
         ax.axhline(1.15, color="k", ls="--", lw=1, label="acceptance 1.15")
         ax.set_xticks(range(len(values)))
-        ax.set_xticklabels([f"{n}\n({len(f['buckets'])} buckets)" for n, f in zip(names, inflation)], fontsize=7)
+        ax.set_xticklabels([("default plan" if n == "bucketed" else n.replace("bucketed_", "")) +
+                            f"\n{len(f['buckets'])} bkt, {f.get('pad_to', '')}" for n, f in zip(names, inflation)],
+                           fontsize=7)
+        held = [f.get("holdout_inflation") for f in inflation]
+        if any(h is not None for h in held):
+            ax.plot([i for i, h in enumerate(held) if h is not None], [h for h in held if h is not None], "kx",
+                    label="held-out (squad_B1)")
         for b, v in zip(bars, values):
-            ax.text(b.get_x() + b.get_width() / 2, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
+            ax.text(b.get_x() + b.get_width() / 2, v / 2, f"{v:.3f}", ha="center", va="center", fontsize=8,
+                    color="white")
         ax.set_ylabel("engine tokens / real tokens")
-        ax.set_title("Compute inflation by bucket set")
+        ax.set_title("Compute inflation of the planner, Beam batches of 256 windows")
         ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -174,7 +188,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="data to check data-derived buckets on (default: squad_B1.json next to --data, if any)")
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
     parser.add_argument("--with-bert-large-build", action="store_true", help="build BERT-large (minutes)")
-    parser.add_argument("--only", default="", help="comma-separated subset: qa_core,inflation,ceiling,onnx,build")
+    parser.add_argument("--with-pipeline-20k", action="store_true",
+                        help="also run bench_pipeline_20k (20,000 questions through pipelines.qa_batch, ~6 min)")
+    parser.add_argument("--only", default="",
+                        help="comma-separated subset: qa_core,inflation,ceiling,onnx,build,pipeline_20k")
     parser.add_argument("--profile", action="store_true", help="write cProfile stats of the pipelines to results/profiles")
     parser.add_argument("--results", default=None,
                         help="output folder (default benchmarks/results; with --quick benchmarks/results/quick)")
@@ -196,29 +213,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     if want("qa_core"):
         runs.append(run_bench("bench_qa_core", [*base, "--repeat", "1" if args.quick else "5"], ONE_THREAD, pin=True))
-    fine = "suggest"
     if want("inflation"):
         extra = ["--holdout", holdout] if holdout else []
         if args.quick:
             extra += ["--limit", "2000"]
-        run = run_bench("bench_inflation", [*base, *extra], ONE_THREAD)
-        runs.append(run)
-        suggested = [f for f in run["figures"] if f.get("figure") == "compute_inflation_bucketed_suggested"]
-        if suggested:
-            fine = ",".join(str(b) for b in suggested[0]["buckets"])
+        runs.append(run_bench("bench_inflation", [*base, *extra], ONE_THREAD))
     if want("ceiling"):
         extra = ["--questions", "2000", "--repeat", "1"] if args.quick else ["--questions", "20000", "--repeat", "2"]
         if args.profile:
             extra += ["--profile", str(results / "profiles")]
         runs.append(run_bench("bench_cpu_ceiling", [*base, "--cache-dir", args.cache_dir, *extra], ONE_THREAD, pin=True))
     if want("onnx"):
-        extra = ["--windows", "16", "--batch-sizes", "1,8", "--repeat", "1"] if args.quick else ["--windows", "96"]
-        runs.append(run_bench("bench_onnx", [*base, "--cache-dir", args.cache_dir, "--fine", fine, *extra], ONE_THREAD))
+        extra = ["--windows", "16", "--batch-sizes", "1,8", "--repeat", "1"] if args.quick else \
+            ["--windows", "64", "--batch-sizes", "1,16,64", "--repeat", "2"]
+        runs.append(run_bench("bench_onnx", [*base, "--cache-dir", args.cache_dir, *extra], ONE_THREAD))
     if want("build"):
-        extra = [] if args.quick or fine == "suggest" else ["--fine-buckets", fine]
+        extra = ["--compare-buckets", ""] if args.quick else []
         if args.with_bert_large_build:
             extra.append("--with-bert-large-build")
         runs.append(run_bench("bench_build", ["--model", args.model, "--cache-dir", args.cache_dir, *extra]))
+    if args.with_pipeline_20k or "pipeline_20k" in only:
+        extra = ["--questions", "1000"] if args.quick else []
+        runs.append(run_bench("bench_pipeline_20k", ["--cache-dir", args.cache_dir, "--tokenizer", args.model,
+                                                     "--results", str((results / "pipeline_20k.json").resolve()),
+                                                     *extra]))
 
     header["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     with open(results / "results.jsonl", "w", encoding="utf-8") as f:
