@@ -162,7 +162,7 @@ def test_n_best_of_one_keeps_both_outcomes():
 
 @pytest.mark.parametrize("mutate, message", [
     (lambda ws, ls: (ws, ls[:1]), "2 windows but 1 logits"),
-    (lambda ws, ls: (ws[1:], ls[1:]), "regroup all windows"),
+    (lambda ws, ls: (ws[1:], ls[1:]), "pass all 1 windows of a question"),
     (lambda ws, ls: ([ws[0], hand_window("other", ADA_SPANS, index=1, num=2)], ls), "passed with question"),
     (lambda ws, ls: (ws, [ls[0], WindowLogits(ls[1].start_logits[:5], ls[1].end_logits[:5])]), "cut the"),
     (lambda ws, ls: (ws, [ls[0], WindowLogits(ls[1].start_logits * np.nan, ls[1].end_logits)]), "NaN"),
@@ -307,3 +307,59 @@ def test_real_logits_match_brute_force(model_dir, tokenizer, b1_examples):
         assert (ans.text, ans.score, ans.null_score) == (text, pytest.approx(score), pytest.approx(null)), ex.id
         texts.append(ans.text)
     assert len(multi) == 2 and any(texts) and not all(texts)  # both kinds of outcome were checked
+
+
+# --------------------------------------------------------------------------------------------
+# align_to_words
+
+
+WASH = "George Washington was born in 1732 (Virginia)."
+# word pieces as the tokenizer cuts them: George | Wash | ##ington | was | born | in | 17 | ##32 | ( | Virginia | ) | .
+WASH_SPANS = [(0, 6), (7, 11), (11, 17), (18, 21), (22, 26), (27, 29), (30, 32), (32, 34), (35, 36),
+              (36, 44), (44, 45), (45, 46)]
+
+
+def test_align_to_words_widens_a_word_piece_to_its_word():
+    from trt_handler.qa.answers import align_span_to_words
+
+    ex = QAExample("w", "Who?", WASH)
+    w = hand_window("w", WASH_SPANS)
+    c0 = 4
+    lg = hand_logits(w.length, {c0 + 2: 5.0, c0 + 7: 3.0}, {c0 + 2: 5.0, c0 + 7: 3.0})
+    plain = extract_answer(ex, [w], [lg], AnswerConfig())
+    aligned = extract_answer(ex, [w], [lg], AnswerConfig(align_to_words=True))
+    assert plain.text == "ington" and aligned.text == "Washington"
+    assert WASH[aligned.start_char:aligned.end_char] == aligned.text and aligned.score == plain.score
+    texts = [c["text"] for c in aligned.n_best if c["text"]]
+    assert "32" not in texts and "1732" in texts and len(set(texts)) == len(texts)
+    for c in aligned.n_best:
+        if c["text"]:
+            assert WASH[c["start_char"]:c["end_char"]] == c["text"]
+    # punctuation and whitespace are boundaries: nothing to widen
+    assert align_span_to_words(WASH, 36, 44) == (36, 44)  # "Virginia" inside "(...)"
+    assert align_span_to_words(WASH, 35, 44) == (35, 44)  # "(Virginia"
+    assert align_span_to_words(WASH, 32, 34) == (30, 34)  # "32" -> "1732"
+    assert align_span_to_words(WASH, 0, len(WASH)) == (0, len(WASH))
+
+
+def test_align_to_words_on_real_b1_answers(bundled_model, test_cache, b1_examples):
+    """On real questions and the bundled model, every aligned answer is an exact slice of its
+    context, starts and ends on word boundaries, and contains the unaligned answer's span."""
+    from trt_handler.evaluate import answer_examples
+    from trt_handler.qa.answers import _is_word_char
+
+    examples = b1_examples[:60]
+    plain = answer_examples(examples, str(bundled_model), test_cache, answer_config=AnswerConfig())
+    aligned = answer_examples(examples, str(bundled_model), test_cache,
+                              answer_config=AnswerConfig(align_to_words=True))
+    for ex in examples:
+        p, a = plain[ex.id], aligned[ex.id]
+        best = a.n_best[0] if a.n_best[0]["text"] else next(c for c in a.n_best if c["text"])
+        s, e = best["start_char"], best["end_char"]
+        assert ex.context[s:e] == best["text"]
+        assert s == 0 or not (_is_word_char(ex.context[s - 1]) and _is_word_char(ex.context[s]))
+        assert e == len(ex.context) or not (_is_word_char(ex.context[e - 1]) and _is_word_char(ex.context[e]))
+        if best["score"] == p.n_best[0]["score"] and p.n_best[0]["text"]:  # same best candidate, widened
+            assert p.n_best[0]["start_char"] >= s and p.n_best[0]["end_char"] <= e
+        if a.text:
+            assert ex.context[a.start_char:a.end_char] == a.text

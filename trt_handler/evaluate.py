@@ -129,10 +129,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--device", default="cuda", help="torch backend: cuda, cuda:N or cpu")
     parser.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16", help="torch backend precision")
     parser.add_argument("--answers", default=None, help="also write {id: answer text} as JSON here")
+    parser.add_argument("--align-to-words", action="store_true",
+                        help="widen answers to whole words of the context (AnswerConfig.align_to_words)")
+    parser.add_argument("--null-threshold", type=float, default=0.0,
+                        help="no-answer threshold applied to the answers (default 0; the metric's best_f1_thresh "
+                             "is searched regardless)")
     args = parser.parse_args(argv)
+    from trt_handler.qa.answers import AnswerConfig
+
+    config = AnswerConfig(null_threshold=args.null_threshold, align_to_words=args.align_to_words)
     t0 = time.perf_counter()
     metric = evaluate(args.data, args.model, args.cache_dir, limit=args.limit, batch_size=args.batch_size,
-                      backend=args.backend, device=args.device, dtype=args.dtype, answers_file=args.answers)
+                      backend=args.backend, device=args.device, dtype=args.dtype, answers_file=args.answers,
+                      answer_config=config)
     print(f"evaluated {int(metric['total'])} questions in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     print(json.dumps(metric, sort_keys=True))
     return 0

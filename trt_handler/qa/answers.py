@@ -35,6 +35,7 @@ final n-best list with the same Python code.
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Tuple
@@ -43,7 +44,8 @@ import numpy as np
 
 from trt_handler.qa.types import Answer, QAExample, Window, WindowLogits
 
-__all__ = ["AnswerConfig", "extract_answer", "extract_answers"]
+__all__ = ["AnswerConfig", "Provenance", "ServedAnswer", "align_span_to_words", "extract_answer", "extract_answers",
+           "with_provenance"]
 
 
 @dataclass(frozen=True)
@@ -55,18 +57,26 @@ class AnswerConfig:
         max_answer_length: longest answer in tokens.
         null_threshold: answer "" when null score - best span score exceeds it (v2 only).
         version_2_with_negative: SQuAD v2 (may answer ""); False never answers "".
+        align_to_words: widen every candidate span to whole words of the original context (as
+            Hugging Face's QA pipeline ``align_to_words``): its start moves back and its end forward
+            while the characters on both sides of the boundary are word characters (neither
+            whitespace nor punctuation), so "ashing" becomes "Washington" and the answer stays an
+            exact slice of the context. Off by default (SQuAD scoring of the original scripts).
     """
 
     n_best: int = 20
     max_answer_length: int = 30
     null_threshold: float = 0.0
     version_2_with_negative: bool = True
+    align_to_words: bool = False
 
     def __post_init__(self) -> None:
         for name in ("n_best", "max_answer_length"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if not isinstance(self.align_to_words, bool):
+            raise ValueError(f"align_to_words must be True or False, got {self.align_to_words!r}")
         if not math.isfinite(float(self.null_threshold)):
             raise ValueError(f"null_threshold must be a finite number, got {self.null_threshold!r}")
 
@@ -369,14 +379,55 @@ def extract_answer(example: QAExample, windows: Sequence[Window], logits: Sequen
 # candidate rows -> Answer (both paths)
 
 
-def _spans(example: QAExample, rows: list[Row], more: MoreRows, n_best: int) -> list[dict[str, Any]]:
+def _is_word_char(ch: str) -> bool:
+    """Neither whitespace nor punctuation (Unicode category P*): what a word is made of, as the
+    BERT basic tokenizer splits words (``_is_punctuation`` also counts ASCII symbols such as $)."""
+    if ch.isspace():
+        return False
+    code = ord(ch)
+    if 33 <= code <= 47 or 58 <= code <= 64 or 91 <= code <= 96 or 123 <= code <= 126:
+        return False
+    return not unicodedata.category(ch).startswith("P")
+
+
+def align_span_to_words(context: str, start: int, end: int) -> Tuple[int, int]:
+    """``context[start:end]`` widened to whole words: start moves back while both
+    ``context[start-1]`` and ``context[start]`` are word characters, end moves forward while
+    ``context[end-1]`` and ``context[end]`` are. A span that already begins and ends on word
+    boundaries (or at punctuation) is returned unchanged; the result is always a slice of ``context``."""
+    if start >= end:
+        return start, end
+    while start > 0 and _is_word_char(context[start]) and _is_word_char(context[start - 1]):
+        start -= 1
+    n = len(context)
+    while end < n and _is_word_char(context[end - 1]) and _is_word_char(context[end]):
+        end += 1
+    return start, end
+
+
+def _aligned_rows(context: str, rows: list[Row]) -> list[Row]:
+    out = []
+    for r in rows:
+        a, b = align_span_to_words(context, int(r[2]), int(r[3]))
+        out.append([r[0], r[1], a, b, r[4], r[5]])
+    return out
+
+
+def _spans(example: QAExample, rows: list[Row], more: MoreRows, n_best: int,
+           align_to_words: bool = False) -> list[dict[str, Any]]:
     """The ``n_best`` best spans in score order, one per distinct text, as n-best entries
     without probability. ``rows`` are the first candidate rows, at least ``n_best`` of them or
-    all there are; ``more(done)`` gives the rows after the first ``done``.
+    all there are; ``more(done)`` gives the rows after the first ``done``. With
+    ``align_to_words`` each span is widened to whole words first (so two spans inside the same
+    words become one text and only the best-scoring of them is kept).
 
     Python lists from here: numpy scalars cost more than the work.
     """
     context = example.context
+    if align_to_words:
+        rows = _aligned_rows(context, rows)
+        fetch = more
+        more = lambda done: _aligned_rows(context, fetch(done))  # noqa: E731
     head = rows[:n_best]
     texts = [context[int(r[2]):int(r[3])] for r in head]
     if len(set(texts)) == len(texts):  # the common case: the first n_best rows have distinct texts
@@ -427,7 +478,7 @@ def _n_best(spans: list[dict[str, Any]], null: dict[str, Any] | None, n_best: in
 def _answer(example: QAExample, rows: list[Row], more: MoreRows, null_start: list[float],
             null_end: list[float], config: AnswerConfig) -> Answer:
     """The Answer from the question's candidate rows (best first) and its windows' [CLS] logits."""
-    spans = _spans(example, rows, more, config.n_best)
+    spans = _spans(example, rows, more, config.n_best, config.align_to_words)
     if not spans:
         raise ValueError(f"question {example.id!r}: no window has a valid answer span (no context "
                          "token is max context); build windows with squad_features.WindowMaker")
@@ -462,3 +513,48 @@ def _answer(example: QAExample, rows: list[Row], more: MoreRows, null_start: lis
         best_span_text=best["text"],
         n_best=tuple(nbest),
     )
+
+
+# --------------------------------------------------------------------------------------------
+# provenance: which model answered, and how
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What produced an answer, written on every output row.
+
+    Attributes:
+        model_id: Beam's ``PredictionResult.model_id`` (the engine / bundle path the handler
+            loaded; changes when the streaming pipeline swaps models).
+        backend: onnx, tensorrt or torch.
+        model_sha256: the first 12 hex digits of the engine's sha256 (its sidecar) or of the
+            bundle's model.onnx (its export.json); None when nothing records it.
+        precision: the engine's precision (sidecar), the bundle's (int8 weight-only / fp32), or
+            the torch dtype; None when unknown.
+        null_threshold: the no-answer threshold the answer was decided with.
+        threshold_source: "flag" (--null-threshold), "model" (saved in the bundle / sidecar by
+            ``--eval --save-threshold``) or "default" (0).
+    """
+
+    model_id: str
+    backend: str
+    model_sha256: Any = None
+    precision: Any = None
+    null_threshold: float = 0.0
+    threshold_source: str = "default"
+
+
+@dataclass(frozen=True)
+class ServedAnswer(Answer):
+    """An :class:`~trt_handler.qa.types.Answer` with the :class:`Provenance` of the model that
+    gave it (the handlers return these; everything that takes an Answer takes one)."""
+
+    provenance: Any = None  # Provenance
+
+
+def with_provenance(answer: Answer, provenance: Provenance) -> ServedAnswer:
+    """``answer`` as a ServedAnswer carrying ``provenance`` (fields copied, nothing recomputed)."""
+    from dataclasses import fields
+
+    values = {f.name: getattr(answer, f.name) for f in fields(Answer)}
+    return ServedAnswer(**values, provenance=provenance)
