@@ -361,10 +361,38 @@ def _finite(x: float) -> Optional[float]:
     return x if math.isfinite(x) else None
 
 
-def _bq_schema(*fields: Tuple[str, str, str]) -> Dict[str, List[Dict[str, str]]]:
-    """A BigQuery table schema in the dict form WriteToBigQuery takes, from (name, type, mode) triples."""
-    return {"fields": [{"name": name, "type": kind, "mode": mode} for name, kind, mode in fields]}
+def _bq_field(name: str, kind: str, mode: str, fields: Sequence[Tuple[str, str, str]] = ()) -> Dict[str, Any]:
+    out: Dict[str, Any] = {"name": name, "type": kind, "mode": mode}
+    if fields:
+        out["fields"] = [_bq_field(*f) for f in fields]
+    return out
 
+
+def _bq_schema(*fields: Tuple[Any, ...]) -> Dict[str, List[Dict[str, Any]]]:
+    """A BigQuery table schema in the dict form WriteToBigQuery takes, from (name, type, mode[,
+    subfields]) tuples; a RECORD's subfields are (name, type, mode) triples."""
+    return {"fields": [_bq_field(*f) for f in fields]}
+
+
+# One entry of an answer's ``top_k`` list (a REPEATED RECORD in BigQuery).
+TOP_K_FIELDS = (
+    ("answer", "STRING", "REQUIRED"),
+    ("score", "FLOAT", "NULLABLE"),
+    ("probability", "FLOAT", "NULLABLE"),
+    ("start_char", "INTEGER", "REQUIRED"),
+    ("end_char", "INTEGER", "REQUIRED"),
+    ("window_index", "INTEGER", "REQUIRED"),
+)
+
+# Where an answer came from (trt_handler.qa.answers.Provenance); null when the handler records none.
+PROVENANCE_FIELDS = (
+    ("model_id", "STRING", "NULLABLE"),
+    ("backend", "STRING", "NULLABLE"),
+    ("model_sha256", "STRING", "NULLABLE"),
+    ("precision", "STRING", "NULLABLE"),
+    ("null_threshold", "FLOAT", "NULLABLE"),
+    ("threshold_source", "STRING", "NULLABLE"),
+)
 
 # BigQuery table schemas; rows come from the functions below.
 ANSWER_BQ_SCHEMA = _bq_schema(
@@ -378,6 +406,8 @@ ANSWER_BQ_SCHEMA = _bq_schema(
     ("end_char", "INTEGER", "REQUIRED"),
     ("window_index", "INTEGER", "REQUIRED"),
     ("best_span", "STRING", "NULLABLE"),
+    ("top_k", "RECORD", "REPEATED", TOP_K_FIELDS),
+    *PROVENANCE_FIELDS,
 )
 
 REJECTED_BQ_SCHEMA = _bq_schema(
@@ -389,8 +419,46 @@ REJECTED_BQ_SCHEMA = _bq_schema(
 )
 
 
-def answer_row(answer: Answer) -> Dict[str, Any]:
-    """One output line / BigQuery row for an answer (fields of :data:`ANSWER_BQ_SCHEMA`).
+def top_k_entries(answer: Answer, k: int = 1) -> List[Dict[str, Any]]:
+    """The ``k`` best entries of the answer's n-best list, best first (fields of
+    :data:`TOP_K_FIELDS`). The list is ranked by model score and holds the no-answer candidate
+    ("" with start/end -1) where it ranks (SQuAD v2); the top-level answer is the one the
+    no-answer threshold picked. Fewer than ``k`` when the n-best list is shorter."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"top_k must be an int >= 1, got {k!r}")
+    return [
+        {
+            "answer": str(c["text"]),
+            "score": _finite(c["score"]),
+            "probability": _finite(c["probability"]) if "probability" in c else None,
+            "start_char": int(c["start_char"]),
+            "end_char": int(c["end_char"]),
+            "window_index": int(c["window_index"]),
+        }
+        for c in list(answer.n_best)[:k]
+    ]
+
+
+def provenance_fields(answer: Answer) -> Dict[str, Any]:
+    """The provenance columns of an answer row: from the answer's Provenance (handlers return
+    ServedAnswer), all null for a plain Answer."""
+    prov = getattr(answer, "provenance", None)
+    if prov is None:
+        return {name: None for name, _, _ in PROVENANCE_FIELDS}
+    return {
+        "model_id": prov.model_id,
+        "backend": prov.backend,
+        "model_sha256": prov.model_sha256,
+        "precision": prov.precision,
+        "null_threshold": _finite(prov.null_threshold),
+        "threshold_source": prov.threshold_source,
+    }
+
+
+def answer_row(answer: Answer, top_k: int = 1) -> Dict[str, Any]:
+    """One output line / BigQuery row for an answer (fields of :data:`ANSWER_BQ_SCHEMA`): the
+    chosen answer at the top level, the ``top_k`` best candidates with score and probability in
+    ``top_k``, and the provenance of the model that answered.
 
     Non-finite scores (no candidate span at all) become null: JSON and BigQuery have no inf.
     """
@@ -405,6 +473,8 @@ def answer_row(answer: Answer) -> Dict[str, Any]:
         "end_char": int(answer.end_char),
         "window_index": int(answer.window_index),
         "best_span": answer.best_span_text,
+        "top_k": top_k_entries(answer, top_k),
+        **provenance_fields(answer),
     }
 
 

@@ -157,10 +157,80 @@ def _schema_names(schema: dict) -> list:
     return [f["name"] for f in schema["fields"]]
 
 
+def _check_row_against_schema(row: dict, fields: list) -> None:
+    """Every schema field is in the row with a value of its type and mode, and nothing else is;
+    REPEATED RECORDs are lists of rows of their subfields (what BigQuery's insert checks)."""
+    assert list(row) == [f["name"] for f in fields]
+    types = {"STRING": str, "FLOAT": float, "INTEGER": int, "BOOLEAN": bool}
+    for f in fields:
+        value = row[f["name"]]
+        if f["mode"] == "REPEATED":
+            assert isinstance(value, list), f["name"]
+            for item in value:
+                assert f["type"] == "RECORD"
+                _check_row_against_schema(item, f["fields"])
+            continue
+        if value is None:
+            assert f["mode"] == "NULLABLE", f"{f['name']} is REQUIRED but null"
+            continue
+        assert isinstance(value, types[f["type"]]), (f["name"], value)
+
+
+def _answer_with_n_best(k: int = 3):
+    from trt_handler.qa.answers import Provenance, with_provenance
+
+    n_best = [
+        {"text": "Ada", "score": 5.0, "probability": 0.6, "start_char": 0, "end_char": 3, "window_index": 0,
+         "start_logit": 2.0, "end_logit": 3.0},
+        {"text": "", "score": 4.0, "probability": 0.3, "start_char": -1, "end_char": -1, "window_index": 0,
+         "start_logit": 2.0, "end_logit": 2.0},
+        {"text": "Ada Lovelace", "score": 3.0, "probability": 0.1, "start_char": 0, "end_char": 12,
+         "window_index": 1, "start_logit": 2.0, "end_logit": 1.0},
+    ][:k]
+    a = Answer("q1", "Ada", 5.0, 4.0, 0.6, 0, 3, 0, best_span_text="Ada", n_best=tuple(n_best))
+    prov = Provenance(model_id="gs://b/models/v2/model.onnx", backend="onnx", model_sha256="0b1c0420c64e",
+                      precision="int8-weight-only", null_threshold=-1.25, threshold_source="model")
+    return with_provenance(a, prov)
+
+
+def test_top_k_and_provenance_rows_match_the_bigquery_schema() -> None:
+    a = _answer_with_n_best()
+    row = answer_row(a, top_k=2)
+    _check_row_against_schema(row, ANSWER_BQ_SCHEMA["fields"])
+    json.dumps(row, allow_nan=False)
+    assert row["answer"] == "Ada" and [c["answer"] for c in row["top_k"]] == ["Ada", ""]
+    assert [c["probability"] for c in row["top_k"]] == [0.6, 0.3] and row["top_k"][1]["start_char"] == -1
+    assert (row["model_id"], row["backend"], row["model_sha256"], row["precision"], row["null_threshold"],
+            row["threshold_source"]) == ("gs://b/models/v2/model.onnx", "onnx", "0b1c0420c64e",
+                                         "int8-weight-only", -1.25, "model")
+    assert len(answer_row(a, top_k=10)["top_k"]) == 3  # only what the n-best list holds
+    assert answer_row(a)["top_k"] == row["top_k"][:1]  # default 1: the best candidate
+    top_k = next(f for f in ANSWER_BQ_SCHEMA["fields"] if f["name"] == "top_k")
+    assert (top_k["type"], top_k["mode"]) == ("RECORD", "REPEATED")
+    assert [f["name"] for f in top_k["fields"]] == ["answer", "score", "probability", "start_char", "end_char",
+                                                     "window_index"]
+    with pytest.raises(ValueError, match="top_k"):
+        answer_row(a, top_k=0)
+
+
+def test_bigquery_schema_is_accepted_by_beams_bigquery_sink() -> None:
+    """Beam turns the dict schema into a TableSchema (what the sink sends to BigQuery): the
+    REPEATED RECORD and its subfields survive."""
+    from apache_beam.io.gcp.bigquery_tools import get_dict_table_schema, parse_table_schema_from_json
+
+    schema = parse_table_schema_from_json(json.dumps(ANSWER_BQ_SCHEMA))
+    top_k = next(f for f in schema.fields if f.name == "top_k")
+    assert top_k.type == "RECORD" and top_k.mode == "REPEATED" and [f.name for f in top_k.fields][:3] == [
+        "answer", "score", "probability"]
+    assert get_dict_table_schema(schema)["fields"][-1]["name"] == "threshold_source"
+
+
 def test_rows_match_their_bigquery_schemas_and_are_json() -> None:
     a = Answer("q1", "", float("-inf"), 1.5, 0.25, -1, -1, 0, best_span_text="Ada")
     row = answer_row(a)
     assert list(row) == _schema_names(ANSWER_BQ_SCHEMA)
+    _check_row_against_schema(row, ANSWER_BQ_SCHEMA["fields"])
+    assert row["top_k"] == [] and row["model_id"] is None  # no n-best, no provenance: empty / null
     assert row["is_no_answer"] is True and row["score"] is None and row["no_answer_score"] == 1.5
     json.dumps(row, allow_nan=False)
     r = reject("invalid_json", "the record is not valid JSON", "{x")
