@@ -20,6 +20,7 @@ __all__ = [
     "add_qa_arguments",
     "new_parser",
     "resolve_model",
+    "saved_threshold",
     "settings_from_args",
     "settings_or_exit",
     "split_argv",
@@ -51,6 +52,9 @@ class QASettings:
     max_answer_length: int = 30
     null_threshold: float = 0.0
     version_2_with_negative: bool = True
+    threshold_source: str = "default"  # flag | model | default (what null_threshold came from)
+    align_to_words: bool = False
+    top_k: int = 1
     buckets: Optional[Tuple[int, ...]] = None
     max_batch: Optional[int] = None
     batch_windows: Optional[int] = None
@@ -78,6 +82,10 @@ class QASettings:
                 raise ValueError(f"{name.replace('_', ' ')} must be at least 1, got {value}")
         if self.inference_timeout_secs is not None and not self.inference_timeout_secs > 0:
             raise ValueError(f"the inference timeout must be positive seconds, got {self.inference_timeout_secs}")
+        if self.threshold_source not in ("flag", "model", "default"):
+            raise ValueError(f"threshold_source must be flag, model or default, got {self.threshold_source!r}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or not 1 <= self.top_k <= self.n_best:
+            raise ValueError(f"top k must be between 1 and the n-best size ({self.n_best}), got {self.top_k!r}")
         if self.feature_batch < 1:
             raise ValueError(f"feature batch must be at least 1, got {self.feature_batch}")
         if self.buckets is not None:
@@ -100,7 +108,15 @@ class QASettings:
     def answer_config(self):  # -> AnswerConfig
         from trt_handler.qa.answers import AnswerConfig
 
-        return AnswerConfig(self.n_best, self.max_answer_length, self.null_threshold, self.version_2_with_negative)
+        return AnswerConfig(self.n_best, self.max_answer_length, self.null_threshold, self.version_2_with_negative,
+                            align_to_words=self.align_to_words)
+
+    def threshold_note(self) -> str:
+        """One line for the run summary: which no-answer threshold applies and why."""
+        why = {"flag": "from --null-threshold",
+               "model": "learned on labelled data and saved with the model (--eval --save-threshold)",
+               "default": "the default; none saved with the model"}[self.threshold_source]
+        return f"no-answer threshold {self.null_threshold:g} ({why})"
 
 
 def _int_list(text: str) -> Tuple[int, ...]:
@@ -158,8 +174,14 @@ def add_qa_arguments(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument_group("answers")
     a.add_argument("--n-best", type=int, default=20, help="candidates per window and n-best list size (default 20)")
     a.add_argument("--max-answer-length", type=int, default=30, help="longest answer in tokens (default 30)")
-    a.add_argument("--null-threshold", type=float, default=0.0,
-                   help="answer '' when no-answer score - best span score exceeds this (SQuAD v2; default 0)")
+    a.add_argument("--null-threshold", type=float, default=None,
+                   help="answer '' when no-answer score - best span score exceeds this (SQuAD v2). Default: the "
+                        "threshold saved with the model by --eval --save-threshold (bundle export.json / engine "
+                        "sidecar), else 0; this flag overrides a saved one")
+    a.add_argument("--top-k", type=int, default=1,
+                   help="write the K best answers (score, probability) in each row's top_k list (default 1)")
+    a.add_argument("--align-to-words", action="store_true",
+                   help="widen answers to whole words of the context ('ashington' -> 'Washington')")
     a.add_argument("--v1", action="store_true", help="SQuAD v1.1 mode: always answer a span, never ''")
 
     b = parser.add_argument_group("batching")
@@ -186,13 +208,19 @@ _SAME_NAME_FIELDS = (
     "backend", "engine", "max_seq_length", "doc_stride", "max_query_length", "max_windows_per_question", "n_best", "max_answer_length",
     "null_threshold", "buckets", "max_batch", "batch_windows", "max_tokens", "pad_to", "onnx_threads",
     "engine_cache_dir", "feature_batch", "inference_timeout_secs", "torch_device", "torch_dtype", "gpu_count",
-    "share_model",
+    "share_model", "top_k", "align_to_words",
 )
 
 
 def settings_from_args(args: argparse.Namespace, model_dir: str, **overrides: object) -> QASettings:
     """QASettings from parsed flags; ``model_dir`` is the resolved bundle (see :func:`resolve_model`)."""
     values: Dict[str, Any] = {name: getattr(args, name) for name in _SAME_NAME_FIELDS}
+    if args.null_threshold is None:
+        saved = saved_threshold(model_dir, args.backend, args.engine)
+        values.update(null_threshold=0.0 if saved is None else saved,
+                      threshold_source="default" if saved is None else "model")
+    else:
+        values["threshold_source"] = "flag"
     values.update(
         model_dir=model_dir,
         version_2_with_negative=not args.v1,
@@ -200,6 +228,22 @@ def settings_from_args(args: argparse.Namespace, model_dir: str, **overrides: ob
     )
     values.update(overrides)
     return QASettings(**values)
+
+
+def saved_threshold(model_dir: str, backend: str, engine: Optional[str] = None) -> Optional[float]:
+    """The threshold ``--eval --save-threshold`` saved: in the engine's sidecar (tensorrt), else
+    in the bundle's export.json; None when none was saved (or the files cannot be read)."""
+    from trt_handler.backends.handlers import bundle_metadata, engine_metadata
+
+    try:
+        if backend == "tensorrt" and engine:
+            value = engine_metadata(engine)["null_threshold"]
+            if value is not None:
+                return float(value)
+        value = bundle_metadata(model_dir)["null_threshold"]
+    except (OSError, ValueError):
+        return None
+    return None if value is None else float(value)
 
 
 def resolve_model(model: str, cache_dir: str, backend: str) -> str:

@@ -29,6 +29,7 @@ from pipelines.records import answer_row
 from pipelines.transforms import (
     NAMESPACE,
     AnswerQuestions,
+    ProgressReporter,
     ReadRecords,
     answer_json,
     rejection_json,
@@ -59,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
                          "record of a repeated id are dead-lettered as duplicate_id)")
     io.add_argument("--eval", action="store_true",
                     help="inputs carry gold answers: write OUTPUT-metric.json and print the SQuAD metric as the last line")
+    io.add_argument("--save-threshold", action="store_true",
+                    help="with --eval: save the metric's best_f1_thresh with the model (a local bundle's export.json, "
+                         "or the engine's sidecar for --backend tensorrt); later runs apply it unless "
+                         "--null-threshold is given")
+    io.add_argument("--progress-every", type=float, default=30.0, metavar="SECS",
+                    help="local runs: print a progress line (read / answered / rejected, questions/s) every SECS "
+                         "seconds on stderr; 0 = off (default 30)")
     add_qa_arguments(parser)
     return parser
 
@@ -118,9 +126,9 @@ def replace_earlier_outputs(prefix: str) -> int:
     return len(stale)
 
 
-def _show_line(pair: Tuple[QAExample, Answer]) -> str:
+def _show_line(pair: Tuple[QAExample, Answer], top_k: int = 1) -> str:
     ex, a = pair
-    return json.dumps({"question": ex.question, **answer_row(a)}, ensure_ascii=False)
+    return json.dumps({"question": ex.question, **answer_row(a, top_k)}, ensure_ascii=False)
 
 
 def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, settings: QASettings, handler: Any = None) -> None:
@@ -129,11 +137,11 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, settings: QASetti
     out = records | "AnswerQuestions" >> AnswerQuestions(settings, handler, unique_ids=not args.allow_duplicate_ids)
 
     if args.bigquery_table:
-        write_answers_to_bigquery(out.answers, args.bigquery_table)
+        write_answers_to_bigquery(out.answers, args.bigquery_table, top_k=settings.top_k)
     else:
         _ = (
             out.answers
-            | "AnswerLines" >> beam.Map(answer_json)
+            | "AnswerLines" >> beam.Map(answer_json, settings.top_k)
             | "WriteAnswers" >> beam.io.WriteToText(args.output, file_name_suffix=".jsonl")
         )
     if args.bigquery_rejected_table:
@@ -156,7 +164,7 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, settings: QASetti
         _ = (
             out.answers
             | "PickShown" >> beam.combiners.Top.Smallest(args.show, key=lambda pair: pair[0].id)
-            | "ShownLines" >> beam.FlatMap(lambda pairs: [_show_line(pair) for pair in pairs])
+            | "ShownLines" >> beam.FlatMap(lambda pairs, k: [_show_line(pair, k) for pair in pairs], settings.top_k)
             | "WriteShown" >> beam.io.WriteToText(f"{args.output}-show", file_name_suffix=".jsonl", shard_name_template="")
         )
 
@@ -197,25 +205,104 @@ def run(argv: Optional[Sequence[str]] = None, handler: Any = None) -> Dict[str, 
     args, beam_args = split_argv(parser, argv)
     if args.show < 0:
         parser.error("--show must be 0 or more")
+    if args.save_threshold and not args.eval:
+        parser.error("--save-threshold needs --eval (the threshold is learned from the gold answers)")
+    if args.progress_every < 0:
+        parser.error("--progress-every must be 0 (off) or more seconds")
     settings = settings_or_exit(parser, args)
     try:
         check_input(args.input)
         replace_earlier_outputs(args.output)
+        if args.save_threshold:
+            threshold_target(settings)  # refuse before the run, not after it
     except ValueError as exc:
         parser.error(str(exc))
     options = PipelineOptions(beam_args)
+    local = _is_local_runner(options)
     t0 = time.perf_counter()
     p = beam.Pipeline(options=options)
     build_pipeline(p, args, settings, handler)
-    result = p.run()
-    result.wait_until_finish()
+    template = _template_location(options)
+    if template:  # DataflowRunner writes the job description there and runs nothing
+        p.run()
+        return {"counters": {}, "seconds": time.perf_counter() - t0, "metric": None, "shown": [],
+                "threshold": settings.threshold_note(), "saved_threshold": None, "template": template}
+    with ProgressReporter(args.progress_every if local else 0):
+        result = p.run()
+        result.wait_until_finish()
     seconds = time.perf_counter() - t0
-    outcome: Dict[str, Any] = {"counters": counters(result), "seconds": seconds, "metric": None, "shown": []}
+    outcome: Dict[str, Any] = {"counters": counters(result), "seconds": seconds, "metric": None, "shown": [],
+                               "threshold": settings.threshold_note(), "saved_threshold": None}
     if args.show > 0:
         outcome["shown"] = [json.loads(line) for line in _read_text(f"{args.output}-show.jsonl").splitlines() if line]
     if args.eval:
         outcome["metric"] = json.loads(_read_text(f"{args.output}-metric.json"))
+        if args.save_threshold and outcome["metric"].get("best_f1_thresh") is not None:
+            outcome["saved_threshold"] = save_threshold(settings, outcome["metric"], args.input)
     return outcome
+
+
+def _template_location(options: PipelineOptions) -> Optional[str]:
+    from apache_beam.options.pipeline_options import GoogleCloudOptions
+
+    value = options.view_as(GoogleCloudOptions).template_location
+    return str(value) if value else None
+
+
+def _is_local_runner(options: PipelineOptions) -> bool:
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    runner = options.view_as(StandardOptions).runner
+    name = runner if isinstance(runner, str) or runner is None else type(runner).__name__
+    return name in (None, "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner", "FnApiRunner",
+                    "PrismRunner")
+
+
+def threshold_target(settings: QASettings) -> str:
+    """The file ``--save-threshold`` writes: the engine's sidecar (tensorrt) or the local bundle's
+    export.json. ValueError when there is none to write (remote or hand-made models)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    if settings.backend == "tensorrt":
+        path = f"{settings.engine}.json"
+        what = "engine sidecar"
+    else:
+        path = os.path.join(settings.model_dir, "export.json")
+        what = "bundle export.json"
+    if FileSystems.get_scheme(path) not in (None, "file"):
+        raise ValueError(f"--save-threshold writes local files only; {path} is remote: evaluate a local copy of "
+                         "the model, then upload it")
+    if not os.path.isfile(path):
+        raise ValueError(f"--save-threshold: the model has no {what} at {path} to record the threshold in "
+                         "(export the model with trt_handler.engines.export / build the engine first)")
+    return path
+
+
+def save_threshold(settings: QASettings, metric: Dict[str, Any], data: str) -> Dict[str, Any]:
+    """Write the metric's best_f1_thresh into the model's export.json / sidecar (atomically; the
+    bundle's sha256 covers model.onnx only, so verification is unaffected); returns the entry."""
+    import tempfile
+
+    path = threshold_target(settings)
+    with open(path, encoding="utf-8") as f:
+        meta = json.load(f)
+    entry = {
+        "value": float(metric["best_f1_thresh"]),
+        "best_f1": metric.get("best_f1"),
+        "best_exact": metric.get("best_exact"),
+        "f1_at_0": metric.get("f1"),
+        "learned_on": data,
+        "questions": metric.get("total"),
+        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    meta["null_threshold"] = entry
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".export-", suffix=".json")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+    LOGGER.warning("saved no-answer threshold %g in %s", entry["value"], path)
+    return {"path": path, **entry}
 
 
 def _print_shown(shown: List[Dict[str, Any]]) -> None:
@@ -252,9 +339,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: the pipeline failed: {type(exc).__name__}: {_first_lines(exc)}\n"
               "(run again with --verbose for the traceback)", file=sys.stderr)
         return 3
+    if outcome.get("template"):
+        print(f"wrote the Dataflow template {outcome['template']} (no job was run); {outcome['threshold']}")
+        return 0
     _print_shown(outcome["shown"])
     counts = outcome["counters"]
     print(summary_line(counts, outcome["seconds"]))
+    print(outcome["threshold"])
+    saved = outcome["saved_threshold"]
+    if saved:
+        print(f"saved no-answer threshold {saved['value']:g} (best F1 {saved['best_f1']}) in {saved['path']}; "
+              "later runs with this model apply it")
     if counts.get("records_read", 0) and not counts.get("answered", 0):
         print("error: every record was rejected; see the dead letters (OUTPUT-rejected-*.jsonl)", file=sys.stderr)
         return 1

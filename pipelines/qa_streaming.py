@@ -44,13 +44,21 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--bigquery-rejected-table", default=None, help="BigQuery table for dead letters")
     io.add_argument("--max-batch-duration-secs", type=float, default=1.0,
                     help="longest RunInference waits to fill a batch (default 1.0)")
+    io.add_argument("--watch-model", default=None, metavar="PATTERN",
+                    help="swap models without a restart: a file pattern (local or gs://) of ONNX files "
+                         "(BUNDLE/model.onnx, --backend onnx) or engines (--backend tensorrt) watched with Beam's "
+                         "WatchFilePattern; the newest match is loaded and later answers carry its model id, "
+                         "sha256 and saved threshold. Each new model needs a new file name, and must use the "
+                         "tokenizer of --model")
+    io.add_argument("--watch-interval-secs", type=float, default=360.0,
+                    help="how often --watch-model looks for new files (default 360)")
     add_qa_arguments(parser)
     return parser
 
 
-def answers_to_messages(out: QAOutputs) -> beam.PCollection:
-    """Answers as UTF-8 JSON message bodies (one answer_row each)."""
-    return out.answers | "AnswerMessages" >> beam.Map(lambda pair: answer_json(pair).encode())
+def answers_to_messages(out: QAOutputs, top_k: int = 1) -> beam.PCollection:
+    """Answers as UTF-8 JSON message bodies (one answer_row each, with ``top_k`` candidates)."""
+    return out.answers | "AnswerMessages" >> beam.Map(lambda pair, k: answer_json(pair, k).encode(), top_k)
 
 
 def rejections_to_messages(out: QAOutputs) -> beam.PCollection:
@@ -58,18 +66,32 @@ def rejections_to_messages(out: QAOutputs) -> beam.PCollection:
     return out.rejected | "RejectedMessages" >> beam.Map(lambda r: rejection_json(r).encode())
 
 
+def watch_model(pipeline: beam.Pipeline, pattern: str, interval_secs: float) -> beam.PCollection:
+    """ModelMetadata of the newest file matching ``pattern``, for RunInference's side input."""
+    from apache_beam.ml.inference.utils import WatchFilePattern
+
+    return pipeline | "WatchModel" >> WatchFilePattern(file_pattern=pattern, interval=interval_secs)
+
+
 def build_pipeline(
-    messages: beam.PCollection, args: argparse.Namespace, settings: QASettings, handler: Any = None
+    messages: beam.PCollection, args: argparse.Namespace, settings: QASettings, handler: Any = None,
+    model_metadata: Optional[beam.PCollection] = None,
 ) -> QAOutputs:
     """Pub/Sub message bodies (bytes) -> answers and dead letters written to their sinks.
 
-    ``messages`` is injected so tests can feed a TestStream.
+    ``messages`` is injected so tests can feed a TestStream; so is ``model_metadata`` (a
+    PCollection of Beam ModelMetadata, one per new model), which otherwise comes from
+    ``--watch-model``.
     """
-    out = messages | "AnswerQuestions" >> AnswerQuestions(settings, handler, unique_ids=False)
+    if model_metadata is None and getattr(args, "watch_model", None):
+        model_metadata = watch_model(messages.pipeline, args.watch_model, args.watch_interval_secs)
+    top_k = settings.top_k
+    out = messages | "AnswerQuestions" >> AnswerQuestions(settings, handler, unique_ids=False,
+                                                          model_metadata=model_metadata)
     if args.topic:
-        _ = answers_to_messages(out) | "PublishAnswers" >> beam.io.WriteToPubSub(args.topic)
+        _ = answers_to_messages(out, top_k) | "PublishAnswers" >> beam.io.WriteToPubSub(args.topic)
     if args.bigquery_table:
-        write_answers_to_bigquery(out.answers, args.bigquery_table, streaming=True)
+        write_answers_to_bigquery(out.answers, args.bigquery_table, streaming=True, top_k=top_k)
     if args.rejected_topic:
         _ = rejections_to_messages(out) | "PublishRejected" >> beam.io.WriteToPubSub(args.rejected_topic)
     if args.bigquery_rejected_table:
@@ -85,7 +107,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple:
         parser.error("answers need a sink: --topic or --bigquery-table")
     if not (args.rejected_topic or args.bigquery_rejected_table):
         parser.error("dead letters need a sink: --rejected-topic or --bigquery-rejected-table")
+    if args.watch_interval_secs <= 0:
+        parser.error("--watch-interval-secs must be positive")
     settings = settings_or_exit(parser, args, max_batch_duration_secs=args.max_batch_duration_secs)
+    logging.getLogger(__name__).info("%s", settings.threshold_note())
     return args, settings, beam_args
 
 

@@ -17,12 +17,15 @@ QA logic (validation, windows, answers) lives in ``trt_handler``; this module on
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+import sys
 import tempfile
 import threading
-from typing import Any, Dict, Iterator, List, NamedTuple, Tuple
+import time
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, TextIO, Tuple
 
 import apache_beam as beam
 from apache_beam import pvalue
@@ -42,6 +45,7 @@ from pipelines.records import (
     rejection_row,
     split_squad_document,
 )
+from trt_handler.qa.answers import Provenance, with_provenance
 from trt_handler.qa.types import Answer, QAExample, QuestionWindows, Rejection
 
 LOGGER = logging.getLogger(__name__)
@@ -109,6 +113,7 @@ class _Parse(beam.DoFn):
 
     def process(self, raw: Any) -> Iterator[Any]:
         self._read.inc()
+        _PROGRESS.add(read=1)
         if isinstance(raw, Rejection):  # a whole-document problem found while reading
             yield pvalue.TaggedOutput(REJECTED, raw)
             return
@@ -278,7 +283,15 @@ def make_handler(settings: QASettings) -> Any:
         "max_batch_duration_secs": settings.max_batch_duration_secs,
     }
     kwargs: Dict[str, Any] = {k: v for k, v in given.items() if v is not None}
-    kwargs["answer_config"] = settings.answer_config()
+    config = settings.answer_config()
+    if settings.threshold_source == "flag":
+        kwargs["threshold_source"] = "flag"
+    else:  # the handler reads each model's saved threshold itself (it changes when models are swapped)
+        import dataclasses
+
+        config = dataclasses.replace(config, null_threshold=0.0)
+        kwargs["threshold_source"] = "model"
+    kwargs["answer_config"] = config
     if settings.backend == "onnx":
         return handlers.OnnxRuntimeQAHandler(settings.model_dir, intra_op_threads=settings.onnx_threads, **kwargs)
     if settings.backend == "torch":
@@ -291,11 +304,25 @@ def make_handler(settings: QASettings) -> Any:
     return handlers.TensorRTQAHandler(settings.engine, **kwargs)
 
 
-def _outcome(prediction: Any) -> Iterator[Any]:
-    """PredictionResult(question, Answer | error) -> (QAExample, Answer), or its Rejection."""
+def _outcome(prediction: Any, settings: Optional[QASettings] = None) -> Iterator[Any]:
+    """PredictionResult(question, Answer | error) -> (QAExample, Answer), or its Rejection.
+
+    The answer leaves with its provenance, its model id being Beam's ``PredictionResult.model_id``:
+    the handler's own (a ServedAnswer), or, for a handler that records none, one made from the
+    model id and the settings."""
     question: QuestionWindows = prediction.example
     outcome = prediction.inference
     if isinstance(outcome, Answer):
+        prov = getattr(outcome, "provenance", None)
+        model_id = prediction.model_id
+        if prov is None:
+            prov = Provenance(model_id=str(model_id) if model_id is not None else "",
+                              backend=settings.backend if settings else "", null_threshold=(
+                                  settings.null_threshold if settings else 0.0),
+                              threshold_source=settings.threshold_source if settings else "default")
+            outcome = with_provenance(outcome, prov)
+        elif model_id is not None and prov.model_id != model_id:
+            outcome = with_provenance(outcome, dataclasses.replace(prov, model_id=str(model_id)))
         yield question.example, outcome
         return
     yield pvalue.TaggedOutput(REJECTED, reject(
@@ -324,11 +351,13 @@ class QAOutputs(NamedTuple):
 
 
 def _count_answer(pair: Tuple[QAExample, Answer]) -> Tuple[QAExample, Answer]:
+    _PROGRESS.add(answered=1)
     Metrics.counter(NAMESPACE, "answered").inc()
     return pair
 
 
 def _count_rejection(r: Rejection) -> Rejection:
+    _PROGRESS.add(rejected=1)
     Metrics.counter(NAMESPACE, "rejected").inc()
     Metrics.counter(NAMESPACE, f"rejected.{reason_code(r)}").inc()
     return r
@@ -345,11 +374,13 @@ class AnswerQuestions(beam.PTransform):
             bounded input). False answers every record (streaming: each message is a request).
     """
 
-    def __init__(self, settings: QASettings, handler: Any = None, *, unique_ids: bool = True):
+    def __init__(self, settings: QASettings, handler: Any = None, *, unique_ids: bool = True,
+                 model_metadata: Optional[pvalue.PCollection] = None):
         super().__init__()
         self._settings = settings
         self._handler = handler
         self._unique_ids = unique_ids
+        self._model_metadata = model_metadata
 
     def expand(self, raw: pvalue.PCollection) -> QAOutputs:
         from apache_beam.ml.inference.base import RunInference
@@ -371,9 +402,10 @@ class AnswerQuestions(beam.PTransform):
         rejected.append(questions[REJECTED])
 
         handler = self._handler if self._handler is not None else make_handler(s)
-        inference = RunInference(handler).with_exception_handling(timeout=s.inference_timeout_secs)
+        inference = RunInference(handler, model_metadata_pcoll=self._model_metadata).with_exception_handling(
+            timeout=s.inference_timeout_secs)
         predictions, dlq = questions.questions | "RunInference" >> inference
-        outcomes = predictions | "Outcomes" >> beam.FlatMap(_outcome).with_outputs(REJECTED, main="answers")
+        outcomes = predictions | "Outcomes" >> beam.FlatMap(_outcome, s).with_outputs(REJECTED, main="answers")
         rejected.append(outcomes[REJECTED])
         rejected.append(dlq.failed_inferences | "FailedBatches" >> beam.FlatMap(_failed_batch))
 
@@ -386,9 +418,9 @@ class AnswerQuestions(beam.PTransform):
 # sinks (the rows of pipelines.records, as JSON text or BigQuery rows)
 
 
-def answer_json(pair: Tuple[QAExample, Answer]) -> str:
+def answer_json(pair: Tuple[QAExample, Answer], top_k: int = 1) -> str:
     """An answer of ``QAOutputs.answers`` as one JSON line (:func:`~pipelines.records.answer_row`)."""
-    return json.dumps(answer_row(pair[1]), ensure_ascii=False)
+    return json.dumps(answer_row(pair[1], top_k), ensure_ascii=False)
 
 
 def rejection_json(rejection: Rejection) -> str:
@@ -405,11 +437,12 @@ def _bigquery_sink(table: str, schema: Dict[str, Any], streaming: bool) -> beam.
         write_disposition=beam.io.BigQueryDisposition.WRITE_APPEND)
 
 
-def write_answers_to_bigquery(answers: pvalue.PCollection, table: str, *, streaming: bool = False) -> Any:
+def write_answers_to_bigquery(answers: pvalue.PCollection, table: str, *, streaming: bool = False,
+                              top_k: int = 1) -> Any:
     """``QAOutputs.answers`` -> rows of :data:`~pipelines.records.ANSWER_BQ_SCHEMA` in ``table``."""
     return (
         answers
-        | "AnswerRows" >> beam.Map(lambda pair: answer_row(pair[1]))
+        | "AnswerRows" >> beam.Map(lambda pair, k: answer_row(pair[1], k), top_k)
         | "WriteAnswersBQ" >> _bigquery_sink(table, ANSWER_BQ_SCHEMA, streaming)
     )
 
@@ -421,3 +454,76 @@ def write_rejections_to_bigquery(rejected: pvalue.PCollection, table: str, *, st
         | "RejectedRows" >> beam.Map(rejection_row)
         | "WriteRejectedBQ" >> _bigquery_sink(table, REJECTED_BQ_SCHEMA, streaming)
     )
+
+
+# --------------------------------------------------------------------------------------------
+# progress of local runs
+
+
+class _ProgressCounts:
+    """Questions read / answered / rejected in this process, for the progress line of local runs
+    (Beam's own metrics of a local run are only readable once it has finished). Workers of a
+    remote runner count too, but nobody reads them there: Dataflow shows the Beam counters."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.read = self.answered = self.rejected = 0
+
+    def add(self, read: int = 0, answered: int = 0, rejected: int = 0) -> None:
+        with self._lock:
+            self.read += read
+            self.answered += answered
+            self.rejected += rejected
+
+    def snapshot(self) -> Tuple[int, int, int]:
+        with self._lock:
+            return self.read, self.answered, self.rejected
+
+    def reset(self) -> None:
+        with self._lock:
+            self.read = self.answered = self.rejected = 0
+
+
+_PROGRESS = _ProgressCounts()
+
+
+def progress_line(read: int, answered: int, rejected: int, seconds: float) -> str:
+    rate = answered / max(seconds, 1e-9)
+    return (f"progress: read {read}, answered {answered}, rejected {rejected}; "
+            f"{rate:.1f} questions/s over {seconds:.0f} s")
+
+
+class ProgressReporter:
+    """A thread printing :func:`progress_line` every ``every`` seconds while a local pipeline
+    runs in this process (``with ProgressReporter(30): p.run()``); a last line when it stops."""
+
+    def __init__(self, every: float, stream: Optional[TextIO] = None):
+        self._every = every
+        self._stream = stream
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._t0 = 0.0
+        self.lines: List[str] = []
+
+    def _emit(self) -> None:
+        line = progress_line(*_PROGRESS.snapshot(), time.perf_counter() - self._t0)
+        self.lines.append(line)
+        print(line, file=self._stream or sys.stderr, flush=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._every):
+            self._emit()
+
+    def __enter__(self) -> "ProgressReporter":
+        _PROGRESS.reset()
+        self._t0 = time.perf_counter()
+        if self._every > 0:
+            self._thread = threading.Thread(target=self._loop, name="qa-progress", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._emit()
