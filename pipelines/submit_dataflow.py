@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--disk-size-gb", type=int, default=50, help="worker disk; the image is ~10 GB (default 50)")
     p.add_argument("--max-workers", type=int, default=None, help="--max_num_workers (caps GPUs bought)")
     p.add_argument("--job-name", default=None, help="Dataflow job name (default trt-bert-qa-<time>)")
+    p.add_argument("--setup-file", default=None,
+                   help="also stage this setup.py's package (Beam --setup_file), so workers run this checkout's code "
+                        "over the image's copy without an image rebuild")
+    p.add_argument("--template-location", default=None,
+                   help="gs:// path: write the job as a Dataflow classic template there instead of running it "
+                        "(Beam --template_location; launch it later with gcloud dataflow jobs run)")
     p.add_argument("--dry-run", action="store_true", help="print the command instead of submitting")
     return p
 
@@ -130,6 +136,12 @@ def build_command(args: argparse.Namespace, extra: Sequence[str] = (), python: s
     ]
     if args.max_workers:
         cmd += ["--max_num_workers", str(args.max_workers)]
+    if getattr(args, "setup_file", None):
+        if not Path(args.setup_file).is_file():
+            raise ValueError(f"--setup-file {args.setup_file} does not exist")
+        cmd += ["--setup_file", str(Path(args.setup_file).resolve())]  # Beam builds the sdist from its folder
+    if getattr(args, "template_location", None):
+        cmd += ["--template_location", _gcs(args.template_location, "--template-location")]
     return cmd + list(extra)
 
 

@@ -6,11 +6,12 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, List
 
 import pytest
 
 from pipelines import submit_dataflow
+from tests.gcs_emulator import gcs_emulator  # noqa: F401  (pytest fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -126,3 +127,59 @@ def test_python_mismatch_is_explained() -> None:
     assert msg is not None and "3.99" in msg and "same minor version" in msg
     here = f"{sys.version_info.major}.{sys.version_info.minor}"
     assert submit_dataflow._python_mismatch({"PYTHON_VERSION": here}) is None
+
+
+def test_the_real_dataflow_job_is_built_offline_as_a_template(gcs_emulator: Any, tmp_path: Path) -> None:  # noqa: F811
+    """The job Dataflow would run, built by Beam's DataflowRunner itself from the command
+    submit_dataflow makes: a classic template (--template-location) written to the GCS emulator,
+    with staging there too (the pipeline proto and the setup.py package are really uploaded); no
+    Dataflow API call is made. Its content carries every GPU-job option and the RunInference step."""
+    import json as _json
+
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.portability.api import beam_runner_api_pb2
+
+    from pipelines import qa_batch
+
+    b = gcs_emulator.bucket
+    prefix = f"tpl-{tmp_path.name}"
+    data = gcs_emulator.upload(REPO / "samples" / "squad_sample.jsonl", f"{prefix}/data/sample.jsonl")
+    for name in ("tokenizer.json", "tokenizer_config.json", "config.json"):
+        gcs_emulator.upload(REPO / "models" / "minilm-l6-squad2" / name, f"{prefix}/models/minilm/{name}")
+    engine = gcs_emulator.upload(REPO / "setup.py", f"{prefix}/engines/t4.engine")  # never opened offline
+    template = f"gs://{b}/{prefix}/templates/qa.json"
+    args = submit_dataflow.build_parser().parse_args([
+        "--project", "trt-qa-test", "--region", "us-central1", "--bucket", f"{b}/{prefix}",
+        "--image", "us-docker.pkg.dev/trt-qa-test/repo/trt-bert-qa:0.1.0", "--engine", engine,
+        "--model", f"gs://{b}/{prefix}/models/minilm", "--input", data, "--output", f"gs://{b}/{prefix}/out/answers",
+        "--job-name", "qa-template-test", "--gpu", "L4", "--threads", "6", "--setup-file", str(REPO / "setup.py"),
+        "--template-location", template])
+    cmd = submit_dataflow.build_command(args)
+    assert cmd[1:3] == ["-m", "pipelines.qa_batch"]
+    assert qa_batch.main(cmd[3:]) == 0
+    with FileSystems.open(template) as f:
+        job = _json.loads(f.read())
+    env = job["environment"]
+    pool = env["workerPools"][0]
+    assert job["name"] == "qa-template-test" and job["type"] == "JOB_TYPE_BATCH"
+    assert "use_runner_v2" in env["experiments"] and "no_use_multiple_sdk_containers" in env["experiments"]
+    assert env["serviceOptions"] == ["worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"]
+    assert pool["machineType"] == "g2-standard-4" and pool["numThreadsPerWorker"] == 6 and pool["diskSizeGb"] == 50
+    image = "us-docker.pkg.dev/trt-qa-test/repo/trt-bert-qa:0.1.0"
+    assert pool["workerHarnessContainerImage"] == image
+    assert [c["containerImage"] for c in pool["sdkHarnessContainerImages"]] == [image]
+    assert pool["sdkHarnessContainerImages"][0]["useSingleCorePerContainer"] is True  # one SDK process
+    packages = {p["name"]: p["location"] for p in pool["packages"]}
+    assert "workflow.tar.gz" in packages  # the setup.py package (an sdist Beam built and staged)
+    staged = packages["workflow.tar.gz"].replace("storage.googleapis.com/", "gs://", 1)
+    assert FileSystems.exists(staged)
+    # the staged pipeline proto holds the RunInference step with our handler's settings
+    opts = env["sdkPipelineOptions"]["options"]
+    assert opts["sdk_container_image"] == image and opts["template_location"] == template
+    pipeline_pb = FileSystems.join(opts["staging_location"], "pipeline.pb")
+    with FileSystems.open(pipeline_pb) as f:
+        proto = beam_runner_api_pb2.Pipeline.FromString(f.read())
+    names = [t.unique_name for t in proto.components.transforms.values()]
+    assert any(n.endswith("AnswerQuestions/RunInference/BeamML_RunInference") for n in names), names[:40]
+    # nothing ran: no answers were written
+    assert not FileSystems.match([f"gs://{b}/{prefix}/out/answers-*"])[0].metadata_list
