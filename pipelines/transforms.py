@@ -514,7 +514,7 @@ class ProgressReporter:
         while not self._stop.wait(self._every):
             self._emit()
 
-    def __enter__(self) -> "ProgressReporter":
+    def __enter__(self) -> ProgressReporter:
         _PROGRESS.reset()
         self._t0 = time.perf_counter()
         if self._every > 0:

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from trt_handler.qa.types import QAExample, Window, WindowLogits
 from trt_handler.qa.answers import AnswerConfig, extract_answer
+from trt_handler.qa.types import QAExample, Window, WindowLogits
 from trt_handler.qa.windows import WindowMaker
 
 NEG = -20.0  # a logit low enough never to matter
