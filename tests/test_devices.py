@@ -9,6 +9,7 @@ import collections
 import multiprocessing as mp
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,20 +23,26 @@ def _no_override(monkeypatch: pytest.MonkeyPatch) -> None:
     devices._assigned.clear()
 
 
-def _child(args: tuple) -> tuple:
-    counter_dir, key, gpu_count, barrier = args
+def _child(counter_dir: str, key: str, gpu_count: int, barrier: Any, results: Any) -> None:
     barrier.wait()  # all processes ask at the same moment: the lock has to hold
     first = assign_device(gpu_count, visible=8, counter_dir=counter_dir, key=key)
     again = assign_device(gpu_count, visible=8, counter_dir=counter_dir, key=key)
-    return os.getpid(), first, again
+    results.put((os.getpid(), first, again))
 
 
 @pytest.mark.parametrize("procs,gpus", [(8, 4), (7, 3), (5, 8)])
 def test_round_robin_over_real_processes(tmp_path: Path, procs: int, gpus: int) -> None:
-    ctx = mp.get_context("spawn")  # fresh interpreters, like harness processes
-    barrier = ctx.Manager().Barrier(procs)
-    with ctx.Pool(procs) as pool:
-        results = pool.map(_child, [(str(tmp_path), "job", gpus, barrier)] * procs, chunksize=1)
+    # fresh interpreters, like harness processes; a plain Barrier and Queue (no Manager: Beam's
+    # MultiProcessShared, used by other tests in this process, patches the manager's proxies)
+    ctx = mp.get_context("spawn")
+    barrier, queue = ctx.Barrier(procs), ctx.Queue()
+    children = [ctx.Process(target=_child, args=(str(tmp_path), "job", gpus, barrier, queue)) for _ in range(procs)]
+    for c in children:
+        c.start()
+    results = [queue.get(timeout=120) for _ in children]
+    for c in children:
+        c.join(timeout=60)
+    assert all(c.exitcode == 0 for c in children)
     assert len({pid for pid, _, _ in results}) == procs
     assert all(first == again for _, first, again in results)  # a process keeps its GPU
     per_gpu = collections.Counter(first for _, first, _ in results)
