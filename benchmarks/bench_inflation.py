@@ -6,7 +6,7 @@
 Every question of ``--data`` is cut into windows (``WindowMaker``, 384/128/64), in file order.
 Questions are grouped into Beam batches as ``QAHandler.batch_elements_kwargs`` asks
 (``BatchElements`` with ``element_size_fn`` = windows of a question): consecutive questions until
-their windows reach ``--batch-windows`` (default 256, the handlers' ``max_batch_windows``); a
+their windows reach ``--batch-windows`` (default 1,024, the handlers' ``max_batch_windows``); a
 question's windows never leave its batch. Each Beam batch is planned by the one planner the
 handlers use, :func:`trt_handler.answer_batch.plan_model_calls` (sort the batch's windows by
 length, cut them greedily into calls as large as the profile of the call's longest window allows,
@@ -42,6 +42,7 @@ import sys
 from typing import Any, Dict, List, Optional, Sequence
 
 from benchmarks.common import emit
+from trt_handler.answer_batch import DEFAULT_BATCH_WINDOWS
 
 
 def question_windows(path: str, model: str) -> List[List[Any]]:
@@ -144,8 +145,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--data", required=True, help="SQuAD JSON/JSONL (questions in file order)")
     parser.add_argument("--model", required=True, help="model folder or bundle (tokenizer)")
     parser.add_argument("--holdout", default=None, help="second data set to check every plan on (squad_B1)")
-    parser.add_argument("--batch-windows", type=int, default=256,
-                        help="windows per Beam batch at most (default 256, the handlers' max_batch_windows)")
+    parser.add_argument("--batch-windows", type=int, default=DEFAULT_BATCH_WINDOWS,
+                        help=f"windows per Beam batch at most (default {DEFAULT_BATCH_WINDOWS}, the handlers' max_batch_windows)")
     parser.add_argument("--suggest", type=int, default=6, help="number of data-derived buckets (default 6)")
     parser.add_argument("--multiple", type=int, default=32, help="suggested buckets are multiples of this (default 32)")
     parser.add_argument("--limit", type=int, default=0, help="use only the first N questions (0: all)")

@@ -39,6 +39,7 @@ from trt_handler.qa.batching import DEFAULT_BUCKETS, pad_windows, validate_bucke
 from trt_handler.qa.types import Answer, ModelBatch, QuestionWindows, Window, WindowLogits
 
 __all__ = [
+    "DEFAULT_BATCH_WINDOWS",
     "BatchPlan",
     "CallRecorder",
     "ModelCall",
@@ -52,6 +53,12 @@ Logits = Tuple[np.ndarray, np.ndarray]
 Outcome = Union[Answer, Exception]
 
 PAD_MODES = ("longest", "bucket")
+
+# Windows the planner sees at once (a RunInference batch: BatchElements sized by window count). The
+# planner sorts them by length before cutting calls, so a bigger batch pads less: on SQuAD windows
+# the default plan computes 1.10x the real tokens over batches of 1,024 windows, 1.21x over 256
+# and 1.50x over 64 (benchmarks/bench_inflation.py).
+DEFAULT_BATCH_WINDOWS = 1024
 
 
 class Runner(Protocol):
@@ -100,7 +107,7 @@ class BatchPlan:
     def for_buckets(
         cls, buckets: Sequence[int] = DEFAULT_BUCKETS, max_batch: Optional[int] = None, *,
         max_tokens: Optional[int] = DEFAULT_TOKEN_BUDGET, pad_to: str = "longest",
-    ) -> "BatchPlan":
+    ) -> BatchPlan:
         """The plan for backends without engine profiles, the same one the engine builder makes by
         default: one profile per bucket, each allowed ``max_tokens // bucket`` rows (rounded down
         to a multiple of 8: a constant token budget, so the same activation memory per call), capped

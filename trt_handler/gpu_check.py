@@ -29,7 +29,13 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from trt_handler.answer_batch import BatchPlan, answer_batch, plan_model_calls, run_model_calls
+from trt_handler.answer_batch import (
+    DEFAULT_BATCH_WINDOWS,
+    BatchPlan,
+    answer_batch,
+    plan_model_calls,
+    run_model_calls,
+)
 from trt_handler.engines.profiles import ProfileSpec
 from trt_handler.qa.types import Answer, ModelBatch, QAExample, QuestionWindows
 
@@ -138,7 +144,7 @@ def run_check(
     examples: Sequence[QAExample],
     *,
     batch_size: int | None = None,
-    batch_windows: int = 256,
+    batch_windows: int = DEFAULT_BATCH_WINDOWS,
     repeats: int = 3,
 ) -> list[dict[str, Any]]:
     """Compare ``session`` with ``reference`` and time it; returns the report records (no I/O).
