@@ -344,8 +344,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     _print_shown(outcome["shown"])
     counts = outcome["counters"]
-    print(summary_line(counts, outcome["seconds"]))
     print(outcome["threshold"])
+    print(summary_line(counts, outcome["seconds"]))
     saved = outcome["saved_threshold"]
     if saved:
         print(f"saved no-answer threshold {saved['value']:g} (best F1 {saved['best_f1']}) in {saved['path']}; "
