@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from trt_handler.answer_batch import DEFAULT_BATCH_WINDOWS
 from trt_handler.qa.batching import DEFAULT_BUCKETS
 from trt_handler.qa.types import Answer, QAExample, QuestionWindows
 
@@ -29,7 +30,7 @@ def answer_examples(
     answer_config: Optional[object] = None,
     buckets: Sequence[int] = DEFAULT_BUCKETS,
     batch_size: int = 64,
-    batch_windows: int = 256,
+    batch_windows: int = DEFAULT_BATCH_WINDOWS,
     backend: str = "onnx",
     device: str = "cuda",
     dtype: str = "fp16",

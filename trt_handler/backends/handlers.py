@@ -43,7 +43,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from trt_handler.answer_batch import BatchPlan, ModelCall, Runner, answer_batch
+from trt_handler.answer_batch import DEFAULT_BATCH_WINDOWS, BatchPlan, ModelCall, Runner, answer_batch
 from trt_handler.engines.profiles import DEFAULT_TOKEN_BUDGET, ProfileSpec
 from trt_handler.engines.sidecar import read_engine_profiles, read_sidecar
 from trt_handler.qa.answers import AnswerConfig, Provenance, with_provenance
@@ -157,7 +157,7 @@ class QAHandler(ModelHandler[QuestionWindows, PredictionResult, RunnerT]):
         buckets: Sequence[int] = DEFAULT_BUCKETS,
         max_model_batch: Optional[int] = None,
         max_tokens: Optional[int] = DEFAULT_TOKEN_BUDGET,
-        max_batch_windows: int = 256,
+        max_batch_windows: int = DEFAULT_BATCH_WINDOWS,
         min_batch_windows: Optional[int] = None,
         pad_to: str = "longest",
         answer_config: AnswerConfig = AnswerConfig(),
