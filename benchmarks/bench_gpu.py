@@ -65,12 +65,12 @@ SCHEMES: Dict[str, Optional[Tuple[int, ...]]] = {
     "buckets6": (128, 160, 192, 224, 288, 384),
     "pad8": None,
     "sorted_pad8": None,
-    # the product's own planner (answer_batch.plan_model_calls) over Beam batches of 256 windows
+    # the product's own planner (answer_batch.plan_model_calls) over Beam batches of PLANNER_BATCH_WINDOWS windows
     # in arrival order: sorted within the batch, padded to the longest window rounded up to 8
     "planner3": (128, 256, 384),
     "planner6": (128, 160, 192, 224, 288, 384),
 }
-PLANNER_BATCH_WINDOWS = 256
+PLANNER_BATCH_WINDOWS = 1024  # answer_batch.DEFAULT_BATCH_WINDOWS (256 in the first H200 runs)
 BERT_LARGE = {"layers": 24, "hidden": 1024, "heads": 16, "intermediate": 4096}
 
 

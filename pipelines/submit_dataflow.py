@@ -128,7 +128,10 @@ def build_command(args: argparse.Namespace, extra: Sequence[str] = (), python: s
         "--sdk_container_image", args.image,
         "--sdk_location", "container",
         "--experiments", "use_runner_v2",
-        "--experiments", "no_use_multiple_sdk_containers",
+        # One SDK process shares one engine (and one GPU) over its harness threads; with several GPUs
+        # a worker runs one SDK process per vCPU and each loads its engine on its own GPU.
+        *(["--experiments", "no_use_multiple_sdk_containers"] if args.gpu_count == 1 else
+          ["--gpu-count", str(args.gpu_count)]),
         "--dataflow_service_options", accelerator,
         "--machine_type", machine,
         "--number_of_worker_harness_threads", str(args.threads or gpu.threads),

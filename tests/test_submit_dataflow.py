@@ -76,6 +76,8 @@ def test_l4_uses_a_g2_machine_and_extra_flags_reach_the_pipeline() -> None:
     assert o["--number_of_worker_harness_threads"] == ["8"]
     assert o["--max_num_workers"] == ["3"]
     assert o["--max-batch"] == ["128"]
+    # two GPUs: one SDK process per vCPU, each loading its engine on its own GPU (round-robin)
+    assert o["--gpu-count"] == ["2"] and o["--experiments"] == ["use_runner_v2"]
 
 
 def test_the_printed_command_parses_as_pipeline_and_beam_options() -> None:
