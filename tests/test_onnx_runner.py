@@ -10,9 +10,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from trt_handler.qa.batching import pad_windows
-from trt_handler.engines.export import BUNDLE_ONNX, resolve_model_bundle
 from trt_handler.backends.onnx_runner import OnnxRunner
+from trt_handler.engines.export import BUNDLE_ONNX, resolve_model_bundle
+from trt_handler.qa.batching import pad_windows
 from trt_handler.qa.types import ModelBatch, QAExample, Window
 
 

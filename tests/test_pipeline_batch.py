@@ -17,10 +17,10 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines import qa_batch
 from pipelines.options import QASettings
+from pipelines.records import ANSWER_BQ_SCHEMA, REJECTED_BQ_SCHEMA
 from pipelines.transforms import AnswerQuestions, ReadRecords, input_format
 from tests.conftest import REPO
 from tests.gcs_emulator import gcs_emulator  # noqa: F401  (pytest fixture)
-from pipelines.records import ANSWER_BQ_SCHEMA, REJECTED_BQ_SCHEMA
 
 SAMPLE = REPO / "samples" / "squad_sample.jsonl"
 METRIC_KEYS = ("exact", "f1", "total", "HasAns_exact", "HasAns_f1", "HasAns_total", "NoAns_exact", "NoAns_f1",

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from trt_handler.qa.types import QAExample
 from trt_handler.qa.metric import (
     exact_match,
     f1_score,
     normalize_answer,
     squad_evaluate,
 )
+from trt_handler.qa.types import QAExample
 
 
 @pytest.mark.parametrize("text, normalized", [
