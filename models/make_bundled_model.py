@@ -29,7 +29,6 @@ MODEL_CARD.md in the output folder is kept (it is written by hand, with the meas
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -40,7 +39,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from trt_handler.engines.export import BUNDLE_META, BUNDLE_ONNX, export_onnx
+from trt_handler.engines.export import BUNDLE_META, BUNDLE_ONNX, export_onnx, file_sha256
 from trt_handler.qa.types import OUTPUT_NAMES, ModelBatch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,12 +47,6 @@ KEEP = ("MODEL_CARD.md", ".gitignore")
 SAMPLE_DATA = REPO / "tests" / "data" / "squad_B1_sample.json"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _random_batch(rng: np.random.Generator, batch: int, seq: int, vocab: int) -> ModelBatch:
@@ -225,7 +218,7 @@ def make(model: str, out_dir: Path, *, method: str = "weight-only", per_channel:
         float32_export = {k: meta[k] for k in ("sha256", "onnx_bytes", "tolerance", "max_abs_diff", "max_abs_logit")}
         meta.update({
             "source": f"{shown} (int8 {method} quantization of its float32 export; models/make_bundled_model.py)",
-            "sha256": _sha256(onnx_path),
+            "sha256": file_sha256(onnx_path),
             "onnx_bytes": onnx_path.stat().st_size,
             # what model.onnx (int8) was checked against: the float32 export below, which itself
             # matched PyTorch within its tolerance; measured on real SQuAD windows (B1 sample)

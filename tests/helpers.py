@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from trt_handler.engines import cuda_runtime as cr
-from trt_handler.qa.types import Window
+from trt_handler.qa.types import QAExample, QuestionWindows, Window
 
 
 def gpu_skip_reason() -> str | None:
@@ -50,3 +50,19 @@ def ada_window(example_id: str, index: int) -> Window:
     is_ctx = np.array([0, 0, 0, 1, 1, 1, 0], dtype=bool)
     return Window(example_id, index, np.arange(7, dtype=np.int32), is_ctx.astype(np.int32), offsets,
                   is_ctx, is_ctx.copy())
+
+
+def coded_window(example_id: str, length: int, index: int = 0) -> Window:
+    """A window whose token ids encode it (id = position + 1000 x (index + 1)); tokens 3.. are
+    context with 2-character offsets, so logits made from the ids trace back to their window."""
+    ids = (np.arange(length, dtype=np.int32) + 1000 * (index + 1)) % 30000
+    is_ctx = np.arange(length) >= 3
+    offsets = np.stack([np.arange(length) * 2, np.arange(length) * 2 + 1], axis=1).astype(np.int32)
+    offsets[~is_ctx] = -1
+    return Window(example_id, index, ids, is_ctx.astype(np.int32), offsets, is_ctx, is_ctx.copy())
+
+
+def coded_question(qid: str, *lengths: int) -> QuestionWindows:
+    """A question with one :func:`coded_window` per length, over a context long enough for all."""
+    ex = QAExample(qid, "q?", "ab" * (max(lengths) + 2))
+    return QuestionWindows(ex, tuple(coded_window(qid, n, i) for i, n in enumerate(lengths)), raw=f"raw-{qid}")

@@ -15,24 +15,13 @@ from typing import Any, List, Tuple
 import numpy as np
 import pytest
 
+from tests.helpers import coded_question, coded_window
 from trt_handler.answer_batch import BatchPlan, ModelCall, answer_batch, plan_model_calls, run_model_calls
 from trt_handler.engines.profiles import ProfileSpec
 from trt_handler.qa.answers import AnswerConfig, extract_answer
 from trt_handler.qa.types import Answer, ModelBatch, QAExample, QuestionWindows, Window
 
-
-def make_window(example_id: str, length: int, index: int = 0) -> Window:
-    """A window whose token ids encode it; tokens 3.. are context with 2-char offsets."""
-    ids = (np.arange(length, dtype=np.int32) + 1000 * (index + 1)) % 30000
-    is_ctx = np.arange(length) >= 3
-    offsets = np.stack([np.arange(length) * 2, np.arange(length) * 2 + 1], axis=1).astype(np.int32)
-    offsets[~is_ctx] = -1
-    return Window(example_id, index, ids, is_ctx.astype(np.int32), offsets, is_ctx, is_ctx.copy())
-
-
-def make_question(qid: str, *lengths: int) -> QuestionWindows:
-    ex = QAExample(qid, "q?", "ab" * (max(lengths) + 2))
-    return QuestionWindows(ex, tuple(make_window(qid, n, i) for i, n in enumerate(lengths)), raw=f"raw-{qid}")
+make_window, make_question = coded_window, coded_question
 
 
 class EchoRunner:

@@ -24,6 +24,7 @@ from apache_beam.ml.inference.base import PredictionResult, RunInference
 from apache_beam.testing.util import assert_that, equal_to
 
 from tests.gcs_emulator import gcs_emulator  # noqa: F401  (pytest fixture)
+from tests.helpers import coded_question, coded_window
 from trt_handler.answer_batch import BatchPlan, answer_batch
 from trt_handler.backends.handlers import (
     METRICS_NAMESPACE,
@@ -37,24 +38,13 @@ from trt_handler.backends.onnx_runner import OnnxRunner
 from trt_handler.engines.export import BUNDLE_ONNX, export_random_bert, resolve_model_bundle
 from trt_handler.engines.profiles import ProfileSpec, profiles_for_buckets
 from trt_handler.qa.batching import DEFAULT_BUCKETS
-from trt_handler.qa.types import Answer, ModelBatch, QAExample, QuestionWindows, Window
+from trt_handler.qa.types import Answer, ModelBatch, QAExample, QuestionWindows
 
 # --------------------------------------------------------------------------------------------
 # helpers
 
 
-def make_window(example_id: str, length: int, index: int = 0) -> Window:
-    """A window whose token ids encode its position; tokens 3.. are context with 2-char offsets."""
-    ids = (np.arange(length, dtype=np.int32) + 1000 * (index + 1)) % 30000
-    is_ctx = np.arange(length) >= 3
-    offsets = np.stack([np.arange(length) * 2, np.arange(length) * 2 + 1], axis=1).astype(np.int32)
-    offsets[~is_ctx] = -1
-    return Window(example_id, index, ids, is_ctx.astype(np.int32), offsets, is_ctx, is_ctx.copy())
-
-
-def make_question(qid: str, *lengths: int) -> QuestionWindows:
-    ex = QAExample(qid, "q?", "ab" * (max(lengths) + 2))
-    return QuestionWindows(ex, tuple(make_window(qid, n, i) for i, n in enumerate(lengths)), raw=f"raw-{qid}")
+make_window, make_question = coded_window, coded_question
 
 
 class FakeSession:

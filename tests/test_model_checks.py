@@ -197,4 +197,4 @@ def test_damaged_cached_export_is_exported_again(model_dir: Path, tmp_path: Path
     assert again == bundle
     check_model_bundle(again)
     assert json.loads((again / BUNDLE_META).read_text())["sha256"] == sha  # the same export, restored
-    assert export._sha256(again / BUNDLE_ONNX) == sha
+    assert export.file_sha256(again / BUNDLE_ONNX) == sha

@@ -163,7 +163,7 @@ def verify_bundle(bundle: PathLike) -> None:
     recorded_size = meta.get("onnx_bytes")
     got = None
     if not (isinstance(recorded_size, int) and recorded_size != size):
-        got = _sha256(onnx_path)
+        got = file_sha256(onnx_path)
     if got != want:
         found = f"is {size:,} bytes, its export recorded {recorded_size:,}" if got is None else (
             f"has sha256 {got[:16]}..., its export recorded {want[:16]}...")
@@ -518,7 +518,7 @@ def _write_bundle(
             "outputs": {n: ["batch", "seq"] for n in OUTPUT_NAMES},
             "output_dtype": "float32",
             "max_seq": max_seq,
-            "sha256": _sha256(onnx_path),
+            "sha256": file_sha256(onnx_path),
             "onnx_bytes": onnx_path.stat().st_size,
             "checked": check,
             "tolerance": tolerance,
@@ -557,7 +557,8 @@ def _publish(tmp: Path, out_dir: Path) -> None:
             raise
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
