@@ -227,6 +227,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         extra = ["--windows", "16", "--batch-sizes", "1,8", "--repeat", "1"] if args.quick else \
             ["--windows", "64", "--batch-sizes", "1,16,64", "--repeat", "2"]
         runs.append(run_bench("bench_onnx", [*base, "--cache-dir", args.cache_dir, *extra], ONE_THREAD))
+    if want("memory"):
+        runs.append(run_bench("bench_memory", ["--model", args.model, "--script", "latin", "--script", "cjk"]))
     if want("build"):
         extra = ["--compare-buckets", ""] if args.quick else []
         if args.with_bert_large_build:
