@@ -266,8 +266,8 @@ def settings_or_exit(parser: argparse.ArgumentParser, args: argparse.Namespace, 
         model_dir = resolve_model(args.model, args.cache_dir, args.backend)
         check_model(model_dir, args.backend)
         return settings_from_args(args, model_dir, **overrides)
-    except (ValueError, FileNotFoundError, OSError) as exc:
-        parser.error(str(exc))
+    except (ValueError, FileNotFoundError, OSError) as exc:  # model / settings faults: the message, no usage
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
 
 
 def check_model(model_dir: str, backend: str) -> None:

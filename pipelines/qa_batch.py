@@ -215,8 +215,8 @@ def run(argv: Optional[Sequence[str]] = None, handler: Any = None) -> Dict[str, 
         replace_earlier_outputs(args.output)
         if args.save_threshold:
             threshold_target(settings)  # refuse before the run, not after it
-    except ValueError as exc:
-        parser.error(str(exc))
+    except ValueError as exc:  # a fault of the run, not of the command line: no usage text
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
     options = PipelineOptions(beam_args)
     local = _is_local_runner(options)
     t0 = time.perf_counter()
