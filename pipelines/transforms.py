@@ -165,7 +165,7 @@ class RejectDuplicateIds(beam.PTransform):
     no end at which an id is known to be unique, so there every message is its own request.
     """
 
-    def expand(self, parsed: pvalue.PCollection) -> pvalue.DoOutputsTuple:
+    def expand(self, parsed: pvalue.PCollection) -> _Deduped:
         duplicated = (
             parsed
             | "Ids" >> beam.Map(lambda pair: (pair[1].id, 1))
