@@ -153,7 +153,7 @@ def stage_costs(data: Path, model_dir: str, handler: FreeQAHandler, limit: int =
 
 def _stage_costs_once(data: Path, model_dir: str, handler: FreeQAHandler, limit: int) -> Dict[str, Any]:
     from pipelines.records import answer_row, parse_record, split_squad_document
-    from trt_handler.answer_batch import answer_batch
+    from trt_handler.answer_batch import answer_batch, batches_of
     from trt_handler.qa.types import QuestionWindows, Rejection
     from trt_handler.qa.windows import WindowMaker, load_tokenizer
 
@@ -175,15 +175,8 @@ def _stage_costs_once(data: Path, model_dir: str, handler: FreeQAHandler, limit:
 
     model = handler.load_model()
     t0 = time.process_time()
-    answers = []
-    part, count = [], 0
-    for q in questions:  # batches of ~256 windows, as BatchElements forms them
-        part.append(q)
-        count += q.num_windows
-        if count >= 256:
-            answers += answer_batch(part, model, handler.plan, handler.answer_config)
-            part, count = [], 0
-    answers += answer_batch(part, model, handler.plan, handler.answer_config) if part else []
+    answers = [a for part in batches_of(questions)  # the handlers' default batches, as BatchElements forms them
+               for a in answer_batch(part, model, handler.plan, handler.answer_config)]
     t["answer_batch"] = time.process_time() - t0
 
     t0 = time.process_time()

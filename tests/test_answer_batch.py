@@ -225,3 +225,12 @@ def test_one_profile_caps_every_call(real_questions: Tuple[Any, List[QuestionWin
     answer_batch(questions, runner, plan(ProfileSpec(1, 4, 4, 1, 384, 384)))
     assert all(b <= 4 for b, _ in runner.shapes)
     assert sum(b for b, _ in runner.shapes) == sum(q.num_windows for q in questions)
+
+
+def test_batches_of_cuts_consecutive_questions_by_window_count() -> None:
+    from trt_handler.answer_batch import batches_of
+
+    questions = [make_question(f"q{i}", *([10] * n)) for i, n in enumerate([1, 2, 3, 1, 1, 4, 2])]
+    parts = batches_of(questions, 4)
+    assert [[q.example.id for q in p] for p in parts] == [["q0", "q1", "q2"], ["q3", "q4", "q5"], ["q6"]]
+    assert [q for p in parts for q in p] == questions and batches_of([], 4) == []

@@ -45,6 +45,7 @@ __all__ = [
     "ModelCall",
     "Runner",
     "answer_batch",
+    "batches_of",
     "plan_model_calls",
     "run_model_calls",
 ]
@@ -289,3 +290,21 @@ def answer_batch(
         items.append((q.example, q.windows, logits[at:at + n]))
         at += n
     return list(extract_answers(items, config))
+
+
+def batches_of(questions: Sequence[QuestionWindows], windows: int = DEFAULT_BATCH_WINDOWS) -> List[List[QuestionWindows]]:
+    """Consecutive questions cut into batches of about ``windows`` windows (a batch closes once it
+    holds that many), as BatchElements with a window-count ``element_size_fn`` forms them: for
+    callers that answer many questions without Beam (evaluation, the GPU check, benchmarks)."""
+    out: List[List[QuestionWindows]] = []
+    part: List[QuestionWindows] = []
+    count = 0
+    for q in questions:
+        part.append(q)
+        count += len(q.windows)
+        if count >= windows:
+            out.append(part)
+            part, count = [], 0
+    if part:
+        out.append(part)
+    return out

@@ -38,7 +38,7 @@ def answer_examples(
     """Answer every example through :func:`~trt_handler.answer_batch.answer_batch`, the path the
     Beam handlers take, ``batch_windows`` windows at a time: on ONNX Runtime (the model's exported
     bundle), or with ``backend="torch"`` on PyTorch (``model`` is then a checkpoint folder)."""
-    from trt_handler.answer_batch import BatchPlan, answer_batch
+    from trt_handler.answer_batch import BatchPlan, answer_batch, batches_of
     from trt_handler.backends.onnx_runner import OnnxRunner
     from trt_handler.engines.export import bundle_onnx_path, resolve_model_bundle
     from trt_handler.qa.answers import AnswerConfig
@@ -61,25 +61,12 @@ def answer_examples(
     plan = BatchPlan.for_buckets(buckets, batch_size)
     config = answer_config or AnswerConfig()
     answers: Dict[str, Answer] = {}
-    for part in _batches(questions, batch_windows):
+    for part in batches_of(questions, batch_windows):
         for q, outcome in zip(part, answer_batch(part, runner, plan, config)):  # type: ignore[arg-type]
             if isinstance(outcome, Exception):
                 raise ValueError(f"question {q.example.id!r} cannot be answered: {outcome}")
             answers[q.example.id] = outcome
     return answers
-
-
-def _batches(questions: Sequence[QuestionWindows], windows: int) -> List[List[QuestionWindows]]:
-    """Consecutive questions holding about ``windows`` windows each (what BatchElements forms)."""
-    out: List[List[QuestionWindows]] = [[]]
-    count = 0
-    for q in questions:
-        if count >= windows:
-            out.append([])
-            count = 0
-        out[-1].append(q)
-        count += q.num_windows
-    return [b for b in out if b]
 
 
 def evaluate(

@@ -33,6 +33,7 @@ from trt_handler.answer_batch import (
     DEFAULT_BATCH_WINDOWS,
     BatchPlan,
     answer_batch,
+    batches_of,
     plan_model_calls,
     run_model_calls,
 )
@@ -112,18 +113,7 @@ def _questions(maker: Any, examples: Sequence[QAExample]) -> list[QuestionWindow
 def _answers(questions: Sequence[QuestionWindows], runner: Runner, plan: BatchPlan,
              batch_windows: int) -> list[Answer | Exception]:
     """The production answer path (``answer_batch``), ``batch_windows`` windows per batch."""
-    out: list[Answer | Exception] = []
-    part: list[QuestionWindows] = []
-    count = 0
-    for q in questions:
-        part.append(q)
-        count += q.num_windows
-        if count >= batch_windows:
-            out += answer_batch(part, runner, plan)
-            part, count = [], 0
-    if part:
-        out += answer_batch(part, runner, plan)
-    return out
+    return [a for part in batches_of(questions, batch_windows) for a in answer_batch(part, runner, plan)]
 
 
 def _scores(questions: Sequence[QuestionWindows], answers: Sequence[Answer | Exception]) -> dict[str, float] | None:
