@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,3 +69,15 @@ def coded_question(qid: str, *lengths: int) -> QuestionWindows:
     """A question with one :func:`coded_window` per length, over a context long enough for all."""
     ex = QAExample(qid, "q?", "ab" * (max(lengths) + 2))
     return QuestionWindows(ex, tuple(coded_window(qid, n, i) for i, n in enumerate(lengths)), raw=f"raw-{qid}")
+
+
+def link_bundle(src: Path, dest: Path) -> Path:
+    """A copy of model bundle ``src`` at ``dest``: its small files copied, model.onnx linked (the
+    hash check follows the link), so a test can edit the manifest without touching the original."""
+    dest.mkdir(parents=True)
+    for f in src.iterdir():
+        if f.name == "model.onnx":
+            os.symlink(f.resolve(), dest / f.name)
+        elif f.is_file():
+            shutil.copy(f, dest / f.name)
+    return dest

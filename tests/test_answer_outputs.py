@@ -7,8 +7,6 @@ bundle), DirectRunner and ONNX Runtime."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -16,17 +14,9 @@ import pytest
 
 from pipelines import qa_batch
 from tests.conftest import SQUAD_B1_SAMPLE
+from tests.helpers import link_bundle
 
-
-def _bundle_copy(bundled_model: Path, dest: Path) -> Path:
-    """The bundle's small files copied, model.onnx linked (the hash check follows the link)."""
-    dest.mkdir(parents=True)
-    for f in bundled_model.iterdir():
-        if f.name == "model.onnx":
-            os.symlink(f.resolve(), dest / f.name)
-        elif f.is_file():
-            shutil.copy(f, dest / f.name)
-    return dest
+_bundle_copy = link_bundle
 
 
 def _b1_subset(path: Path, paragraphs: int = 4) -> Path:

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +26,13 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms import window
 from apache_beam.transforms.window import TimestampedValue
 
+from tests.helpers import link_bundle
+
 CTX = "The Amazon rainforest covers most of the Amazon basin of South America. It is in Brazil and Peru."
 
 
 def _bundle(src: Path, dest: Path, threshold: Any = None) -> Path:
-    dest.mkdir(parents=True)
-    for f in src.iterdir():
-        if f.name == "model.onnx":
-            os.symlink(f.resolve(), dest / f.name)
-        elif f.is_file():
-            shutil.copy(f, dest / f.name)
+    link_bundle(src, dest)
     if threshold is not None:
         meta = json.loads((dest / "export.json").read_text(encoding="utf-8"))
         meta["null_threshold"] = {"value": threshold}

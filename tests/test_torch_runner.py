@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from tests.helpers import run_threads  # noqa: E402
 from trt_handler.backends.torch_runner import Pending, TorchRunner  # noqa: E402
 from trt_handler.qa.types import ModelBatch  # noqa: E402
 
@@ -170,21 +170,12 @@ def test_threads_share_one_runner(cpu_runner: TorchRunner) -> None:
     batches = [_batch(rng, 2, int(s)) for s in rng.integers(8, 64, size=12)]
     want = [cpu_runner.run(b) for b in batches]
     got: dict = {}
-    errors: list = []
 
     def work(i: int) -> None:
-        try:
-            for k in range(i, len(batches), 4):
-                got[k] = cpu_runner.submit(batches[k]).result()
-        except Exception as e:  # pragma: no cover - reported below
-            errors.append(e)
+        for k in range(i, len(batches), 4):
+            got[k] = cpu_runner.submit(batches[k]).result()
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    run_threads(work, 4)
     for k, (ws, we) in enumerate(want):
         np.testing.assert_allclose(got[k][0], ws, atol=1e-5, rtol=0)
         np.testing.assert_allclose(got[k][1], we, atol=1e-5, rtol=0)
@@ -272,23 +263,14 @@ def test_cuda_threads_get_their_own_streams(checkpoint: Path) -> None:
         want = [gpu.run(b) for b in batches]
         streams: dict = {}
         got: dict = {}
-        errors: list = []
 
         def work(i: int) -> None:
-            try:
-                pend = [(k, gpu.submit(batches[k])) for k in range(i, len(batches), 4)]
-                streams[i] = gpu._stream()
-                for k, p in pend:
-                    got[k] = p.result()
-            except Exception as e:  # pragma: no cover - reported below
-                errors.append(e)
+            pend = [(k, gpu.submit(batches[k])) for k in range(i, len(batches), 4)]
+            streams[i] = gpu._stream()
+            for k, p in pend:
+                got[k] = p.result()
 
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not errors
+        run_threads(work, 4)
         assert len({s.cuda_stream for s in streams.values()}) == 4
         assert torch.cuda.current_stream().cuda_stream not in {s.cuda_stream for s in streams.values()}
         for k, (ws, we) in enumerate(want):
