@@ -48,10 +48,10 @@ test-gpu:
 
 ## lint / typecheck ruff, and mypy (strict on the engine, build and handler modules)
 lint:
-	$(PY) -m ruff check trt_handler pipelines tests benchmarks
+	$(PY) -m ruff check trt_handler pipelines tests benchmarks tools
 
 typecheck:
-	$(PY) -m trt_handler.engines.typecheck
+	$(PY) -m tools.typecheck
 
 ## run              answer INPUT with the local Beam pipeline (BACKEND=onnx|torch|tensorrt, MODEL=dir|hub id)
 run:

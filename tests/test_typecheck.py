@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from trt_handler.engines.typecheck import repair_stub
+from tools.typecheck import repair_stub
 
 pytest.importorskip("mypy", reason="the type check needs mypy: pip install 'trt-bert-qa-beam[dev]'")
 pytest.importorskip("tensorrt_rtx_bindings", reason="stubs are generated from TensorRT-RTX: pip install 'trt-bert-qa-beam[rtx]'")
@@ -20,7 +20,7 @@ pytest.importorskip("tensorrt_rtx_bindings", reason="stubs are generated from Te
 
 def _typecheck(*files: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "trt_handler.engines.typecheck", *files], cwd=REPO, env=env, check=False,
+    return subprocess.run([sys.executable, "-m", "tools.typecheck", *files], cwd=REPO, env=env, check=False,
                           capture_output=True, text=True, timeout=600)
 
 

@@ -1,4 +1,4 @@
-"""``python -m trt_handler.engines.typecheck``: mypy --strict on the engine, build and handler modules.
+"""``python -m tools.typecheck``: mypy --strict on the engine, build and handler modules.
 
 Two runs: the strict modules against stubs of TensorRT-RTX's bindings (the builder's API), then
 the engine session (:data:`LEAN_MODULES`) against stubs of TensorRT 11's lean runtime bindings
@@ -40,7 +40,7 @@ from pathlib import Path
 
 __all__ = ["LEAN_MODULES", "STRICT_MODULES", "generate_stubs", "main", "repair_stub", "run_mypy"]
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 STRICT_MODULES: tuple[str, ...] = (
     "trt_handler/engines/session.py",
     "trt_handler/engines/build.py",
@@ -183,7 +183,7 @@ def run_mypy(files: Sequence[str], stubs: Path, which: str = "rtx") -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trt_handler.engines.typecheck", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.typecheck", description=__doc__.split("\n")[0])
     parser.add_argument("files", nargs="*", help=f"files to check (default: those of {', '.join(STRICT_MODULES)} that exist)")
     parser.add_argument("--stubs-dir", type=Path, default=REPO / "typings",
                         help="where generated stubs go (default: typings/; the lean runtime's in typings/lean)")
