@@ -19,6 +19,9 @@ Figures (one JSON line each):
   in parallel, no Reshuffle).
 - ``cpu_ceiling_no_dedupe_q_per_s_per_core``: JSONL with ``--allow-duplicate-ids``: what the
   duplicate-id policy costs.
+- ``seed_cpu_work_q_per_s_per_core``: the CPU work of the sample this project replaces (pure-Python
+  tokenizer, first window only; :mod:`benchmarks.seed_cpu_work`) on the same questions and core, and
+  ``<figure>_vs_seed``: each pipeline figure divided by it.
 - ``cpu_ceiling_stages_us_per_q``: the same work without Beam, stage by stage on the same core
   (parse, features, answer_batch, output), so the rest of the pipeline's cost is Beam's.
 
@@ -212,8 +215,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--cache-dir", default="cache", help="ONNX bundle cache (the pipeline resolves the model)")
     parser.add_argument("--questions", type=int, default=20_000, help="replicate the data to at least this many")
     parser.add_argument("--repeat", type=int, default=1, help="timed runs of each pipeline (best reported)")
-    parser.add_argument("--variants", default="pipeline,jsonl,no_dedupe,stages",
-                        help="comma-separated: pipeline, jsonl, no_dedupe, stages")
+    parser.add_argument("--variants", default="pipeline,jsonl,no_dedupe,stages,seed",
+                        help="comma-separated: pipeline, jsonl, no_dedupe, stages, seed")
     parser.add_argument("--work-dir", default=None, help="input/output files (default: a temp dir)")
     parser.add_argument("--profile", default=None, help="also write cProfile stats of one run of each pipeline to DIR")
     parser.add_argument("--no-pin", action="store_true", help="do not pin to one core")
@@ -249,6 +252,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"profile written to {Path(args.profile) / f'profile_{name}.txt'}", file=sys.stderr)
 
     per_q: Dict[str, float] = {}
+    pipeline_rates: Dict[str, float] = {}
     # The stages first: after a pipeline run the process holds more objects, and the cyclic
     # garbage collector's passes (which scale with them) would be charged to the stages.
     stages = stage_costs(data, model_dir, handler) if "stages" in variants else None
@@ -272,6 +276,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"error: {questions} questions in, counters {counters}", file=sys.stderr)
             return 1
         per_q[variant] = best["cpu_s"] / questions * 1e6
+        pipeline_rates[variant] = questions / best["wall_s"]
         emit(figure, questions / best["wall_s"], "questions/s",
              q_per_cpu_s=round(questions / best["cpu_s"], 1), us_cpu_per_q=round(per_q[variant], 1),
              answered=counters.get("answered"), windows=counters.get("windows"),
@@ -280,6 +285,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
              loadavg=[round(x, 2) for x in os.getloadavg()], **common)
         if variant == "pipeline":
             profiled("pipeline", lambda: run_pipeline(data, model_dir, args.cache_dir, work / "profiled", handler))
+    if "seed" in variants:
+        from benchmarks.seed_cpu_work import seed_cpu_work
+
+        seed = min((seed_cpu_work(data, model_dir) for _ in range(max(1, args.repeat))), key=lambda r: r["wall_s"])
+        if seed["answered"] != questions:
+            print(f"error: the seed yardstick answered {seed['answered']} of {questions}", file=sys.stderr)
+            return 1
+        seed_rate = questions / seed["wall_s"]
+        emit("seed_cpu_work_q_per_s_per_core", seed_rate, "questions/s",
+             q_per_cpu_s=round(questions / seed["cpu_s"], 1),
+             what="the replaced sample's CPU work: pure-Python BERT tokenizer, first window only, batches of 16, "
+                  "n-best answers, free model, no Beam (benchmarks/seed_cpu_work.py)",
+             loadavg=[round(x, 2) for x in os.getloadavg()], **common)
+        for variant, rate in pipeline_rates.items():
+            emit(f"{figures[variant][0]}_vs_seed", rate / seed_rate, "x", seed_q_per_s=round(seed_rate, 1),
+                 pipeline_q_per_s=round(rate, 1), **common)
     if stages is not None:
         ours = sum(stages[k] for k in ("parse", "features", "answer_batch", "output"))
         extra_fields: Dict[str, Any] = {}
