@@ -90,7 +90,7 @@ def test_sizes_are_checked_before_cuda_is_touched() -> None:
             cls(0)
     with pytest.raises(ValueError, match="at least one"):
         cr.BufferSet([])
-    spec = cr.TensorSpec("x", np.dtype(np.int32), (2, 3), True)
+    spec = cr.TensorSpec("x", np.dtype(np.int32), (2, 3))
     assert spec.max_nbytes == 24
     with pytest.raises(ValueError, match="unique"):
         cr.BufferSet([spec, spec])
@@ -236,8 +236,8 @@ def test_leaked_device_buffer_warns_and_is_freed() -> None:
 
 def _specs(max_shape: tuple[int, int]) -> list[cr.TensorSpec]:
     return [
-        cr.TensorSpec("ids", np.dtype(np.int32), max_shape, True),
-        cr.TensorSpec("out", np.dtype(np.int32), max_shape, False),
+        cr.TensorSpec("ids", np.dtype(np.int32), max_shape),
+        cr.TensorSpec("out", np.dtype(np.int32), max_shape),
     ]
 
 

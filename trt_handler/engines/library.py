@@ -1,52 +1,41 @@
-"""Which TensorRT: full TensorRT (``tensorrt``, NGC containers, builds on the GPU it runs on) or
-TensorRT-RTX (``tensorrt_rtx``, builds ahead of time on a CPU box), imported only when needed; and
-for running only, TensorRT's lean runtime (``tensorrt_lean``: PyPI tensorrt-lean-cu12-bindings,
-module ``tensorrt_lean_bindings``), which loads engines built version-compatible by full TensorRT.
+"""Which TensorRT, and can this engine run here.
 
-The two Python APIs match in shape (Builder, OnnxParser, Runtime, ICudaEngine), so the builder and
-the engine session take the module as a value and branch only where the libraries differ. This
-module also answers "can this engine run here, and if not, why" before anyone deserializes it
-(:func:`engine_validity`, :func:`check_engine_bytes`), because a failed deserialization only says
-"returned None". It owns library loading, the TensorRT logger and the validity check; the engine
-session (:mod:`trt_handler.engines.session`) turns their findings into its errors.
+Libraries: full TensorRT (``tensorrt``, builds on the GPU it runs on), TensorRT-RTX (``tensorrt_rtx``,
+builds ahead of time on a CPU box) and, for running only, TensorRT's lean runtime (``tensorrt_lean``,
+PyPI tensorrt-lean-cu12-bindings), which loads engines full TensorRT built version-compatible. Their
+Python APIs match in shape, so callers take the module as a value. Nothing heavy is imported here.
 
-Nothing heavy is imported at module level: ``import trt_handler.engines.library`` needs only the standard
-library; ``cuda.bindings`` is reached through :mod:`trt_handler.engines.cuda_runtime`, lazily.
-
-Diagnosis lives here too: :class:`EngineCompatibilityError` (cause + fix), :func:`load_library`
-(load_trt that raises it), :func:`diagnose` (every finding before deserializing, from the
-validity query or the sidecar) and :func:`compatibility_error` (findings -> one error).
+A failed deserialization only says "returned None", so this module also says why an engine cannot
+run before anyone deserializes it (:func:`engine_validity`, :func:`check_engine_bytes`,
+:func:`diagnose`) and turns the findings into one :class:`EngineCompatibilityError` (cause + fix).
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, NamedTuple
 
 __all__ = [
-    "INSTALL_FIX",
     "LIBRARIES",
-    "NO_GPU_FIX",
     "REBUILD_FIX",
-    "RUNTIME_LIBRARIES",
     "EngineCompatibilityError",
-    "compatibility_error",
-    "diagnose",
-    "findings_from_log",
-    "library_label",
-    "load_library",
-    "RTX_DEFAULT_TARGETS",
     "Finding",
     "GpuDescriptor",
     "TensorRTMissingError",
     "check_engine_bytes",
+    "compatibility_error",
+    "diagnose",
     "engine_validity",
+    "findings_from_log",
+    "library_label",
     "library_name",
     "library_version",
+    "load_library",
     "load_trt",
     "local_gpu",
     "make_logger",
@@ -57,8 +46,6 @@ __all__ = [
 LOGGER = logging.getLogger(__name__)
 
 LIBRARIES: tuple[str, str] = ("tensorrt", "tensorrt_rtx")
-# Libraries that can run (deserialize) engines; the lean runtime cannot build.
-RUNTIME_LIBRARIES: tuple[str, ...] = (*LIBRARIES, "tensorrt_lean")
 # Module names each library may import as, first found wins (the lean bindings wheel installs
 # ``tensorrt_lean_bindings``; NVIDIA's ``tensorrt_lean`` wrapper re-exports it).
 _MODULES: dict[str, tuple[str, ...]] = {
@@ -69,7 +56,6 @@ _MODULES: dict[str, tuple[str, ...]] = {
 # Where a TensorRT-RTX engine built without --targets runs (TensorRT-RTX docs, "CPU-only AOT"):
 # Ampere and later consumer/data-center parts, but neither Turing (T4) nor Hopper (H100).
 RTX_DEFAULT_TARGETS: tuple[str, ...] = ("sm80", "sm86", "sm89", "sm120", "sm121")
-_CHOICES = ("auto", *RUNTIME_LIBRARIES)
 # The fixes, each one sentence without the leading "Fix: ", shared by every message that needs them.
 INSTALL_FIX = (
     "run in an NGC TensorRT container such as this project's worker image (container/), or install "
@@ -81,6 +67,18 @@ NO_GPU_FIX = (
     "GPU accelerator and install-nvidia-driver; T4, L4, A100 or RTX cards for TensorRT-RTX engines), or "
     "use the ONNX Runtime backend; building needs no GPU, running does."
 )
+REBUILD_FIX = (
+    "rebuild the engine for this GPU and TensorRT version with `make engine` on a machine like "
+    "this one, or pass the ONNX model to the handler so it builds a matching engine automatically."
+)
+IO_FIX = (
+    "build the engine from this project's ONNX export (`make onnx` then `make engine`), whose "
+    "inputs are int32 [batch, seq] input_ids/attention_mask/token_type_ids and outputs float32 "
+    "[batch, seq] start_logits/end_logits."
+)
+_FIXES = {"no_gpu": NO_GPU_FIX, "no_tensorrt": INSTALL_FIX, "io": IO_FIX}
+# Causes in the order a message reports them: the first is the one to fix first.
+_CAUSE_ORDER = ("no_tensorrt", "malformed", "version", "gpu_arch", "driver", "no_gpu", "memory", "io", "unknown")
 
 
 class TensorRTMissingError(ModuleNotFoundError):
@@ -99,18 +97,15 @@ class TensorRTMissingError(ModuleNotFoundError):
 
 
 def load_trt(library: str = "auto") -> ModuleType:
-    """The TensorRT module for ``library``: "tensorrt", "tensorrt_rtx", "tensorrt_lean" (the lean
-    runtime: runs version-compatible engines, builds nothing), or "auto" (tensorrt if importable,
-    else tensorrt_rtx).
+    """The TensorRT module for ``library``: "tensorrt", "tensorrt_rtx", "tensorrt_lean" (runs
+    version-compatible engines, builds nothing), or "auto" (tensorrt if importable, else tensorrt_rtx).
 
-    Raises ValueError for an unknown name and :class:`TensorRTMissingError` (a ModuleNotFoundError)
-    naming what to install; a library that is there but cannot import what it needs raises the
-    original ModuleNotFoundError.
+    Raises ValueError for an unknown name and :class:`TensorRTMissingError` naming what to install; a
+    library that is there but cannot import what it needs raises the original ModuleNotFoundError.
     """
-    if library not in _CHOICES:
-        raise ValueError(f"library must be one of {', '.join(_CHOICES)}, got {library!r}")
+    if library != "auto" and library not in _MODULES:
+        raise ValueError(f"library must be one of auto, {', '.join(_MODULES)}, got {library!r}")
     names = LIBRARIES if library == "auto" else (library,)
-    missing: list[str] = []
     for name in names:
         for module in _MODULES[name]:
             try:
@@ -118,8 +113,7 @@ def load_trt(library: str = "auto") -> ModuleType:
             except ModuleNotFoundError as exc:
                 if exc.name != module:  # the package is there but something it needs is not
                     raise
-        missing.append(name)
-    raise TensorRTMissingError(tuple(missing), library)
+    raise TensorRTMissingError(tuple(names), library)
 
 
 def library_name(module: ModuleType) -> str:
@@ -128,7 +122,7 @@ def library_name(module: ModuleType) -> str:
     for library, modules in _MODULES.items():
         if name in modules:
             return library
-    raise ValueError(f"{module.__name__} is not a TensorRT module; expected one of {RUNTIME_LIBRARIES}")
+    raise ValueError(f"{module.__name__} is not a TensorRT module; expected one of {tuple(_MODULES)}")
 
 
 def library_version(module: ModuleType) -> str:
@@ -136,10 +130,14 @@ def library_version(module: ModuleType) -> str:
     return str(getattr(module, "__version__", "unknown"))
 
 
+def library_label(module: Any) -> str:
+    """"tensorrt_rtx 1.7.1.116": the module's name and version, for messages."""
+    return f"{getattr(module, '__name__', 'tensorrt')} {getattr(module, '__version__', '?')}"
+
+
 def make_logger(module: ModuleType, *, verbose: bool = False) -> Any:
-    """A TensorRT ILogger that forwards to Python logging and keeps error lines in ``.errors``,
-    so a failed parse, build or deserialization can say what TensorRT said. Info and verbose
-    messages go to the debug level, or to info with ``verbose``."""
+    """A TensorRT ILogger that forwards to Python logging (info and verbose at debug level, or info
+    with ``verbose``) and keeps error lines in ``.errors``, so a failure can say what TensorRT said."""
     base: Any = module.ILogger
 
     class CapturingLogger(base):  # type: ignore[misc]
@@ -158,10 +156,6 @@ def make_logger(module: ModuleType, *, verbose: bool = False) -> Any:
                 LOGGER.log(logging.INFO if verbose else logging.DEBUG, "[%s] %s", module.__name__, msg)
 
     return CapturingLogger()
-
-
-# --------------------------------------------------------------------------------------------
-# the GPU here
 
 
 @dataclass(frozen=True)
@@ -191,25 +185,9 @@ def local_gpu(index: int = 0) -> GpuDescriptor | None:
     return GpuDescriptor(cuda_runtime.device_name(index), cuda_runtime.compute_capability(index))
 
 
-def _no_gpu_reason() -> str | None:
-    try:
-        from trt_handler.engines import cuda_runtime
-    except ImportError as exc:  # pragma: no cover - cuda_runtime ships with this package
-        return f"cuda_runtime is unavailable ({exc})"
-    return cuda_runtime.unavailable_reason()
-
-
-# --------------------------------------------------------------------------------------------
-# can this engine run here?
-
-
 class Finding(NamedTuple):
-    """One reason an engine cannot run here.
-
-    ``cause`` is a key of :class:`trt_handler.engines.session.EngineCompatibilityError` (``malformed``,
-    ``version``, ``gpu_arch``, ``driver``, ``no_gpu``, ``memory``, ``unknown``); ``sentence`` says
-    what is wrong, ``fix`` what to do about it (one sentence each, no final period on ``sentence``).
-    """
+    """One reason an engine cannot run here: a :class:`EngineCompatibilityError` cause key, what is
+    wrong (``sentence``, no final period) and what to do about it (``fix``)."""
 
     cause: str
     sentence: str
@@ -217,7 +195,6 @@ class Finding(NamedTuple):
 
     @property
     def text(self) -> str:
-        """The finding as one message: "<sentence>. Fix: <fix>"."""
         return f"{self.sentence}. Fix: {self.fix}"
 
 
@@ -256,16 +233,15 @@ _DIAGNOSTICS = {
 
 
 def engine_validity(module: Any, runtime: Any, data: bytes) -> tuple[str, list[Finding]]:
-    """(state, findings) for ``data`` before deserializing it with ``runtime`` (a ``module.Runtime``,
-    or None to check only what needs no runtime).
+    """(state, findings) for ``data`` before deserializing it with ``runtime`` (None: check only what
+    needs no runtime). Works without a GPU.
 
-    ``state`` is "VALID" or "SUBOPTIMAL" (the engine runs here), "INVALID" (``findings`` say why:
-    empty data, shorter than the engine header, TensorRT-RTX's diagnostic bits, or a failing check)
-    or "UNCHECKED" (the library has no validity query: TensorRT proper; deserialization will tell).
-    Works without a GPU, which lets a message name a corrupt file even there.
+    ``state`` is "VALID" or "SUBOPTIMAL" (it runs here), "INVALID" (``findings`` say why: empty,
+    shorter than the engine header, TensorRT-RTX's diagnostic bits, or a failing check) or
+    "UNCHECKED" (the library has no validity query: TensorRT proper; deserialization will tell).
     """
     if not data:
-        return "INVALID", [Finding("malformed", "the engine data is empty (0 bytes)", "rebuild or copy the engine file again.")]
+        return "INVALID", [Finding("malformed", "the engine data is empty (0 bytes)", _COPY_OR_REBUILD)]
     header = int(getattr(runtime, "engine_header_size", 0) or 0)
     if header and len(data) < header:
         sentence = f"the engine data is {len(data)} bytes, shorter than an engine header ({header})"
@@ -275,7 +251,7 @@ def engine_validity(module: Any, runtime: Any, data: bytes) -> tuple[str, list[F
         return "UNCHECKED", []
     try:
         state, bits = validity(data)
-    except Exception as exc:  # noqa: BLE001 - a failing check is itself a finding
+    except Exception as exc:  # a failing check is itself a finding
         return "INVALID", [Finding("unknown", f"the engine validity check failed ({exc})", _REBUILD_HERE)]
     state_name = getattr(state, "name", str(state)).rsplit(".", 1)[-1].upper()
     if state_name in ("VALID", "SUBOPTIMAL"):
@@ -291,13 +267,10 @@ def engine_validity(module: Any, runtime: Any, data: bytes) -> tuple[str, list[F
 def sidecar_findings(
     sidecar: Mapping[str, Any], library: str, version: str, gpu: GpuDescriptor | None
 ) -> list[Finding]:
-    """Each way a build sidecar (``<engine>.json``) says the engine cannot run here.
-
-    Pure: works from the sidecar and the caller's view of this machine, so it is testable anywhere
-    and lets full TensorRT (which has no validity query) fail with a reason before deserializing.
-    """
-    out: list[Finding] = []
+    """Each way a build sidecar (``<engine>.json``) says the engine cannot run here with ``library``
+    ``version`` on ``gpu``. Pure, so full TensorRT (no validity query) can fail with a reason early."""
     built_lib, built_ver = sidecar.get("library"), sidecar.get("library_version")
+    out: list[Finding] = []
     if library == "tensorrt_lean":
         out += _lean_findings(sidecar, version)
     elif built_lib and built_lib != library:
@@ -312,55 +285,32 @@ def sidecar_findings(
             f"the engine was built with {built_lib} {built_ver} but {version} is installed",
             f"rebuild it with {version} or install {built_ver}.",
         ))
-    if gpu is None or library == "tensorrt_lean":  # version-compatible engines are still per-GPU, see below
-        if library == "tensorrt_lean" and gpu is not None:
-            out += _built_gpu_findings(sidecar, gpu)
+    if gpu is None:
         return out
     targets = [str(t) for t in sidecar.get("targets") or [] if t != "current"]
     if library == "tensorrt_rtx" and not sidecar.get("targets"):
         targets = list(RTX_DEFAULT_TARGETS)
     built_gpu = sidecar.get("gpu") or {}
-    if targets and gpu.sm not in targets:
+    if library != "tensorrt_lean" and targets and gpu.sm not in targets:
         hopper = " (TensorRT-RTX cannot target Hopper; use TensorRT there)." if gpu.sm.startswith("sm9") else "."
         out.append(Finding(
             "gpu_arch",
             f"the engine targets {', '.join(targets)} but this GPU ({gpu.name}) is {gpu.sm}",
             f"rebuild with --targets {gpu.sm}{hopper}",
         ))
-    elif library == "tensorrt" and built_gpu.get("sm"):
-        out += _built_gpu_findings(sidecar, gpu)
+    elif library in ("tensorrt", "tensorrt_lean") and built_gpu.get("sm") and built_gpu["sm"] != gpu.sm:
+        out.append(Finding(  # full TensorRT engines, version-compatible ones too, run only where they were built
+            "gpu_arch",
+            f"the engine was built on {built_gpu.get('name')} ({built_gpu['sm']}) but this GPU is "
+            f"{gpu.name} ({gpu.sm}); TensorRT engines run only on the architecture they were built on",
+            "rebuild it on this GPU (engine_cache.ensure_engine does that).",
+        ))
     return out
 
 
-def _built_gpu_findings(sidecar: Mapping[str, Any], gpu: GpuDescriptor) -> list[Finding]:
-    built_gpu = sidecar.get("gpu") or {}
-    if not built_gpu.get("sm") or built_gpu["sm"] == gpu.sm:
-        return []
-    return [Finding(
-        "gpu_arch",
-        f"the engine was built on {built_gpu.get('name')} ({built_gpu['sm']}) but this GPU is "
-        f"{gpu.name} ({gpu.sm}); TensorRT engines run only on the architecture they were built on",
-        "rebuild it on this GPU (engine_cache.ensure_engine does that).",
-    )]
-
-
-def _version_tuple(text: str) -> tuple[int, ...]:
-    parts: list[int] = []
-    for piece in str(text).split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        if not digits:
-            break
-        parts.append(int(digits))
-    return tuple(parts)
-
-
 def _lean_findings(sidecar: Mapping[str, Any], version: str) -> list[Finding]:
-    """Why the lean runtime ``version`` cannot load the engine the sidecar describes.
-
-    The lean runtime loads only engines full TensorRT built with VERSION_COMPATIBLE (this
-    project's ``--version-compatible``, which also sets EXCLUDE_LEAN_RUNTIME), with the same
-    TensorRT major version and a version no newer than the runtime's.
-    """
+    """Why the lean runtime ``version`` cannot load the engine: it loads only engines full TensorRT
+    built VERSION_COMPATIBLE (``--version-compatible``), of its own major version and no newer."""
     built_lib, built_ver = sidecar.get("library"), str(sidecar.get("library_version") or "")
     if built_lib and built_lib != "tensorrt":
         return [Finding(
@@ -375,7 +325,8 @@ def _lean_findings(sidecar: Mapping[str, Any], version: str) -> list[Finding]:
             "the engine was not built version-compatible, so the TensorRT lean runtime cannot load it",
             "rebuild it with full TensorRT and `--version-compatible`, or load it with library='tensorrt'.",
         )]
-    built, runtime = _version_tuple(built_ver), _version_tuple(version)
+    built = tuple(int(n) for n in re.findall(r"\d+", built_ver))
+    runtime = tuple(int(n) for n in re.findall(r"\d+", version))
     if built and runtime and (built[0] != runtime[0] or runtime < built):
         return [Finding(
             "version",
@@ -401,10 +352,9 @@ def check_engine_bytes(
 ) -> tuple[bool, str]:
     """(ok, reason): whether ``engine_bytes`` can be deserialized here, and if not why and the fix.
 
-    Uses :func:`engine_validity` (TensorRT-RTX's ``Runtime.get_engine_validity`` where the library
-    has it: its verdict decides; the build sidecar, when given, only adds reasons to an INVALID
-    one), else the sidecar against this machine; and the CUDA device state. ``ok`` with a non-empty
-    reason means usable but worth a look (suboptimal, or the library cannot check).
+    TensorRT-RTX's validity query decides where the library has one (the sidecar only adds reasons
+    to an INVALID verdict); else the sidecar against this machine, and the CUDA device state. ``ok``
+    with a reason means usable but worth a look (suboptimal, or the library cannot check).
     """
     if not engine_bytes:
         return False, engine_validity(None, None, engine_bytes)[1][0].text
@@ -412,8 +362,10 @@ def check_engine_bytes(
         module = load_trt(library)
     except ModuleNotFoundError as exc:
         return False, f"{str(exc).rstrip('.')}."
+    from trt_handler.engines import cuda_runtime
+
     name, version = library_name(module), library_version(module)
-    no_gpu = _no_gpu_reason()
+    no_gpu = cuda_runtime.unavailable_reason()
     gpu = None if no_gpu is not None else local_gpu()
     reasons = sidecar_mismatches(sidecar, name, version, gpu) if sidecar else []
     has_validity = getattr(module.Runtime, "get_engine_validity", None) is not None
@@ -423,7 +375,8 @@ def check_engine_bytes(
     if state == "VALID":
         return True, ""
     if state == "SUBOPTIMAL":
-        return True, f"{name} {version} says the engine runs here but suboptimally; rebuild it for this GPU for full speed."
+        return True, (f"{name} {version} says the engine runs here but suboptimally; "
+                     "rebuild it for this GPU for full speed.")
     reasons += [f.text for f in findings if f.cause != "unknown"]  # "unknown": only when nothing else explains it
     if no_gpu is not None:
         reasons.append(f"no usable GPU here: {no_gpu}. Fix: {NO_GPU_FIX}")
@@ -436,29 +389,12 @@ def check_engine_bytes(
     return False, findings[0].text
 
 
-# --------------------------------------------------------------------------------------------
-# diagnosis: findings -> one error with cause and fix
-
-REBUILD_FIX = (
-    "rebuild the engine for this GPU and TensorRT version with `make engine` on a machine like "
-    "this one, or pass the ONNX model to the handler so it builds a matching engine automatically."
-)
-IO_FIX = (
-    "build the engine from this project's ONNX export (`make onnx` then `make engine`), whose "
-    "inputs are int32 [batch, seq] input_ids/attention_mask/token_type_ids and outputs float32 "
-    "[batch, seq] start_logits/end_logits."
-)
-_FIXES = {"no_gpu": NO_GPU_FIX, "no_tensorrt": INSTALL_FIX, "io": IO_FIX}
-# Causes in the order a message reports them: the first is the one to fix first.
-_CAUSE_ORDER = ("no_tensorrt", "malformed", "version", "gpu_arch", "driver", "no_gpu", "memory", "io", "unknown")
-
-
 class EngineCompatibilityError(RuntimeError):
     """The engine cannot run here; the message names the cause and the fix.
 
-    ``cause`` is a short key: ``no_tensorrt``, ``malformed`` (corrupt, truncated or not an engine),
-    ``version`` (other TensorRT version), ``gpu_arch`` (built for another GPU), ``driver``,
-    ``no_gpu``, ``memory``, ``io`` (wrong inputs/outputs) or ``unknown``.
+    ``cause``: ``no_tensorrt``, ``malformed`` (corrupt, truncated or not an engine), ``version``,
+    ``gpu_arch`` (built for another GPU), ``driver``, ``no_gpu``, ``memory``, ``io`` (wrong
+    inputs/outputs) or ``unknown``.
     """
 
     def __init__(self, cause: str, detail: str, fix: str | None = None) -> None:
@@ -476,18 +412,10 @@ def load_library(library: str) -> Any:
     naming what could not be imported."""
     try:
         return load_trt(library)
-    except TensorRTMissingError as exc:
-        missing = " and ".join(exc.missing)
-        raise EngineCompatibilityError(
-            "no_tensorrt", f"TensorRT is not installed for library={library!r} ({missing} cannot be imported)."
-        ) from exc
-    except ImportError as exc:  # the library is there but something it needs is not
-        raise EngineCompatibilityError("no_tensorrt", f"TensorRT is not installed for library={library!r} ({exc}).") from exc
-
-
-def library_label(module: Any) -> str:
-    """"tensorrt_rtx 1.7.1.116": the module's name and version, for messages."""
-    return f"{getattr(module, '__name__', 'tensorrt')} {getattr(module, '__version__', '?')}"
+    except ImportError as exc:  # TensorRTMissingError, or the library is there but something it needs is not
+        what = f"{' and '.join(exc.missing)} cannot be imported" if isinstance(exc, TensorRTMissingError) else exc
+        detail = f"TensorRT is not installed for library={library!r} ({what})."
+        raise EngineCompatibilityError("no_tensorrt", detail) from exc
 
 
 def _gpu_label() -> str:
@@ -507,9 +435,8 @@ def _gpu_label() -> str:
 def diagnose(module: Any, runtime: Any, data: bytes, sidecar: Mapping[str, Any] | None) -> list[tuple[str, str]]:
     """(cause, sentence) pairs for why ``data`` cannot be deserialized; [] when no check finds a problem.
 
-    :func:`engine_validity` decides where the library can check (TensorRT-RTX); where it cannot
-    (TensorRT proper, the lean runtime), the build sidecar's view (library, version, target GPUs,
-    version compatibility) stands in.
+    :func:`engine_validity` decides where the library can check (TensorRT-RTX); elsewhere (TensorRT
+    proper, the lean runtime) the build sidecar stands in.
     """
     state, findings = engine_validity(module, runtime, data)
     if state == "SUBOPTIMAL":
@@ -528,7 +455,8 @@ def diagnose(module: Any, runtime: Any, data: bytes, sidecar: Mapping[str, Any] 
 _LOG_CAUSES = (
     ("malformed", ("magictag", "magic tag", "truncated", "corrupt", "not a trt engine", "serialization assertion")),
     ("version", ("library version", "version mismatch", "plan file is not compatible", "serialization version")),
-    ("gpu_arch", ("incompatible device", "expecting compute", "compute capability", "unsupported_cc", "sm version", "architecture")),
+    ("gpu_arch", ("incompatible device", "expecting compute", "compute capability", "unsupported_cc", "sm version",
+                  "architecture")),
     ("driver", ("driver is too old", "runtime is too old")),
     ("no_gpu", ("cudaerror 35", "cudaerror 100", "driver version is insufficient", "no cuda-capable device")),
     ("memory", ("out of memory", "cudaerror 2:")),
@@ -536,8 +464,8 @@ _LOG_CAUSES = (
 
 
 def findings_from_log(logger: Any) -> list[tuple[str, str]]:
-    """Findings from the TensorRT errors a :func:`make_logger` logger holds (then forgotten): causes
-    guessed from the text."""
+    """(cause, sentence) from the errors a :func:`make_logger` logger holds, causes guessed from the
+    text; the errors are then forgotten."""
     errors: list[str] = list(getattr(logger, "errors", []))
     if not errors:
         return []
