@@ -346,7 +346,7 @@ def test_cli_bert_large_random_exports_that_shape_and_builds(shared_onnx: Path, 
 
     asked: dict[str, Any] = {}
 
-    def fake_export(out_dir: Path, tokenizer_dir: Path, *shape: int, seed: int = 0) -> Path:
+    def fake_export(out_dir: Path, tokenizer_dir: Path, *, seed: int = 0, **shape: int) -> Path:
         asked.update(out_dir=out_dir, tokenizer=Path(tokenizer_dir), shape=shape, seed=seed)
         return shared_onnx.parent
 
@@ -357,7 +357,8 @@ def test_cli_bert_large_random_exports_that_shape_and_builds(shared_onnx: Path, 
                "--library", "tensorrt_rtx", "--precision", "fp32", "--buckets", "64", "--batch", "1,1,2"])
     out = capsys.readouterr()
     assert rc == 0, out.err
-    assert asked["shape"] == (24, 1024, 16, 4096) and asked["seed"] == 3
+    assert asked["shape"] == {"num_layers": 24, "hidden": 1024, "heads": 16, "intermediate": 4096}
+    assert asked["seed"] == 3
     assert asked["out_dir"] == engine_dir / "onnx" / "bert-large-random-seed3"
     assert (asked["tokenizer"] / "tokenizer.json").is_file()  # a fast tokenizer made from the vocab
     assert "BERT-large-shaped ONNX ready" in out.err and "build took" in out.err
@@ -398,10 +399,11 @@ def test_version_compatible_build_sets_both_flags_and_the_sidecar_says_so(
 
 
 def test_token_budget_plan_defaults_keep_the_budget() -> None:
-    from trt_handler.engines.profiles import DEFAULT_PLAN_BUCKETS, token_budget_profiles
+    from trt_handler.engines.profiles import token_budget_profiles
+    from trt_handler.qa.batching import DEFAULT_BUCKETS
 
     plan = token_budget_profiles()
-    assert [p.max_seq for p in plan] == list(DEFAULT_PLAN_BUCKETS) == [128, 160, 192, 224, 288, 384]
+    assert [p.max_seq for p in plan] == list(DEFAULT_BUCKETS) == [128, 160, 192, 224, 288, 384]
     assert [p.max_batch for p in plan] == [192, 152, 128, 104, 80, 64]
     assert all(0.9 * 64 * 384 <= p.max_batch * p.max_seq <= 64 * 384 for p in plan)
     assert [p.min_seq for p in plan] == [1, 129, 161, 193, 225, 289]  # contiguous

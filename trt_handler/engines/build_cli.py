@@ -3,9 +3,6 @@
     python -m trt_handler.engines.build --onnx model.onnx --output model.engine --targets sm75,sm89
     python -m trt_handler.engines.build --model MODEL --cache-dir cache        # prints the engine's path
     python -m trt_handler.engines.build --bert-large-random --cache-dir cache --vocab vocab.txt
-
-Argument parsing and the BERT-large random-weights mode live here; the builder itself is
-:mod:`trt_handler.engines.build`, the cache :mod:`trt_handler.engines.cache`.
 """
 
 from __future__ import annotations
@@ -23,8 +20,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from trt_handler.engines.build import PRECISIONS, BuildOptions, build_engine
+from trt_handler.engines.calibration import squad_windows
 from trt_handler.engines.library import LIBRARIES
-from trt_handler.engines.profiles import DEFAULT_PLAN_BUCKETS, DEFAULT_TOKEN_BUDGET, token_budget_profiles
+from trt_handler.engines.profiles import DEFAULT_TOKEN_BUDGET, token_budget_profiles
 from trt_handler.qa.batching import DEFAULT_BUCKETS
 
 __all__ = ["BERT_LARGE", "main", "tokenizer_from_vocab", "window_lengths"]
@@ -53,23 +51,8 @@ def tokenizer_from_vocab(vocab_file: str | os.PathLike[str], out_dir: str | os.P
 
 def window_lengths(data: str | os.PathLike[str], tokenizer: str | os.PathLike[str], max_seq: int) -> list[int]:
     """Token count of every window the pipeline makes from ``data`` (SQuAD JSON/JSONL) with this
-    tokenizer and ``max_seq``-token windows (WindowMaker's standard geometry; for windows too short
-    for it, question and stride scaled down as INT8 calibration does)."""
-    from trt_handler.qa.reading import load_examples
-    from trt_handler.qa.windows import FeatureConfig, WindowMaker, load_tokenizer
-
-    query, stride = 64, 128  # FeatureConfig's standard geometry
-    if max_seq < query + stride + 4:  # short windows: scale the geometry down
-        query = min(query, max_seq // 4)
-        stride = min(stride, (max_seq - query - 3) // 2)
-    config = FeatureConfig(max_seq_length=max_seq, doc_stride=stride, max_query_length=query)
-    maker = WindowMaker(load_tokenizer(str(tokenizer)), config)
-    examples = load_examples(str(data))
-    lengths: list[int] = []
-    for start in range(0, len(examples), 256):
-        for windows in maker.windows_many(examples[start:start + 256]):
-            if not isinstance(windows, Exception):
-                lengths.extend(len(w.input_ids) for w in windows)
+    tokenizer and ``max_seq``-token windows (:func:`~trt_handler.engines.calibration.squad_windows`)."""
+    lengths = [len(w.input_ids) for w in squad_windows(data, tokenizer, max_seq)]
     if not lengths:
         raise ValueError(f"{data} gave no windows; --data needs SQuAD JSON or JSONL with questions")
     return lengths
@@ -103,12 +86,12 @@ def _arg_parser() -> argparse.ArgumentParser:
                    help="auto prefers tensorrt when importable (default: auto)")
     p.add_argument("--precision", default="fp16", choices=PRECISIONS, help="default: fp16")
     p.add_argument("--buckets", type=_ints, default=None,
-                   help="sequence-length buckets, one profile each (default: 128,256,384; with --token-budget: "
-                   f"{','.join(map(str, DEFAULT_PLAN_BUCKETS))}; the largest is the max sequence length)")
+                   help=f"sequence-length buckets, one profile each (default: {','.join(map(str, DEFAULT_BUCKETS))}; "
+                   "the largest is the max sequence length)")
     p.add_argument("--data", help="SQuAD JSON/JSONL whose window lengths (model tokenizer) choose the buckets; "
                    "each profile then gets max batch = token budget / bucket")
-    p.add_argument("--bucket-count", type=int, default=len(DEFAULT_PLAN_BUCKETS),
-                   help=f"buckets to derive with --data (default: {len(DEFAULT_PLAN_BUCKETS)})")
+    p.add_argument("--bucket-count", type=int, default=len(DEFAULT_BUCKETS),
+                   help=f"buckets to derive with --data (default: {len(DEFAULT_BUCKETS)})")
     p.add_argument("--token-budget", type=int,
                    help=f"tokens per profile (max_batch x max_seq) for per-bucket max batches (default with --data: "
                    f"{DEFAULT_TOKEN_BUDGET} = 64 x 384)")
@@ -138,7 +121,7 @@ def _planned(args: argparse.Namespace, options: BuildOptions, tokenizer: str | N
     if not (args.data or args.token_budget):
         return options
     budget = args.token_budget or DEFAULT_TOKEN_BUDGET
-    max_seq = max(args.buckets) if args.buckets else max(DEFAULT_PLAN_BUCKETS)
+    max_seq = max(args.buckets) if args.buckets else max(DEFAULT_BUCKETS)
     lengths = None
     if args.data:
         if not tokenizer:
@@ -155,7 +138,7 @@ def _planned(args: argparse.Namespace, options: BuildOptions, tokenizer: str | N
 def _options(args: argparse.Namespace) -> BuildOptions:
     batch = args.batch or (1, 16, 192)
     return BuildOptions(
-        library=args.library, precision=args.precision, buckets=args.buckets or tuple(DEFAULT_BUCKETS),
+        library=args.library, precision=args.precision, buckets=args.buckets or DEFAULT_BUCKETS,
         min_batch=batch[0], opt_batch=batch[1], max_batch=batch[2],
         targets=args.targets, workspace_mib=args.workspace_mib,
         timing_cache=args.timing_cache, calibration_data=args.calibration_data,
@@ -175,10 +158,8 @@ def _random_bert_bundle(args: argparse.Namespace, cache: Path) -> Path:
     else:
         raise ValueError("--bert-large-random needs a vocabulary: pass --vocab path/to/bert-vocab.txt "
                          "(an uncased BERT WordPiece vocab) or --tokenizer DIR")
-    return export_random_bert(
-        cache / "onnx" / f"bert-large-random-seed{args.seed}", tokenizer, BERT_LARGE["num_layers"],
-        BERT_LARGE["hidden"], BERT_LARGE["heads"], BERT_LARGE["intermediate"], seed=args.seed,
-    )
+    out = cache / "onnx" / f"bert-large-random-seed{args.seed}"
+    return export_random_bert(out, tokenizer, **BERT_LARGE, seed=args.seed)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,23 +1,15 @@
 """Engines cached by what decides whether they run: GPU, library and version, precision, ONNX, profiles.
 
-A TensorRT engine runs only with the library version that built it and (for full TensorRT) on the
-GPU architecture it was built on, so a worker that finds no engine for its GPU builds one and
-stores it for the next worker. :func:`ensure_engine` is that step; :func:`engine_key` is its pure
-part, testable without a GPU by passing a :class:`~trt_handler.engines.library.GpuDescriptor`.
+An engine runs only with the library version that built it (and, for full TensorRT, on the GPU
+architecture it was built on), so a worker that finds none for its GPU builds one and stores it
+for the next: :func:`ensure_engine`. :func:`engine_key` is its pure part (testable with an injected
+:class:`~trt_handler.engines.library.GpuDescriptor`).
 
-Layout: ``<cache_dir>/engines/<label>-<key>.engine`` plus ``<...>.engine.json`` (the build
-sidecar), where ``label`` is the ONNX's folder name (readability only) and ``key`` starts with the
-GPU (or the TensorRT-RTX targets), library, version and precision and ends in a digest of
-everything that changes the engine. ``cache_dir`` is a local folder or any URL Beam's FileSystems
-opens (gs://).
-
-Concurrency: locally, builders of one key take turns on an advisory lock (``<engine>.lock``,
-fcntl), so the SDK harness processes of one Dataflow worker build a missing engine once and the
-others wait and reuse it; the engine and sidecar are written to temporary names and renamed
-(sidecar first, engine last), so a reader never sees half an engine. On GCS an object write is atomic but there is no rename
-guard: concurrent builders of one key each upload, and the last writer wins, which is harmless
-because they built the same thing; a reader can briefly see a new sidecar beside the previous
-engine of the same key, which is equivalent.
+Layout: ``<cache_dir>/engines/<onnx folder>-<key>.engine`` + ``.engine.json`` (the sidecar);
+``cache_dir`` is local or any URL Beam's FileSystems opens (gs://). Locally, builders of one key
+take turns on an fcntl lock (``<engine>.lock``), so the SDK harness processes of one worker build
+once, and files are renamed into place (sidecar first, engine last). On GCS each object write is
+atomic but unguarded: concurrent builders of one key upload the same engine, the last one wins.
 """
 
 from __future__ import annotations
@@ -30,28 +22,17 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from trt_handler.engines.build import (
-    BuildOptions,
-    build_serialized,
-    onnx_sha256,
-    write_engine_files,
-)
-from trt_handler.engines.library import (
-    GpuDescriptor,
-    library_name,
-    library_version,
-    load_trt,
-    local_gpu,
-)
+from trt_handler.engines.build import BuildOptions, build_serialized, onnx_sha256, resolve_library, write_engine_files
+from trt_handler.engines.library import GpuDescriptor, library_name, load_trt, local_gpu
 from trt_handler.engines.sidecar import read_cached_sidecar
 
-__all__ = ["KEY_FORMAT", "build_into_cache", "engine_key", "engine_location", "ensure_engine"]
+__all__ = ["build_into_cache", "engine_key", "engine_location", "ensure_engine"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -111,6 +92,8 @@ def engine_location(cache_dir: str | os.PathLike[str], onnx_path: str | os.PathL
 def _local_onnx(onnx_path: str) -> str:
     """``onnx_path`` itself when local; a gs:// (or other remote) ONNX is copied once into the
     temp folder, because the ONNX parser and the hash read local files."""
+    from apache_beam.io.filesystems import FileSystems
+
     if not _is_remote(onnx_path):
         return onnx_path.removeprefix("file://")
     folder = Path(tempfile.gettempdir()) / "trt-qa-onnx" / hashlib.sha256(onnx_path.encode()).hexdigest()[:16]
@@ -120,7 +103,7 @@ def _local_onnx(onnx_path: str) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as out, _filesystems().open(onnx_path) as src:
+        with os.fdopen(fd, "wb") as out, FileSystems.open(onnx_path) as src:
             shutil.copyfileobj(src, out, 8 << 20)
         os.replace(tmp, local)
     except BaseException:
@@ -130,74 +113,39 @@ def _local_onnx(onnx_path: str) -> str:
     return str(local)
 
 
-def _filesystems() -> Any:
-    """Beam's FileSystems (gs:// and friends), imported only for remote cache dirs."""
-    from apache_beam.io.filesystems import FileSystems
-
-    return FileSystems
-
-
 @contextlib.contextmanager
 def _build_lock(path: str) -> Iterator[None]:
-    """Hold an exclusive advisory lock for building ``path`` (local caches on POSIX; else no-op)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: no cross-process lock, writes stay atomic
-        fcntl = None  # type: ignore[assignment]
-    if fcntl is None or _is_remote(path):
+    """Hold an exclusive advisory lock for building ``path`` (local caches; remote ones: no-op)."""
+    if _is_remote(path):
         yield
         return
+    import fcntl
+
     lock = Path(path + ".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a+b") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _engine_digest(path: str) -> tuple[int, str]:
-    """(size, sha256) of the engine file at ``path`` (local or through Beam's FileSystems)."""
-    h = hashlib.sha256()
-    size = 0
-    with (_filesystems().open(path) if _is_remote(path) else open(path, "rb")) as f:
-        for block in iter(lambda: f.read(8 << 20), b""):
-            h.update(block)
-            size += len(block)
-    return size, h.hexdigest()
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 def _cached(path: str) -> dict[str, Any] | None:
-    """The sidecar of an intact cached engine; None when the engine or its sidecar is missing or
-    unusable, or the engine's size or sha256 differ from what its sidecar recorded (a truncated
-    upload, a damaged disk): such an engine is rebuilt, never served."""
+    """The sidecar of an intact cached engine; None (rebuild it) when the engine or its sidecar is
+    missing or unusable, or the engine's sha256 is not the one its sidecar recorded."""
+    from apache_beam.io.filesystems import FileSystems
+
     sidecar = read_cached_sidecar(path)
     if sidecar is None:
         return None
-    want_size, want_sha = sidecar.get("engine_bytes"), sidecar.get("engine_sha256")
-    if want_size is None or want_sha is None:
-        LOGGER.warning("cached sidecar %s.json records no engine size/sha256; rebuilding the engine", path)
-        return None
-    size, sha = _engine_digest(path)
-    if size != want_size or sha != want_sha:
-        LOGGER.warning(
-            "cached engine %s is damaged (%d bytes, sha256 %s..., its sidecar says %s bytes, %s...); rebuilding it",
-            path, size, sha[:12], want_size, str(want_sha)[:12],
-        )
+    h = hashlib.sha256()
+    with (FileSystems.open(path) if _is_remote(path) else open(path, "rb")) as f:
+        for block in iter(lambda: f.read(8 << 20), b""):
+            h.update(block)
+    sha = h.hexdigest()
+    if sha != sidecar.get("engine_sha256"):
+        LOGGER.warning("cached engine %s is damaged or unrecorded (sha256 %s..., its sidecar says %s); rebuilding it",
+                       path, sha[:12], sidecar.get("engine_sha256"))
         return None
     return sidecar
-
-
-def _store(path: str, data: bytes, sidecar: Mapping[str, Any]) -> dict[str, Any]:
-    if not _is_remote(path):
-        return write_engine_files(path, data, sidecar)
-    fs = _filesystems()
-    out = dict(sidecar, engine=path.rsplit("/", 1)[-1])
-    for target, payload in ((path + ".json", json.dumps(out, indent=2, sort_keys=True).encode()), (path, data)):
-        with fs.create(target) as f:  # last writer wins (see module docstring)
-            f.write(payload)
-    return out
 
 
 def build_into_cache(
@@ -210,14 +158,10 @@ def build_into_cache(
     module: ModuleType | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """(engine path, sidecar): the cached engine for these inputs, built and stored on a miss
-    (a hit's sidecar carries ``cache_hit: True``).
-
-    ``gpu`` None keys the engine by its TensorRT-RTX targets (ahead-of-time builds); full TensorRT
-    always builds for, and is keyed by, the local GPU.
+    (a hit's sidecar carries ``cache_hit: True``). ``gpu`` None keys a TensorRT-RTX engine by its
+    targets (ahead of time); full TensorRT always builds for, and is keyed by, the local GPU.
     """
-    trt = module if module is not None else load_trt(options.library)
-    lib, version = library_name(trt), library_version(trt)
-    options.check_library(lib)
+    trt, lib, version = resolve_library(options, module)
     if lib == "tensorrt" and gpu is None:
         gpu = local_gpu()
         if gpu is None:
@@ -242,7 +186,7 @@ def build_into_cache(
             return path, dict(cached, cache_hit=True)
         LOGGER.info("engine cache miss: building %s", path)
         data, sidecar = build_serialized(local, options, module=trt)
-        return path, _store(path, data, sidecar)
+        return path, write_engine_files(path, data, sidecar)
 
 
 def ensure_engine(
@@ -252,12 +196,9 @@ def ensure_engine(
     *,
     gpu: GpuDescriptor | None = None,
 ) -> str:
-    """Path of an engine for ``onnx_path`` (local or gs://) that runs on this machine's GPU, built
-    on a cache miss.
-
-    TensorRT-RTX engines are built for exactly this GPU's architecture unless ``options.targets``
-    names several (which must include it). ``gpu`` overrides the detected GPU (tests, or a
-    build box preparing engines for another GPU with TensorRT-RTX).
+    """Path of an engine for ``onnx_path`` (local or gs://) that runs on this machine's GPU (or
+    ``gpu``), built on a cache miss. TensorRT-RTX engines target exactly this GPU's architecture
+    unless ``options.targets`` names several (which must include it).
     """
     if gpu is None:
         gpu = local_gpu()

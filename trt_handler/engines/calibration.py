@@ -1,13 +1,13 @@
 """INT8 post-training calibration (TensorRT 10 only): real SQuAD windows through an entropy calibrator.
 
 TensorRT 11 and TensorRT-RTX removed implicit INT8; there the answer is explicit quantization
-(Q/DQ nodes in the ONNX, :data:`QDQ_FIX`). The builder (:mod:`trt_handler.engines.build`) calls
-:func:`setup_int8` for ``--precision int8``; nothing here imports the builder.
+(Q/DQ nodes in the ONNX, :data:`QDQ_FIX`). The builder calls :func:`setup_int8` for ``--precision int8``.
 """
 
 from __future__ import annotations
 
-import logging
+import itertools
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -17,11 +17,9 @@ from trt_handler.engines.library import library_version
 from trt_handler.engines.profiles import ProfileSpec
 from trt_handler.engines.sidecar import atomic_write
 from trt_handler.qa.batching import pad_windows
-from trt_handler.qa.types import ModelBatch
+from trt_handler.qa.types import ModelBatch, Window
 
-__all__ = ["QDQ_FIX", "CalibrationError", "calibration_batches", "setup_int8"]
-
-LOGGER = logging.getLogger(__name__)
+__all__ = ["QDQ_FIX", "CalibrationError", "calibration_batches", "setup_int8", "squad_windows"]
 
 QDQ_FIX = (
     "quantize explicitly instead: insert Q/DQ nodes into the ONNX (NVIDIA ModelOpt, "
@@ -34,35 +32,45 @@ class CalibrationError(RuntimeError):
     """INT8 calibration cannot run (no data, or this TensorRT has no implicit INT8); says what to do."""
 
 
-def calibration_batches(
-    data: str, tokenizer: str, *, batch_size: int, seq_len: int, max_batches: int
-) -> Iterator[ModelBatch]:
-    """[batch_size, seq_len] int32 batches of real SQuAD windows from ``data``, in file order.
+def squad_windows(data: str | os.PathLike[str], tokenizer: str | os.PathLike[str], seq_len: int) -> Iterator[Window]:
+    """The windows the pipeline makes from ``data`` (SQuAD JSON/JSONL), lazily, in file order.
 
-    Windows are made exactly as the pipeline makes them (WindowMaker), so INT8 ranges are measured
-    on the token distributions the engine will see.
+    WindowMaker's standard geometry (query 64, stride 128); scaled down for windows too short for it.
+    Questions that give no windows (FeatureError) are skipped.
     """
     from trt_handler.qa.reading import load_examples
     from trt_handler.qa.windows import FeatureConfig, WindowMaker, load_tokenizer
 
-    query = min(64, seq_len // 4)
-    config = FeatureConfig(max_seq_length=seq_len, doc_stride=min(128, (seq_len - query - 3) // 2), max_query_length=query)
-    maker = WindowMaker(load_tokenizer(tokenizer), config)
-    examples = load_examples(data)
-    pending: list[Any] = []
-    made = 0
+    query, stride = 64, 128
+    if seq_len < query + stride + 4:
+        query = min(query, seq_len // 4)
+        stride = min(stride, (seq_len - query - 3) // 2)
+    config = FeatureConfig(max_seq_length=seq_len, doc_stride=stride, max_query_length=query)
+    maker = WindowMaker(load_tokenizer(str(tokenizer)), config)
+    examples = load_examples(str(data))
     for start in range(0, len(examples), 64):  # tokenize lazily: a few batches need few questions
         for windows in maker.windows_many(examples[start:start + 64]):
             if not isinstance(windows, Exception):
-                pending.extend(windows)
-        while len(pending) >= batch_size and made < max_batches:
-            yield pad_windows(pending[:batch_size], seq_len)
-            del pending[:batch_size]
-            made += 1
-        if made >= max_batches:
+                yield from windows
+
+
+def calibration_batches(
+    data: str, tokenizer: str, *, batch_size: int, seq_len: int, max_batches: int
+) -> Iterator[ModelBatch]:
+    """Up to ``max_batches`` full [batch_size, seq_len] int32 batches of :func:`squad_windows`.
+
+    Raises CalibrationError when ``data`` has not even one full batch.
+    """
+    windows = squad_windows(data, tokenizer, seq_len)
+    for made in range(max_batches):
+        chunk = list(itertools.islice(windows, batch_size))
+        if len(chunk) < batch_size:
+            if made == 0:
+                raise CalibrationError(
+                    f"{data} gave fewer than {batch_size} windows; INT8 calibration needs at least one full batch"
+                )
             return
-    if made == 0:
-        raise CalibrationError(f"{data} gave fewer than {batch_size} windows; INT8 calibration needs at least one full batch")
+        yield pad_windows(chunk, seq_len)
 
 
 def _make_calibrator(trt: ModuleType, batches: Sequence[ModelBatch], batch_size: int, cache_path: str | None) -> Any:
@@ -77,7 +85,6 @@ def _make_calibrator(trt: ModuleType, batches: Sequence[ModelBatch], batch_size:
         def __init__(self) -> None:
             base.__init__(self)
             self.buffers: dict[str, Any] = {}
-            self.count = 0
 
         def get_batch_size(self) -> int:
             return batch_size
@@ -91,15 +98,12 @@ def _make_calibrator(trt: ModuleType, batches: Sequence[ModelBatch], batch_size:
             ptrs = []
             for name in names:
                 host = feed[name]
-                buf = self.buffers.get(name)
-                if buf is None or buf.nbytes < host.nbytes:
-                    if buf is not None:
-                        buf.close()
-                    buf = self.buffers[name] = cuda_runtime.DeviceBuffer(host.nbytes)
+                if name not in self.buffers:  # every batch has the same shape: one buffer per input
+                    self.buffers[name] = cuda_runtime.DeviceBuffer(host.nbytes)
+                buf = self.buffers[name]
                 kind = rt.cudaMemcpyKind.cudaMemcpyHostToDevice
                 cuda_runtime.check(rt.cudaMemcpy(buf.ptr, host.ctypes.data, host.nbytes, kind), "cudaMemcpy")
                 ptrs.append(buf.ptr)
-            self.count += 1
             return ptrs
 
         def read_calibration_cache(self) -> bytes | None:

@@ -1,28 +1,11 @@
 """Hugging Face BERT-family QA checkpoint -> ONNX "model bundle", checked against PyTorch.
 
-A model bundle is a folder that holds everything inference needs and nothing of PyTorch:
-
-    model.onnx      int32 inputs input_ids, attention_mask, token_type_ids [batch, seq] (both
-                    axes dynamic); float32 outputs start_logits, end_logits [batch, seq]
-    tokenizer files (tokenizer.save_pretrained), config.json
-    export.json     source, library versions, opset, sha256 of model.onnx, and the measured
-                    max |ONNX - PyTorch| per checked shape
-
-Why the torch.export ("dynamo") exporter: the legacy TorchScript exporter with ``dynamic_axes``
-produced logits 8-20% off PyTorch on this model, the dynamo exporter with ``dynamic_shapes``
-matches to ~1e-6. Every export is checked with ONNX Runtime at several (batch, seq) shapes, with
-padded rows, and fails loudly above ``tolerance``; nothing unverified lands in a bundle.
-
-Int32 inputs are what TensorRT and the handlers feed; a small wrapper casts them to int64 inside
-the graph. fp16 checkpoints are loaded as float32 (precision is the engine builder's choice).
-
-Bundles are checked where they are used: :func:`verify_bundle` compares ``model.onnx`` with the
-sha256 its export.json recorded (once per file version and process: the result is cached by
-size, mtime and inode), :func:`resolve_model_bundle` verifies what it returns (a damaged cached
-export is exported again), and :func:`check_model_bundle` is the launch check of a pipeline: the
-hash plus the tokenizer (see ``qa.windows.load_tokenizer``), raising :class:`ModelCheckError` with
-one paragraph naming cause and fix. A checkpoint whose tokenizer would not serve it is refused
-before anything is exported or cached.
+A bundle is a folder with ``model.onnx`` (int32 inputs input_ids, attention_mask, token_type_ids
+[batch, seq], both axes dynamic; float32 start_logits, end_logits), the tokenizer files,
+config.json and ``export.json`` (source, versions, opset, sha256 of model.onnx, max |ONNX - PyTorch|
+per checked shape). The torch.export ("dynamo") exporter is used because the legacy one with
+``dynamic_axes`` gave logits 8-20% off PyTorch; every export is checked with ONNX Runtime at
+several shapes with padded rows and fails above the tolerance, so nothing unverified is bundled.
 
 CLI::
 
@@ -52,14 +35,12 @@ from trt_handler.qa.types import INPUT_NAMES, OUTPUT_NAMES, ModelBatch
 __all__ = [
     "BUNDLE_META",
     "BUNDLE_ONNX",
-    "CHECK_SHAPES",
     "ExportCheckError",
     "ModelCheckError",
     "bundle_onnx_path",
     "check_model_bundle",
     "export_onnx",
     "export_random_bert",
-    "is_model_bundle",
     "model_cache_key",
     "resolve_model_bundle",
     "verify_bundle",
@@ -84,15 +65,10 @@ class ExportCheckError(RuntimeError):
 
 
 class ModelCheckError(ValueError):
-    """A model bundle or checkpoint that must not be used; the message is one paragraph naming
-    the cause and the fix."""
+    """A model bundle or checkpoint that must not be used; the message names the cause and the fix."""
 
 
 PathLike = Union[str, "os.PathLike[str]"]
-
-
-# --------------------------------------------------------------------------------------------
-# bundles
 
 
 def is_model_bundle(path: PathLike) -> bool:
@@ -122,12 +98,10 @@ def _file_key(path: Path) -> Tuple[str, int, int, int]:
 
 
 def verify_bundle(bundle: PathLike) -> None:
-    """Check that ``bundle/model.onnx`` is the file its export wrote: the sha256 and size recorded
-    in export.json. Raises ModelCheckError (a ValueError) otherwise.
+    """Raise ModelCheckError (a ValueError) unless ``bundle/model.onnx`` has the size and sha256
+    its export.json recorded; a bundle without export.json (hand-made) is accepted with a warning.
 
-    The hash is computed once per version of the file in a process (cached by size, mtime and
-    inode), so calling this on every use is cheap. A bundle without export.json (a hand-made one)
-    records nothing to compare with: it is accepted with a warning.
+    Cheap to call on every use: hashed once per file version and process (keyed by size, mtime, inode).
     """
     path = Path(bundle)
     try:
@@ -179,20 +153,12 @@ def verify_bundle(bundle: PathLike) -> None:
 
 
 def check_model_bundle(path: PathLike) -> None:
-    """The launch check of a pipeline: raises ModelCheckError (a ValueError) with one paragraph
-    naming cause and fix unless ``path`` is a model bundle whose model.onnx matches its recorded
-    sha256 (:func:`verify_bundle`) and whose tokenizer loads, is a real vocabulary and fits the
-    model's vocab_size (``qa.windows.load_tokenizer``).
+    """The launch check of a pipeline: raises ModelCheckError naming cause and fix unless ``path``
+    is a bundle that passes :func:`verify_bundle` and whose tokenizer passes ``qa.windows.load_tokenizer``.
     """
     from trt_handler.qa.windows import load_tokenizer
 
     p = Path(path)
-    if not is_model_bundle(p):
-        raise ModelCheckError(
-            f"{p} is not a model bundle: there is no folder with {BUNDLE_ONNX} there. Cause: the path points "
-            "at a checkpoint, a file or nothing. Fix: pass the folder that resolve_model_bundle returned "
-            "(python -m trt_handler.engines.export --model MODEL --cache-dir CACHE prints it)."
-        )
     verify_bundle(p)
     try:
         load_tokenizer(p)
@@ -205,20 +171,15 @@ def _looks_like_hub_id(model: str) -> bool:
 
 
 def model_cache_key(model: PathLike, *, opset: int = DEFAULT_OPSET) -> str:
-    """Short hash naming a checkpoint's export: file contents of a local folder, or the hub id.
-
-    Hashing contents (not paths or mtimes) lets a copied checkpoint reuse its export and makes an
-    edited one export again; the exporter version and opset are part of the key too.
-    """
+    """Short hash naming a checkpoint's export: the exporter version, opset and the file contents
+    of a local folder (a copy reuses its export, an edit exports again), or the hub id."""
     h = hashlib.sha256(f"export-v{EXPORT_FORMAT_VERSION}/opset{opset}\n".encode())
     p = Path(model)
     if p.is_dir():
         for f in sorted(p.iterdir()):
             if f.is_file() and not f.name.startswith("."):
                 h.update(f"{f.name}\n".encode())
-                with open(f, "rb") as fh:
-                    for block in iter(lambda: fh.read(1 << 20), b""):
-                        h.update(block)
+                hash_file(h, f)
     else:
         h.update(f"hub:{model}".encode())
     return h.hexdigest()[:12]
@@ -231,15 +192,11 @@ def _slug(model: PathLike) -> str:
 
 
 def resolve_model_bundle(model: PathLike, cache_dir: PathLike) -> Path:
-    """The model bundle for ``model``, exporting it at most once.
+    """The verified model bundle for ``model``, exporting it at most once.
 
-    ``model`` may be a bundle folder (returned as is), a ``model.onnx`` file (its folder), a
-    Hugging Face checkpoint folder or a hub id (exported once into
-    ``cache_dir/onnx/<slug>-<hash>/``, then reused while the checkpoint's files are unchanged).
-
-    A bundle returned is verified (:func:`verify_bundle`): a given bundle whose model.onnx does not
-    match its export.json raises ModelCheckError; a cached export that does not is exported again.
-    A checkpoint whose tokenizer would not serve it raises before anything is cached.
+    ``model``: a bundle folder or its ``model.onnx`` (returned as is; ModelCheckError when it fails
+    :func:`verify_bundle`), or a checkpoint folder or hub id, exported once into
+    ``cache_dir/onnx/<slug>-<hash>/`` (a damaged cached export is exported again).
     """
     s = os.fspath(model)
     p = Path(s)
@@ -273,24 +230,12 @@ def resolve_model_bundle(model: PathLike, cache_dir: PathLike) -> Path:
     return export_onnx(s, target)
 
 
-# --------------------------------------------------------------------------------------------
-# export
-
-
-def export_onnx(
-    model: PathLike,
-    out_dir: PathLike,
-    *,
-    opset: int = DEFAULT_OPSET,
-    check: bool = True,
-    tolerance: float = DEFAULT_TOLERANCE,
-    check_shapes: Sequence[Tuple[int, int]] = CHECK_SHAPES,
-) -> Path:
+def export_onnx(model: PathLike, out_dir: PathLike, *, opset: int = DEFAULT_OPSET, check: bool = True) -> Path:
     """Export a Hugging Face QA checkpoint (folder or hub id) to a model bundle in ``out_dir``.
 
     Raises ExportCheckError when ``check`` and ONNX Runtime's logits differ from PyTorch's by more
-    than ``tolerance`` at any of ``check_shapes``. ``out_dir`` is replaced only when it is empty or
-    already a bundle, so an unrelated folder is never deleted.
+    than the tolerance; ModelCheckError for a tokenizer that would not serve the model.
+    ``out_dir`` is replaced only when it is empty or already a bundle.
     """
     from transformers import AutoModelForQuestionAnswering
 
@@ -308,10 +253,7 @@ def export_onnx(
             "embeddings, so ids past the table would reach it. Cause: tokenizer files from another model. "
             "Fix: put the tokenizer of the checkpoint the weights were trained with next to them."
         )
-    return _write_bundle(
-        qa_model, tokenizer, Path(out_dir), source=src, opset=opset, check=check,
-        tolerance=tolerance, check_shapes=check_shapes,
-    )
+    return _write_bundle(qa_model, tokenizer, Path(out_dir), source=src, opset=opset, check=check)
 
 
 def _checked_tokenizer(src: str) -> Any:
@@ -334,16 +276,12 @@ def export_random_bert(
     seed: int = 0,
     *,
     max_position_embeddings: int = 512,
-    opset: int = DEFAULT_OPSET,
-    check: bool = True,
-    reuse: bool = True,
 ) -> Path:
-    """Bundle of a BertForQuestionAnswering with seeded random weights and the given shape.
+    """Bundle of a BertForQuestionAnswering with seeded random weights and the given shape, for
+    build and throughput work where only the shape matters (BERT-large: 24, 1024, 16, 4096).
 
-    For engine-build and pipeline-throughput work where the answers don't matter but the shape
-    does (e.g. BERT-large: 24, 1024, 16, 4096; or a tiny model for fast pipeline runs). The
-    vocabulary comes from ``tokenizer_dir``, whose tokenizer files are copied into the bundle.
-    With ``reuse``, an existing bundle of the same shape, seed and vocab in ``out_dir`` is returned.
+    The tokenizer comes from ``tokenizer_dir``; a bundle of the same shape, seed and vocab already
+    in ``out_dir`` is returned as is.
     """
     from transformers import BertConfig, BertForQuestionAnswering
 
@@ -356,10 +294,10 @@ def export_random_bert(
     tokenizer = _checked_tokenizer(os.fspath(tokenizer_dir))
     source = (
         f"random-bert:layers={num_layers},hidden={hidden},heads={heads},intermediate={intermediate},"
-        f"max_pos={max_position_embeddings},seed={seed},vocab={len(tokenizer)},opset={opset}"
+        f"max_pos={max_position_embeddings},seed={seed},vocab={len(tokenizer)},opset={DEFAULT_OPSET}"
     )
     out = Path(out_dir)
-    if reuse and is_model_bundle(out) and _read_meta(out).get("source") == source:
+    if is_model_bundle(out) and _read_meta(out).get("source") == source:
         LOGGER.info("reusing random BERT bundle %s", out)
         return out
     torch = _torch()
@@ -371,8 +309,7 @@ def export_random_bert(
     torch.manual_seed(seed)
     qa_model: Any = BertForQuestionAnswering(config)
     qa_model.eval()
-    return _write_bundle(qa_model, tokenizer, out, source=source, opset=opset, check=check,
-                         tolerance=DEFAULT_TOLERANCE, check_shapes=CHECK_SHAPES)
+    return _write_bundle(qa_model, tokenizer, out, source=source, opset=DEFAULT_OPSET, check=True)
 
 
 def _torch() -> Any:
@@ -442,13 +379,8 @@ def _random_batch(rng: np.random.Generator, batch: int, seq: int, vocab: int) ->
     return ModelBatch(ids, mask, types)
 
 
-def check_against_torch(
-    wrapper: Any,
-    onnx_path: Path,
-    *,
-    vocab: int,
-    shapes: Sequence[Tuple[int, int]] = CHECK_SHAPES,
-    seed: int = 0,
+def _compare_with_torch(
+    wrapper: Any, onnx_path: Path, vocab: int, max_seq: int
 ) -> Tuple[Dict[str, float], Dict[str, float]]:
     """Max |ONNX Runtime - PyTorch| over both logits per checked shape ("BxS" -> diff), and the
     max |PyTorch logit| per shape, the scale that says what the diff means."""
@@ -456,10 +388,10 @@ def check_against_torch(
 
     torch = _torch()
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(0)
     diffs: Dict[str, float] = {}
     scales: Dict[str, float] = {}
-    for b, s in shapes:
+    for b, s in ((b, s) for b, s in CHECK_SHAPES if 2 <= s <= max_seq):
         mb = _random_batch(rng, b, s, vocab)
         with torch.no_grad():
             ref = wrapper(*(torch.from_numpy(a) for a in (mb.input_ids, mb.attention_mask, mb.token_type_ids)))
@@ -470,17 +402,7 @@ def check_against_torch(
     return diffs, scales
 
 
-def _write_bundle(
-    qa_model: Any,
-    tokenizer: Any,
-    out_dir: Path,
-    *,
-    source: str,
-    opset: int,
-    check: bool,
-    tolerance: float,
-    check_shapes: Sequence[Tuple[int, int]],
-) -> Path:
+def _write_bundle(qa_model: Any, tokenizer: Any, out_dir: Path, *, source: str, opset: int, check: bool) -> Path:
     """Export into a temporary sibling folder, check, then move it into place (never half-written)."""
     import onnx
     import transformers
@@ -496,15 +418,11 @@ def _write_bundle(
         wrapper = _int32_wrapper(qa_model)
         onnx_path = tmp / BUNDLE_ONNX
         _export_graph(wrapper, onnx_path, opset=opset, max_seq=max_seq)
-        shapes = [(b, s) for b, s in check_shapes if 2 <= s <= max_seq]
-        diffs: Dict[str, float] = {}
-        scales: Dict[str, float] = {}
-        if check:
-            diffs, scales = check_against_torch(wrapper, onnx_path, vocab=int(config.vocab_size), shapes=shapes)
+        diffs, scales = _compare_with_torch(wrapper, onnx_path, int(config.vocab_size), max_seq) if check else ({}, {})
         worst = max(diffs.values(), default=0.0)
-        if worst > tolerance:
+        if worst > DEFAULT_TOLERANCE:
             raise ExportCheckError(
-                f"ONNX export of {source} differs from PyTorch by up to {worst:.3g} (tolerance {tolerance:g}; "
+                f"ONNX export of {source} differs from PyTorch by up to {worst:.3g} (tolerance {DEFAULT_TOLERANCE:g}; "
                 f"per shape: {diffs}); the exported graph is wrong - check the torch/onnxscript versions"
             )
         tokenizer.save_pretrained(str(tmp))
@@ -521,7 +439,7 @@ def _write_bundle(
             "sha256": file_sha256(onnx_path),
             "onnx_bytes": onnx_path.stat().st_size,
             "checked": check,
-            "tolerance": tolerance,
+            "tolerance": DEFAULT_TOLERANCE,
             "max_abs_diff": diffs,
             "max_abs_logit": scales,
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
@@ -557,13 +475,16 @@ def _publish(tmp: Path, out_dir: Path) -> None:
             raise
 
 
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
+def hash_file(h: Any, path: Path) -> Any:
+    """``h`` updated with the file's bytes, read in 1 MiB blocks; returns ``h``."""
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
-    return h.hexdigest()
+    return h
+
+
+def file_sha256(path: Path) -> str:
+    return str(hash_file(hashlib.sha256(), path).hexdigest())
 
 
 def _read_meta(bundle: Path) -> Dict[str, Any]:
@@ -572,10 +493,6 @@ def _read_meta(bundle: Path) -> Dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return meta if isinstance(meta, dict) else {}
-
-
-# --------------------------------------------------------------------------------------------
-# CLI
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

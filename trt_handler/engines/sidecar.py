@@ -1,9 +1,8 @@
 """The engine sidecar (``<engine>.json``, written by the builder): the one place that reads it.
 
-The sidecar says what the engine is (library, version, targets, precision, optimization
-profiles, ONNX sha256, I/O names, engine size/sha256) without deserializing it, so a pipeline
-can plan its batches at construction time, before any GPU is touched. It may live next to a
-local engine or on anything Beam's FileSystems reads (gs://).
+It says what the engine is (library, version, targets, precision, profiles, ONNX and engine
+sha256, I/O) without deserializing it, so a pipeline plans its batches before touching a GPU.
+It may live next to a local engine or anywhere Beam's FileSystems reads (gs://).
 """
 
 from __future__ import annotations
@@ -18,14 +17,12 @@ from typing import Any, Dict, List, Optional
 from trt_handler.engines.profiles import ProfileSpec
 
 __all__ = [
-    "MAX_BATCH_LIMIT",
     "SidecarError",
     "atomic_write",
     "profiles_from_sidecar",
     "read_cached_sidecar",
     "read_engine_profiles",
     "read_sidecar",
-    "sidecar_path",
 ]
 
 LOGGER = logging.getLogger(__name__)
@@ -38,41 +35,19 @@ class SidecarError(ValueError):
     """A sidecar exists but cannot be used; the message names the file and the fix."""
 
 
-def sidecar_path(engine_path: str) -> str:
-    """Where the sidecar of ``engine_path`` lives."""
-    return engine_path + ".json"
-
-
-def _fs() -> Any:
+def read_sidecar(engine_path: str) -> Optional[Dict[str, Any]]:
+    """The sidecar of ``engine_path`` as a dict; None when there is none, SidecarError when it
+    exists but is not a JSON object (a sidecar that lies is worse than none)."""
+    from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
 
-    return FileSystems
-
-
-def _read_text(path: str) -> Optional[str]:
-    """The file's text, or None when it does not exist (local or any FileSystems scheme)."""
-    fs = _fs()
-    if not fs.exists(path):
+    path = engine_path + ".json"
+    if not FileSystems.exists(path):
         return None
-    from apache_beam.io.filesystem import CompressionTypes
-
-    with fs.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         data: bytes = f.read()
-    return data.decode("utf-8")
-
-
-def read_sidecar(engine_path: str) -> Optional[Dict[str, Any]]:
-    """The sidecar of ``engine_path`` as a dict; None when there is none.
-
-    Raises SidecarError when the file exists but is not a JSON object: a sidecar that lies is
-    worse than none, so it is never silently ignored.
-    """
-    path = sidecar_path(engine_path)
-    text = _read_text(path)
-    if text is None:
-        return None
     try:
-        meta = json.loads(text)
+        meta = json.loads(data.decode("utf-8"))
     except ValueError as e:
         raise SidecarError(
             f"engine sidecar {path} is not JSON ({e}); rebuild the engine with "
@@ -86,10 +61,8 @@ def read_sidecar(engine_path: str) -> Optional[Dict[str, Any]]:
 def profiles_from_sidecar(meta: Dict[str, Any], where: str = "the sidecar") -> List[ProfileSpec]:
     """The optimization profiles a sidecar lists; SidecarError when they are missing or invalid.
 
-    Beyond each profile's own ranges, the limits must be sane: no max_batch above
-    :data:`MAX_BATCH_LIMIT`, and the profiles' sequence ranges, ordered, cover 1..max_seq with
-    no gap and no overlap (as the builder writes them), so every length up to the largest has
-    exactly one profile.
+    Beyond each profile's own ranges: no max_batch above :data:`MAX_BATCH_LIMIT`, and the sequence
+    ranges, ordered, cover 1..max_seq with no gap and no overlap (as the builder writes them).
     """
     try:
         profiles = [ProfileSpec(**{k: int(v) for k, v in p.items()}) for p in meta["profiles"]]
@@ -122,18 +95,15 @@ def profiles_from_sidecar(meta: Dict[str, Any], where: str = "the sidecar") -> L
 def read_engine_profiles(engine_path: str) -> Optional[List[ProfileSpec]]:
     """Profiles from the sidecar of ``engine_path``; None when there is no sidecar."""
     meta = read_sidecar(engine_path)
-    if meta is None:
-        return None
-    return profiles_from_sidecar(meta, sidecar_path(engine_path))
+    return None if meta is None else profiles_from_sidecar(meta, engine_path + ".json")
 
 
 def read_cached_sidecar(engine_path: str) -> Optional[Dict[str, Any]]:
-    """The sidecar of a cached engine, or None unless both the engine and a usable sidecar exist.
+    """The sidecar of a cached engine; None (rebuild, don't fail) unless the engine and a sidecar
+    that is a JSON object both exist."""
+    from apache_beam.io.filesystems import FileSystems
 
-    The cache's view: a missing engine, a missing sidecar, or a sidecar that is not a JSON object
-    (:class:`SidecarError`) all mean "not cached", so the caller rebuilds instead of failing.
-    """
-    if not _fs().exists(engine_path):
+    if not FileSystems.exists(engine_path):
         return None
     try:
         return read_sidecar(engine_path)
