@@ -1,9 +1,5 @@
-"""Padding windows into model inputs, and choosing sequence-length buckets.
-
-Windows arrive unpadded (see :class:`~trt_handler.qa.types.Window`); :func:`pad_windows` stacks
-them into int32 [B, S] arrays, and the bucket helpers say how far a batch is padded. Which
-windows share a model call is decided in one place, ``trt_handler.answer_batch.plan_model_calls``.
-"""
+"""Padding windows into model inputs, and choosing sequence-length buckets (which windows share a
+model call is decided by ``trt_handler.answer_batch.plan_model_calls``)."""
 
 from __future__ import annotations
 
@@ -13,9 +9,8 @@ import numpy as np
 
 from trt_handler.qa.types import ModelBatch, Window
 
-# The default length buckets: the six least-padding buckets of SQuAD dev windows (multiples of 32,
-# suggest_buckets on split A; 1.12x compute inflation on A and on the held-out B1, against 1.38x
-# for 128/256/384 and 2.13x padded to 384).
+# The six least-padding buckets of SQuAD dev windows (suggest_buckets on split A, multiples of 32):
+# 1.12x compute inflation on A and the held-out B1, against 1.38x for 128/256/384, 2.13x for 384.
 DEFAULT_BUCKETS: Tuple[int, ...] = (128, 160, 192, 224, 288, 384)
 
 
@@ -41,10 +36,7 @@ def bucket_for(length: int, buckets: Sequence[int]) -> int:
 
 
 def pad_windows(windows: Sequence[Window], seq_len: int | None = None) -> ModelBatch:
-    """Stack windows into int32 [B, S] arrays, zero-padded; S defaults to the longest window.
-
-    The attention mask is 1 over each window's real tokens and 0 over padding.
-    """
+    """Stack windows into zero-padded int32 [B, S] arrays (mask 1 over real tokens); S defaults to the longest."""
     if not windows:
         raise ValueError("cannot pad an empty batch of windows")
     longest = max(w.length for w in windows)
@@ -68,8 +60,7 @@ def uniform_buckets(step: int, max_len: int) -> Tuple[int, ...]:
     ``uniform_buckets(64, 384) == (64, 128, 192, 256, 320, 384)``."""
     if step <= 0 or max_len <= 0:
         raise ValueError(f"step and max_len must be positive, got step={step}, max_len={max_len}")
-    out = list(range(step, max_len, step)) + [max_len]
-    return validate_buckets(out)
+    return validate_buckets([*range(step, max_len, step), max_len])
 
 
 def padded_tokens(lengths: Sequence[int], buckets: Sequence[int]) -> int:
@@ -83,9 +74,7 @@ def padded_tokens(lengths: Sequence[int], buckets: Sequence[int]) -> int:
 
 def suggest_buckets(lengths: Sequence[int], count: int, max_len: int, multiple: int = 16) -> Tuple[int, ...]:
     """The ``count`` buckets (multiples of ``multiple``, the last one ``max_len``) that minimise the
-    padded tokens of windows with these ``lengths``: exact, by dynamic programming over the
-    candidate lengths. Derive them from one data set and check them on another.
-    """
+    padded tokens of windows with these ``lengths`` (exact: dynamic programming over the candidates)."""
     if count < 1 or multiple < 1 or max_len < 1:
         raise ValueError(f"count, multiple and max_len must be positive, got {count}, {multiple}, {max_len}")
     n = np.asarray(lengths, dtype=np.int64)

@@ -1,26 +1,14 @@
-"""Exact match and F1 with the semantics of the official SQuAD v2.0 evaluation script.
+"""Exact match and F1 with the semantics of the official SQuAD v2.0 evaluation script (``evaluate-v2.0.py``).
 
-Matches ``evaluate-v2.0.py``: answers are normalised (lower case, punctuation and the articles
-a/an/the removed, whitespace collapsed); a question scores the max over its gold answers; gold
-answers that normalise to nothing are ignored and an unanswerable question's only gold answer is
-""; results are percentages with HasAns_/NoAns_ breakdowns (omitted when empty). SQuAD v1.1 data
-works too: every question is answerable, so there is no NoAns_ breakdown.
+Answers are normalised (lower case, no punctuation or articles, whitespace collapsed); a question scores
+the max over its gold answers (those normalising to nothing ignored; an unanswerable question's only
+gold answer is ""); figures are percentages with HasAns_/NoAns_ breakdowns (omitted when empty).
 
-With ``no_answer_scores`` it adds the official best-threshold search (``find_all_best_thresh``):
-a question predicts "no answer" when its score is above the threshold. Pass the null score minus
-the best span score there (``Answer.null_score - Answer.score``), so ``best_*_thresh`` is directly
-a ``null_threshold`` for answer extraction.
-
-The official search can only turn predictions into "no answer": fed predictions that already say
-"" above threshold 0 (as run_squad writes them), it never finds a better threshold above 0. Pass
-``span_predictions`` (``Answer.best_span_text``) to search over every threshold instead, the way
-the model card's best_f1 (54.66 at 1.19 on B1) was found; the main figures still come from
-``predictions``.
-
-One difference: the official script also re-applies ``--na-prob-thresh`` (1.0) to the main
-exact/F1 when given no-answer probabilities; here the main figures always score the predictions
-as given, since a score difference is not a probability and the predictions already used a
-threshold.
+``no_answer_scores`` (``Answer.null_score - Answer.score``) adds the official best-threshold search, so
+``best_*_thresh`` is directly a ``null_threshold``. That search can only turn predictions into "no
+answer"; ``span_predictions`` (``Answer.best_span_text``) searches over every threshold instead, the
+main figures still scoring ``predictions``. Unlike the official script, ``--na-prob-thresh`` is not
+re-applied to the main figures: the predictions already used a threshold.
 """
 
 from __future__ import annotations

@@ -1,27 +1,11 @@
 """Reading questions into QAExamples: SQuAD v1.1/v2.0 JSON files and JSONL files.
 
-Files are opened through Beam's ``FileSystems``, so a path may be local or any scheme Beam knows
-(gs://, s3://, ...), and ``.gz``/``.bz2`` files are decompressed by extension. A file that does
-not have the expected shape raises :class:`DataFormatError` naming the file, the place in it and
-what is wrong, rather than a KeyError deep in the pipeline.
-
-SQuAD JSON: ``{"data": [{"paragraphs": [{"context", "qas": [{"id", "question", "answers":
-[{"text", ...}], "is_impossible"?}]}]}]}``. Gold answer texts are kept in file order;
-``plausible_answers`` of unanswerable v2 questions are not answers and are ignored.
-
-JSONL: one object a line, ``{"id", "question", "context"}`` plus optional gold ``answers`` (a
-list of strings, a list of ``{"text": ...}`` or the Hugging Face datasets form ``{"text": [...]}``)
-and ``is_impossible``. Blank lines are skipped.
-
-The rules for one question record (which fields, which types, what ``is_impossible`` means when
-absent) live in :func:`example_from_record`, which ``pipelines.records`` shares.
-
-Two kinds of text that JSON allows but the pipeline cannot carry are refused per record with a
-reason code (``DataFormatError.code``): an integer literal longer than Python converts
-(``sys.get_int_max_str_digits()``, 4300 digits by default; :func:`load_json` keeps it as a
-:class:`TooLongNumber` placeholder so one such number does not fail a whole SQuAD file) is
-``number_too_long``, and a lone UTF-16 surrogate (``"\\ud800"``, half of a pair) in a field used is
-``invalid_text``: such a str can never be written as UTF-8.
+Paths go through Beam's ``FileSystems`` (local, gs://, ...; ``.gz``/``.bz2`` by extension). A file of
+the wrong shape raises :class:`DataFormatError` naming the file, the place and what is wrong. SQuAD
+JSON: ``{"data": [{"paragraphs": [{"context", "qas": [...]}]}]}``; JSONL: one record a line, blank
+lines skipped. The rules for one record live in :func:`example_from_record` (shared with
+``pipelines.records``), which also refuses what JSON allows but the pipeline cannot carry: an
+integer too long for Python (``number_too_long``) and a lone UTF-16 surrogate (``invalid_text``).
 """
 
 from __future__ import annotations
@@ -29,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import reprlib
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -53,11 +38,8 @@ RECORD_FIELDS: tuple[str, ...] = ("id", "question", "context", "answers", "is_im
 class DataFormatError(ValueError):
     """An input file or record that is not valid SQuAD JSON / JSONL; the message says where and why.
 
-    ``field`` names the record field at fault (one of :data:`RECORD_FIELDS`; None for a problem
-    above the record, or a record that is not an object) and ``missing`` says whether it is absent
-    (or null) rather than malformed. ``code`` is a rejection reason code when the problem has one
-    of its own (``number_too_long``, ``invalid_text``), else None (the field says what it is).
-    """
+    ``field``: the record field at fault (None above the record level); ``missing``: absent or null,
+    not malformed; ``code``: ``number_too_long`` / ``invalid_text``, else None."""
 
     def __init__(self, message: str, *, field: str | None = None, missing: bool = False,
                  code: str | None = None) -> None:
@@ -68,12 +50,8 @@ class DataFormatError(ValueError):
 
 
 class TooLongNumber:
-    """Stands for a JSON integer literal with more digits than Python converts to int.
-
-    Python refuses ``int()`` of more than ``sys.get_int_max_str_digits()`` digits (a ValueError
-    json does not catch); :func:`load_json` puts this placeholder there instead, so the record that
-    holds it is rejected and its neighbours are not.
-    """
+    """Stands for a JSON integer literal of more than ``sys.get_int_max_str_digits()`` digits, which
+    ``int()`` refuses: the record holding it is rejected, its neighbours are not."""
 
     __slots__ = ("digits",)
 
@@ -92,11 +70,8 @@ def _parse_int(literal: str) -> int | TooLongNumber:
 
 
 def load_json(text: str) -> Any:
-    """``json.loads`` that never raises for a long integer: it becomes a :class:`TooLongNumber`.
-
-    Raises json.JSONDecodeError for text that is not JSON and RecursionError for nesting deeper
-    than the interpreter's stack, as json.loads does.
-    """
+    """``json.loads`` that never raises for a long integer (it becomes a :class:`TooLongNumber`); raises
+    json.JSONDecodeError and RecursionError (nesting too deep) as json.loads does."""
     return json.loads(text, parse_int=_parse_int)
 
 
@@ -104,11 +79,7 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def lone_surrogate(text: str) -> int:
-    """Index of the first lone UTF-16 surrogate in ``text`` (which UTF-8 cannot encode), or -1.
-
-    A JSON escape such as ``"\\ud800"`` without its low half decodes to one; ASCII and Latin-1
-    strings cannot hold one and are answered without a scan.
-    """
+    """Index of the first lone UTF-16 surrogate in ``text`` (which UTF-8 cannot encode), or -1."""
     if text.isascii():
         return -1
     m = _SURROGATE.search(text)
@@ -132,7 +103,7 @@ def _check_value(value: Any, key: str, where: str, what: str = "") -> None:
     if isinstance(value, TooLongNumber):
         raise DataFormatError(
             _at(where, f"{name} is an integer of {value.digits} digits, more than the "
-                       f"{_int_digit_limit()} digits Python reads; write it as a string or fix the producer"),
+                       f"{sys.get_int_max_str_digits()} digits Python reads; write it as a string or fix the producer"),
             field=key, code="number_too_long")
     if isinstance(value, str):
         i = lone_surrogate(value)
@@ -144,22 +115,13 @@ def _check_value(value: Any, key: str, where: str, what: str = "") -> None:
                 field=key, code="invalid_text")
 
 
-def _int_digit_limit() -> int:
-    import sys
-
-    return sys.get_int_max_str_digits()
-
-
 def _at(where: str, message: str) -> str:
     return f"{where}: {message}" if where else message
 
 
 def _read_text(path: str) -> str:
-    """Whole file as text (UTF-8, a BOM allowed), opened through Beam's FileSystems.
-
-    A missing file raises FileNotFoundError; an unknown scheme Beam's ValueError naming the
-    extra to install; both already say what to fix.
-    """
+    """Whole file as text (UTF-8, a BOM allowed); FileNotFoundError, or Beam's ValueError for an
+    unknown scheme (naming the extra to install)."""
     from apache_beam.io.filesystems import FileSystems
 
     with FileSystems.open(str(path)) as f:
@@ -196,7 +158,6 @@ def _text(record: Mapping[str, Any], key: str, where: str) -> str:
 
 def _answer_texts(raw: Any, where: str) -> tuple[str, ...]:
     """Gold texts from a list of strings / {"text": ...} objects, or the datasets form {"text": [...]}."""
-    _check_value(raw, "answers", where)
     if isinstance(raw, dict) and "text" in raw:
         raw = raw["text"]
     _check_value(raw, "answers", where)
@@ -218,20 +179,13 @@ def _answer_texts(raw: Any, where: str) -> tuple[str, ...]:
 def example_from_record(record: Mapping[str, Any], context: str | None = None, *, where: str = "") -> QAExample:
     """One QAExample from a question record: a JSONL line's object or a SQuAD ``qas`` entry.
 
-    ``context`` is the paragraph's context for a SQuAD entry; None reads the record's own
-    ``context`` field (JSONL). Fields are checked in the order of :data:`RECORD_FIELDS`:
-
-    - ``id``: a string, or a whole number (hand-made files use them), kept as its string;
-    - ``question`` and ``context``: strings, kept exactly as given (nothing is stripped);
-    - ``answers`` (optional): gold texts as a list of strings or ``{"text": ...}`` objects, or the
-      datasets form ``{"text": [...]}``; ``plausible_answers`` are not answers and are ignored;
-    - ``is_impossible`` (optional): true or false; when absent, the question is unanswerable iff
-      gold answers are given but empty, and unknown (None) when there are no gold answers at all.
-
-    A null optional field counts as absent, a null required one as missing. Other keys are ignored.
-    Raises DataFormatError (``where`` prefixes its message) naming the field and what is wrong; a
-    field holding a :class:`TooLongNumber` (code ``number_too_long``) or a text with a lone surrogate
-    (code ``invalid_text``, also in gold answers) is refused in the same field order.
+    ``context``: the paragraph's for a SQuAD entry, None to read the record's own. Fields, checked in
+    :data:`RECORD_FIELDS` order: ``id`` a string or a whole number (kept as its string); ``question``,
+    ``context`` strings kept as given; optional gold ``answers`` as a list of strings or ``{"text": ...}``
+    or the datasets form ``{"text": [...]}`` (``plausible_answers`` ignored); optional ``is_impossible``
+    true/false, when absent true iff gold answers are given but empty (None without gold answers).
+    Null optional fields count as absent, null required ones as missing; other keys are ignored.
+    Raises DataFormatError (``where`` prefixes its message) naming the field and what is wrong.
     """
     if not isinstance(record, Mapping):
         raise DataFormatError(_at(where, f"expected a JSON object, got {type(record).__name__}"))
@@ -310,6 +264,6 @@ def load_examples(path: str) -> list[QAExample]:
     if isinstance(doc, dict) and "data" in doc:
         return _parse_squad(doc, str(path))
     if isinstance(doc, dict):
-        return [_parse_record(text, f"{path} line 1")]  # JSONL of one record
+        return [example_from_record(doc, where=f"{path} line 1")]  # JSONL of one record
     raise DataFormatError(f"{path}: neither SQuAD JSON (an object with 'data') nor JSONL "
                           f"(one object a line); got a JSON {type(doc).__name__}")

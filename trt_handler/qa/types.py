@@ -1,10 +1,5 @@
-"""Plain data passed between the QA stages.
-
-Every stage of a question's trip (parse -> features -> inference -> answers) hands the next one
-these dataclasses, never framework objects, so each stage can be tested, pickled by Beam and run
-on a machine that has none of the GPU libraries.
-
-Shapes use ``L`` for a window's real token count (unpadded) and ``B``/``S`` for a padded batch.
+"""Plain data passed between the QA stages (parse -> windows -> inference -> answers): picklable by
+Beam, no framework objects. Shapes: ``L`` a window's real tokens (unpadded), ``B``/``S`` a padded batch.
 """
 
 from __future__ import annotations
@@ -14,19 +9,15 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-# Names of the model's inputs and outputs, shared by the ONNX export, the engine builder,
-# the engine session and both RunInference handlers.
+# The model's input and output tensor names (ONNX export, engine builder and session, handlers).
 INPUT_NAMES: Tuple[str, str, str] = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT_NAMES: Tuple[str, str] = ("start_logits", "end_logits")
 
 
 @dataclass(frozen=True)
 class QAExample:
-    """One question about one context, as read from the input.
-
-    ``answers`` holds gold answer texts when the input has them (SQuAD files); an empty tuple
-    with ``is_impossible=True`` marks a SQuAD v2 unanswerable question.
-    """
+    """One question about one context; ``answers``: gold texts when the input has them (empty with
+    ``is_impossible=True``: a SQuAD v2 unanswerable question)."""
 
     id: str
     question: str
@@ -39,20 +30,9 @@ class QAExample:
 class Window:
     """One model window of a question: [CLS] question [SEP] context-slice [SEP], unpadded.
 
-    Arrays have length ``L`` (the window's real tokens); padding to a batch length happens at
-    batching time, so a window never carries padding it may not need.
-
-    Attributes:
-        example_id: id of the QAExample this window came from.
-        window_index: position of this window among the question's windows (0-based).
-        input_ids: int32 [L] token ids.
-        token_type_ids: int32 [L] segment ids (0 question, 1 context).
-        offsets: int32 [L, 2] character span of each token in the original context; (-1, -1)
-            for tokens that are not context (special tokens, question tokens).
-        is_context: bool [L] True where a token belongs to the context.
-        max_context: bool [L] True where this window gives the token its maximum surrounding
-            context among all windows (only such tokens may start an answer).
-    """
+    int32 [L] ``input_ids``, ``token_type_ids``; int32 [L, 2] ``offsets`` in the original context,
+    (-1, -1) for non-context tokens; bool [L] ``is_context``, ``max_context`` (the window giving the
+    token its most context: only such tokens may start an answer)."""
 
     example_id: str
     window_index: int
@@ -70,12 +50,8 @@ class Window:
 
 @dataclass(frozen=True)
 class QuestionWindows:
-    """One question with all of its windows: the element that goes through ``RunInference``.
-
-    A question travels as one element, so its answer is decided in the same call that computes its
-    logits and nothing downstream has to put a question back together (as Hugging Face's QA
-    pipeline fed all spans of a question to one model call). ``raw`` is the input record, kept so
-    a failed batch can dead-letter each of its questions with what was read.
+    """One question with all of its windows: the element that goes through ``RunInference``, so it
+    is answered in the call that computes its logits. ``raw``: the input record, for dead letters.
     """
 
     example: QAExample
@@ -110,11 +86,7 @@ class ModelBatch:
 
     def as_feed(self) -> Dict[str, np.ndarray]:
         """Inputs by tensor name, the form ONNX Runtime and TensorRT take."""
-        return {
-                "input_ids": self.input_ids,
-                "attention_mask": self.attention_mask,
-                "token_type_ids": self.token_type_ids,
-        }
+        return {name: getattr(self, name) for name in INPUT_NAMES}
 
 
 @dataclass(frozen=True)
@@ -129,10 +101,9 @@ class WindowLogits:
 class Answer:
     """The answer to one question.
 
-    ``text`` is an exact slice of the original context (``context[start_char:end_char]``), or ""
-    when the model predicts no answer (SQuAD v2). ``score`` is the best span's start+end logit,
-    ``null_score`` the no-answer score (minimum over windows of the [CLS] start+end logits);
-    ``probability`` is the softmax of the best span over the n-best candidates.
+    ``text``: ``context[start_char:end_char]``, or "" for no answer (SQuAD v2). ``score``: the best
+    span's start+end logit; ``null_score``: the minimum over windows of the [CLS] start+end logits;
+    ``probability``: the answer's softmax over the n-best candidates.
     """
 
     id: str

@@ -1,19 +1,8 @@
 """Question + context -> model windows (the SQuAD features), with the fast WordPiece tokenizer.
 
-A context longer than one window is cut into overlapping windows exactly as the Hugging Face fast
-tokenizer does for ``tokenizer(question, context, truncation="only_second", max_length=384,
-stride=128, return_overflowing_tokens=True)`` (``stride`` = tokens shared by neighbouring windows,
-as in transformers' ``run_qa.py``). The question is cut to ``max_query_length`` tokens first, as the
-original BERT ``run_squad.py`` does, so a long question is still answered.
-
-Questions and contexts are tokenized separately, each in one batched call, and windows are
-assembled with numpy. That gives the same ids as the pair call (BERT encodes each sequence on its
-own) while tokenizing a context shared by several questions once, and keeps Python loops per
-window rather than per token.
-
-Each window also carries, per token, its character span in the ORIGINAL context and the
-"max context" flag of the original BERT ``_check_is_max_context`` rule: of all windows holding a
-token, the one where min(left, right) + 0.01 * window_length is highest (first one on ties).
+Windows are exactly transformers' ``tokenizer(question, context, truncation="only_second", max_length=384,
+stride=128, return_overflowing_tokens=True)``, the question first cut to ``max_query_length`` tokens
+(as BERT's ``run_squad.py``); tokens carry their character spans and BERT's max-context flag.
 """
 
 from __future__ import annotations
@@ -42,11 +31,8 @@ _NUM_SPECIAL = 3
 
 
 class FeatureError(ValueError):
-    """A question/context pair that cannot be turned into windows (empty text, nothing to tokenize,
-    more windows than allowed).
-
-    ``code`` is the rejection reason code the pipeline dead-letters it under: ``feature_error``, or
-    ``too_many_windows`` when the context is above ``FeatureConfig.max_windows_per_question``.
+    """A question/context pair that cannot be turned into windows; ``code`` is its rejection reason
+    code: ``feature_error``, or ``too_many_windows`` (above ``FeatureConfig.max_windows_per_question``).
     """
 
     def __init__(self, message: str, code: str = "feature_error") -> None:
@@ -64,8 +50,7 @@ class TokenizerCheckError(ValueError):
 # Files that carry a vocabulary; a folder with none of them gives transformers nothing to load.
 TOKENIZER_FILES: tuple[str, ...] = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
                                     "sentencepiece.bpe.model", "tokenizer.model")
-# Fewer tokens than this is not a real WordPiece vocabulary (BERT's has 30,522; transformers 5
-# builds a 5-token one, the special tokens alone, from a folder without tokenizer files).
+# Fewer tokens than this is not a real WordPiece vocabulary (BERT's has 30,522).
 MIN_VOCAB = 1000
 
 
@@ -73,16 +58,9 @@ MIN_VOCAB = 1000
 class FeatureConfig:
     """Window geometry; defaults are the standard SQuAD settings of BERT and transformers.
 
-    Attributes:
-        max_seq_length: tokens per window, special tokens included.
-        doc_stride: context tokens shared by two neighbouring windows (transformers' ``stride``).
-        max_query_length: question tokens kept; longer questions are cut, not dropped.
-        max_windows_per_question: a question whose context needs more windows is a FeatureError
-            (code ``too_many_windows``) before any window is built; None turns the limit off. The
-            default 128 windows is ~31,000 context tokens: about 130,000 characters of English,
-            so the pipeline's 100,000-character context limit stays the one English text meets,
-            while a CJK context (about one token a character) is stopped near 31,000 characters
-            instead of making ~400 windows.
+    ``doc_stride``: context tokens two neighbouring windows share. A context needing more than
+    ``max_windows_per_question`` windows (None: no limit) is a FeatureError ``too_many_windows``: 128
+    windows (~31,000 tokens) hold over 100,000 characters of English but only ~31,000 of CJK.
     """
 
     max_seq_length: int = 384
@@ -110,21 +88,16 @@ class FeatureConfig:
 
 
 def load_tokenizer(model: str | Path, *, min_vocab: int = MIN_VOCAB) -> PreTrainedTokenizerFast:
-    """The fast tokenizer of ``model``: a local folder (a checkpoint or an exported model bundle,
-    both hold the tokenizer files) or a Hugging Face hub id.
+    """The fast tokenizer of ``model``: a local folder (checkpoint or model bundle) or a hub id.
 
-    Refused with a :class:`TokenizerCheckError` whose message names cause and fix, because each
-    would load and then answer nothing right: a local folder with none of :data:`TOKENIZER_FILES`
-    (transformers 5 builds a 5-token tokenizer there that makes every word [UNK]); a vocabulary of
-    fewer than ``min_vocab`` tokens; a vocabulary that does not fit the model's ``config.json``
-    ``vocab_size`` (when the folder has one): larger (ids past the embedding table) or under half
-    of it (the tokenizer of another model); no [CLS]/[SEP] tokens.
+    :class:`TokenizerCheckError` (message: cause and fix) for tokenizers that would load and answer
+    nothing right: a folder with none of :data:`TOKENIZER_FILES`, fewer than ``min_vocab`` tokens, a
+    vocabulary larger than ``config.json``'s ``vocab_size`` or under half of it, no [CLS]/[SEP].
     """
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     text = str(model)
-    # Hub ids look like "name" or "org/name"; anything else is a local path, checked here so a
-    # typo does not turn into a hub lookup.
+    # Hub ids look like "name" or "org/name"; a local path is checked here, not looked up on the hub.
     looks_local = text.startswith(("/", ".", "~")) or "\\" in text or text.count("/") > 1 or Path(text).is_dir()
     if looks_local:
         text = str(Path(text).expanduser())
@@ -190,6 +163,11 @@ def _check_vocab(tokenizer: PreTrainedTokenizerFast, name: str, config_path: Pat
             "put the tokenizer files of the checkpoint the weights were trained with next to them "
             "(tokenizer.save_pretrained(FOLDER) from that checkpoint)."
         )
+    _cls_sep(tokenizer, name)
+
+
+def _cls_sep(tokenizer: PreTrainedTokenizerFast, name: str) -> tuple[int, int]:
+    """The [CLS] and [SEP] ids, or a TokenizerCheckError naming the one that is missing."""
     for token in ("cls_token_id", "sep_token_id"):
         if getattr(tokenizer, token, None) is None:
             raise TokenizerCheckError(
@@ -197,32 +175,21 @@ def _check_vocab(tokenizer: PreTrainedTokenizerFast, name: str, config_path: Pat
                 "token; BERT windows are [CLS] question [SEP] context [SEP]. Fix: use the BERT-family "
                 "tokenizer of the checkpoint (its tokenizer_config.json names cls_token and sep_token)."
             )
-
-
-def _span_bounds(n_context: int, room: int, stride: int) -> list[tuple[int, int]]:
-    """(start, stop) of each window over ``n_context`` context tokens.
-
-    Mirrors the tokenizers library's overflow rule: windows of ``room`` tokens starting every
-    ``room - stride`` tokens, the last one ending at the context's end.
-    """
-    if n_context <= room:
-        return [(0, n_context)]
-    step = room - stride
-    bounds: list[tuple[int, int]] = []
-    for start in range(0, n_context, step):
-        stop = min(start + room, n_context)
-        bounds.append((start, stop))
-        if stop == n_context:
-            break
-    return bounds
+    return int(tokenizer.cls_token_id), int(tokenizer.sep_token_id)
 
 
 def num_windows(n_context: int, room: int, stride: int) -> int:
-    """How many windows ``_span_bounds`` makes, without making them."""
+    """How many windows of ``room`` tokens, ``stride`` shared, cover ``n_context`` context tokens."""
     if n_context <= room:
         return 1
+    return -(-(n_context - room) // (room - stride)) + 1
+
+
+def _span_bounds(n_context: int, room: int, stride: int) -> list[tuple[int, int]]:
+    """(start, stop) of each window: the tokenizers library's overflow rule (a window of ``room``
+    tokens every ``room - stride`` tokens, the last one ending at the context's end)."""
     step = room - stride
-    return -(-(n_context - room) // step) + 1
+    return [(s, min(s + room, n_context)) for s in range(0, num_windows(n_context, room, stride) * step, step)]
 
 
 # Only small window sets are cached: the masks of a huge context would pin memory in the cache.
@@ -230,44 +197,25 @@ _CACHED_WINDOWS = 256
 
 
 def _spans(n_context: int, room: int, stride: int) -> tuple[tuple[int, int, np.ndarray], ...]:
-    """Windows over ``n_context`` context tokens as (start, stop, max_context[stop-start]).
-
-    Cached (the result depends only on the three numbers) unless there are many windows; the
-    masks are read-only for that reason.
-    """
+    """Windows over ``n_context`` context tokens as (start, stop, read-only max_context[stop-start]);
+    cached unless there are many windows."""
     if num_windows(n_context, room, stride) <= _CACHED_WINDOWS:
         return _spans_cached(n_context, room, stride)
     return _make_spans(n_context, room, stride)
 
 
-@functools.lru_cache(maxsize=4096)
-def _spans_cached(n_context: int, room: int, stride: int) -> tuple[tuple[int, int, np.ndarray], ...]:
-    return _make_spans(n_context, room, stride)
-
-
 def _make_spans(n_context: int, room: int, stride: int) -> tuple[tuple[int, int, np.ndarray], ...]:
     bounds = _span_bounds(n_context, room, stride)
-    if len(bounds) == 1:
-        mask = np.ones(n_context, dtype=bool)
-        mask.flags.writeable = False
-        return ((0, n_context, mask),)
     best = _max_context_window(bounds, n_context)
-    out = []
-    for w, (start, stop) in enumerate(bounds):
-        mask = best[start:stop] == w
-        mask.flags.writeable = False
-        out.append((start, stop, mask))
-    return tuple(out)
+    return tuple((start, stop, _frozen(best[start:stop] == w)) for w, (start, stop) in enumerate(bounds))
+
+
+_spans_cached = functools.lru_cache(maxsize=4096)(_make_spans)
 
 
 def _max_context_window(bounds: Sequence[tuple[int, int]], n_context: int) -> np.ndarray:
-    """For each context token, the index of the window that gives it the most context.
-
-    Score of window w for token p: min(p - start, end - p) + 0.01 * length, as in BERT's
-    ``_check_is_max_context``; the first window wins ties, like its strict ``>``. One pass over
-    the windows, each scoring only its own tokens: time and memory follow the total window
-    length (linear in the context), not windows x context tokens.
-    """
+    """For each context token, the window giving it the most context: BERT's ``_check_is_max_context``
+    score min(p - start, end - p) + 0.01 * length, first window on ties; linear in the context."""
     best_score = np.full(n_context, -np.inf)
     best = np.zeros(n_context, dtype=np.int64)
     for w, (start, stop) in enumerate(bounds):
@@ -303,11 +251,8 @@ def _blank_reason(example: QAExample) -> str:
 
 
 class WindowMaker:
-    """Turns QAExamples into model windows; cheap to call, safe to reuse across bundles.
-
-    The tokenizer is copied with truncation and padding switched off: a tokenizer.json may carry
-    its own (this model's says 128), and the caller's tokenizer object is left untouched.
-    """
+    """Turns QAExamples into model windows, with a copy of the tokenizer whose truncation and padding
+    are off (a tokenizer.json may carry its own)."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerFast, config: FeatureConfig = FeatureConfig()):
         from tokenizers import Tokenizer
@@ -324,17 +269,11 @@ class WindowMaker:
                 f"max_seq_length {config.max_seq_length} is longer than the model accepts "
                 f"({max_len} tokens); lower max_seq_length"
             )
-        for token in ("cls_token_id", "sep_token_id"):
-            if getattr(tokenizer, token, None) is None:
-                raise ValueError(f"WindowMaker needs a tokenizer with {token.split('_')[0].upper()} and SEP "
-                                 "tokens (BERT windows are [CLS] question [SEP] context [SEP]); this one has "
-                                 f"no {token}: use the model's BERT-family tokenizer")
+        self._cls, self._sep = _cls_sep(tokenizer, getattr(tokenizer, "name_or_path", type(tokenizer).__name__))
         self.config = config
         self._tokenizer: Tokenizer = Tokenizer.from_str(backend.to_str())
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
-        self._cls = int(tokenizer.cls_token_id)
-        self._sep = int(tokenizer.sep_token_id)
         self._sep_tail = np.array([self._sep], dtype=np.int32)
         self._check_pair_layout()
 
@@ -359,22 +298,13 @@ class WindowMaker:
         return result
 
     def windows_many(self, examples: Sequence[QAExample]) -> list[list[Window] | FeatureError]:
-        """Windows of each example, in order; a FeatureError in place of an example that fails.
-
-        One batched tokenizer call for the questions and one for the distinct contexts.
-        """
-        results: list[list[Window] | FeatureError] = []
-        todo: list[int] = []
-        for i, ex in enumerate(examples):
-            reason = _blank_reason(ex)
-            results.append(FeatureError(reason) if reason else [])
-            if not reason:
-                todo.append(i)
+        """Windows of each example, in order; a FeatureError in place of an example that fails."""
+        results: list[list[Window] | FeatureError] = [
+            FeatureError(reason) if (reason := _blank_reason(ex)) else [] for ex in examples]
+        todo = [i for i, r in enumerate(results) if not isinstance(r, FeatureError)]
         if not todo:
             return results
-        context_index: dict[str, int] = {}
-        for i in todo:
-            context_index.setdefault(examples[i].context, len(context_index))
+        context_index = {c: k for k, c in enumerate(dict.fromkeys(examples[i].context for i in todo))}
         # Questions need only ids: the fast call skips the offsets.
         questions = self._tokenizer.encode_batch_fast([examples[i].question for i in todo], add_special_tokens=False)
         contexts = [_encoding_arrays(e) for e in
@@ -387,11 +317,7 @@ class WindowMaker:
 
     def _assemble(self, ex: QAExample, question_ids: list[int], context_ids: np.ndarray,
                   context_offsets: np.ndarray) -> list[Window] | FeatureError:
-        """Cut one tokenized example into windows (numpy slices, no per-token Python).
-
-        Arrays that depend only on the window's layout (type ids, context mask, the max-context
-        mask of a one-window question) are shared, read-only, between windows of the same layout.
-        """
+        """Cut one tokenized example into windows; arrays that depend only on the layout are shared, read-only."""
         if not question_ids:
             return FeatureError(f"question of example {ex.id!r} has no tokens after normalisation "
                                 "(only control or zero-width characters?); fix the question text")
@@ -422,21 +348,18 @@ class WindowMaker:
             if len(spans) == 1:  # every context token is max context: the context mask itself
                 max_context = is_context
             else:
-                max_context = np.concatenate((_falses(c0), max_ctx, _falses(1)))
-            out.append(Window(ex.id, w, input_ids, token_type_ids, offsets,
-                              is_context, max_context))
+                max_context = np.concatenate((np.zeros(c0, dtype=bool), max_ctx, [False]))
+            out.append(Window(ex.id, w, input_ids, token_type_ids, offsets, is_context, max_context))
         return out
 
 
-_NO_OFFSET = np.full((1, 2), -1, dtype=np.int32)
-_NO_OFFSET.flags.writeable = False
+def _frozen(array: np.ndarray) -> np.ndarray:
+    """``array``, made read-only (it is shared through a cache)."""
+    array.flags.writeable = False
+    return array
 
 
-@functools.lru_cache(maxsize=1024)
-def _falses(n: int) -> np.ndarray:
-    out = np.zeros(n, dtype=bool)
-    out.flags.writeable = False
-    return out
+_NO_OFFSET = _frozen(np.full((1, 2), -1, dtype=np.int32))
 
 
 @functools.lru_cache(maxsize=16384)
@@ -448,7 +371,4 @@ def _layout(c0: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     token_type_ids[c0:] = 1
     is_context = np.zeros(length, dtype=bool)
     is_context[c0:-1] = True
-    no_offsets = np.full((c0, 2), -1, dtype=np.int32)
-    for a in (token_type_ids, is_context, no_offsets):
-        a.flags.writeable = False
-    return token_type_ids, is_context, no_offsets
+    return _frozen(token_type_ids), _frozen(is_context), _frozen(np.full((c0, 2), -1, dtype=np.int32))
