@@ -186,12 +186,12 @@ def test_beam_batches_hold_about_max_batch_windows() -> None:
 def test_hooks() -> None:
     ort = OnnxRuntimeQAHandler("gs://bucket/bundle", max_model_batch=32)
     trt = TensorRTQAHandler("/nonexistent/model.engine")
-    torch = TorchQAHandler("/models/qa", device="cpu", large_model=True, model_copies=2)
+    torch = TorchQAHandler("/models/qa", device="cpu", large_model=True)
     assert ort.get_metrics_namespace() == trt.get_metrics_namespace() == METRICS_NAMESPACE
     assert ort.share_model_across_processes() is False and torch.share_model_across_processes() is True
     assert trt.share_model_across_processes() is True
     assert TensorRTQAHandler("/x.engine", large_model=False).share_model_across_processes() is False
-    assert ort.model_copies() == trt.model_copies() == 1 and torch.model_copies() == 2
+    assert ort.model_copies() == trt.model_copies() == torch.model_copies() == 1
     assert ort.onnx_path == "gs://bucket/bundle/model.onnx"
     assert torch.resolved_device() == "cpu"
     from apache_beam.internal import pickler

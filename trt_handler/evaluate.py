@@ -1,8 +1,5 @@
-"""In-process SQuAD evaluation: windows -> answer_batch on ONNX Runtime -> official metric.
-
-The same modules the Beam pipeline composes, called directly in one process. It is the
-reference the pipeline's ``--eval`` output is checked against, and a quick way to score a model
-without Beam. Usage::
+"""In-process SQuAD evaluation: windows -> answer_batch -> official metric, without Beam: the
+reference the pipeline's ``--eval`` is checked against. Usage::
 
     python -m trt_handler.evaluate --data squad_dev.json --model MODEL_DIR_OR_HUB_ID
 """
@@ -16,9 +13,11 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from trt_handler.answer_batch import DEFAULT_BATCH_WINDOWS
+from trt_handler.answer_batch import DEFAULT_BATCH_WINDOWS, BatchPlan, answer_batch, batches_of
+from trt_handler.qa.answers import AnswerConfig
 from trt_handler.qa.batching import DEFAULT_BUCKETS
 from trt_handler.qa.types import Answer, QAExample, QuestionWindows
+from trt_handler.qa.windows import FeatureConfig, WindowMaker, load_tokenizer
 
 
 def answer_examples(
@@ -26,8 +25,8 @@ def answer_examples(
     model: str,
     cache_dir: Path,
     *,
-    feature_config: Optional[object] = None,
-    answer_config: Optional[object] = None,
+    feature_config: Optional[FeatureConfig] = None,
+    answer_config: Optional[AnswerConfig] = None,
     buckets: Sequence[int] = DEFAULT_BUCKETS,
     batch_size: int = 64,
     batch_windows: int = DEFAULT_BATCH_WINDOWS,
@@ -35,14 +34,11 @@ def answer_examples(
     device: str = "cuda",
     dtype: str = "fp16",
 ) -> Dict[str, Answer]:
-    """Answer every example through :func:`~trt_handler.answer_batch.answer_batch`, the path the
-    Beam handlers take, ``batch_windows`` windows at a time: on ONNX Runtime (the model's exported
-    bundle), or with ``backend="torch"`` on PyTorch (``model`` is then a checkpoint folder)."""
-    from trt_handler.answer_batch import BatchPlan, answer_batch, batches_of
+    """Answer every example through ``answer_batch`` (the handlers' path), ``batch_windows`` windows at a
+    time, on ONNX Runtime (the model's bundle) or with ``backend="torch"`` on PyTorch (a checkpoint folder).
+    Raises ValueError naming a question that cannot be tokenized or answered."""
     from trt_handler.backends.onnx_runner import OnnxRunner
     from trt_handler.engines.export import bundle_onnx_path, resolve_model_bundle
-    from trt_handler.qa.answers import AnswerConfig
-    from trt_handler.qa.windows import FeatureConfig, WindowMaker, load_tokenizer
 
     if backend == "torch":
         from trt_handler.backends.torch_runner import TorchRunner
@@ -62,7 +58,7 @@ def answer_examples(
     config = answer_config or AnswerConfig()
     answers: Dict[str, Answer] = {}
     for part in batches_of(questions, batch_windows):
-        for q, outcome in zip(part, answer_batch(part, runner, plan, config)):  # type: ignore[arg-type]
+        for q, outcome in zip(part, answer_batch(part, runner, plan, config)):
             if isinstance(outcome, Exception):
                 raise ValueError(f"question {q.example.id!r} cannot be answered: {outcome}")
             answers[q.example.id] = outcome
@@ -75,28 +71,23 @@ def evaluate(
     cache_dir: Path,
     *,
     limit: Optional[int] = None,
-    **kwargs: object,
+    answers_file: Optional[str] = None,
+    **kwargs: Any,
 ) -> Dict[str, float]:
-    """Official SQuAD metric of ``model`` on the SQuAD-format file ``data`` (first ``limit`` questions)."""
+    """Official SQuAD metric of ``model`` on the SQuAD-format file ``data`` (first ``limit`` questions);
+    ``answers_file`` also gets ``{id: answer text}``."""
     from trt_handler.qa.reading import load_examples
 
-    examples = load_examples(data)
-    if limit is not None:
-        examples = examples[:limit]
-    answers_file = kwargs.pop("answers_file", None)
-    answers = answer_examples(examples, model, cache_dir, **kwargs)  # type: ignore[arg-type]
+    examples = load_examples(data)[:limit]
+    answers = answer_examples(examples, model, cache_dir, **kwargs)
     if answers_file:
-        Path(str(answers_file)).write_text(json.dumps({k: a.text for k, a in answers.items()}), encoding="utf-8")
+        Path(answers_file).write_text(json.dumps({k: a.text for k, a in answers.items()}), encoding="utf-8")
     return metric_for_answers(examples, answers)
 
 
 def metric_for_answers(examples: Sequence[QAExample], answers: Mapping[str, Answer]) -> Dict[str, float]:
-    """The official SQuAD metric of ``answers`` (by question id) against the examples' gold answers.
-
-    Shared by this module and the Beam pipeline's ``--eval`` so both score the same way. The
-    best-threshold search gets each question's best non-null span and its null-minus-best score,
-    not the thresholded text, or it could never find a threshold above the one already applied.
-    """
+    """The official SQuAD metric of ``answers`` (by id), shared with the pipeline's ``--eval``. The
+    threshold search gets each best non-null span, not the thresholded text (or it could never go higher)."""
     from trt_handler.qa.metric import squad_evaluate
 
     predictions = {k: a.text for k, a in answers.items()}
@@ -123,8 +114,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="no-answer threshold applied to the answers (default 0; the metric's best_f1_thresh "
                              "is searched regardless)")
     args = parser.parse_args(argv)
-    from trt_handler.qa.answers import AnswerConfig
-
     config = AnswerConfig(null_threshold=args.null_threshold, align_to_words=args.align_to_words)
     t0 = time.perf_counter()
     metric = evaluate(args.data, args.model, args.cache_dir, limit=args.limit, batch_size=args.batch_size,

@@ -1,16 +1,11 @@
 """GPU acceptance check: a TensorRT engine against ONNX Runtime on real SQuAD windows.
 
-Usage (on a machine with an NVIDIA GPU, TensorRT and ONNX Runtime)::
-
     python -m trt_handler.gpu_check --engine E --onnx O --model M --data SQUAD.json [--limit N]
 
-It windows the questions (``WindowMaker``) and runs them through the production answer path
-(``answer_batch``: planned model calls, answers) on the engine (``EngineSession``) and on ONNX
-Runtime (``OnnxRunner``), and prints JSON lines: the environment, the
-relative error of the logits over real tokens, answer agreement after extraction (and SQuAD
-scores when the data has gold answers), engine-only windows/s and whole-pipeline questions/s.
-Exit status: 0 pass, 1 a threshold failed, 2 something it needs is missing (the message says
-exactly what; it never pretends to have run), 3 the engine cannot run here.
+Both run the production answer path (``answer_batch``) and it prints JSON lines: the environment,
+the logits' relative error over real tokens, answer agreement (and SQuAD scores with gold answers),
+engine windows/s and pipeline questions/s. Exit status: 0 pass, 1 a threshold failed, 2 something it
+needs is missing (named; nothing is measured), 3 the engine cannot run here.
 """
 
 from __future__ import annotations
@@ -22,46 +17,27 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from trt_handler.answer_batch import (
     DEFAULT_BATCH_WINDOWS,
     BatchPlan,
+    Runner,
     answer_batch,
     batches_of,
     plan_model_calls,
     run_model_calls,
 )
-from trt_handler.engines.profiles import ProfileSpec
-from trt_handler.qa.types import Answer, ModelBatch, QAExample, QuestionWindows
+from trt_handler.qa.types import Answer, QAExample, QuestionWindows
 
 EXIT_OK, EXIT_FAILED, EXIT_MISSING, EXIT_INCOMPATIBLE = 0, 1, 2, 3
 
-Logits = tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]
-
-
-class Runner(Protocol):
-    def run(self, batch: ModelBatch) -> Logits: ...
-
-
-class Session(Runner, Protocol):
-    @property
-    def profiles(self) -> list[ProfileSpec]: ...
-
-    @property
-    def max_batch(self) -> int: ...
-
 
 def missing_requirements(paths: dict[str, Path | None] | None = None) -> list[str]:
-    """What this machine lacks for the check, one sentence each; [] when everything is there.
-
-    ``paths`` maps option names (``--engine``) to files that must exist.
-    """
+    """What this machine lacks for the check, one sentence each; ``paths``: option -> file that must exist."""
     from trt_handler.engines import cuda_runtime
 
     missing: list[str] = []
@@ -82,26 +58,12 @@ def missing_requirements(paths: dict[str, Path | None] | None = None) -> list[st
     return missing
 
 
-@dataclass
-class Comparison:
-    """Running totals of |engine - reference| over real (unpadded) tokens, per output."""
-
-    windows: int = 0
-    max_abs: float = 0.0
-    sq_diff: float = 0.0
-    sq_ref: float = 0.0
-
-    def add(self, engine: npt.NDArray[np.float32], reference: npt.NDArray[np.float32]) -> None:
-        diff = engine.astype(np.float64) - reference.astype(np.float64)
-        self.windows += 1
-        self.max_abs = max(self.max_abs, float(np.max(np.abs(diff))) if diff.size else 0.0)
-        self.sq_diff += float(np.sum(diff * diff))
-        self.sq_ref += float(np.sum(reference.astype(np.float64) ** 2))
-
-    @property
-    def rel_l2(self) -> float:
-        """||engine - reference||_2 / ||reference||_2 over all real tokens."""
-        return float(np.sqrt(self.sq_diff / self.sq_ref)) if self.sq_ref > 0 else 0.0
+def _compare(engine: list[np.ndarray], reference: list[np.ndarray]) -> tuple[float, float]:
+    """(||engine - reference||_2 / ||reference||_2, max |engine - reference|) over all real tokens."""
+    ref = np.concatenate(reference).astype(np.float64)
+    diff = np.concatenate(engine).astype(np.float64) - ref
+    norm = float(np.linalg.norm(ref))
+    return (float(np.linalg.norm(diff)) / norm if norm > 0 else 0.0), float(np.max(np.abs(diff), initial=0.0))
 
 
 def _questions(maker: Any, examples: Sequence[QAExample]) -> list[QuestionWindows]:
@@ -128,7 +90,7 @@ def _scores(questions: Sequence[QuestionWindows], answers: Sequence[Answer | Exc
 
 
 def run_check(
-    session: Session,
+    session: Any,
     reference: Runner,
     maker: Any,
     examples: Sequence[QAExample],
@@ -137,13 +99,8 @@ def run_check(
     batch_windows: int = DEFAULT_BATCH_WINDOWS,
     repeats: int = 3,
 ) -> list[dict[str, Any]]:
-    """Compare ``session`` with ``reference`` and time it; returns the report records (no I/O).
-
-    Both run the production path: windows from ``maker`` (a ``WindowMaker``), model calls planned
-    by ``answer_batch.plan_model_calls`` on the engine's profiles (filler rows, splits, padding as
-    the Beam handler does them) and answers from ``answer_batch``. The accuracy pass doubles as
-    the engine's warm-up, so the timed passes exclude first-call costs (lazy kernel loading, JIT).
-    """
+    """Compare ``session`` (an EngineSession) with ``reference`` on the production path (``maker``'s
+    windows, the engine's profiles, ``answer_batch``) and time it; the accuracy pass is the warm-up."""
     size = min(batch_size or session.max_batch, session.max_batch)
     plan = BatchPlan(tuple(session.profiles), max_batch=size)
     questions = _questions(maker, examples)
@@ -154,10 +111,8 @@ def run_check(
 
     engine_logits = run_model_calls(windows, calls, session)
     reference_logits = run_model_calls(windows, calls, reference)
-    start_cmp, end_cmp = Comparison(), Comparison()
-    for e, r in zip(engine_logits, reference_logits):
-        start_cmp.add(e.start_logits, r.start_logits)
-        end_cmp.add(e.end_logits, r.end_logits)
+    start_err, start_max = _compare([e.start_logits for e in engine_logits], [r.start_logits for r in reference_logits])
+    end_err, end_max = _compare([e.end_logits for e in engine_logits], [r.end_logits for r in reference_logits])
     engine_answers = _answers(questions, session, plan, batch_windows)
     reference_answers = _answers(questions, reference, plan, batch_windows)
     agree = sum(isinstance(a, Answer) and isinstance(b, Answer) and a.text == b.text
@@ -176,10 +131,10 @@ def run_check(
         {
             "event": "accuracy",
             "windows": len(windows),
-            "start_rel_l2": start_cmp.rel_l2,
-            "end_rel_l2": end_cmp.rel_l2,
-            "rel_err": max(start_cmp.rel_l2, end_cmp.rel_l2),
-            "max_abs_diff": max(start_cmp.max_abs, end_cmp.max_abs),
+            "start_rel_l2": start_err,
+            "end_rel_l2": end_err,
+            "rel_err": max(start_err, end_err),
+            "max_abs_diff": max(start_max, end_max),
         },
         {
             "event": "answers",
@@ -216,7 +171,11 @@ def _environment(session: Any, engine_path: Path) -> dict[str, Any]:
     }
 
 
-def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+def _emit(record: dict[str, Any]) -> None:
+    print(json.dumps(record), flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trt_handler.gpu_check", description=__doc__.split("\n")[0])
     parser.add_argument("--engine", type=Path, required=True, help="serialized TensorRT engine")
     parser.add_argument("--onnx", type=Path, required=True, help="the ONNX model the engine was built from")
@@ -227,15 +186,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--library", default="auto", choices=("auto", "tensorrt", "tensorrt_rtx"))
     parser.add_argument("--max-rel-err", type=float, default=0.01, help="fail above this logits rel. L2 error")
     parser.add_argument("--min-agreement", type=float, default=0.95, help="fail below this answer agreement")
-    return parser.parse_args(argv)
-
-
-def _emit(record: dict[str, Any]) -> None:
-    print(json.dumps(record), flush=True)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parse(argv)
+    args = parser.parse_args(argv)
     paths: dict[str, Path | None] = {"--engine": args.engine, "--onnx": args.onnx, "--data": args.data}
     missing = missing_requirements(paths)
     if missing:

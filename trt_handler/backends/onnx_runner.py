@@ -1,9 +1,5 @@
-"""ONNX Runtime (CPU) reference backend: runs a model bundle's ``model.onnx`` on a ModelBatch.
-
-The TensorRT engine session and this runner share one call shape (``run(ModelBatch) -> (start,
-end)``), so the handlers, the export check and the GPU comparison treat both alike. ONNX Runtime is
-the reference: laptops, CI and the engine check compare against it.
-"""
+"""ONNX Runtime (CPU) reference backend: a bundle's ``model.onnx``, ``run(ModelBatch) -> (start, end)``
+like the engine session, so laptops, CI and the GPU check compare against it."""
 
 from __future__ import annotations
 
@@ -15,18 +11,15 @@ import numpy as np
 
 from trt_handler.qa.types import INPUT_NAMES, OUTPUT_NAMES, ModelBatch
 
-__all__ = ["OnnxRunner", "check_model_io"]
+__all__ = ["OnnxRunner"]
 
 _INT32 = "tensor(int32)"
 _FLOAT = "tensor(float)"
 _REEXPORT = "re-export the model with `python -m trt_handler.engines.export --model M --cache-dir C`"
 
 
-def check_model_io(inputs: List[Any], outputs: List[Any], source: str) -> None:
-    """Raise ValueError unless the graph takes int32 [B, S] INPUT_NAMES and gives float32 OUTPUT_NAMES.
-
-    ``inputs``/``outputs`` are ONNX Runtime NodeArg lists (anything with name, type and shape).
-    """
+def _check_model_io(inputs: List[Any], outputs: List[Any], source: str) -> None:
+    """Raise ValueError unless the graph (ORT NodeArgs) takes int32 [B, S] INPUT_NAMES, gives float32 OUTPUT_NAMES."""
     got_in = {i.name: (i.type, len(i.shape)) for i in inputs}
     want_in = {n: (_INT32, 2) for n in INPUT_NAMES}
     if got_in != want_in:
@@ -46,15 +39,10 @@ def check_model_io(inputs: List[Any], outputs: List[Any], source: str) -> None:
 
 
 class OnnxRunner:
-    """One ONNX Runtime CPU session for a BERT QA model.
+    """One ONNX Runtime CPU session for a BERT QA model; ``run`` is thread-safe.
 
-    Args:
-        onnx_path: a local ``.onnx`` file, or the serialized model as bytes (how the handler passes
-            a model read from gs://; such a model must not use external data).
-        intra_op_threads: threads ONNX Runtime may use inside one run; None keeps its default (one
-            per physical core). Set it when several runners or Beam threads share a machine.
-
-    ``run`` is thread-safe (ONNX Runtime sessions are), so Beam threads can share one runner.
+    ``onnx_path``: a local ``.onnx`` file, or the model as bytes (read from gs://: no external data).
+    ``intra_op_threads``: threads inside one run; None keeps ONNX Runtime's default (one per core).
     """
 
     def __init__(self, onnx_path: Union[str, os.PathLike[str], bytes], *, intra_op_threads: Optional[int] = None):
@@ -62,17 +50,10 @@ class OnnxRunner:
 
         if intra_op_threads is not None and (not isinstance(intra_op_threads, int) or intra_op_threads < 1):
             raise ValueError(f"intra_op_threads must be a positive int or None, got {intra_op_threads!r}")
-        if isinstance(onnx_path, bytes):
-            source = f"<{len(onnx_path)} bytes>"
-            model: Union[str, bytes] = onnx_path
-        else:
-            path = Path(onnx_path)
-            source = str(path)
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"ONNX model {path} does not exist; pass a model bundle's model.onnx or {_REEXPORT}"
-                )
-            model = str(path)
+        model: Union[str, bytes] = onnx_path if isinstance(onnx_path, bytes) else str(Path(onnx_path))
+        source = f"<{len(model)} bytes>" if isinstance(model, bytes) else model
+        if isinstance(model, str) and not Path(model).is_file():
+            raise FileNotFoundError(f"ONNX model {model} does not exist; pass a bundle's model.onnx or {_REEXPORT}")
         opts = ort.SessionOptions()
         # Full graph optimization fuses attention/LayerNorm/GELU for CPU; one run at a time per call,
         # parallel inside it, which is what batched BERT wants.
@@ -85,15 +66,10 @@ class OnnxRunner:
             self._session = ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # ONNX Runtime raises its own Fail/InvalidGraph types
             raise ValueError(f"ONNX Runtime cannot load {source}: {e}; {_REEXPORT}") from e
-        check_model_io(self._session.get_inputs(), self._session.get_outputs(), source)
-        self.source = source
-        self.intra_op_threads = intra_op_threads
+        _check_model_io(self._session.get_inputs(), self._session.get_outputs(), source)
 
     def run(self, batch: ModelBatch) -> Tuple[np.ndarray, np.ndarray]:
         """Start and end logits, float32 [B, S], for a padded int32 batch."""
         feed = {k: np.ascontiguousarray(v, dtype=np.int32) for k, v in batch.as_feed().items()}
         start, end = self._session.run(list(OUTPUT_NAMES), feed)
         return np.asarray(start, dtype=np.float32), np.asarray(end, dtype=np.float32)
-
-    def __repr__(self) -> str:
-        return f"OnnxRunner({self.source!r}, intra_op_threads={self.intra_op_threads})"

@@ -1,32 +1,10 @@
 """PyTorch backend: a Hugging Face BERT QA checkpoint run with SDPA attention on CPU or a CUDA GPU.
 
-Same call shape as :class:`~trt_handler.backends.onnx_runner.OnnxRunner` and the TensorRT engine
-session (``run(ModelBatch) -> (start, end)``, float32 numpy ``[B, S]``), so the handlers treat all
-three alike. On a GPU it also has an asynchronous form, so the CPU work of one batch (windows,
-padding, answers) overlaps the GPU work of another::
-
-    pending = runner.submit(batch)      # H2D copy, model, D2H copy queued on this thread's stream
-    ...                                 # CPU work here runs while the GPU computes
-    start, end = pending.result()       # waits on the CUDA event of this batch only
-
-How ``submit`` works on CUDA: the three int32 inputs are written into one pinned host tensor
-``[3, B, S]`` and copied to the GPU with one non-blocking copy on the calling thread's own CUDA
-stream; the model runs under ``torch.inference_mode`` on that stream; both logits are cast to
-float32 on the GPU and copied non-blocking into one pinned host tensor ``[2, B, S]``; a CUDA event
-is recorded after that copy. ``Pending.result()`` waits on that event (nothing else), then copies
-the logits out of pinned memory into ordinary numpy arrays so pinned pages are not held downstream.
-
-Threads: Beam runs several work threads per process and they may share one runner (one copy of the
-weights). Each thread gets its own CUDA stream (``threading.local``), so two threads' batches
-overlap on the GPU and one thread's ``result()`` never waits for another thread's batch. Fresh
-pinned tensors per call come from PyTorch's caching host allocator, which does not hand a block
-back out until the copies queued on it have finished, so two outstanding submits never share a
-staging buffer.
-
-On CPU ``submit`` computes at once and returns a finished ``Pending``.
-
-``torch`` and ``transformers`` are imported inside the class, so importing this module is cheap
-(a Beam pipeline that never builds a runner does not load them).
+``run(ModelBatch) -> (start, end)`` like the other runners, plus ``submit(batch) -> Pending``. On CUDA
+``submit`` stages the inputs in pinned memory and queues copy, model and copy back on the calling
+thread's own stream (threads sharing a runner overlap; ``result()`` waits on this batch's event only).
+PyTorch's caching host allocator does not reuse a pinned block before its queued copies finish, so
+outstanding submits never share a staging buffer. ``torch`` is imported only when a runner is built.
 """
 
 from __future__ import annotations
@@ -34,44 +12,36 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple, Union
 
 import numpy as np
 
 from trt_handler.qa.types import ModelBatch
 
-__all__ = ["DTYPES", "Pending", "TorchRunner"]
+__all__ = ["Pending", "TorchRunner"]
 
-# Accepted dtype names -> torch attribute names.
-DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16",
-          "half": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16"}
+_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 Logits = Tuple[np.ndarray, np.ndarray]
 
 
 def _check_batch(batch: ModelBatch, max_positions: int) -> Tuple[int, int]:
     arrays = (batch.input_ids, batch.attention_mask, batch.token_type_ids)
-    shapes = {tuple(a.shape) for a in arrays}
-    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
-        raise ValueError(f"ModelBatch arrays must all be [B, S], got shapes "
-                         f"{[tuple(a.shape) for a in arrays]}")
-    b, s = next(iter(shapes))
-    if b < 1 or s < 1:
-        raise ValueError(f"ModelBatch is empty ({b}x{s})")
+    shapes = [tuple(a.shape) for a in arrays]
+    if len(set(shapes)) != 1 or len(shapes[0]) != 2 or 0 in shapes[0]:
+        raise ValueError(f"ModelBatch arrays must all be [B, S] with B, S >= 1, got shapes {shapes}")
+    if not all(np.issubdtype(a.dtype, np.integer) for a in arrays):
+        raise ValueError(f"ModelBatch arrays must be integer, got {[a.dtype for a in arrays]}")
+    b, s = shapes[0]
     if s > max_positions:
         raise ValueError(f"sequence length {s} is longer than the model's {max_positions} positions; "
                          "use shorter windows (max_seq_length) or a model with more positions")
-    for a in arrays:
-        if not np.issubdtype(a.dtype, np.integer):
-            raise ValueError(f"ModelBatch arrays must be integer, got {a.dtype}")
     return int(b), int(s)
 
 
 class Pending:
-    """The logits of one submitted batch; ``result()`` returns ``(start, end)`` float32 ``[B, S]``.
-
-    ``result()`` may be called more than once (it returns the same arrays) and from any thread.
-    """
+    """The logits of one submitted batch: ``result()`` gives ``(start, end)`` float32 ``[B, S]``,
+    the same arrays on every call, from any thread."""
 
     __slots__ = ("_event", "_host", "_keep", "_result", "_lock")
 
@@ -99,21 +69,10 @@ class Pending:
 
 
 class TorchRunner:
-    """A BERT QA checkpoint (Hugging Face folder) on one device, fp32/fp16/bf16, SDPA attention.
+    """A BERT QA checkpoint on one device, fp32/fp16/bf16; one runner may serve all Beam threads.
 
-    Args:
-        model_dir: a local folder that ``AutoModelForQuestionAnswering.from_pretrained`` reads
-            (config.json + weights). Never a hub id: a typo must not turn into a download.
-        device: ``"cpu"``, ``"cuda"`` (the current CUDA device) or ``"cuda:N"``. To spread the
-            processes of one worker over its GPUs, pass
-            :func:`trt_handler.backends.devices.resolve_device` ``("cuda")``.
-        dtype: ``"fp32"``, ``"fp16"`` or ``"bf16"`` (weights and activations).
-        attn_implementation: passed to transformers; ``"sdpa"`` (default) uses
-            ``torch.nn.functional.scaled_dot_product_attention`` (flash / memory-efficient kernels
-            on GPU), ``"eager"`` the plain matmul-softmax path.
-        cpu_threads: if set, ``torch.set_num_threads`` for CPU runs (process-wide in torch).
-
-    Use :meth:`from_model` to wrap a model object already built (the benchmarks' random BERT-large).
+    ``model_dir`` is a local checkpoint folder, never a hub id (a typo must not turn into a download);
+    ``cpu_threads`` sets ``torch.set_num_threads``, which is process-wide.
     """
 
     def __init__(self, model_dir: Union[str, os.PathLike[str]], *, device: str = "cpu", dtype: str = "fp32",
@@ -124,74 +83,41 @@ class TorchRunner:
                 f"model folder {path} has no config.json; pass a local Hugging Face checkpoint folder "
                 "(config.json + model.safetensors), e.g. one saved with save_pretrained"
             )
-        torch = self._import_torch()
-        torch_dtype = self._torch_dtype(torch, dtype)
-        dev = self._torch_device(torch, device)
-        from transformers import AutoModelForQuestionAnswering
 
-        model = AutoModelForQuestionAnswering.from_pretrained(
-            str(path), dtype=torch_dtype, attn_implementation=attn_implementation, local_files_only=True,
-        )
-        self._setup(torch, model, dev, torch_dtype, cpu_threads, source=str(path))
+        def load(torch_dtype: Any) -> Any:
+            from transformers import AutoModelForQuestionAnswering
+
+            return AutoModelForQuestionAnswering.from_pretrained(
+                str(path), dtype=torch_dtype, attn_implementation=attn_implementation, local_files_only=True)
+
+        self._setup(load, device, dtype, cpu_threads)
 
     @classmethod
     def from_model(cls, model: Any, *, device: str = "cpu", dtype: str = "fp32",
                    cpu_threads: Optional[int] = None) -> TorchRunner:
         """Wrap an existing ``*ForQuestionAnswering`` module (moved to ``device`` and ``dtype``)."""
         self = cls.__new__(cls)
-        torch = cls._import_torch()
-        self._setup(torch, model, cls._torch_device(torch, device), cls._torch_dtype(torch, dtype),
-                    cpu_threads, source=type(model).__name__)
+        self._setup(lambda _: model, device, dtype, cpu_threads)
         return self
 
-    # -- construction helpers ---------------------------------------------------------------
-
-    @staticmethod
-    def _import_torch() -> Any:
+    def _setup(self, load: Callable[[Any], Any], device: str, dtype: str, cpu_threads: Optional[int]) -> None:
         try:
             import torch
         except ModuleNotFoundError as e:  # pragma: no cover - depends on the environment
             raise ModuleNotFoundError("the torch backend needs PyTorch and transformers: "
                                       "pip install torch transformers") from e
-        return torch
-
-    @staticmethod
-    def _torch_dtype(torch: Any, dtype: str) -> Any:
-        name = DTYPES.get(str(dtype).lower())
+        name = _DTYPES.get(str(dtype).lower())
         if name is None:
             raise ValueError(f"dtype must be one of fp32, fp16, bf16, got {dtype!r}")
-        return getattr(torch, name)
-
-    @staticmethod
-    def _torch_device(torch: Any, device: str) -> Any:
-        try:
-            dev = torch.device(device)
-        except (RuntimeError, TypeError) as e:
-            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from e
-        if dev.type not in ("cpu", "cuda"):
-            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-        if dev.type == "cuda":
-            if not torch.cuda.is_available():
-                raise RuntimeError(f"device {device!r} asked for, but PyTorch sees no CUDA GPU "
-                                   f"(torch {torch.__version__}, CUDA build {torch.version.cuda})")
-            index = torch.cuda.current_device() if dev.index is None else dev.index
-            count = torch.cuda.device_count()
-            if index >= count:
-                raise ValueError(f"device {device!r} asked for, but only {count} CUDA GPU(s) are visible")
-            dev = torch.device("cuda", index)
-        return dev
-
-    def _setup(self, torch: Any, model: Any, dev: Any, torch_dtype: Any, cpu_threads: Optional[int],
-               source: str) -> None:
+        dev = _torch_device(torch, device)
         if cpu_threads is not None:
             if not isinstance(cpu_threads, int) or cpu_threads < 1:
                 raise ValueError(f"cpu_threads must be a positive int or None, got {cpu_threads!r}")
             torch.set_num_threads(cpu_threads)
         self._torch = torch
         self.device = dev
-        self.dtype = torch_dtype
-        self.source = source
-        self._model = model.to(device=dev, dtype=torch_dtype).eval()
+        self.dtype = getattr(torch, name)
+        self._model = load(self.dtype).to(device=dev, dtype=self.dtype).eval()
         config = getattr(self._model, "config", None)
         self.max_positions = int(getattr(config, "max_position_embeddings", 1 << 30))
         self.attn_implementation = getattr(config, "_attn_implementation", None)
@@ -205,14 +131,11 @@ class TorchRunner:
         return bool(self.device.type == "cuda")
 
     def gpu_memory(self) -> Optional[Dict[str, int]]:
-        """{free_bytes, total_bytes, used_bytes} of this runner's GPU (the engine session's form);
-        None on the CPU."""
+        """{free_bytes, total_bytes, used_bytes} of this runner's GPU; None on the CPU."""
         if not self.is_cuda:
             return None
         free, total = self._torch.cuda.mem_get_info(self.device)
         return {"free_bytes": int(free), "total_bytes": int(total), "used_bytes": int(total - free)}
-
-    # -- running ------------------------------------------------------------------------------
 
     def _stream(self) -> Any:
         """This thread's CUDA stream (created on first use)."""
@@ -268,10 +191,9 @@ class TorchRunner:
         for b, s in shapes:
             ids = np.zeros((int(b), int(s)), dtype=np.int32)
             ids[:, 0] = 101
-            mask = np.ones_like(ids)
             types = np.zeros_like(ids)
             types[:, s // 2:] = 1
-            pendings.append(self.submit(ModelBatch(ids, mask, types)))
+            pendings.append(self.submit(ModelBatch(ids, np.ones_like(ids), types)))
         for p in pendings:
             p.result()
 
@@ -293,6 +215,22 @@ class TorchRunner:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def __repr__(self) -> str:
-        return (f"TorchRunner({self.source!r}, device={str(self.device)!r}, dtype={self.dtype}, "
-                f"attn={self.attn_implementation!r})")
+
+def _torch_device(torch: Any, device: str) -> Any:
+    """``device`` as a torch.device with its index, checked against the visible GPUs."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from e
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {device!r} asked for, but PyTorch sees no CUDA GPU "
+                               f"(torch {torch.__version__}, CUDA build {torch.version.cuda})")
+        index = torch.cuda.current_device() if dev.index is None else dev.index
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise ValueError(f"device {device!r} asked for, but only {count} CUDA GPU(s) are visible")
+        dev = torch.device("cuda", index)
+    return dev
