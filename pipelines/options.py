@@ -1,30 +1,18 @@
 """Command-line options shared by the batch and streaming pipelines, and the settings they become.
 
-Our own flags use dashes (``--max-seq-length``); anything argparse does not know is handed to
-Beam's ``PipelineOptions`` untouched (``--runner``, ``--project``, ``--temp_location`` ...), so
-one command line configures both the QA transforms and the runner.
+Our flags use dashes (``--max-seq-length``); the rest go to Beam's ``PipelineOptions`` untouched
+(``--runner``, ``--temp_location`` ...), so one command line configures the QA transforms and the runner.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from pipelines.records import RecordLimits
 from trt_handler.qa.batching import DEFAULT_BUCKETS, validate_buckets
-
-__all__ = [
-    "QASettings",
-    "add_qa_arguments",
-    "new_parser",
-    "resolve_model",
-    "saved_threshold",
-    "settings_from_args",
-    "settings_or_exit",
-    "split_argv",
-]
 
 BACKENDS = ("onnx", "tensorrt", "torch")
 
@@ -33,12 +21,9 @@ BACKENDS = ("onnx", "tensorrt", "torch")
 class QASettings:
     """Everything the QA transforms need, as plain picklable values (shipped to every worker).
 
-    ``model_dir`` is a model bundle folder (local or gs://) holding the tokenizer files and, for
-    the ONNX Runtime backend, ``model.onnx`` (for PyTorch: a Hugging Face checkpoint folder).
-    ``engine`` is a TensorRT engine (local or gs://). ``buckets``, ``max_batch`` (rows per model
-    call) and ``max_tokens`` left None take the handler's defaults: for an engine, its
-    optimization profiles (from the engine's sidecar JSON); otherwise the default buckets.
-    ``batch_windows`` is how many windows one RunInference batch holds.
+    ``model_dir``: a bundle folder (local or gs://) with the tokenizer files and, for ONNX Runtime,
+    ``model.onnx`` (for PyTorch: a Hugging Face checkpoint folder). Batching settings left None take
+    the handler's defaults (for an engine, its sidecar's profiles). Invalid values raise ValueError.
     """
 
     model_dir: str
@@ -76,7 +61,7 @@ class QASettings:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.backend == "tensorrt" and not self.engine:
             raise ValueError("the tensorrt backend needs --engine (a serialized TensorRT engine, local or gs://)")
-        for name in ("max_batch", "batch_windows", "max_tokens", "gpu_count"):
+        for name in ("max_batch", "batch_windows", "max_tokens", "gpu_count", "feature_batch"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name.replace('_', ' ')} must be at least 1, got {value}")
@@ -86,15 +71,11 @@ class QASettings:
             raise ValueError(f"threshold_source must be flag, model or default, got {self.threshold_source!r}")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or not 1 <= self.top_k <= self.n_best:
             raise ValueError(f"top k must be between 1 and the n-best size ({self.n_best}), got {self.top_k!r}")
-        if self.feature_batch < 1:
-            raise ValueError(f"feature batch must be at least 1, got {self.feature_batch}")
         if self.buckets is not None:
             object.__setattr__(self, "buckets", validate_buckets(self.buckets))
-        if self.buckets is not None and max(self.buckets) < self.max_seq_length:
-            raise ValueError(
-                f"the largest bucket ({max(self.buckets)}) is shorter than max_seq_length "
-                f"({self.max_seq_length}); a full window would fit no bucket"
-            )
+            if max(self.buckets) < self.max_seq_length:
+                raise ValueError(f"the largest bucket ({max(self.buckets)}) is shorter than max_seq_length "
+                                 f"({self.max_seq_length}); a full window would fit no bucket")
         # Build both configs now: a bad combination fails at launch, not on a worker.
         self.feature_config()
         self.answer_config()
@@ -132,8 +113,7 @@ def _optional_limit(text: str) -> Optional[int]:
 
 
 def new_parser(prog: str, description: Optional[str]) -> Tuple[argparse.ArgumentParser, Any]:
-    """A pipeline's parser (module docstring as description, kept as written) and its
-    "input / output" group; the caller adds its I/O flags there, then :func:`add_qa_arguments`."""
+    """A pipeline's parser (its description kept as written) and its "input / output" group."""
     parser = argparse.ArgumentParser(
         prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     return parser, parser.add_argument_group("input / output")
@@ -203,36 +183,29 @@ def add_qa_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--max-question-chars", type=_optional_limit, default=4_000, help="0 = no limit (default 4000)")
 
 
-# QASettings fields set from the flag of the same name (its argparse dest), unchanged.
-_SAME_NAME_FIELDS = (
-    "backend", "engine", "max_seq_length", "doc_stride", "max_query_length", "max_windows_per_question", "n_best", "max_answer_length",
-    "null_threshold", "buckets", "max_batch", "batch_windows", "max_tokens", "pad_to", "onnx_threads",
-    "engine_cache_dir", "feature_batch", "inference_timeout_secs", "torch_device", "torch_dtype", "gpu_count",
-    "share_model", "top_k", "align_to_words",
-)
-
-
-def settings_from_args(args: argparse.Namespace, model_dir: str, **overrides: object) -> QASettings:
-    """QASettings from parsed flags; ``model_dir`` is the resolved bundle (see :func:`resolve_model`)."""
-    values: Dict[str, Any] = {name: getattr(args, name) for name in _SAME_NAME_FIELDS}
-    if args.null_threshold is None:
-        saved = saved_threshold(model_dir, args.backend, args.engine)
-        values.update(null_threshold=0.0 if saved is None else saved,
-                      threshold_source="default" if saved is None else "model")
-    else:
-        values["threshold_source"] = "flag"
-    values.update(
-        model_dir=model_dir,
-        version_2_with_negative=not args.v1,
-        limits=RecordLimits(max_context_chars=args.max_context_chars, max_question_chars=args.max_question_chars),
-    )
-    values.update(overrides)
-    return QASettings(**values)
+def settings_or_exit(parser: argparse.ArgumentParser, args: argparse.Namespace) -> QASettings:
+    """QASettings from parsed flags (each field from the flag of its name, where there is one), for
+    the resolved and launch-checked model; a model that cannot be found or fails its check, or a bad
+    combination of settings, exits with status 2 and the message."""
+    try:
+        model_dir = resolve_model(args.model, args.cache_dir, args.backend)
+        check_model(model_dir, args.backend)
+        values: Dict[str, Any] = {f.name: getattr(args, f.name) for f in fields(QASettings) if hasattr(args, f.name)}
+        if args.null_threshold is None:
+            saved = saved_threshold(model_dir, args.backend, args.engine)
+            values.update(null_threshold=0.0 if saved is None else saved,
+                          threshold_source="default" if saved is None else "model")
+        else:
+            values["threshold_source"] = "flag"
+        return QASettings(**values, model_dir=model_dir, version_2_with_negative=not args.v1, limits=RecordLimits(
+            max_context_chars=args.max_context_chars, max_question_chars=args.max_question_chars))
+    except (ValueError, FileNotFoundError, OSError) as exc:  # model / settings faults: the message, no usage
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
 
 
 def saved_threshold(model_dir: str, backend: str, engine: Optional[str] = None) -> Optional[float]:
-    """The threshold ``--eval --save-threshold`` saved: in the engine's sidecar (tensorrt), else
-    in the bundle's export.json; None when none was saved (or the files cannot be read)."""
+    """The threshold ``--eval --save-threshold`` saved: in the engine's sidecar (tensorrt), else in
+    the bundle's export.json; None when none was saved (or the files cannot be read)."""
     from trt_handler.backends.handlers import bundle_metadata, engine_metadata
 
     try:
@@ -246,37 +219,27 @@ def saved_threshold(model_dir: str, backend: str, engine: Optional[str] = None) 
     return None if value is None else float(value)
 
 
-def resolve_model(model: str, cache_dir: str, backend: str) -> str:
-    """The bundle folder the workers read: gs:// paths as given; a local checkpoint or hub id is
-    exported to ONNX once (cached in ``cache_dir``). The TensorRT backend needs only the tokenizer
-    and PyTorch the checkpoint itself, so their ``model`` is used as given."""
+def _is_local(path: str) -> bool:
     from apache_beam.io.filesystems import FileSystems
 
-    if FileSystems.get_scheme(model) not in (None, "file") or backend in ("tensorrt", "torch"):
+    return FileSystems.get_scheme(path) in (None, "file")
+
+
+def resolve_model(model: str, cache_dir: str, backend: str) -> str:
+    """The bundle folder the workers read: a local checkpoint or hub id is exported to ONNX once
+    (cached in ``cache_dir``); remote paths, and models of the TensorRT (tokenizer only) and PyTorch
+    (the checkpoint itself) backends, are used as given."""
+    if not _is_local(model) or backend in ("tensorrt", "torch"):
         return model
     from trt_handler.engines.export import resolve_model_bundle
 
     return str(resolve_model_bundle(model, cache_dir))
 
 
-def settings_or_exit(parser: argparse.ArgumentParser, args: argparse.Namespace, **overrides: object) -> QASettings:
-    """:func:`resolve_model` then :func:`settings_from_args`; a model that cannot be found or a bad
-    combination of settings is a usage error (``parser.error``: message, exit status 2)."""
-    try:
-        model_dir = resolve_model(args.model, args.cache_dir, args.backend)
-        check_model(model_dir, args.backend)
-        return settings_from_args(args, model_dir, **overrides)
-    except (ValueError, FileNotFoundError, OSError) as exc:  # model / settings faults: the message, no usage
-        parser.exit(2, f"{parser.prog}: error: {exc}\n")
-
-
 def check_model(model_dir: str, backend: str) -> None:
-    """The launch check, before any data flows: a local ONNX bundle must match its recorded hash
-    and hold a real tokenizer; a local checkpoint (torch, tensorrt) a real tokenizer. Remote
-    models are checked by the workers when they load them."""
-    from apache_beam.io.filesystems import FileSystems
-
-    if FileSystems.get_scheme(model_dir) not in (None, "file") or not os.path.isdir(model_dir):
+    """The launch check: a local ONNX bundle must match its recorded hash and hold a real tokenizer;
+    a local checkpoint (torch, tensorrt) a real tokenizer. Workers check remote models as they load."""
+    if not _is_local(model_dir) or not os.path.isdir(model_dir):
         return
     if backend == "onnx":
         from trt_handler.engines.export import check_model_bundle

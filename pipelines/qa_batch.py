@@ -19,28 +19,33 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 
 from pipelines.options import QASettings, add_qa_arguments, new_parser, resolve_model, settings_or_exit, split_argv
 from pipelines.records import answer_row
 from pipelines.transforms import (
     NAMESPACE,
     AnswerQuestions,
-    ProgressReporter,
     ReadRecords,
     answer_json,
     rejection_json,
-    write_answers_to_bigquery,
-    write_rejections_to_bigquery,
+    report_progress,
+    write_to_bigquery,
 )
 from trt_handler.qa.types import Answer, QAExample
 
 LOGGER = logging.getLogger(__name__)
 
 __all__ = ["build_parser", "build_pipeline", "main", "resolve_model", "run"]
+
+# Runners that run the pipeline in this process, where the progress line can count it.
+_LOCAL_RUNNERS = (None, "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner", "FnApiRunner",
+                  "PrismRunner")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,17 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _has_gold(example: QAExample) -> bool:
-    """Gold answers, or SQuAD v2's explicit "unanswerable": a question the metric can score."""
-    return bool(example.answers) or example.is_impossible is True
-
-
 def _metric_json(pairs: List[Tuple[QAExample, Answer]]) -> str:
-    """The official SQuAD metric of the answered questions that carry gold as one JSON line;
-    ``unscored`` counts answered questions without gold (not scored as unanswerable)."""
+    """The official SQuAD metric, as one JSON line, of the answered questions that carry gold (answers,
+    or SQuAD v2's explicit "unanswerable"); ``unscored`` counts the others."""
     from trt_handler.evaluate import metric_for_answers
 
-    scored = [(ex, a) for ex, a in pairs if _has_gold(ex)]
+    scored = [(ex, a) for ex, a in pairs if ex.answers or ex.is_impossible is True]
     if not scored:
         return json.dumps({"total": 0, "unscored": len(pairs)})
     examples = sorted((ex for ex, _ in scored), key=lambda ex: ex.id)
@@ -91,8 +91,6 @@ def _metric_json(pairs: List[Tuple[QAExample, Answer]]) -> str:
 
 def check_input(path: str) -> None:
     """Refuse, before the pipeline is built, an input that matches no file or is a folder."""
-    from apache_beam.io.filesystems import FileSystems
-
     if FileSystems.get_scheme(path) in (None, "file") and os.path.isdir(path):
         raise ValueError(f"--input {path} is a folder; pass a file or a glob such as {path.rstrip('/')}/*.jsonl")
     try:
@@ -103,12 +101,9 @@ def check_input(path: str) -> None:
         raise ValueError(f"--input {path} matches no file; check the path (globs are allowed)")
 
 
-def replace_earlier_outputs(prefix: str) -> int:
-    """Delete what an earlier run wrote at this output prefix (answer and dead-letter shards, the
-    metric, the shown answers), so a run's outputs never mix with stale ones; returns how many.
-    Also makes the local output folder, failing in one sentence when it cannot."""
-    from apache_beam.io.filesystems import FileSystems
-
+def replace_earlier_outputs(prefix: str) -> None:
+    """Make the local output folder (ValueError in one sentence when it cannot), and delete what an
+    earlier run wrote at this prefix, so a run's outputs never mix with stale ones."""
     if FileSystems.get_scheme(prefix) in (None, "file"):
         folder = os.path.dirname(os.path.abspath(prefix))
         try:
@@ -123,7 +118,6 @@ def replace_earlier_outputs(prefix: str) -> int:
     if stale:
         FileSystems.delete(stale)
         LOGGER.warning("replaced %d files of an earlier run at %s", len(stale), prefix)
-    return len(stale)
 
 
 def _show_line(pair: Tuple[QAExample, Answer], top_k: int = 1) -> str:
@@ -136,17 +130,14 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, settings: QASetti
     records = p | "Read" >> ReadRecords(args.input, args.input_format)
     out = records | "AnswerQuestions" >> AnswerQuestions(settings, handler, unique_ids=not args.allow_duplicate_ids)
 
-    if args.bigquery_table:
-        write_answers_to_bigquery(out.answers, args.bigquery_table, top_k=settings.top_k)
-    else:
+    write_to_bigquery(out, args.bigquery_table, args.bigquery_rejected_table, top_k=settings.top_k)
+    if not args.bigquery_table:
         _ = (
             out.answers
             | "AnswerLines" >> beam.Map(answer_json, settings.top_k)
             | "WriteAnswers" >> beam.io.WriteToText(args.output, file_name_suffix=".jsonl")
         )
-    if args.bigquery_rejected_table:
-        write_rejections_to_bigquery(out.rejected, args.bigquery_rejected_table)
-    else:
+    if not args.bigquery_rejected_table:
         _ = (
             out.rejected
             | "RejectedLines" >> beam.Map(rejection_json)
@@ -170,8 +161,6 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, settings: QASetti
 
 
 def _read_text(path: str) -> str:
-    from apache_beam.io.filesystems import FileSystems
-
     with FileSystems.open(path) as f:
         return f.read().decode("utf-8")
 
@@ -200,7 +189,7 @@ def summary_line(counts: Dict[str, int], seconds: float) -> str:
 
 
 def run(argv: Optional[Sequence[str]] = None, handler: Any = None) -> Dict[str, Any]:
-    """Build and run the pipeline; returns counters, seconds and the metric (with --eval)."""
+    """Build and run the pipeline; returns counters, seconds, the metric (with --eval) and more."""
     parser = build_parser()
     args, beam_args = split_argv(parser, argv)
     if args.show < 0:
@@ -218,21 +207,19 @@ def run(argv: Optional[Sequence[str]] = None, handler: Any = None) -> Dict[str, 
     except ValueError as exc:  # a fault of the run, not of the command line: no usage text
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
     options = PipelineOptions(beam_args)
-    local = _is_local_runner(options)
     t0 = time.perf_counter()
     p = beam.Pipeline(options=options)
     build_pipeline(p, args, settings, handler)
-    template = _template_location(options)
+    outcome: Dict[str, Any] = {"counters": {}, "metric": None, "shown": [], "threshold": settings.threshold_note(),
+                               "saved_threshold": None}
+    template = options.view_as(GoogleCloudOptions).template_location
     if template:  # DataflowRunner writes the job description there and runs nothing
         p.run()
-        return {"counters": {}, "seconds": time.perf_counter() - t0, "metric": None, "shown": [],
-                "threshold": settings.threshold_note(), "saved_threshold": None, "template": template}
-    with ProgressReporter(args.progress_every if local else 0):
+        return {**outcome, "seconds": time.perf_counter() - t0, "template": str(template)}
+    with report_progress(args.progress_every if options.view_as(StandardOptions).runner in _LOCAL_RUNNERS else 0):
         result = p.run()
         result.wait_until_finish()
-    seconds = time.perf_counter() - t0
-    outcome: Dict[str, Any] = {"counters": counters(result), "seconds": seconds, "metric": None, "shown": [],
-                               "threshold": settings.threshold_note(), "saved_threshold": None}
+    outcome.update(counters=counters(result), seconds=time.perf_counter() - t0)
     if args.show > 0:
         outcome["shown"] = [json.loads(line) for line in _read_text(f"{args.output}-show.jsonl").splitlines() if line]
     if args.eval:
@@ -242,27 +229,9 @@ def run(argv: Optional[Sequence[str]] = None, handler: Any = None) -> Dict[str, 
     return outcome
 
 
-def _template_location(options: PipelineOptions) -> Optional[str]:
-    from apache_beam.options.pipeline_options import GoogleCloudOptions
-
-    value = options.view_as(GoogleCloudOptions).template_location
-    return str(value) if value else None
-
-
-def _is_local_runner(options: PipelineOptions) -> bool:
-    from apache_beam.options.pipeline_options import StandardOptions
-
-    runner = options.view_as(StandardOptions).runner
-    name = runner if isinstance(runner, str) or runner is None else type(runner).__name__
-    return name in (None, "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner", "FnApiRunner",
-                    "PrismRunner")
-
-
 def threshold_target(settings: QASettings) -> str:
     """The file ``--save-threshold`` writes: the engine's sidecar (tensorrt) or the local bundle's
     export.json. ValueError when there is none to write (remote or hand-made models)."""
-    from apache_beam.io.filesystems import FileSystems
-
     if settings.backend == "tensorrt":
         path = f"{settings.engine}.json"
         what = "engine sidecar"
@@ -281,11 +250,10 @@ def threshold_target(settings: QASettings) -> str:
 def save_threshold(settings: QASettings, metric: Dict[str, Any], data: str) -> Dict[str, Any]:
     """Write the metric's best_f1_thresh into the model's export.json / sidecar (atomically; the
     bundle's sha256 covers model.onnx only, so verification is unaffected); returns the entry."""
-    import tempfile
+    from trt_handler.engines.sidecar import atomic_write
 
     path = threshold_target(settings)
-    with open(path, encoding="utf-8") as f:
-        meta = json.load(f)
+    meta = json.loads(Path(path).read_text(encoding="utf-8"))
     entry = {
         "value": float(metric["best_f1_thresh"]),
         "best_f1": metric.get("best_f1"),
@@ -296,29 +264,9 @@ def save_threshold(settings: QASettings, metric: Dict[str, Any], data: str) -> D
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     meta["null_threshold"] = entry
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".export-", suffix=".json")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    atomic_write(Path(path), (json.dumps(meta, indent=2) + "\n").encode())
     LOGGER.warning("saved no-answer threshold %g in %s", entry["value"], path)
     return {"path": path, **entry}
-
-
-def _print_shown(shown: List[Dict[str, Any]]) -> None:
-    for row in shown:
-        answer = "(no answer)" if row["is_no_answer"] else repr(row["answer"])
-        prob = row["probability"]
-        print(f"{row['id']}: {row['question']}\n    -> {answer}"
-              f"  p={prob if prob is None else round(prob, 3)} window={row['window_index']}")
-
-
-class _QuietBeamNoise(logging.Filter):
-    """Drops Beam's per-batch "Resource module is not available" warning (it appears when scipy,
-    an optional dependency of Beam's model manager, is missing; memory metrics are all it costs)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Resource module is not available")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -330,19 +278,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = [a for a in argv if a != "--verbose"]
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
-        handler.addFilter(_QuietBeamNoise())
+        # Beam warns "Resource module is not available" every batch when its optional scipy is
+        # missing; memory metrics are all it costs.
+        handler.addFilter(lambda record: not record.getMessage().startswith("Resource module is not available"))
     try:
         outcome = run(argv)
     except Exception as exc:  # noqa: BLE001 - one paragraph for a person, the traceback on request
         if verbose:
             raise
-        print(f"error: the pipeline failed: {type(exc).__name__}: {_first_lines(exc)}\n"
+        text = " ".join(str(exc).split())
+        print(f"error: the pipeline failed: {type(exc).__name__}: {text[:600]}{' ...' if len(text) > 600 else ''}\n"
               "(run again with --verbose for the traceback)", file=sys.stderr)
         return 3
     if outcome.get("template"):
         print(f"wrote the Dataflow template {outcome['template']} (no job was run); {outcome['threshold']}")
         return 0
-    _print_shown(outcome["shown"])
+    for row in outcome["shown"]:
+        answer = "(no answer)" if row["is_no_answer"] else repr(row["answer"])
+        prob = row["probability"]
+        print(f"{row['id']}: {row['question']}\n    -> {answer}"
+              f"  p={prob if prob is None else round(prob, 3)} window={row['window_index']}")
     counts = outcome["counters"]
     print(outcome["threshold"])
     print(summary_line(counts, outcome["seconds"]))
@@ -360,11 +315,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 1
         print(json.dumps(metric, sort_keys=True))  # the last line: the SQuAD metric
     return 0
-
-
-def _first_lines(exc: BaseException, limit: int = 600) -> str:
-    text = " ".join(str(exc).split())
-    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 if __name__ == "__main__":

@@ -6,10 +6,9 @@
         --runner DataflowRunner --project P --region R --temp_location gs://BUCKET/tmp
 
 Each message is one JSON question ``{id, question, context}``. Answers go to ``--topic`` (JSON
-messages) or ``--bigquery-table``; dead letters to ``--rejected-topic`` or
-``--bigquery-rejected-table``. The graph is the batch pipeline's (a question travels with all its
-windows, so nothing waits for a regroup); every message is its own request, so two messages that
-reuse an id get an answer each.
+messages) and/or ``--bigquery-table``; dead letters to ``--rejected-topic`` and/or
+``--bigquery-rejected-table``. The graph is the batch pipeline's, but every message is its own
+request: two messages that reuse an id get an answer each.
 """
 
 from __future__ import annotations
@@ -23,16 +22,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines.options import QASettings, add_qa_arguments, new_parser, settings_or_exit, split_argv
-from pipelines.transforms import (
-    AnswerQuestions,
-    QAOutputs,
-    answer_json,
-    rejection_json,
-    write_answers_to_bigquery,
-    write_rejections_to_bigquery,
-)
-
-__all__ = ["build_parser", "build_pipeline", "main", "answers_to_messages", "rejections_to_messages"]
+from pipelines.transforms import AnswerQuestions, QAOutputs, answer_json, rejection_json, write_to_bigquery
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,36 +56,27 @@ def rejections_to_messages(out: QAOutputs) -> beam.PCollection:
     return out.rejected | "RejectedMessages" >> beam.Map(lambda r: rejection_json(r).encode())
 
 
-def watch_model(pipeline: beam.Pipeline, pattern: str, interval_secs: float) -> beam.PCollection:
-    """ModelMetadata of the newest file matching ``pattern``, for RunInference's side input."""
-    from apache_beam.ml.inference.utils import WatchFilePattern
-
-    return pipeline | "WatchModel" >> WatchFilePattern(file_pattern=pattern, interval=interval_secs)
-
-
 def build_pipeline(
     messages: beam.PCollection, args: argparse.Namespace, settings: QASettings, handler: Any = None,
     model_metadata: Optional[beam.PCollection] = None,
 ) -> QAOutputs:
-    """Pub/Sub message bodies (bytes) -> answers and dead letters written to their sinks.
+    """Message bodies (bytes) -> answers and dead letters written to their sinks.
 
-    ``messages`` is injected so tests can feed a TestStream; so is ``model_metadata`` (a
-    PCollection of Beam ModelMetadata, one per new model), which otherwise comes from
-    ``--watch-model``.
+    Tests inject ``messages`` (a TestStream) and ``model_metadata`` (Beam ModelMetadata, one per new
+    model), which otherwise comes from ``--watch-model`` through Beam's WatchFilePattern.
     """
-    if model_metadata is None and getattr(args, "watch_model", None):
-        model_metadata = watch_model(messages.pipeline, args.watch_model, args.watch_interval_secs)
-    top_k = settings.top_k
+    if model_metadata is None and args.watch_model:
+        from apache_beam.ml.inference.utils import WatchFilePattern
+
+        model_metadata = messages.pipeline | "WatchModel" >> WatchFilePattern(
+            file_pattern=args.watch_model, interval=args.watch_interval_secs)
     out = messages | "AnswerQuestions" >> AnswerQuestions(settings, handler, unique_ids=False,
                                                           model_metadata=model_metadata)
     if args.topic:
-        _ = answers_to_messages(out, top_k) | "PublishAnswers" >> beam.io.WriteToPubSub(args.topic)
-    if args.bigquery_table:
-        write_answers_to_bigquery(out.answers, args.bigquery_table, streaming=True, top_k=top_k)
+        _ = answers_to_messages(out, settings.top_k) | "PublishAnswers" >> beam.io.WriteToPubSub(args.topic)
     if args.rejected_topic:
         _ = rejections_to_messages(out) | "PublishRejected" >> beam.io.WriteToPubSub(args.rejected_topic)
-    if args.bigquery_rejected_table:
-        write_rejections_to_bigquery(out.rejected, args.bigquery_rejected_table, streaming=True)
+    write_to_bigquery(out, args.bigquery_table, args.bigquery_rejected_table, top_k=settings.top_k, streaming=True)
     return out
 
 
@@ -109,7 +90,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple:
         parser.error("dead letters need a sink: --rejected-topic or --bigquery-rejected-table")
     if args.watch_interval_secs <= 0:
         parser.error("--watch-interval-secs must be positive")
-    settings = settings_or_exit(parser, args, max_batch_duration_secs=args.max_batch_duration_secs)
+    settings = settings_or_exit(parser, args)
     logging.getLogger(__name__).info("%s", settings.threshold_note())
     return args, settings, beam_args
 

@@ -1,18 +1,9 @@
 """Raw input records -> ``QAExample`` or ``Rejection``, and answers/rejections -> output rows.
 
-Pipelines read records they cannot trust (JSONL lines, SQuAD documents, Pub/Sub messages). Every
-record must end as exactly one answer or one rejection that carries the reason and the raw input,
-so a bad line is dead-lettered instead of failing a job that has already answered thousands of
-good ones. This module holds those decisions as plain functions (no Beam), so they are unit tested
-once and shared by the batch pipeline, the streaming pipeline and the notebook.
-
-A rejection reason is ``"<code>: <sentence>"``; the code (see :data:`REASON_CODES`) is what
-summaries count by, the sentence says what was wrong with this record.
-
-No input makes these functions raise: a record-level problem is a Rejection, and anything the
-rules did not foresee is a ``parse_error`` rejection naming the exception. Every text a Rejection
-carries (reason, raw, id) is valid UTF-8 (lone surrogates are written as ``\\udXXX`` escapes), so
-writing a dead letter cannot fail either.
+Plain functions (no Beam) shared by the batch and streaming pipelines and the notebook. A rejection
+reason is ``"<code>: <sentence>"`` (codes: :data:`REASON_CODES`). No input makes them raise: an
+unforeseen failure is a ``parse_error`` rejection, and every text a Rejection carries is valid
+UTF-8 (lone surrogates become ``\\udXXX`` escapes), so writing a dead letter cannot fail either.
 """
 
 from __future__ import annotations
@@ -31,21 +22,6 @@ from trt_handler.qa.reading import (
     lone_surrogate,
 )
 from trt_handler.qa.types import Answer, QAExample, Rejection
-
-__all__ = [
-    "ANSWER_BQ_SCHEMA",
-    "REASON_CODES",
-    "REJECTED_BQ_SCHEMA",
-    "RecordLimits",
-    "answer_row",
-    "feature_rejection",
-    "parse_record",
-    "raw_text",
-    "reason_code",
-    "reject",
-    "rejection_row",
-    "split_squad_document",
-]
 
 # Why a record was rejected; the first word of every Rejection.reason.
 REASON_CODES: Tuple[str, ...] = (
@@ -84,23 +60,16 @@ def reject(code: str, sentence: str, raw: str, *, stage: str = "parse", example_
 
 
 def utf8_safe(text: str) -> str:
-    """``text`` itself when UTF-8 can encode it, else with each lone surrogate as a ``\\udXXX`` escape.
-
-    Python strs may hold lone surrogates (from a JSON ``"\\ud800"`` escape); UTF-8 writers, Beam
-    coders and BigQuery refuse them, so nothing kept for output may hold one. ASCII and Latin-1
-    texts are returned without a scan.
-    """
+    """``text``, with each lone surrogate (which UTF-8 writers, Beam coders and BigQuery refuse) as a
+    ``\\udXXX`` escape."""
     if lone_surrogate(text) < 0:
         return text
     return text.encode("utf-8", errors="backslashreplace").decode("utf-8")
 
 
 def feature_rejection(error: Exception, raw: str, example_id: Optional[str] = None) -> Rejection:
-    """The Rejection of a question the WindowMaker refused (its FeatureError, stage "features").
-
-    The code is the error's own ``code`` (``too_many_windows``) when it has one, else
-    ``feature_error``.
-    """
+    """The Rejection (stage "features") of a question the WindowMaker refused: code from ``error.code``
+    when it is a known one (``too_many_windows``), else ``feature_error``."""
     code = getattr(error, "code", None)
     if code not in REASON_CODES:
         code = "feature_error"
@@ -114,17 +83,11 @@ def reason_code(rejection: Rejection) -> str:
 
 @dataclass(frozen=True)
 class RecordLimits:
-    """Sizes above which a record is rejected instead of tokenized.
+    """Sizes above which a record is rejected instead of tokenized; ``None`` disables a limit.
 
-    A context of megabytes would be cut into thousands of windows and hold a worker for minutes;
-    the limit turns that into a dead-letter record someone can look at. ``None`` disables a limit.
-
-    ``max_record_chars`` bounds the raw record (characters of a str, bytes of bytes) and is checked
-    before anything is decoded or parsed, so a 50 MB line costs microseconds, not a JSON parse.
-    ``"auto"`` (the default) derives it from the field limits: 12 raw characters per field
-    character (the longest JSON escape, a ``\\uXXXX\\uXXXX`` pair, is 12 characters for one
-    character) plus 1 MiB for gold answers and other keys; no record that keeps to the field limits
-    can be longer. It is off (None) when any field limit is off.
+    ``max_record_chars`` bounds the raw record (characters of a str, bytes of bytes) before parsing;
+    ``"auto"``: 12 per field character (the longest JSON escape of one, ``\\uXXXX\\uXXXX``) plus 1 MiB,
+    so no record within the field limits is refused; off when any field limit is.
     """
 
     max_context_chars: Optional[int] = 100_000
@@ -152,17 +115,24 @@ class RecordLimits:
 RawRecord = Union[str, bytes]
 
 
-def _decode(raw: RawRecord) -> Tuple[Optional[str], Optional[Rejection]]:
+def _decode(raw: RawRecord) -> Union[str, Rejection]:
     if isinstance(raw, bytes):
         try:
-            return raw.decode("utf-8-sig"), None
+            return raw.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             text = raw.decode("utf-8", errors="backslashreplace")
-            return None, reject("invalid_encoding", f"the record is not UTF-8 ({exc.reason} at byte {exc.start})", text)
-    if isinstance(raw, str):
-        # A byte-order mark at the start of a file ends up on its first line; JSON refuses it.
-        return raw[1:] if raw.startswith("\ufeff") else raw, None
-    raise TypeError(f"a raw record is str or bytes, got {type(raw).__name__}")
+            return reject("invalid_encoding", f"the record is not UTF-8 ({exc.reason} at byte {exc.start})", text)
+    # A byte-order mark at the start of a file ends up on its first line; JSON refuses it.
+    return raw.removeprefix("\ufeff")
+
+
+def _load(text: str, what: str, keep: Optional[int] = None) -> Any:
+    """The JSON value of ``text``, or an ``invalid_json`` Rejection (raw: ``text[:keep]``)."""
+    try:
+        return load_json(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        why = str(exc) if isinstance(exc, json.JSONDecodeError) else "nested too deeply to read"
+        return reject("invalid_json", f"{what} is not valid JSON ({why})", text[:keep])
 
 
 def raw_text(raw: RawRecord) -> str:
@@ -176,10 +146,8 @@ _TEXT_LIMITS = {"id": "max_id_chars", "question": "max_question_chars", "context
 
 
 def _text_rejection(texts: Sequence[Tuple[str, str]], raw: str, limits: RecordLimits) -> Optional[Rejection]:
-    """The first (name, value) text field, in order, that is empty or above its limit, as a Rejection.
-
-    The id's own rejection carries no example id; a later field's carries the id.
-    """
+    """The first (name, value) text field, in order, that is empty or above its limit, as a Rejection
+    (carrying the id when the id itself is not the field at fault)."""
     eid: Optional[str] = None
     for name, value in texts:
         limit = getattr(limits, _TEXT_LIMITS[name])
@@ -194,7 +162,7 @@ def _text_rejection(texts: Sequence[Tuple[str, str]], raw: str, limits: RecordLi
 
 
 def _format_code(err: DataFormatError) -> str:
-    """The reason code of a record that squad_data's rules refuse."""
+    """The reason code of a record that the readers' rules refuse."""
     if err.code in REASON_CODES:
         return err.code
     if err.field == "answers":
@@ -209,17 +177,9 @@ def _format_code(err: DataFormatError) -> str:
 def parse_record(raw: RawRecord, limits: RecordLimits = RecordLimits()) -> Union[QAExample, Rejection]:
     """One JSON object ``{id, question, context[, answers, is_impossible]}`` -> QAExample or Rejection.
 
-    The fields follow :func:`trt_handler.qa.reading.example_from_record` (the rules the file readers
-    use; its errors become ``missing_field``, ``wrong_type``, ``bad_answers`` or ``bad_is_impossible``);
-    on top of them id, question and context must not be empty and must keep to ``limits``. A record
-    with several problems is rejected for the first, in the order id, question, context, answers,
-    is_impossible. The example keeps question and context exactly as given (answers are character
-    slices of the context, so nothing is stripped).
-
-    Before any decoding or parsing, a record longer than ``limits.record_chars_limit`` is rejected
-    (``too_long``; its raw keeps the first :data:`RAW_KEEP_CHARS` characters). An integer of more
-    digits than Python reads is ``number_too_long`` and a lone surrogate in a field used is
-    ``invalid_text``. Never raises for any str or bytes: an unforeseen failure is ``parse_error``.
+    Fields follow :func:`trt_handler.qa.reading.example_from_record` and must keep to ``limits`` (a
+    record over ``limits.record_chars_limit`` is not parsed); the first problem, in field order, is
+    the reason. Question and context are kept exactly. Never raises for str or bytes.
     """
     if not isinstance(raw, (str, bytes)):
         raise TypeError(f"a raw record is str or bytes, got {type(raw).__name__}")
@@ -238,17 +198,14 @@ def parse_record(raw: RawRecord, limits: RecordLimits = RecordLimits()) -> Union
 
 
 def _parse_record(raw: RawRecord, limits: RecordLimits) -> Union[QAExample, Rejection]:
-    text, rejection = _decode(raw)
-    if rejection is not None:
-        return rejection
-    assert text is not None
+    text = _decode(raw)
+    if isinstance(text, Rejection):
+        return text
     if not text.strip():
         return reject("empty_record", "the record is empty or whitespace only", text)
-    try:
-        obj = load_json(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        what = str(exc) if isinstance(exc, json.JSONDecodeError) else "nested too deeply to read"
-        return reject("invalid_json", f"the record is not valid JSON ({what})", text)
+    obj = _load(text, "the record")
+    if isinstance(obj, Rejection):
+        return obj
     if not isinstance(obj, dict):
         return reject("not_an_object", f"the record is a JSON {type(obj).__name__}, not an object", text)
     try:
@@ -264,39 +221,26 @@ def _parse_record(raw: RawRecord, limits: RecordLimits) -> Union[QAExample, Reje
 
 
 def split_squad_document(raw: RawRecord, source: str = "") -> Iterator[Union[str, Rejection]]:
-    """Yield one JSON record per question of a SQuAD v1.1/v2.0 document, in the JSONL layout.
+    """Yield one self-contained JSONL record (replayable when rejected) per question of a SQuAD document.
 
-    Each record is self-contained (``id, question, context, answers, is_impossible, title``), so
-    a rejected one can be fixed and replayed as a JSONL line. Structure errors above the question
-    level (no ``data`` list, a paragraph that is not an object) become one Rejection each; a
-    question whose paragraph lacks a context still yields a record, which ``parse_record`` rejects
-    with the exact field. A question whose record holds an integer too long for Python
-    (``number_too_long``) is rejected here, and one with a lone surrogate is written with ASCII
-    escapes (UTF-8 safe), which ``parse_record`` rejects as ``invalid_text``: one bad question never
-    costs its neighbours. Never raises for any str or bytes.
+    A structure error above the question level is one Rejection; a question with an integer too long
+    for Python is ``number_too_long`` here, other faults are left to ``parse_record``, so one bad
+    question never costs its neighbours. Never raises for str or bytes.
     """
+    where = f" ({source})" if source else ""
     try:
-        yield from _split_squad_document(raw, source)
+        yield from _split_squad_document(raw, where)
     except Exception as exc:  # noqa: BLE001 - a bug must not fail the job; questions yielded so far stand
-        where = f" ({source})" if source else ""
         yield reject("parse_error", f"splitting the SQuAD document{where} failed ({type(exc).__name__}: {exc}); "
                      "this is a bug in pipelines.records: please report it with this document",
                      raw_text(raw[:RAW_KEEP_CHARS]))
 
 
-def _split_squad_document(raw: RawRecord, source: str) -> Iterator[Union[str, Rejection]]:
-    where = f" ({source})" if source else ""
-    # A rejection of the whole document keeps its first 10,000 characters, not megabytes, as raw.
-    text, rejection = _decode(raw)
-    if rejection is not None:
-        yield rejection
-        return
-    assert text is not None
-    try:
-        doc = load_json(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        what = str(exc) if isinstance(exc, json.JSONDecodeError) else "nested too deeply to read"
-        yield reject("invalid_json", f"the SQuAD document{where} is not valid JSON ({what})", text[:RAW_KEEP_CHARS])
+def _split_squad_document(raw: RawRecord, where: str) -> Iterator[Union[str, Rejection]]:
+    text = _decode(raw)
+    doc = text if isinstance(text, Rejection) else _load(text, f"the SQuAD document{where}", RAW_KEEP_CHARS)
+    if isinstance(doc, Rejection):
+        yield doc
         return
     data = doc.get("data") if isinstance(doc, dict) else None
     if not isinstance(data, list):
@@ -311,7 +255,8 @@ def _split_squad_document(raw: RawRecord, source: str) -> Iterator[Union[str, Re
         for p, paragraph in enumerate(paragraphs):
             qas = paragraph.get("qas") if isinstance(paragraph, dict) else None
             if not isinstance(qas, list):
-                yield reject("invalid_squad_document", f"paragraph {p} of article {a}{where} has no 'qas' list", _dump(paragraph))
+                yield reject("invalid_squad_document", f"paragraph {p} of article {a}{where} has no 'qas' list",
+                             _dump(paragraph))
                 continue
             for q, qa in enumerate(qas):
                 if not isinstance(qa, dict):
@@ -348,8 +293,8 @@ def _find_too_long_number(obj: Dict[str, Any]) -> Optional[Tuple[str, int]]:
 
 
 def _dump(obj: Any) -> str:
-    """One record as JSON text that UTF-8 can encode: unescaped where it can be, ASCII escapes
-    where a text holds a lone surrogate; a TooLongNumber is written as a string describing it."""
+    """``obj`` as JSON that UTF-8 can encode (ASCII escapes only when a text holds a lone surrogate;
+    a TooLongNumber is written as its repr)."""
     text = json.dumps(obj, ensure_ascii=False, default=repr)
     if lone_surrogate(text) >= 0:
         text = json.dumps(obj, ensure_ascii=True, default=repr)
@@ -361,28 +306,11 @@ def _finite(x: float) -> Optional[float]:
     return x if math.isfinite(x) else None
 
 
-def _bq_field(name: str, kind: str, mode: str, fields: Sequence[Tuple[str, str, str]] = ()) -> Dict[str, Any]:
-    out: Dict[str, Any] = {"name": name, "type": kind, "mode": mode}
-    if fields:
-        out["fields"] = [_bq_field(*f) for f in fields]
-    return out
+def _bq_fields(*fields: Tuple[Any, ...]) -> List[Dict[str, Any]]:
+    """BigQuery schema fields (WriteToBigQuery's dict form) from (name, type, mode[, subfields])."""
+    return [{"name": name, "type": kind, "mode": mode, **({"fields": _bq_fields(*sub[0])} if sub else {})}
+            for name, kind, mode, *sub in fields]
 
-
-def _bq_schema(*fields: Tuple[Any, ...]) -> Dict[str, List[Dict[str, Any]]]:
-    """A BigQuery table schema in the dict form WriteToBigQuery takes, from (name, type, mode[,
-    subfields]) tuples; a RECORD's subfields are (name, type, mode) triples."""
-    return {"fields": [_bq_field(*f) for f in fields]}
-
-
-# One entry of an answer's ``top_k`` list (a REPEATED RECORD in BigQuery).
-TOP_K_FIELDS = (
-    ("answer", "STRING", "REQUIRED"),
-    ("score", "FLOAT", "NULLABLE"),
-    ("probability", "FLOAT", "NULLABLE"),
-    ("start_char", "INTEGER", "REQUIRED"),
-    ("end_char", "INTEGER", "REQUIRED"),
-    ("window_index", "INTEGER", "REQUIRED"),
-)
 
 # Where an answer came from (trt_handler.qa.answers.Provenance); null when the handler records none.
 PROVENANCE_FIELDS = (
@@ -394,8 +322,7 @@ PROVENANCE_FIELDS = (
     ("threshold_source", "STRING", "NULLABLE"),
 )
 
-# BigQuery table schemas; rows come from the functions below.
-ANSWER_BQ_SCHEMA = _bq_schema(
+ANSWER_BQ_SCHEMA = {"fields": _bq_fields(
     ("id", "STRING", "REQUIRED"),
     ("answer", "STRING", "REQUIRED"),
     ("is_no_answer", "BOOLEAN", "REQUIRED"),
@@ -406,24 +333,29 @@ ANSWER_BQ_SCHEMA = _bq_schema(
     ("end_char", "INTEGER", "REQUIRED"),
     ("window_index", "INTEGER", "REQUIRED"),
     ("best_span", "STRING", "NULLABLE"),
-    ("top_k", "RECORD", "REPEATED", TOP_K_FIELDS),
+    ("top_k", "RECORD", "REPEATED", (  # the n-best entries of top_k_entries
+        ("answer", "STRING", "REQUIRED"),
+        ("score", "FLOAT", "NULLABLE"),
+        ("probability", "FLOAT", "NULLABLE"),
+        ("start_char", "INTEGER", "REQUIRED"),
+        ("end_char", "INTEGER", "REQUIRED"),
+        ("window_index", "INTEGER", "REQUIRED"),
+    )),
     *PROVENANCE_FIELDS,
-)
+)}
 
-REJECTED_BQ_SCHEMA = _bq_schema(
+REJECTED_BQ_SCHEMA = {"fields": _bq_fields(
     ("reason_code", "STRING", "REQUIRED"),
     ("reason", "STRING", "REQUIRED"),
     ("stage", "STRING", "REQUIRED"),
     ("id", "STRING", "NULLABLE"),
     ("raw", "STRING", "REQUIRED"),
-)
+)}
 
 
 def top_k_entries(answer: Answer, k: int = 1) -> List[Dict[str, Any]]:
-    """The ``k`` best entries of the answer's n-best list, best first (fields of
-    :data:`TOP_K_FIELDS`). The list is ranked by model score and holds the no-answer candidate
-    ("" with start/end -1) where it ranks (SQuAD v2); the top-level answer is the one the
-    no-answer threshold picked. Fewer than ``k`` when the n-best list is shorter."""
+    """The ``k`` best entries of the answer's n-best list (ranked by model score, holding the SQuAD v2
+    no-answer candidate "" with start/end -1 where it ranks); fewer when the list is shorter."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"top_k must be an int >= 1, got {k!r}")
     return [
@@ -439,29 +371,10 @@ def top_k_entries(answer: Answer, k: int = 1) -> List[Dict[str, Any]]:
     ]
 
 
-def provenance_fields(answer: Answer) -> Dict[str, Any]:
-    """The provenance columns of an answer row: from the answer's Provenance (handlers return
-    ServedAnswer), all null for a plain Answer."""
-    prov = getattr(answer, "provenance", None)
-    if prov is None:
-        return {name: None for name, _, _ in PROVENANCE_FIELDS}
-    return {
-        "model_id": prov.model_id,
-        "backend": prov.backend,
-        "model_sha256": prov.model_sha256,
-        "precision": prov.precision,
-        "null_threshold": _finite(prov.null_threshold),
-        "threshold_source": prov.threshold_source,
-    }
-
-
 def answer_row(answer: Answer, top_k: int = 1) -> Dict[str, Any]:
-    """One output line / BigQuery row for an answer (fields of :data:`ANSWER_BQ_SCHEMA`): the
-    chosen answer at the top level, the ``top_k`` best candidates with score and probability in
-    ``top_k``, and the provenance of the model that answered.
-
-    Non-finite scores (no candidate span at all) become null: JSON and BigQuery have no inf.
-    """
+    """One output line / BigQuery row (fields of :data:`ANSWER_BQ_SCHEMA`): the chosen answer, its
+    ``top_k`` best candidates and the provenance (null for a plain Answer). Non-finite scores are null."""
+    prov = getattr(answer, "provenance", None)
     return {
         "id": answer.id,
         "answer": answer.text,
@@ -474,7 +387,8 @@ def answer_row(answer: Answer, top_k: int = 1) -> Dict[str, Any]:
         "window_index": int(answer.window_index),
         "best_span": answer.best_span_text,
         "top_k": top_k_entries(answer, top_k),
-        **provenance_fields(answer),
+        **{name: None if prov is None else getattr(prov, name) for name, _, _ in PROVENANCE_FIELDS},
+        "null_threshold": None if prov is None else _finite(prov.null_threshold),
     }
 
 

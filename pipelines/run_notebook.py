@@ -2,10 +2,8 @@
 
     python -m pipelines.run_notebook notebooks/qa_interactive.ipynb [--output out/executed.ipynb]
 
-No kernel spec has to be installed: the kernel is started as ``sys.executable -m
-ipykernel_launcher``, so CI and a fresh venv run the notebook with exactly the packages of the
-interpreter that runs this script (a ``python3`` spec registered elsewhere could point to another
-Python). Cells run with the notebook's folder as the working directory.
+The kernel is ``sys.executable -m ipykernel_launcher``, not an installed kernel spec (a ``python3``
+spec registered elsewhere could point to another Python). Cells run in the notebook's folder.
 """
 
 from __future__ import annotations
@@ -15,8 +13,6 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
-
-__all__ = ["execute_notebook", "main"]
 
 
 def _kernel_manager() -> Any:
@@ -39,10 +35,8 @@ def _kernel_manager() -> Any:
 
 
 def execute_notebook(path: Path, output: Optional[Path] = None, timeout: int = 900) -> Any:
-    """Run every cell of ``path`` in order; returns the executed notebook (also written to ``output``).
-
-    Raises nbclient's CellExecutionError, naming the cell and its traceback, when a cell fails.
-    """
+    """Run every cell of ``path``; returns the executed notebook (also written to ``output``, even when
+    a cell fails: nbclient's CellExecutionError, naming the cell and its traceback)."""
     import nbformat
     from nbclient import NotebookClient
 

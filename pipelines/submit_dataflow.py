@@ -25,15 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-__all__ = ["GPUS", "build_command", "main", "read_versions"]
-
 VERSIONS_ENV = Path(__file__).resolve().parents[1] / "container" / "versions.env"
 
 
 @dataclass(frozen=True)
 class GpuSpec:
     accelerator: str  # Dataflow's worker_accelerator type
-    machine_type: str  # default machine type that can carry it
+    machine_type: str  # default machine type that can carry it (its family is the only one that can)
     threads: int  # default harness threads feeding the one SDK process
 
 
@@ -54,12 +52,6 @@ def read_versions(path: Path = VERSIONS_ENV) -> Dict[str, str]:
             key, _, value = line.partition("=")
             out[key.strip()] = value.strip().strip('"')
     return out
-
-
-def _gcs(value: str, what: str) -> str:
-    if not value.startswith("gs://"):
-        raise ValueError(f"{what} must be a gs:// path that Dataflow workers can read, got {value!r}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,15 +91,17 @@ def build_command(args: argparse.Namespace, extra: Sequence[str] = (), python: s
     if args.gpu_count < 1:
         raise ValueError(f"--gpu-count must be at least 1, got {args.gpu_count}")
     machine = args.machine_type or gpu.machine_type
-    family = {"T4": "n1-", "L4": "g2-"}[args.gpu]
+    family = gpu.machine_type.split("-")[0] + "-"
     if not machine.startswith(family):
         raise ValueError(f"{args.gpu} GPUs attach only to {family}* machine types, got {machine}")
-    for value, what in ((args.engine, "--engine"), (args.input, "--input"), (args.output, "--output")):
-        _gcs(value, what)
+    for name in ("engine", "input", "output", "template_location"):
+        value = getattr(args, name)
+        if value is not None and not value.startswith("gs://"):
+            raise ValueError(f"--{name.replace('_', '-')} must be a gs:// path that Dataflow workers can read, "
+                             f"got {value!r}")
     if not args.model.startswith("gs://") and (args.model.startswith((".", "/", "~")) or Path(args.model).exists()):
         raise ValueError(f"--model {args.model!r} is a local path; upload the bundle folder to gs:// or pass a hub id")
-    bucket = args.bucket if args.bucket.startswith("gs://") else f"gs://{args.bucket}"
-    bucket = bucket.rstrip("/")
+    bucket = (args.bucket if args.bucket.startswith("gs://") else f"gs://{args.bucket}").rstrip("/")
     job = args.job_name or f"trt-bert-qa-{time.strftime('%Y%m%d-%H%M%S')}"
     if not re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", job):
         raise ValueError(f"Dataflow job names are lowercase letters, digits and dashes, got {job!r}")
@@ -139,12 +133,12 @@ def build_command(args: argparse.Namespace, extra: Sequence[str] = (), python: s
     ]
     if args.max_workers:
         cmd += ["--max_num_workers", str(args.max_workers)]
-    if getattr(args, "setup_file", None):
+    if args.setup_file:
         if not Path(args.setup_file).is_file():
             raise ValueError(f"--setup-file {args.setup_file} does not exist")
         cmd += ["--setup_file", str(Path(args.setup_file).resolve())]  # Beam builds the sdist from its folder
-    if getattr(args, "template_location", None):
-        cmd += ["--template_location", _gcs(args.template_location, "--template-location")]
+    if args.template_location:
+        cmd += ["--template_location", args.template_location]
     return cmd + list(extra)
 
 

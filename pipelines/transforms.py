@@ -1,31 +1,21 @@
 """Beam transforms shared by the batch pipeline, the streaming pipeline and the notebook.
 
-One question's trip, the same graph for batch and streaming (no CoGroupByKey, no state, no
-timers: a question travels as one element with all its windows)::
-
-    raw record --parse--> (raw, QAExample) --windows--> QuestionWindows
-      --RunInference(handler)--> PredictionResult(question, Answer | error) --> (QAExample, Answer)
-
-Every record leaves as exactly one answer or one :class:`~trt_handler.qa.types.Rejection`: parse
-and feature rejections leave at their step; a question whose own answer failed, or whose batch
-failed in the model (or ran past ``inference_timeout_secs``), is rejected once with the reason.
-Batch jobs also reject every record but one of an id that appears more than once (see
-:class:`RejectDuplicateIds`: only ids and the rare duplicates are shuffled).
-
-QA logic (validation, windows, answers) lives in ``trt_handler``; this module only composes it.
+A question travels as one element with all its windows (the same graph for batch and streaming: no
+CoGroupByKey, state or timers), and every record leaves as exactly one answer or one Rejection.
+QA logic (validation, windows, answers) lives in ``trt_handler`` and ``pipelines.records``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-import logging
 import os
 import sys
 import tempfile
 import threading
 import time
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional, TextIO, Tuple
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam import pvalue
@@ -36,6 +26,7 @@ from pipelines.options import QASettings
 from pipelines.records import (
     ANSWER_BQ_SCHEMA,
     REJECTED_BQ_SCHEMA,
+    RecordLimits,
     answer_row,
     feature_rejection,
     parse_record,
@@ -48,38 +39,25 @@ from pipelines.records import (
 from trt_handler.qa.answers import Provenance, with_provenance
 from trt_handler.qa.types import Answer, QAExample, QuestionWindows, Rejection
 
-LOGGER = logging.getLogger(__name__)
-
 NAMESPACE = "trt_qa"  # Beam metrics namespace of every counter below
 REJECTED = "rejected"
 
 
-# --------------------------------------------------------------------------------------------
-# reading
-
-
 def input_format(path: str, requested: str = "auto") -> str:
-    """``jsonl`` or ``squad`` for ``path``: by flag, else by extension (``.json`` is SQuAD).
-
-    Decided at launch from the name alone, so a gs:// input is not opened on the launcher.
-    """
+    """``jsonl`` or ``squad``: by flag, else by name (``.json``, maybe compressed, is SQuAD; nothing is opened)."""
     if requested in ("jsonl", "squad"):
         return requested
     if requested != "auto":
         raise ValueError(f"input format must be auto, jsonl or squad, got {requested!r}")
     name = path.lower()
     for ext in (".gz", ".bz2", ".deflate", ".zst"):
-        if name.endswith(ext):
-            name = name[: -len(ext)]
+        name = name.removesuffix(ext)
     return "squad" if name.endswith(".json") else "jsonl"
 
 
 class ReadRecords(beam.PTransform):
-    """Raw records of ``path``: JSONL lines (bytes, split across workers by ReadFromText) or the
-    questions of a SQuAD JSON document (read whole by one worker, one JSON string per question).
-
-    Records are bytes/str; a SQuAD document that cannot be read as one yields a Rejection.
-    """
+    """Raw records of ``path``: JSONL lines as bytes, or one JSON string per question of a SQuAD JSON
+    document (read whole by one worker; a document that cannot be read yields a Rejection)."""
 
     def __init__(self, path: str, fmt: str = "auto"):
         super().__init__()
@@ -100,37 +78,14 @@ class ReadRecords(beam.PTransform):
         )
 
 
-# --------------------------------------------------------------------------------------------
-# parse
-
-
-class _Parse(beam.DoFn):
-    """raw -> (raw text, QAExample) on the main output, Rejection on ``rejected``."""
-
-    def __init__(self, limits: Any):
-        self._limits = limits
-        self._read = Metrics.counter(NAMESPACE, "records_read")
-
-    def process(self, raw: Any) -> Iterator[Any]:
-        self._read.inc()
-        _PROGRESS.add(read=1)
-        if isinstance(raw, Rejection):  # a whole-document problem found while reading
-            yield pvalue.TaggedOutput(REJECTED, raw)
-            return
-        result = parse_record(raw, self._limits)
-        if isinstance(result, Rejection):
-            yield pvalue.TaggedOutput(REJECTED, result)
-        else:
-            yield raw_text(raw), result
-
-
-# --------------------------------------------------------------------------------------------
-# duplicate ids (batch)
-
-
-def _count_to_dup(pair: Tuple[str, int]) -> Iterator[Tuple[str, int]]:
-    if pair[1] > 1:
-        yield pair
+def _parse(raw: Any, limits: RecordLimits) -> Iterator[Any]:
+    """raw -> (raw text, QAExample), or its Rejection on ``rejected`` (a whole-document one comes from reading)."""
+    _count("records_read")
+    result = raw if isinstance(raw, Rejection) else parse_record(raw, limits)
+    if isinstance(result, Rejection):
+        yield pvalue.TaggedOutput(REJECTED, result)
+    else:
+        yield raw_text(raw), result
 
 
 def _route_duplicates(pair: Tuple[str, QAExample], duplicated: Dict[str, int]) -> Iterator[Any]:
@@ -152,25 +107,19 @@ def _keep_one(element: Tuple[str, Any]) -> Iterator[Any]:
     yield ordered[0]
 
 
-class _Deduped(NamedTuple):
-    unique: pvalue.PCollection
-    rejected: pvalue.PCollection
-
-
 class RejectDuplicateIds(beam.PTransform):
-    """(raw, QAExample) -> the same, one record per id; ``rejected``: the other records of an id.
+    """(raw, QAExample) -> (the same, one record per id; Rejections of the other records of an id).
 
-    Only ids are counted across workers (a combine of (id, 1)); records of the few duplicated ids
-    are grouped, everything else passes by with no shuffle of its own. Batch only: a stream has
-    no end at which an id is known to be unique, so there every message is its own request.
+    Only ids are counted across workers and only the records of duplicated ids are grouped. Batch
+    only: a stream has no end at which an id is known to be unique.
     """
 
-    def expand(self, parsed: pvalue.PCollection) -> _Deduped:
+    def expand(self, parsed: pvalue.PCollection) -> Tuple[pvalue.PCollection, pvalue.PCollection]:
         duplicated = (
             parsed
             | "Ids" >> beam.Map(lambda pair: (pair[1].id, 1))
             | "CountIds" >> beam.CombinePerKey(sum)
-            | "Duplicated" >> beam.FlatMap(_count_to_dup)
+            | "Duplicated" >> beam.Filter(lambda id_count: id_count[1] > 1)
         )
         routed = parsed | "Route" >> beam.FlatMap(
             _route_duplicates, beam.pvalue.AsDict(duplicated)).with_outputs("duplicated", main="unique")
@@ -179,12 +128,7 @@ class RejectDuplicateIds(beam.PTransform):
             | "GroupDuplicates" >> beam.GroupByKey()
             | "KeepOne" >> beam.FlatMap(_keep_one).with_outputs(REJECTED, main="kept")
         )
-        unique = (routed.unique, kept.kept) | "OnePerId" >> beam.Flatten()
-        return _Deduped(unique, kept[REJECTED])
-
-
-# --------------------------------------------------------------------------------------------
-# model files on workers
+        return (routed.unique, kept.kept) | "OnePerId" >> beam.Flatten(), kept[REJECTED]
 
 
 _STAGED: Dict[str, str] = {}
@@ -192,21 +136,18 @@ _STAGE_LOCK = threading.Lock()
 
 
 def local_model_dir(model_dir: str) -> str:
-    """A local folder with the bundle's tokenizer files (the tokenizer loads only from local
-    folders or the hub): ``model_dir`` itself when local, else a per-process copy of the small
-    files of a gs:// (any Beam FileSystems) folder; ONNX files stay where they are (the ONNX
-    Runtime handler reads them itself)."""
+    """A local folder with the bundle's tokenizer files (the tokenizer loads only from local folders):
+    ``model_dir`` itself when local, else a per-process copy of the small files of a gs:// (any Beam
+    FileSystems) folder; ONNX and engine files are not copied (their handlers read them themselves)."""
     from apache_beam.io.filesystems import FileSystems
 
     if FileSystems.get_scheme(model_dir) in (None, "file"):
         return model_dir
-    key = model_dir
     with _STAGE_LOCK:
-        if key in _STAGED:
-            return _STAGED[key]
+        if model_dir in _STAGED:
+            return _STAGED[model_dir]
         target = tempfile.mkdtemp(prefix="trt-qa-model-")
-        pattern = FileSystems.join(model_dir.rstrip("/"), "*")
-        matched = FileSystems.match([pattern])[0].metadata_list
+        matched = FileSystems.match([FileSystems.join(model_dir.rstrip("/"), "*")])[0].metadata_list
         if not matched:
             raise FileNotFoundError(f"no files under {model_dir}; upload the model bundle folder there")
         for meta in matched:
@@ -215,17 +156,13 @@ def local_model_dir(model_dir: str) -> str:
                 continue
             with FileSystems.open(meta.path) as src, open(os.path.join(target, name), "wb") as dst:
                 dst.write(src.read())
-        _STAGED[key] = target
+        _STAGED[model_dir] = target
         return target
 
 
-# --------------------------------------------------------------------------------------------
-# windows
-
-
 class _MakeQuestions(beam.DoFn):
-    """Batches of (raw, QAExample) -> QuestionWindows (a question with all its windows) on the
-    main output, Rejection (feature error) on ``rejected``. One batched tokenizer call per batch."""
+    """Batches of (raw, QAExample) -> QuestionWindows on the main output, Rejection (feature error) on
+    ``rejected``; one batched tokenizer call per batch."""
 
     def __init__(self, settings: QASettings):
         self._settings = settings
@@ -261,17 +198,9 @@ class _MakeQuestions(beam.DoFn):
             yield QuestionWindows(ex, tuple(windows), raw)
 
 
-# --------------------------------------------------------------------------------------------
-# inference
-
-
 def make_handler(settings: QASettings) -> Any:
-    """The RunInference model handler for ``settings.backend``.
-
-    Settings left None are not passed, so each handler applies its own defaults (an engine's
-    profiles and batch limits come from its sidecar). With ``engine_cache_dir`` the TensorRT
-    handler may build an engine from the bundle's ONNX when the given one cannot run on the worker.
-    """
+    """The RunInference model handler for ``settings.backend``; settings left None are not passed, so
+    each handler applies its own defaults (an engine's profiles come from its sidecar)."""
     from trt_handler.backends import handlers
 
     given = {
@@ -283,51 +212,44 @@ def make_handler(settings: QASettings) -> Any:
         "max_batch_duration_secs": settings.max_batch_duration_secs,
     }
     kwargs: Dict[str, Any] = {k: v for k, v in given.items() if v is not None}
-    config = settings.answer_config()
-    if settings.threshold_source == "flag":
-        kwargs["threshold_source"] = "flag"
-    else:  # the handler reads each model's saved threshold itself (it changes when models are swapped)
-        import dataclasses
-
-        config = dataclasses.replace(config, null_threshold=0.0)
-        kwargs["threshold_source"] = "model"
-    kwargs["answer_config"] = config
+    # Unless set by flag, the handler reads each model's saved threshold itself (models can be swapped).
+    flag = settings.threshold_source == "flag"
+    kwargs["threshold_source"] = "flag" if flag else "model"
+    kwargs["answer_config"] = dataclasses.replace(settings.answer_config(),
+                                                  null_threshold=settings.null_threshold if flag else 0.0)
     if settings.backend == "onnx":
         return handlers.OnnxRuntimeQAHandler(settings.model_dir, intra_op_threads=settings.onnx_threads, **kwargs)
     if settings.backend == "torch":
         return handlers.TorchQAHandler(settings.model_dir, device=settings.torch_device, dtype=settings.torch_dtype,
                                        gpu_count=settings.gpu_count, large_model=settings.share_model, **kwargs)
-    if settings.engine_cache_dir:
+    if settings.engine_cache_dir:  # where to build an engine from the bundle's ONNX if the given one can't run
         kwargs.update(onnx_path=settings.model_dir, cache_dir=settings.engine_cache_dir)
     if settings.gpu_count is not None and settings.gpu_count > 1:  # one engine per process, on its own GPU
         kwargs.update(gpu_count=settings.gpu_count, large_model=False)
     return handlers.TensorRTQAHandler(settings.engine, **kwargs)
 
 
-def _outcome(prediction: Any, settings: Optional[QASettings] = None) -> Iterator[Any]:
+def _outcome(prediction: Any, settings: QASettings) -> Iterator[Any]:
     """PredictionResult(question, Answer | error) -> (QAExample, Answer), or its Rejection.
 
-    The answer leaves with its provenance, its model id being Beam's ``PredictionResult.model_id``:
-    the handler's own (a ServedAnswer), or, for a handler that records none, one made from the
-    model id and the settings."""
+    The answer's provenance carries Beam's ``PredictionResult.model_id``; for a handler that records
+    no provenance, one is made from the model id and the settings."""
     question: QuestionWindows = prediction.example
     outcome = prediction.inference
-    if isinstance(outcome, Answer):
-        prov = getattr(outcome, "provenance", None)
-        model_id = prediction.model_id
-        if prov is None:
-            prov = Provenance(model_id=str(model_id) if model_id is not None else "",
-                              backend=settings.backend if settings else "", null_threshold=(
-                                  settings.null_threshold if settings else 0.0),
-                              threshold_source=settings.threshold_source if settings else "default")
-            outcome = with_provenance(outcome, prov)
-        elif model_id is not None and prov.model_id != model_id:
-            outcome = with_provenance(outcome, dataclasses.replace(prov, model_id=str(model_id)))
-        yield question.example, outcome
+    if not isinstance(outcome, Answer):
+        yield pvalue.TaggedOutput(REJECTED, reject(
+            "answer_error", f"answer extraction failed: {type(outcome).__name__}: {outcome}", question.raw,
+            stage="answer", example_id=question.example.id))
         return
-    yield pvalue.TaggedOutput(REJECTED, reject(
-        "answer_error", f"answer extraction failed: {type(outcome).__name__}: {outcome}", question.raw,
-        stage="answer", example_id=question.example.id))
+    prov = getattr(outcome, "provenance", None)
+    model_id = prediction.model_id
+    if prov is None:
+        outcome = with_provenance(outcome, Provenance(
+            model_id="" if model_id is None else str(model_id), backend=settings.backend,
+            null_threshold=settings.null_threshold, threshold_source=settings.threshold_source))
+    elif model_id is not None and prov.model_id != model_id:
+        outcome = with_provenance(outcome, dataclasses.replace(prov, model_id=str(model_id)))
+    yield question.example, outcome
 
 
 def _failed_batch(element: Tuple[List[QuestionWindows], Tuple[Any, Any, Any]]) -> Iterator[Rejection]:
@@ -335,14 +257,9 @@ def _failed_batch(element: Tuple[List[QuestionWindows], Tuple[Any, Any, Any]]) -
     batch, (exc_type, exc, _traceback) = element
     timed_out = isinstance(exc_type, type) and issubclass(exc_type, TimeoutError) or "TimeoutError" in str(exc_type)
     code = "inference_timeout" if timed_out else "inference_failed"
-    text = str(exc)
     for question in batch:
-        yield reject(code, f"the model call for a batch of {len(batch)} questions holding this one failed: {text}",
+        yield reject(code, f"the model call for a batch of {len(batch)} questions holding this one failed: {exc}",
                      question.raw, stage="inference", example_id=question.example.id)
-
-
-# --------------------------------------------------------------------------------------------
-# the whole trip
 
 
 class QAOutputs(NamedTuple):
@@ -351,27 +268,21 @@ class QAOutputs(NamedTuple):
 
 
 def _count_answer(pair: Tuple[QAExample, Answer]) -> Tuple[QAExample, Answer]:
-    _PROGRESS.add(answered=1)
-    Metrics.counter(NAMESPACE, "answered").inc()
+    _count("answered")
     return pair
 
 
 def _count_rejection(r: Rejection) -> Rejection:
-    _PROGRESS.add(rejected=1)
-    Metrics.counter(NAMESPACE, "rejected").inc()
-    Metrics.counter(NAMESPACE, f"rejected.{reason_code(r)}").inc()
+    _count("rejected")
+    _count(f"rejected.{reason_code(r)}")
     return r
 
 
 class AnswerQuestions(beam.PTransform):
     """Raw records -> QAOutputs(answers, rejected); the core of both pipelines.
 
-    Args:
-        settings: QA and batching settings.
-        handler: the RunInference model handler (``make_handler(settings)`` by default; tests pass
-            one that fails or sleeps).
-        unique_ids: reject every record but one of an id seen more than once (batch jobs; needs a
-            bounded input). False answers every record (streaming: each message is a request).
+    ``unique_ids``: reject every record but one of an id seen more than once (batch: needs a bounded
+    input). ``model_metadata`` feeds RunInference's model side input (model swaps).
     """
 
     def __init__(self, settings: QASettings, handler: Any = None, *, unique_ids: bool = True,
@@ -386,13 +297,12 @@ class AnswerQuestions(beam.PTransform):
         from apache_beam.ml.inference.base import RunInference
 
         s = self._settings
-        parsed = raw | "Parse" >> beam.ParDo(_Parse(s.limits)).with_outputs(REJECTED, main="examples")
+        parsed = raw | "Parse" >> beam.FlatMap(_parse, s.limits).with_outputs(REJECTED, main="examples")
         rejected = [parsed[REJECTED]]
         examples = parsed.examples
         if self._unique_ids:
-            deduped = examples | "RejectDuplicateIds" >> RejectDuplicateIds()
-            examples = deduped.unique
-            rejected.append(deduped.rejected)
+            examples, duplicates = examples | "RejectDuplicateIds" >> RejectDuplicateIds()
+            rejected.append(duplicates)
 
         questions = (
             examples
@@ -414,10 +324,6 @@ class AnswerQuestions(beam.PTransform):
         return QAOutputs(answers, all_rejected)
 
 
-# --------------------------------------------------------------------------------------------
-# sinks (the rows of pipelines.records, as JSON text or BigQuery rows)
-
-
 def answer_json(pair: Tuple[QAExample, Answer], top_k: int = 1) -> str:
     """An answer of ``QAOutputs.answers`` as one JSON line (:func:`~pipelines.records.answer_row`)."""
     return json.dumps(answer_row(pair[1], top_k), ensure_ascii=False)
@@ -428,102 +334,63 @@ def rejection_json(rejection: Rejection) -> str:
     return json.dumps(rejection_row(rejection), ensure_ascii=False)
 
 
-def _bigquery_sink(table: str, schema: Dict[str, Any], streaming: bool) -> beam.PTransform:
-    """WriteToBigQuery creating the table if needed and appending; streaming jobs use streaming inserts."""
-    method = {"method": beam.io.WriteToBigQuery.Method.STREAMING_INSERTS} if streaming else {}
-    return beam.io.WriteToBigQuery(
-        table, schema=schema, **method,
-        create_disposition=beam.io.BigQueryDisposition.CREATE_IF_NEEDED,
-        write_disposition=beam.io.BigQueryDisposition.WRITE_APPEND)
+def write_to_bigquery(out: QAOutputs, answers_table: Optional[str], rejected_table: Optional[str], *,
+                      top_k: int = 1, streaming: bool = False) -> None:
+    """Answers and dead letters to their BigQuery tables, where given (created if needed, appended to;
+    streaming jobs use streaming inserts)."""
+    sink: Dict[str, Any] = {"create_disposition": beam.io.BigQueryDisposition.CREATE_IF_NEEDED,
+                            "write_disposition": beam.io.BigQueryDisposition.WRITE_APPEND}
+    if streaming:
+        sink["method"] = beam.io.WriteToBigQuery.Method.STREAMING_INSERTS
+    if answers_table:
+        _ = (out.answers
+             | "AnswerRows" >> beam.Map(lambda pair, k: answer_row(pair[1], k), top_k)
+             | "WriteAnswersBQ" >> beam.io.WriteToBigQuery(answers_table, schema=ANSWER_BQ_SCHEMA, **sink))
+    if rejected_table:
+        _ = (out.rejected
+             | "RejectedRows" >> beam.Map(rejection_row)
+             | "WriteRejectedBQ" >> beam.io.WriteToBigQuery(rejected_table, schema=REJECTED_BQ_SCHEMA, **sink))
 
 
-def write_answers_to_bigquery(answers: pvalue.PCollection, table: str, *, streaming: bool = False,
-                              top_k: int = 1) -> Any:
-    """``QAOutputs.answers`` -> rows of :data:`~pipelines.records.ANSWER_BQ_SCHEMA` in ``table``."""
-    return (
-        answers
-        | "AnswerRows" >> beam.Map(lambda pair, k: answer_row(pair[1], k), top_k)
-        | "WriteAnswersBQ" >> _bigquery_sink(table, ANSWER_BQ_SCHEMA, streaming)
-    )
+# This process's counts, for the progress line of local runs (a local run's Beam metrics are readable
+# only once it has finished; on a remote runner nobody reads these: Dataflow shows the Beam counters).
+_PROGRESS: Dict[str, int] = {}
+_PROGRESS_LOCK = threading.Lock()
 
 
-def write_rejections_to_bigquery(rejected: pvalue.PCollection, table: str, *, streaming: bool = False) -> Any:
-    """``QAOutputs.rejected`` -> rows of :data:`~pipelines.records.REJECTED_BQ_SCHEMA` in ``table``."""
-    return (
-        rejected
-        | "RejectedRows" >> beam.Map(rejection_row)
-        | "WriteRejectedBQ" >> _bigquery_sink(table, REJECTED_BQ_SCHEMA, streaming)
-    )
+def _count(name: str) -> None:
+    Metrics.counter(NAMESPACE, name).inc()
+    with _PROGRESS_LOCK:
+        _PROGRESS[name] = _PROGRESS.get(name, 0) + 1
 
 
-# --------------------------------------------------------------------------------------------
-# progress of local runs
+@contextlib.contextmanager
+def report_progress(every: float) -> Iterator[None]:
+    """While the block runs (a local pipeline in this process), print a progress line on stderr every
+    ``every`` seconds, and a last one when it ends; 0 prints nothing."""
+    with _PROGRESS_LOCK:
+        _PROGRESS.clear()
+    t0 = time.perf_counter()
+    stop = threading.Event()
 
+    def emit() -> None:
+        with _PROGRESS_LOCK:
+            read, answered, rejected = (_PROGRESS.get(k, 0) for k in ("records_read", "answered", "rejected"))
+        seconds = time.perf_counter() - t0
+        print(f"progress: read {read}, answered {answered}, rejected {rejected}; "
+              f"{answered / max(seconds, 1e-9):.1f} questions/s over {seconds:.0f} s", file=sys.stderr, flush=True)
 
-class _ProgressCounts:
-    """Questions read / answered / rejected in this process, for the progress line of local runs
-    (Beam's own metrics of a local run are only readable once it has finished). Workers of a
-    remote runner count too, but nobody reads them there: Dataflow shows the Beam counters."""
+    def loop() -> None:
+        while not stop.wait(every):
+            emit()
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.read = self.answered = self.rejected = 0
-
-    def add(self, read: int = 0, answered: int = 0, rejected: int = 0) -> None:
-        with self._lock:
-            self.read += read
-            self.answered += answered
-            self.rejected += rejected
-
-    def snapshot(self) -> Tuple[int, int, int]:
-        with self._lock:
-            return self.read, self.answered, self.rejected
-
-    def reset(self) -> None:
-        with self._lock:
-            self.read = self.answered = self.rejected = 0
-
-
-_PROGRESS = _ProgressCounts()
-
-
-def progress_line(read: int, answered: int, rejected: int, seconds: float) -> str:
-    rate = answered / max(seconds, 1e-9)
-    return (f"progress: read {read}, answered {answered}, rejected {rejected}; "
-            f"{rate:.1f} questions/s over {seconds:.0f} s")
-
-
-class ProgressReporter:
-    """A thread printing :func:`progress_line` every ``every`` seconds while a local pipeline
-    runs in this process (``with ProgressReporter(30): p.run()``); a last line when it stops."""
-
-    def __init__(self, every: float, stream: Optional[TextIO] = None):
-        self._every = every
-        self._stream = stream
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-        self._t0 = 0.0
-        self.lines: List[str] = []
-
-    def _emit(self) -> None:
-        line = progress_line(*_PROGRESS.snapshot(), time.perf_counter() - self._t0)
-        self.lines.append(line)
-        print(line, file=self._stream or sys.stderr, flush=True)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self._every):
-            self._emit()
-
-    def __enter__(self) -> ProgressReporter:
-        _PROGRESS.reset()
-        self._t0 = time.perf_counter()
-        if self._every > 0:
-            self._thread = threading.Thread(target=self._loop, name="qa-progress", daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._emit()
+    thread = threading.Thread(target=loop, name="qa-progress", daemon=True)
+    if every > 0:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        if every > 0:
+            thread.join()
+            emit()
