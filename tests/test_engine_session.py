@@ -171,6 +171,13 @@ PROFILES = profiles_for_buckets((128, 256, 384), 1, 16, 64)
 # --------------------------------------------------------------------------------------------
 
 
+class PoolSlot(tuple):  # (profile, number), compared as a plain tuple
+    log: PoolLog
+
+    def close(self) -> None:
+        self.log.close(self)
+
+
 class PoolLog:
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -179,11 +186,12 @@ class PoolLog:
         self.in_use: set[tuple[int, int]] = set()
         self.peak: dict[int, int] = {}
 
-    def factory(self, profile: int) -> tuple[int, int]:
+    def factory(self, profile: int) -> PoolSlot:
         time.sleep(0.002)  # widen the window for races
         with self.lock:
-            slot = (profile, len(self.made))
+            slot = PoolSlot((profile, len(self.made)))
             self.made.append(slot)
+        slot.log = self
         return slot
 
     def close(self, slot: tuple[int, int]) -> None:
@@ -204,8 +212,8 @@ class PoolLog:
 
 def test_pool_prefills_grows_to_the_cap_and_never_shares_a_slot() -> None:
     log = PoolLog()
-    pool: SlotPool[tuple[int, int]] = SlotPool(log.factory, log.close, 3, prefill=1, cap=2)
-    assert pool.created() == [1, 1, 1]
+    pool = SlotPool(log.factory, 3, prefill=1, cap=2)
+    assert pool._created == [1, 1, 1]
 
     def work(seed: int) -> None:
         rng = random.Random(seed)
@@ -216,9 +224,9 @@ def test_pool_prefills_grows_to_the_cap_and_never_shares_a_slot() -> None:
                 log.leave(slot)
 
     run_threads(work, 8, timeout=60)
-    assert all(n <= 2 for n in pool.created())
+    assert all(n <= 2 for n in pool._created)
     assert max(log.peak.values()) == 2  # contention made it grow, the cap held
-    assert len(log.made) == sum(pool.created())
+    assert len(log.made) == sum(pool._created)
     pool.close()
     assert sorted(log.closed) == sorted(log.made)
     with pytest.raises(RuntimeError, match="closed"), pool.checkout(0):
@@ -227,7 +235,7 @@ def test_pool_prefills_grows_to_the_cap_and_never_shares_a_slot() -> None:
 
 def test_pool_blocks_at_the_cap_until_a_slot_returns() -> None:
     log = PoolLog()
-    pool: SlotPool[tuple[int, int]] = SlotPool(log.factory, log.close, 1, prefill=1, cap=1)
+    pool = SlotPool(log.factory, 1, prefill=1, cap=1)
     holding, got = threading.Event(), []
 
     def second() -> None:
@@ -245,17 +253,17 @@ def test_pool_blocks_at_the_cap_until_a_slot_returns() -> None:
 
 def test_pool_discards_a_slot_whose_use_failed() -> None:
     log = PoolLog()
-    pool: SlotPool[tuple[int, int]] = SlotPool(log.factory, log.close, 1, prefill=1, cap=1)
+    pool = SlotPool(log.factory, 1, prefill=1, cap=1)
     with pytest.raises(RuntimeError, match="boom"), pool.checkout(0):
         raise RuntimeError("boom")
-    assert log.closed == [(0, 0)] and pool.created() == [0]
+    assert log.closed == [(0, 0)] and pool._created == [0]
     with pool.checkout(0) as slot:
         assert slot == (0, 1)  # a fresh one
 
 
 def test_pool_closes_slots_returned_after_close() -> None:
     log = PoolLog()
-    pool: SlotPool[tuple[int, int]] = SlotPool(log.factory, log.close, 1, prefill=1, cap=1)
+    pool = SlotPool(log.factory, 1, prefill=1, cap=1)
     with pool.checkout(0) as slot:
         pool.close()
         assert log.closed == []
@@ -304,7 +312,7 @@ def test_session_reports_profiles_and_max_batch() -> None:
     session, _, slots = _echo_session(contexts_per_profile=2)
     assert session.profiles == PROFILES and session.max_batch == 64
     assert session.get_profiles() == PROFILES  # what a MultiProcessShared proxy can call
-    assert session._pool.created() == [2, 2, 2] and len(slots) == 6
+    assert session._pool._created == [2, 2, 2] and len(slots) == 6
 
 
 def test_session_runs_the_given_shape_on_the_chosen_profile() -> None:
@@ -355,7 +363,7 @@ def test_session_run_from_many_threads() -> None:
             np.testing.assert_array_equal(end, batch.token_type_ids)
 
     run_threads(work, 8, timeout=120)
-    assert all(1 <= n <= 2 for n in session._pool.created())
+    assert all(1 <= n <= 2 for n in session._pool._created)
 
 
 def test_session_close_is_final_and_idempotent() -> None:
@@ -512,7 +520,7 @@ def test_pool_waits_for_the_busy_profile_instead_of_failing(refuse_by: str, capl
 
     with caplog.at_level("WARNING", logger="trt_handler.engines.session"):
         run_threads(work, 6, timeout=120)
-    assert session._pool.created() == [1, 1, 1]
+    assert session._pool._created == [1, 1, 1]
     assert session.stats()["runs"] == 90 and trt.refusals >= 1
     warnings = [r.getMessage() for r in caplog.records if "refused another execution context" in r.getMessage()]
     assert 1 <= len(warnings) <= 3 and len(set(warnings)) == len(warnings)  # at most once per profile
@@ -523,7 +531,7 @@ def test_prefill_stops_at_the_busy_profile_and_a_profile_with_no_context_still_f
     trt = OneContextPerProfile()
     session = EngineSession.from_engine(FakeEngine(), slot_factory=lambda e, p, spec: BoundSlot(trt, p, spec, []),
                                         contexts_per_profile=2, max_contexts_per_profile=2)
-    assert session._pool.created() == [1, 1, 1]
+    assert session._pool._created == [1, 1, 1]
     trt.bound = {0: 1, 1: 1, 2: 1}  # every profile taken by someone else
     with pytest.raises(ProfileBusyError, match="refused optimization profile 0"):
         EngineSession.from_engine(FakeEngine(), slot_factory=lambda e, p, spec: BoundSlot(trt, p, spec, []))
@@ -741,7 +749,7 @@ def test_execution_slot_runs_on_the_gpu_and_reuses_its_buffers() -> None:
 def test_engine_session_on_the_gpu_from_many_threads() -> None:
     engine = FakeEngine(profiles_for_buckets((32, 64, 128), 1, 8, 16), context_factory=CopyContext)
     with EngineSession.from_engine(engine, contexts_per_profile=1, max_contexts_per_profile=3) as session:
-        assert session._pool.created() == [1, 1, 1]
+        assert session._pool._created == [1, 1, 1]
 
         def work(seed: int) -> None:
             rng = random.Random(seed)
@@ -753,4 +761,4 @@ def test_engine_session_on_the_gpu_from_many_threads() -> None:
                     raise AssertionError(f"thread {seed}: wrong logits for [{b}, {s}]")
 
         run_threads(work, 8, timeout=300)
-        assert all(1 <= n <= 3 for n in session._pool.created())
+        assert all(1 <= n <= 3 for n in session._pool._created)

@@ -1,9 +1,7 @@
 """CUDA memory layer for the engine session, on cuda-python's runtime API (``cuda.bindings.runtime``).
 
-TensorRT takes only device pointers and a stream handle; the classes here own the page-locked host
-buffers, device buffers and streams behind them. ``close()`` frees a resource once, ``with`` closes
-it, and a leaked object warns with a ``ResourceWarning`` and frees what it can. ``cuda.bindings`` is
-imported on first use, so this module imports without cuda-python and says what is missing when used.
+The classes own pinned host buffers, device buffers and streams: ``close()`` frees once, a leak warns
+(``ResourceWarning``). ``cuda.bindings`` is imported on first use, so this module imports without it.
 """
 
 from __future__ import annotations
@@ -35,9 +33,6 @@ __all__ = [
     "TensorSpec",
     "check",
     "compute_capability",
-    "copy_device_to_device_async",
-    "copy_device_to_host_async",
-    "copy_host_to_device_async",
     "cudart",
     "device_count",
     "device_name",
@@ -135,18 +130,13 @@ def unavailable_reason() -> str | None:
 
 def device_count() -> int:
     """Number of visible CUDA GPUs; 0 when cuda-python, the driver or a GPU is missing (never raises)."""
-    if unavailable_reason() is not None:
-        return 0
-    return int(check(cudart().cudaGetDeviceCount(), "cudaGetDeviceCount"))
+    return 0 if unavailable_reason() is not None else int(check(cudart().cudaGetDeviceCount(), "cudaGetDeviceCount"))
 
 
 def _require_device(index: int) -> Any:
-    reason = unavailable_reason()
-    if reason is not None:
-        raise CudaUnavailableError(reason)
     count = device_count()
     if not 0 <= index < count:
-        raise CudaUnavailableError(f"CUDA device {index} does not exist; {count} visible")
+        raise CudaUnavailableError(unavailable_reason() or f"CUDA device {index} does not exist; {count} visible")
     return cudart()
 
 
@@ -179,13 +169,10 @@ def memory_info() -> dict[str, int] | None:
 def driver_version() -> int | None:
     """CUDA version the driver supports (e.g. 13000), or None without cuda-python/driver."""
     try:
-        rt = cudart()
+        err, version = cudart().cudaDriverGetVersion()
     except CudaUnavailableError:
         return None
-    err, version = rt.cudaDriverGetVersion()
-    if int(err) != 0 or int(version) == 0:
-        return None
-    return int(version)
+    return int(version) if int(err) == 0 and int(version) else None
 
 
 def set_device(index: int) -> None:
@@ -195,11 +182,8 @@ def set_device(index: int) -> None:
 
 
 class OwnedResource:
-    """Base for objects that own a CUDA resource: ``close()`` frees it once; a leak warns.
-
-    Subclasses set ``self._closed = False`` only once the resource exists, so a constructor that
-    fails half-way never makes the finalizer free something that was never allocated.
-    """
+    """Base for objects that own a CUDA resource: ``close()`` frees it once; a leak warns. Subclasses set
+    ``self._closed = False`` only once the resource exists, so a half-built one is never freed."""
 
     _closed: bool = True
 
@@ -264,11 +248,8 @@ class _Memory(OwnedResource):
 
 
 class PinnedBuffer(_Memory):
-    """Page-locked host memory (cudaMallocHost), seen through numpy views.
-
-    Page-locked memory is what makes cudaMemcpyAsync truly asynchronous (pageable memory makes the
-    driver stage the copy and block). Views from :meth:`view` must not be used after :meth:`close`.
-    """
+    """Page-locked host memory (cudaMallocHost), which makes cudaMemcpyAsync truly asynchronous, seen
+    through numpy views that must not be used after :meth:`close`."""
 
     _alloc = "cudaMallocHost"
     _free = "cudaFreeHost"
@@ -322,39 +303,6 @@ class Stream(OwnedResource):
         check(cudart().cudaStreamDestroy(self.raw), "cudaStreamDestroy")
 
 
-def _copy_async(dst: int, src: int, nbytes: int, kind: str, stream: Stream) -> None:
-    """Queue cudaMemcpyAsync of ``nbytes`` from ``src`` to ``dst`` on ``stream``; ``kind`` names a cudaMemcpyKind."""
-    rt = cudart()
-    direction = getattr(rt.cudaMemcpyKind, kind)
-    check(rt.cudaMemcpyAsync(dst, src, int(nbytes), direction, stream.raw), f"cudaMemcpyAsync({kind})")
-
-
-def _contiguous(array: npt.NDArray[Any], role: str) -> None:
-    if not array.flags.c_contiguous:
-        raise ValueError(f"{role} array must be C-contiguous for a raw copy; pass np.ascontiguousarray(a)")
-
-
-def copy_host_to_device_async(dst_ptr: int, src: npt.NDArray[Any], stream: Stream) -> None:
-    """Queue a copy of all of ``src`` to device address ``dst_ptr`` on ``stream``.
-
-    Asynchronous only when ``src`` is page-locked (a :class:`PinnedBuffer` view); it must stay alive
-    and unchanged until the stream is synchronized.
-    """
-    _contiguous(src, "source")
-    _copy_async(dst_ptr, src.ctypes.data, src.nbytes, "cudaMemcpyHostToDevice", stream)
-
-
-def copy_device_to_host_async(dst: npt.NDArray[Any], src_ptr: int, stream: Stream) -> None:
-    """Queue a copy of ``dst.nbytes`` bytes from device address ``src_ptr`` into ``dst`` on ``stream``."""
-    _contiguous(dst, "destination")
-    _copy_async(dst.ctypes.data, src_ptr, dst.nbytes, "cudaMemcpyDeviceToHost", stream)
-
-
-def copy_device_to_device_async(dst_ptr: int, src_ptr: int, nbytes: int, stream: Stream) -> None:
-    """Queue a device-to-device copy of ``nbytes`` on ``stream``."""
-    _copy_async(dst_ptr, src_ptr, nbytes, "cudaMemcpyDeviceToDevice", stream)
-
-
 @dataclass(frozen=True)
 class TensorSpec:
     """One tensor of a :class:`BufferSet`: its dtype and the largest shape it must hold."""
@@ -371,9 +319,8 @@ class TensorSpec:
 class BufferSet(OwnedResource):
     """Pinned host + device buffers for named tensors, sized once for their maximum shape, and a stream.
 
-    Allocating per batch costs more than a BERT forward pass on small batches, so one set is sized
-    for a profile's maximum and reused for every smaller [B, S]; its device pointers never change,
-    so TensorRT tensor addresses are set once. Not thread-safe: one thread uses a set at a time.
+    Reused for every smaller [B, S] (allocating per batch costs more than a small BERT batch), so its
+    device pointers, and TensorRT's tensor addresses, never change. Not thread-safe.
     """
 
     def __init__(self, specs: Sequence[TensorSpec]) -> None:
@@ -404,37 +351,31 @@ class BufferSet(OwnedResource):
         return self._device[self._spec(name).name].ptr
 
     def _host_view(self, name: str, shape: Sequence[int]) -> npt.NDArray[Any]:
-        spec = self._spec(name)
-        dims = tuple(int(d) for d in shape)
-        if math.prod(dims) > math.prod(spec.max_shape):
-            raise ValueError(
-                f"tensor {name!r} of shape {dims} does not fit its buffer, sized for {spec.max_shape}; "
-                "split the batch or use a profile with a larger maximum"
-            )
-        return self._pinned[name].view(spec.dtype, dims)
+        spec = self._spec(name)  # a clear error for an unknown name or a closed set
+        return self._pinned[name].view(spec.dtype, shape)
+
+    def _copy_async(self, dst: int, src: int, nbytes: int, kind: str) -> None:
+        rt = cudart()
+        direction = getattr(rt.cudaMemcpyKind, kind)
+        check(rt.cudaMemcpyAsync(dst, src, int(nbytes), direction, self.stream.raw), f"cudaMemcpyAsync({kind})")
 
     def upload(self, name: str, array: npt.NDArray[Any]) -> None:
         """Copy ``array`` into the pinned buffer (casting int64 token ids to the tensor's dtype), then
         queue its copy to the device buffer."""
         host = self._host_view(name, array.shape)
         np.copyto(host, array, casting="same_kind")
-        copy_host_to_device_async(self._device[name].ptr, host, self.stream)
+        self._copy_async(self._device[name].ptr, host.ctypes.data, host.nbytes, "cudaMemcpyHostToDevice")
 
     def download(self, name: str, shape: Sequence[int]) -> npt.NDArray[Any]:
         """Queue a copy of the first ``shape`` elements from the device into the pinned buffer and
-        return that pinned view: read it only after :meth:`synchronize`, copy it before the next batch."""
+        return that pinned view: read it after the stream synchronizes, copy it before the next batch."""
         host = self._host_view(name, shape)
-        copy_device_to_host_async(host, self._device[name].ptr, self.stream)
+        self._copy_async(host.ctypes.data, self._device[name].ptr, host.nbytes, "cudaMemcpyDeviceToHost")
         return host
-
-    def synchronize(self) -> None:
-        self.stream.synchronize()
 
     def _release(self) -> None:
         with contextlib.suppress(Exception):  # copies in flight must finish before their memory goes
             self.stream.synchronize()
-        self._pinned.clear()
-        self._device.clear()
         self._owned.close()
 
     def _describe(self) -> str:

@@ -1,13 +1,9 @@
 """Which TensorRT, and can this engine run here.
 
-Libraries: full TensorRT (``tensorrt``, builds on the GPU it runs on), TensorRT-RTX (``tensorrt_rtx``,
-builds ahead of time on a CPU box) and, for running only, TensorRT's lean runtime (``tensorrt_lean``,
-PyPI tensorrt-lean-cu12-bindings), which loads engines full TensorRT built version-compatible. Their
-Python APIs match in shape, so callers take the module as a value. Nothing heavy is imported here.
-
-A failed deserialization only says "returned None", so this module also says why an engine cannot
-run before anyone deserializes it (:func:`engine_validity`, :func:`check_engine_bytes`,
-:func:`diagnose`) and turns the findings into one :class:`EngineCompatibilityError` (cause + fix).
+Libraries: ``tensorrt``, ``tensorrt_rtx`` (builds on a CPU box) and the run-only lean runtime
+``tensorrt_lean`` (engines full TensorRT built version-compatible); callers take the module as a value.
+A failed deserialization only says "returned None", so this module says why beforehand, as one
+:class:`EngineCompatibilityError` (cause + fix). Nothing heavy is imported here.
 """
 
 from __future__ import annotations
@@ -24,9 +20,7 @@ __all__ = [
     "LIBRARIES",
     "REBUILD_FIX",
     "EngineCompatibilityError",
-    "Finding",
     "GpuDescriptor",
-    "TensorRTMissingError",
     "check_engine_bytes",
     "compatibility_error",
     "diagnose",
@@ -81,28 +75,11 @@ _FIXES = {"no_gpu": NO_GPU_FIX, "no_tensorrt": INSTALL_FIX, "io": IO_FIX}
 _CAUSE_ORDER = ("no_tensorrt", "malformed", "version", "gpu_arch", "driver", "no_gpu", "memory", "io", "unknown")
 
 
-class TensorRTMissingError(ModuleNotFoundError):
-    """No module of ``missing`` (TensorRT library names) can be imported for ``library``."""
-
-    def __init__(self, missing: tuple[str, ...], library: str) -> None:
-        self.missing = missing
-        self.library = library
-        verb = "is" if len(missing) == 1 else "are"
-        super().__init__(
-            f"{' and '.join(missing)} {verb} not installed (library={library!r}). Fix: {INSTALL_FIX}", name=missing[0]
-        )
-
-    def __reduce__(self) -> tuple[Any, ...]:  # custom __init__ args: keep it picklable
-        return (TensorRTMissingError, (self.missing, self.library))
-
-
 def load_trt(library: str = "auto") -> ModuleType:
-    """The TensorRT module for ``library``: "tensorrt", "tensorrt_rtx", "tensorrt_lean" (runs
-    version-compatible engines, builds nothing), or "auto" (tensorrt if importable, else tensorrt_rtx).
+    """The TensorRT module for "tensorrt", "tensorrt_rtx", "tensorrt_lean" or "auto" (tensorrt, else tensorrt_rtx).
 
-    Raises ValueError for an unknown name and :class:`TensorRTMissingError` naming what to install; a
-    library that is there but cannot import what it needs raises the original ModuleNotFoundError.
-    """
+    Raises ValueError for an unknown name, ModuleNotFoundError naming what to install (``name``: the
+    libraries tried) or, for a library there that cannot import what it needs, the original error."""
     if library != "auto" and library not in _MODULES:
         raise ValueError(f"library must be one of auto, {', '.join(_MODULES)}, got {library!r}")
     names = LIBRARIES if library == "auto" else (library,)
@@ -113,7 +90,9 @@ def load_trt(library: str = "auto") -> ModuleType:
             except ModuleNotFoundError as exc:
                 if exc.name != module:  # the package is there but something it needs is not
                     raise
-    raise TensorRTMissingError(tuple(names), library)
+    verb = "is" if len(names) == 1 else "are"
+    missing = " and ".join(names)
+    raise ModuleNotFoundError(f"{missing} {verb} not installed (library={library!r}). Fix: {INSTALL_FIX}", name=missing)
 
 
 def library_name(module: ModuleType) -> str:
@@ -130,9 +109,12 @@ def library_version(module: ModuleType) -> str:
     return str(getattr(module, "__version__", "unknown"))
 
 
-def library_label(module: Any) -> str:
+def library_label(module: ModuleType) -> str:
     """"tensorrt_rtx 1.7.1.116": the module's name and version, for messages."""
-    return f"{getattr(module, '__name__', 'tensorrt')} {getattr(module, '__version__', '?')}"
+    return f"{module.__name__} {library_version(module)}"
+
+
+_LOG_LEVELS = {"INTERNAL_ERROR": logging.ERROR, "ERROR": logging.ERROR, "WARNING": logging.WARNING}
 
 
 def make_logger(module: ModuleType, *, verbose: bool = False) -> Any:
@@ -146,14 +128,11 @@ def make_logger(module: ModuleType, *, verbose: bool = False) -> Any:
             self.errors: list[str] = []
 
         def log(self, severity: Any, msg: str) -> None:
-            level = getattr(severity, "name", str(severity))
-            if level in ("INTERNAL_ERROR", "ERROR"):
+            name = getattr(severity, "name", str(severity))
+            level = _LOG_LEVELS.get(name, logging.INFO if verbose else logging.DEBUG)
+            if level == logging.ERROR:
                 self.errors.append(msg)
-                LOGGER.error("[%s] %s", module.__name__, msg)
-            elif level == "WARNING":
-                LOGGER.warning("[%s] %s", module.__name__, msg)
-            else:
-                LOGGER.log(logging.INFO if verbose else logging.DEBUG, "[%s] %s", module.__name__, msg)
+            LOGGER.log(level, "[%s] %s", module.__name__, msg)
 
     return CapturingLogger()
 
@@ -172,8 +151,7 @@ class GpuDescriptor:
         return f"sm{major}{minor}"
 
     def to_dict(self) -> dict[str, str]:
-        major, minor = self.compute_capability
-        return {"name": self.name, "compute_capability": f"{major}.{minor}", "sm": self.sm}
+        return {"name": self.name, "compute_capability": "{}.{}".format(*self.compute_capability), "sm": self.sm}
 
 
 def local_gpu(index: int = 0) -> GpuDescriptor | None:
@@ -186,8 +164,7 @@ def local_gpu(index: int = 0) -> GpuDescriptor | None:
 
 
 class Finding(NamedTuple):
-    """One reason an engine cannot run here: a :class:`EngineCompatibilityError` cause key, what is
-    wrong (``sentence``, no final period) and what to do about it (``fix``)."""
+    """One reason an engine cannot run here: a cause key, what is wrong (no final period), the fix."""
 
     cause: str
     sentence: str
@@ -233,12 +210,10 @@ _DIAGNOSTICS = {
 
 
 def engine_validity(module: Any, runtime: Any, data: bytes) -> tuple[str, list[Finding]]:
-    """(state, findings) for ``data`` before deserializing it with ``runtime`` (None: check only what
-    needs no runtime). Works without a GPU.
+    """(state, findings) for ``data`` before deserializing it with ``runtime`` (None: no runtime checks); no GPU needed.
 
-    ``state`` is "VALID" or "SUBOPTIMAL" (it runs here), "INVALID" (``findings`` say why: empty,
-    shorter than the engine header, TensorRT-RTX's diagnostic bits, or a failing check) or
-    "UNCHECKED" (the library has no validity query: TensorRT proper; deserialization will tell).
+    ``state``: "VALID" or "SUBOPTIMAL" (runs here), "INVALID" (``findings`` say why) or "UNCHECKED"
+    (no validity query, as in TensorRT proper: deserialization will tell).
     """
     if not data:
         return "INVALID", [Finding("malformed", "the engine data is empty (0 bytes)", _COPY_OR_REBUILD)]
@@ -259,8 +234,8 @@ def engine_validity(module: Any, runtime: Any, data: bytes) -> tuple[str, list[F
     members = getattr(getattr(module, "EngineInvalidityDiagnostics", None), "__members__", {})
     found = [_DIAGNOSTICS[n] for n, m in members.items() if n in _DIAGNOSTICS and int(bits) & int(m)]
     if not found:
-        label = f"{library_name(module)} {library_version(module)}"
-        found = [Finding("unknown", f"{label} says the engine is invalid here without naming a cause", _REBUILD_HERE)]
+        sentence = f"{library_label(module)} says the engine is invalid here without naming a cause"
+        found = [Finding("unknown", sentence, _REBUILD_HERE)]
     return "INVALID", found
 
 
@@ -337,27 +312,19 @@ def _lean_findings(sidecar: Mapping[str, Any], version: str) -> list[Finding]:
     return []
 
 
-def sidecar_mismatches(
-    sidecar: Mapping[str, Any], library: str, version: str, gpu: GpuDescriptor | None
-) -> list[str]:
+def sidecar_mismatches(sidecar: Mapping[str, Any], library: str, version: str, gpu: GpuDescriptor | None) -> list[str]:
     """:func:`sidecar_findings` as sentences, each naming its fix."""
     return [f.text for f in sidecar_findings(sidecar, library, version, gpu)]
 
 
 def check_engine_bytes(
-    engine_bytes: bytes,
-    library: str = "auto",
-    *,
-    sidecar: Mapping[str, Any] | None = None,
+    engine_bytes: bytes, library: str = "auto", *, sidecar: Mapping[str, Any] | None = None
 ) -> tuple[bool, str]:
     """(ok, reason): whether ``engine_bytes`` can be deserialized here, and if not why and the fix.
 
-    TensorRT-RTX's validity query decides where the library has one (the sidecar only adds reasons
-    to an INVALID verdict); else the sidecar against this machine, and the CUDA device state. ``ok``
-    with a reason means usable but worth a look (suboptimal, or the library cannot check).
+    The library's validity query decides where it has one (the sidecar only adds reasons to INVALID);
+    ``ok`` with a reason means usable but worth a look (suboptimal, or the library cannot check).
     """
-    if not engine_bytes:
-        return False, engine_validity(None, None, engine_bytes)[1][0].text
     try:
         module = load_trt(library)
     except ModuleNotFoundError as exc:
@@ -381,21 +348,16 @@ def check_engine_bytes(
     if no_gpu is not None:
         reasons.append(f"no usable GPU here: {no_gpu}. Fix: {NO_GPU_FIX}")
     if reasons:
-        return False, f"the engine ({len(engine_bytes)} bytes) cannot run here with {name} {version}: " + " ".join(
-            dict.fromkeys(reasons)
-        )
+        said = " ".join(dict.fromkeys(reasons))
+        return False, f"the engine ({len(engine_bytes)} bytes) cannot run here with {name} {version}: {said}"
     if state == "UNCHECKED":
         return True, f"{name} {version} has no engine validity query; deserialization will tell."
     return False, findings[0].text
 
 
 class EngineCompatibilityError(RuntimeError):
-    """The engine cannot run here; the message names the cause and the fix.
-
-    ``cause``: ``no_tensorrt``, ``malformed`` (corrupt, truncated or not an engine), ``version``,
-    ``gpu_arch`` (built for another GPU), ``driver``, ``no_gpu``, ``memory``, ``io`` (wrong
-    inputs/outputs) or ``unknown``.
-    """
+    """The engine cannot run here; the message names the cause and the fix. ``cause``: ``no_tensorrt``,
+    ``malformed``, ``version``, ``gpu_arch``, ``driver``, ``no_gpu``, ``memory``, ``io`` or ``unknown``."""
 
     def __init__(self, cause: str, detail: str, fix: str | None = None) -> None:
         self.cause = cause
@@ -408,36 +370,28 @@ class EngineCompatibilityError(RuntimeError):
 
 
 def load_library(library: str) -> Any:
-    """:func:`load_trt` for running engines: raises EngineCompatibilityError (cause ``no_tensorrt``)
-    naming what could not be imported."""
+    """:func:`load_trt`, raising EngineCompatibilityError (cause ``no_tensorrt``) instead of ImportError."""
     try:
         return load_trt(library)
-    except ImportError as exc:  # TensorRTMissingError, or the library is there but something it needs is not
-        what = f"{' and '.join(exc.missing)} cannot be imported" if isinstance(exc, TensorRTMissingError) else exc
-        detail = f"TensorRT is not installed for library={library!r} ({what})."
+    except ImportError as exc:  # not installed, or installed without something it needs
+        detail = f"TensorRT is not installed for library={library!r} ({exc.name or exc} cannot be imported)."
         raise EngineCompatibilityError("no_tensorrt", detail) from exc
 
 
 def _gpu_label() -> str:
-    """"NVIDIA H100 80GB HBM3 (sm_90)" or the reason there is no GPU."""
+    """"NVIDIA H100 80GB HBM3 (sm90)" or the reason there is no GPU."""
     from trt_handler.engines import cuda_runtime
 
-    reason = cuda_runtime.unavailable_reason()
-    if reason is not None:
-        return f"no GPU ({reason})"
     try:
-        major, minor = cuda_runtime.compute_capability()
-        return f"{cuda_runtime.device_name()} (sm_{major}{minor})"
+        gpu = local_gpu()
     except cuda_runtime.CudaError as exc:
         return f"a GPU that cannot be queried ({exc})"
+    return f"{gpu.name} ({gpu.sm})" if gpu else f"no GPU ({cuda_runtime.unavailable_reason()})"
 
 
 def diagnose(module: Any, runtime: Any, data: bytes, sidecar: Mapping[str, Any] | None) -> list[tuple[str, str]]:
-    """(cause, sentence) pairs for why ``data`` cannot be deserialized; [] when no check finds a problem.
-
-    :func:`engine_validity` decides where the library can check (TensorRT-RTX); elsewhere (TensorRT
-    proper, the lean runtime) the build sidecar stands in.
-    """
+    """(cause, sentence) pairs for why ``data`` cannot be deserialized ([]: none found); the build
+    sidecar stands in where the library has no validity query (TensorRT proper, the lean runtime)."""
     state, findings = engine_validity(module, runtime, data)
     if state == "SUBOPTIMAL":
         LOGGER.warning("TensorRT says the engine is valid but suboptimal for this GPU; consider rebuilding it here")
@@ -464,8 +418,7 @@ _LOG_CAUSES = (
 
 
 def findings_from_log(logger: Any) -> list[tuple[str, str]]:
-    """(cause, sentence) from the errors a :func:`make_logger` logger holds, causes guessed from the
-    text; the errors are then forgotten."""
+    """(cause, sentence) from a :func:`make_logger` logger's errors (then forgotten), causes guessed from the text."""
     errors: list[str] = list(getattr(logger, "errors", []))
     if not errors:
         return []

@@ -1,16 +1,8 @@
 """Engine session: run a serialized TensorRT engine on QA model batches, from many threads at once.
 
-``run`` runs exactly the [B, S] it is given, on the profile :func:`~trt_handler.engines.profiles.choose_profile`
-picks; fitting batches to the profiles is the batch planner's job (``trt_handler.answer_batch``).
-
-Threading: Beam's harness threads share one session. Each call checks out an :class:`ExecutionSlot`
-(execution context + stream + buffers) of its batch's profile, so threads never share a context.
-``contexts_per_profile`` slots per profile exist up front; under contention a profile grows up to
-``max_contexts_per_profile`` (default twice that; every context holds activation memory and buffers
-for its profile's maximum), then threads wait. Where TensorRT refuses a second context on a busy
-profile (:class:`ProfileBusyError`), that profile stops growing and threads wait for its slot.
-
-``tensorrt``/``tensorrt_rtx`` and ``cuda.bindings`` are imported only when a session is built.
+``run`` runs exactly the [B, S] it is given; fitting batches to profiles is ``trt_handler.answer_batch``'s job.
+Each call checks out an :class:`ExecutionSlot` (context + stream + buffers) of its profile from a
+:class:`SlotPool`, so threads never share a context. TensorRT and ``cuda.bindings`` load only with a session.
 """
 
 from __future__ import annotations
@@ -20,8 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -107,8 +98,6 @@ class TrtEngine(Protocol):
 
     def get_tensor_profile_shape(self, name: str, profile_index: int) -> Any: ...
 
-    def create_execution_context(self) -> Any: ...
-
 
 class Slot(Protocol):
     """What the pool hands out: something that runs one chunk that fits its profile."""
@@ -170,11 +159,8 @@ def _input_ranges(engine: TrtEngine, name: str, profile: int) -> tuple[tuple[int
 
 
 def read_profiles(engine: TrtEngine) -> list[ProfileSpec]:
-    """The engine's optimization profiles, in index order.
-
-    Raises EngineIOError when the three inputs disagree within a profile: one [B, S] batch sets
-    the same shape on all of them.
-    """
+    """The engine's optimization profiles, in index order; EngineIOError when the three inputs
+    disagree within a profile (one [B, S] batch sets the same shape on all of them)."""
     out: list[ProfileSpec] = []
     for p in range(max(1, int(engine.num_optimization_profiles))):
         first = _input_ranges(engine, INPUT_NAMES[0], p)
@@ -193,37 +179,30 @@ def read_profiles(engine: TrtEngine) -> list[ProfileSpec]:
     return out
 
 
-_S = TypeVar("_S")
-
-
 class ProfileBusyError(RuntimeError):
     """TensorRT refused to bind another execution context to a profile one already uses (some
     versions allow one per profile at a time); reaches a caller only when the profile has no slot."""
 
 
-class SlotPool(Generic[_S]):
+class SlotPool:
     """Per-profile pool of slots: a thread checks one out, uses it alone, and returns it.
 
-    Makes ``prefill`` slots per profile up front; when none is idle a checkout makes one more, up
-    to ``cap`` per profile, then waits. A slot whose use raised is closed, not reused (its stream
-    may hold half-finished work). When the factory raises :class:`ProfileBusyError` while the
-    profile already has a slot, the profile stops growing there and the thread waits for a slot
-    (logged once per profile); with no slot of the profile at all the error is raised.
+    ``prefill`` slots per profile up front, more on contention up to ``cap``, then checkouts wait.
+    A slot whose use raised is closed, not reused. On :class:`ProfileBusyError` the profile stops
+    growing at the slots it has (logged once) and threads wait; with no slot at all it is raised.
     """
 
     def __init__(
         self,
-        factory: Callable[[int], _S],
-        close: Callable[[_S], None],
+        factory: Callable[[int], Slot],
         num_profiles: int,
         *,
         prefill: int = 1,
         cap: int = 2,
     ) -> None:
         self._factory = factory
-        self._close = close
         self._cond = threading.Condition()
-        self._idle: list[list[_S]] = [[] for _ in range(num_profiles)]
+        self._idle: list[list[Slot]] = [[] for _ in range(num_profiles)]
         self._created = [0] * num_profiles
         self._limit = [cap] * num_profiles  # lowered for a profile TensorRT will not share
         self._closed = False
@@ -255,11 +234,6 @@ class SlotPool(Generic[_S]):
                 profile, exc, existing,
             )
 
-    def created(self) -> list[int]:
-        """How many slots exist per profile (idle or checked out)."""
-        with self._cond:
-            return list(self._created)
-
     def _forget(self, profile: int) -> int:
         """Give back a reserved or failed slot's room; returns the slots the profile still has."""
         with self._cond:
@@ -267,7 +241,7 @@ class SlotPool(Generic[_S]):
             self._cond.notify_all()  # waiters of every profile share the condition
             return self._created[profile]
 
-    def _acquire(self, profile: int) -> _S:
+    def _acquire(self, profile: int) -> Slot:
         """An idle slot, or a new one while the profile has room; waits while it is full."""
         idle = self._idle[profile]
         while True:
@@ -289,22 +263,22 @@ class SlotPool(Generic[_S]):
                 self._forget(profile)
                 raise
 
-    @contextmanager
-    def checkout(self, profile: int) -> Iterator[_S]:
+    @contextlib.contextmanager
+    def checkout(self, profile: int) -> Iterator[Slot]:
         """Use a slot of ``profile`` exclusively for the ``with`` block."""
         slot = self._acquire(profile)
         try:
             yield slot
         except BaseException:
             self._forget(profile)
-            self._close(slot)
+            slot.close()
             raise
         with self._cond:
             if not self._closed:
                 self._idle[profile].append(slot)
                 self._cond.notify_all()  # waiters of every profile share the condition
                 return
-        self._close(slot)
+        slot.close()
 
     def close(self) -> None:
         """Close idle slots now and checked-out ones when they come back; wake waiting threads."""
@@ -315,30 +289,26 @@ class SlotPool(Generic[_S]):
                 slots.clear()
             self._cond.notify_all()
         for slot in idle:
-            self._close(slot)
+            slot.close()
 
 
 def select_profile(context: TrtContext, profile_index: int, stream_handle: int) -> None:
     """Bind ``context`` to ``profile_index`` on the stream; raise :class:`ProfileBusyError` when
     TensorRT refuses (returns False or raises), which the pool answers by waiting."""
+    refused = f"TensorRT refused optimization profile {profile_index} for a new execution context"
     try:
         ok = context.set_optimization_profile_async(profile_index, stream_handle)
     except Exception as exc:  # TensorRT raises its own error types
-        raise ProfileBusyError(
-            f"TensorRT refused optimization profile {profile_index} for a new execution context ({exc})"
-        ) from exc
+        raise ProfileBusyError(f"{refused} ({exc})") from exc
     if not ok:
-        raise ProfileBusyError(
-            f"TensorRT refused optimization profile {profile_index} for a new execution context; see the TensorRT log"
-        )
+        raise ProfileBusyError(f"{refused}; see the TensorRT log")
 
 
 class ExecutionSlot:
     """One execution context bound to one profile, with its own stream and buffers for the profile max.
 
-    The profile is selected and every tensor address set once, here; a run sets input shapes,
-    queues H2D copies, ``execute_async_v3`` and D2H copies on the one stream, and synchronizes once.
-    ``context`` may be any object with the :class:`TrtContext` methods (a stand-in on a test GPU).
+    Profile and tensor addresses are set once, here; a run queues input shapes, H2D copies,
+    ``execute_async_v3`` and D2H copies on the one stream and synchronizes once.
     """
 
     def __init__(self, context: TrtContext, profile_index: int, spec: ProfileSpec) -> None:
@@ -384,14 +354,13 @@ class ExecutionSlot:
             if shape != (b, s):
                 raise RuntimeError(f"output {name!r} has shape {shape} for input [{b}, {s}]; expected [{b}, {s}]")
             hosts.append(self.buffers.download(name, (b, s)))
-        self.buffers.synchronize()
+        self.buffers.stream.synchronize()
         return (np.array(hosts[0], dtype=np.float32), np.array(hosts[1], dtype=np.float32))
 
     def close(self) -> None:
         """Wait for queued work, drop the context (it points at the buffers), then free buffers and stream."""
-        if not self.buffers.closed:
-            with contextlib.suppress(Exception):  # a failed stream still gets freed below
-                self.buffers.synchronize()
+        with contextlib.suppress(Exception):  # a failed (or closed) stream still gets freed below
+            self.buffers.stream.synchronize()
         self._context = None
         self.buffers.close()
 
@@ -399,25 +368,20 @@ class ExecutionSlot:
 def _deserialize(module: Any, data: bytes, sidecar: Mapping[str, Any] | None = None) -> tuple[Any, Any, Any]:
     """(engine, runtime, logger): the runtime and logger must outlive the engine.
 
-    On failure the runtime is released before raising: kept alive by a traceback, it would be
-    destroyed at interpreter exit, when its logger callback can no longer run Python. Without a GPU
-    a Runtime is made only where it can check an engine (TensorRT-RTX's validity query): the lean
-    runtime's Runtime, made without CUDA, crashes when destroyed.
+    On failure the runtime is released before raising (kept alive by a traceback, it would die at
+    interpreter exit, when its logger can no longer run Python). Without a GPU a Runtime is made only
+    where it can check an engine (TensorRT-RTX): the lean runtime's, made without CUDA, crashes when freed.
     """
     from trt_handler.engines import cuda_runtime
 
     logger = make_logger(module)
-    no_gpu = cuda_runtime.unavailable_reason() is not None
-    can_check = getattr(module.Runtime, "get_engine_validity", None) is not None
-    if no_gpu and not can_check:
-        findings = diagnose(module, None, data, sidecar) + [("no_gpu", "")]
-        raise compatibility_error(findings, data, module)
+    # the message's "on no GPU (...)" says why
+    no_gpu = [("no_gpu", "")] if cuda_runtime.unavailable_reason() is not None else []
+    if no_gpu and getattr(module.Runtime, "get_engine_validity", None) is None:
+        raise compatibility_error(diagnose(module, None, data, sidecar) + no_gpu, data, module)
     runtime: tensorrt_lean.Runtime = module.Runtime(logger)
     engine: tensorrt_lean.ICudaEngine | None = None
-    findings = diagnose(module, runtime, data, sidecar)
-    findings += findings_from_log(logger)
-    if no_gpu:
-        findings.append(("no_gpu", ""))  # the message's "on no GPU (...)" already says why
+    findings = diagnose(module, runtime, data, sidecar) + findings_from_log(logger) + no_gpu
     if not findings:
         engine = runtime.deserialize_cuda_engine(data)
         if engine is None:
@@ -482,16 +446,15 @@ def _trt_slot_factory(engine: Any, profile_index: int, spec: ProfileSpec) -> Slo
 class EngineSession:
     """A deserialized engine plus a pool of execution slots; ``run`` is safe from many threads.
 
-    ``engine`` is serialized engine bytes or a path (local or gs://). ``library``: "auto", "tensorrt",
-    "tensorrt_rtx" or "tensorrt_lean" (the lean runtime, for engines built ``--version-compatible``).
-    ``sidecar`` (the build's ``<engine>.json``, read next to an engine path when not given) is checked
-    before deserializing. ``warm_up`` runs :meth:`warm_up` before returning. ``device``: the CUDA device
-    the engine lives on (None: the current one); each thread that runs the session is switched to it
-    once, as CUDA's current device is per thread.
-
-    Raises EngineCompatibilityError (the engine cannot run here: cause and fix in the message),
-    WarmUpError (a profile failed its warm-up run), SidecarError (the sidecar is not valid JSON).
+    ``engine``: serialized bytes or a path (local or gs://), checked against ``sidecar`` (default: the
+    ``<engine>.json`` next to a path) before deserializing. ``contexts_per_profile`` slots per profile exist
+    up front, up to ``max_contexts_per_profile`` (default twice that) under contention. ``device``: the CUDA
+    device (None: the current one), made current once in each thread that runs the session.
+    Raises EngineCompatibilityError (cause and fix in the message), WarmUpError, SidecarError.
     """
+
+    _device: int | None = None
+    library = "unknown"
 
     def __init__(
         self,
@@ -524,19 +487,13 @@ class EngineSession:
         *,
         contexts_per_profile: int = 1,
         max_contexts_per_profile: int | None = None,
-        slot_factory: SlotFactory | None = None,
+        slot_factory: SlotFactory = _trt_slot_factory,
         warm_up: bool = False,
     ) -> EngineSession:
-        """A session over an already deserialized engine (or a test double of one).
-
-        ``slot_factory(engine, profile_index, spec)`` makes slots; the default creates a TensorRT
-        execution context and an :class:`ExecutionSlot`.
-        """
+        """A session over an already deserialized engine (or a test double of one); slots come from
+        ``slot_factory(engine, profile_index, spec)``."""
         self = cls.__new__(cls)
-        self._device = None
-        self._thread_device = threading.local()
-        self.library = "unknown"
-        self._setup(engine, (), slot_factory or _trt_slot_factory, contexts_per_profile, max_contexts_per_profile)
+        self._setup(engine, (), slot_factory, contexts_per_profile, max_contexts_per_profile)
         if warm_up:
             self.warm_up()
         return self
@@ -549,7 +506,6 @@ class EngineSession:
         contexts_per_profile: int,
         max_contexts_per_profile: int | None,
     ) -> None:
-        """Check the counts and the engine's I/O, read its profiles, make the pool's first slots."""
         if contexts_per_profile < 1:
             raise ValueError(f"contexts_per_profile must be >= 1, got {contexts_per_profile}")
         cap = 2 * contexts_per_profile if max_contexts_per_profile is None else max_contexts_per_profile
@@ -567,9 +523,7 @@ class EngineSession:
             with create_lock:  # context creation is serialized; running is not
                 return slot_factory(engine, profile, self._profiles[profile])
 
-        self._pool: SlotPool[Slot] = SlotPool(
-            factory, lambda slot: slot.close(), len(self._profiles), prefill=contexts_per_profile, cap=cap
-        )
+        self._pool = SlotPool(factory, len(self._profiles), prefill=contexts_per_profile, cap=cap)
         self._stats_lock = threading.Lock()
         self._stats = {"runs": 0, "context_wait_us": 0, "max_context_wait_us": 0}
         self._closed = False
@@ -618,12 +572,8 @@ class EngineSession:
         return start, end
 
     def warm_up(self) -> dict[int, float]:
-        """Run every profile once at its opt shape; returns {profile index: seconds} and logs them.
-
-        Keeps one-time costs (kernel loading, lazy allocations) off the first real batch, and makes
-        a profile that cannot run fail at load with :class:`WarmUpError` naming it. Not counted in
-        :meth:`stats`.
-        """
+        """Run every profile once at its opt shape (off the first real batch; not in :meth:`stats`);
+        returns {profile index: seconds}. A profile that cannot run raises :class:`WarmUpError`."""
         if self._closed:
             raise RuntimeError("the engine session is closed; create a new EngineSession")
         times: dict[int, float] = {}
@@ -659,8 +609,6 @@ class EngineSession:
 
     def close(self) -> None:
         """Free every slot (contexts, buffers, streams), then the engine and runtime; idempotent."""
-        if self._closed:
-            return
         self._closed = True
         self._pool.close()
         self._engine = None
@@ -678,6 +626,5 @@ if TYPE_CHECKING:  # checked by `make typecheck` against TensorRT's real runtime
     def _runtime_api_conforms(
         context: tensorrt_lean.IExecutionContext, engine: tensorrt_lean.ICudaEngine
     ) -> tuple[TrtContext, TrtEngine]:
-        """TensorRT's IExecutionContext and ICudaEngine have every method the protocols above
-        (and so ExecutionSlot and EngineSession) call, with compatible signatures."""
+        """TensorRT's IExecutionContext and ICudaEngine have every method the protocols above call."""
         return context, engine
