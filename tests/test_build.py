@@ -23,7 +23,7 @@ import pytest
 
 from tests.conftest import REPO
 from trt_handler.engines import library as trt_lib
-from trt_handler.engines.build import BuildError, BuildOptions, build_engine, build_serialized
+from trt_handler.engines.build import BuildError, BuildOptions, build_serialized, write_engine_files
 from trt_handler.engines.build_cli import main
 from trt_handler.engines.calibration import calibration_batches
 from trt_handler.engines.library import GpuDescriptor, check_engine_bytes, sidecar_mismatches
@@ -114,9 +114,10 @@ def test_targets_and_precision_reach_the_engine(t4_l4_engine: Any, default_engin
     assert fp16["engine_bytes"] < 0.7 * fp32["engine_bytes"]
 
 
-def test_build_engine_writes_engine_and_sidecar(shared_onnx: Path, tmp_path: Path) -> None:
+def test_write_engine_files_writes_engine_and_sidecar(shared_onnx: Path, tmp_path: Path) -> None:
     out = tmp_path / "sub" / "m.engine"
-    sidecar = build_engine(shared_onnx, out, BuildOptions(library="tensorrt_rtx", precision="fp32", **ONE_PROFILE))
+    built = build_serialized(shared_onnx, BuildOptions(library="tensorrt_rtx", precision="fp32", **ONE_PROFILE))
+    sidecar = write_engine_files(out, *built)
     assert out.stat().st_size == sidecar["engine_bytes"]
     assert json.loads(Path(f"{out}.json").read_text())["profiles"] == [
         {"min_batch": 1, "opt_batch": 1, "max_batch": 2, "min_seq": 1, "opt_seq": 64, "max_seq": 64}]

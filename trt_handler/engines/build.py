@@ -1,13 +1,9 @@
 """ONNX -> serialized TensorRT / TensorRT-RTX engine, with a JSON sidecar that says what was built.
 
-``tensorrt_rtx`` builds ahead of time on any machine (GPU or not) for the architectures named by
-``targets``; ``tensorrt`` (>= 10) builds on the GPU it will run on. docs/engines.md says which when.
-
-Precision comes from the network's types: ``fp16`` converts the ONNX to float16 (int32 inputs and
-float32 outputs kept) and builds it strongly typed, ``fp32`` builds the ONNX as is (TensorRT-RTX is
-always strongly typed and TensorRT 11 has no FP16/INT8 flags). ``int8`` is the exception: entropy
-calibration exists only in TensorRT 10's weakly typed mode (:mod:`trt_handler.engines.calibration`).
-One optimization profile per sequence bucket. The CLI is :mod:`trt_handler.engines.build_cli`.
+``tensorrt_rtx`` builds ahead of time anywhere, for ``targets``; ``tensorrt`` (>= 10) on the GPU it runs on.
+Precision comes from the network's types (TensorRT-RTX is always strongly typed, TensorRT 11 has no
+FP16/INT8 flags): ``fp16`` builds a float16 copy of the ONNX (int32 inputs, float32 outputs kept), ``fp32``
+the ONNX as is; ``int8`` is TensorRT 10's weakly typed entropy calibration (:mod:`.calibration`).
 """
 
 from __future__ import annotations
@@ -29,6 +25,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
+
 from trt_handler.engines.calibration import QDQ_FIX, CalibrationError, setup_int8
 from trt_handler.engines.export import hash_file
 from trt_handler.engines.library import (
@@ -49,7 +47,6 @@ __all__ = [
     "PRECISIONS",
     "BuildError",
     "BuildOptions",
-    "build_engine",
     "build_serialized",
     "onnx_sha256",
     "resolve_library",
@@ -80,27 +77,13 @@ def _normalize_target(text: str) -> str:
 
 @dataclass(frozen=True)
 class BuildOptions:
-    """What to build. Fields in :meth:`key_fields` change the engine's bytes; the rest (library
-    "auto", caches, logging) only how it is built.
+    """What to build, one optimization profile per bucket; :meth:`key_fields` change the engine's bytes.
 
-    Attributes:
-        library: "auto" (tensorrt if importable, else tensorrt_rtx), "tensorrt" or "tensorrt_rtx".
-        precision: "fp16" (default), "fp32" or "int8" (TensorRT 10 only, needs calibration data).
-        buckets: sequence-length buckets; one optimization profile each.
-        min_batch, opt_batch, max_batch: batch range of every profile (max_batch caps the
-            token-budget plan's rows; opt_batch is capped at each profile's max).
-        targets: TensorRT-RTX compute capabilities ("sm75", "sm89", ...); () = the library default.
-        workspace_mib: builder workspace limit; None = the library default (all GPU memory).
-        timing_cache: TensorRT timing-cache file, loaded if present and saved after the build.
-        calibration_data, calibration_cache, calibration_batches: INT8 calibration windows (SQuAD
-            JSON/JSONL), cache file (read if present, written after) and at most this many batches.
-        tokenizer: folder with tokenizer files for calibration; default: the ONNX's folder.
-        max_batches: per-bucket max batch; () = ``max_batch`` for all; None (default) = the
-            token-budget plan (``token_budget`` tokens' worth of rows per bucket, a multiple of 8),
-            the plan the handlers use without an engine.
-        token_budget: the token budget the per-bucket max batches came from (recorded only).
-        version_compatible: full TensorRT only: VERSION_COMPATIBLE + EXCLUDE_LEAN_RUNTIME, so the
-            engine runs on later TensorRT of its major and on the lean runtime ("tensorrt_lean").
+    ``max_batches``: one max batch per bucket; None (default) = the handlers' token-budget plan
+    (``token_budget`` tokens' rows per bucket, a multiple of 8, at most ``max_batch``). ``targets``:
+    TensorRT-RTX compute capabilities, () = the library default. Timing and calibration caches are read
+    if present and written after the build; ``tokenizer`` (calibration) defaults to the ONNX's folder.
+    ``version_compatible`` (full TensorRT): for later TensorRT of its major and the lean runtime.
     """
 
     library: str = "auto"
@@ -128,7 +111,7 @@ class BuildOptions:
             object.__setattr__(self, "token_budget", self.token_budget or DEFAULT_TOKEN_BUDGET)
         else:
             object.__setattr__(self, "max_batches", tuple(int(b) for b in self.max_batches))
-        if self.max_batches and len(self.max_batches) != len(self.buckets):
+        if self.max_batches is not None and len(self.max_batches) != len(self.buckets):
             raise ValueError(
                 f"max_batches needs one max batch per bucket ({len(self.buckets)}), got {len(self.max_batches)}"
             )
@@ -180,12 +163,12 @@ class BuildOptions:
             raise ValueError("--calibration-data/--calibration-cache apply to --precision int8 only")
 
     def profiles(self) -> list[ProfileSpec]:
-        rows: int | Sequence[int] = self.max_batches or self.max_batch
-        if self.max_batches is None:
+        rows = self.max_batches
+        if rows is None:
             assert self.token_budget is not None  # set in __post_init__
             planned = token_budget_profiles(buckets=self.buckets, token_budget=self.token_budget,
                                             max_seq=max(self.buckets), min_batch=self.min_batch, opt_batch=self.opt_batch)
-            rows = [min(p.max_batch, self.max_batch) for p in planned]
+            rows = tuple(min(p.max_batch, self.max_batch) for p in planned)
         return profiles_for_buckets(self.buckets, self.min_batch, self.opt_batch, rows)
 
     def key_fields(self) -> dict[str, Any]:
@@ -210,14 +193,9 @@ def resolve_library(options: BuildOptions, module: ModuleType | None = None) -> 
     return trt, name, version
 
 
-# --------------------------------------------------------------------------------------------
-# ONNX
-
-
 def onnx_sha256(path: str | os.PathLike[str]) -> str:
-    """sha256 of the ONNX file then of each external-data file it names (sorted): for a
-    self-contained model.onnx, the plain file hash export.json records. Memoized per (path, size, mtime).
-    """
+    """sha256 of the ONNX file then of each external-data file it names (sorted), memoized per (path, size,
+    mtime): for a self-contained model.onnx, the plain file hash export.json records."""
     p = Path(path).resolve()
     st = p.stat()
     return _onnx_sha256(str(p), st.st_size, st.st_mtime_ns)
@@ -256,14 +234,8 @@ def _fp16_onnx(src: Path, out_dir: Path) -> Path:
     return out
 
 
-# --------------------------------------------------------------------------------------------
-# network, profiles, config
-
-
 def _dtype_name(trt: ModuleType, dtype: Any) -> str:
     try:
-        import numpy as np
-
         return str(np.dtype(trt.nptype(dtype)).name)
     except (TypeError, ValueError, AttributeError):
         return str(getattr(dtype, "name", dtype)).lower()
@@ -280,18 +252,18 @@ def _parse(trt: ModuleType, builder: Any, path: Path, source: Path, strongly_typ
     return network, parser
 
 
-def _io(trt: ModuleType, tensors: Sequence[Any]) -> list[dict[str, Any]]:
-    return [{"name": t.name, "dtype": _dtype_name(trt, t.dtype), "shape": list(t.shape)} for t in tensors]
+def _io(trt: ModuleType, tensors: Sequence[tuple[str, Any, Any]]) -> list[dict[str, Any]]:
+    """(name, dtype, shape) of each tensor as the sidecar records them."""
+    return [{"name": name, "dtype": _dtype_name(trt, dtype), "shape": list(shape)} for name, dtype, shape in tensors]
 
 
 def _check_io(trt: ModuleType, network: Any, source: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The network's inputs and outputs, checked against what the QA features and handlers use."""
-    inputs = _io(trt, [network.get_input(i) for i in range(network.num_inputs)])
-    outputs = _io(trt, [network.get_output(i) for i in range(network.num_outputs)])
+    inputs = _io(trt, [(t.name, t.dtype, t.shape) for t in map(network.get_input, range(network.num_inputs))])
+    outputs = _io(trt, [(t.name, t.dtype, t.shape) for t in map(network.get_output, range(network.num_outputs))])
     for names, got, dtype in ((INPUT_NAMES, inputs, "int32"), (OUTPUT_NAMES, outputs, "float32")):
-        found = {t["name"]: t for t in got}
         bad = [t for t in got if t["dtype"] != dtype or len(t["shape"]) != 2]
-        if set(found) != set(names) or bad:
+        if {t["name"] for t in got} != set(names) or bad:
             raise BuildError(
                 f"{source} has tensors {[(t['name'], t['dtype'], t['shape']) for t in got]}; the QA engine needs "
                 f"exactly {', '.join(names)} as {dtype} [batch, seq]. {_ONNX_FIX}"
@@ -304,8 +276,7 @@ def _set_targets(trt: ModuleType, config: Any, targets: Sequence[str]) -> None:
     if not targets:
         return
     known = {name.lower(): member for name, member in trt.ComputeCapability.__members__.items()}
-    missing = [t for t in targets if t not in known]
-    if missing:
+    if missing := [t for t in targets if t not in known]:
         raise BuildError(
             f"{library_name(trt)} {library_version(trt)} cannot target {', '.join(missing)}; it supports "
             f"{', '.join(sorted(n for n in known if n.startswith('sm')))} (and 'current'). Hopper (sm90, H100) "
@@ -373,27 +344,17 @@ def _save_timing_cache(config: Any, info: dict[str, Any] | None) -> None:
     info["saved_bytes"] = len(data)
 
 
-# --------------------------------------------------------------------------------------------
-# build
-
-
 def _io_from_engine(trt: ModuleType, data: bytes, logger: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
     """Inputs and outputs as the built engine reports them, when it can be deserialized here (GPU)."""
-    ok, _ = check_engine_bytes(data, library_name(trt))
-    if not ok:
+    if not check_engine_bytes(data, library_name(trt))[0]:
         return None
     engine = trt.Runtime(logger).deserialize_cuda_engine(data)
     if engine is None:
         return None
-    ins: list[dict[str, Any]] = []
-    outs: list[dict[str, Any]] = []
-    for i in range(engine.num_io_tensors):
-        name = engine.get_tensor_name(i)
-        entry = {"name": name, "dtype": _dtype_name(trt, engine.get_tensor_dtype(name)),
-                 "shape": list(engine.get_tensor_shape(name))}
-        is_input = getattr(engine.get_tensor_mode(name), "name", "") == "INPUT"
-        (ins if is_input else outs).append(entry)
-    return ins, outs
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    inputs = {n for n in names if getattr(engine.get_tensor_mode(n), "name", "") == "INPUT"}
+    tensors = [(n, engine.get_tensor_dtype(n), engine.get_tensor_shape(n)) for n in names]
+    return _io(trt, [t for t in tensors if t[0] in inputs]), _io(trt, [t for t in tensors if t[0] not in inputs])
 
 
 def build_serialized(
@@ -402,11 +363,8 @@ def build_serialized(
     *,
     module: ModuleType | None = None,
 ) -> tuple[bytes, dict[str, Any]]:
-    """(engine bytes, sidecar dict) for ``onnx_path``; nothing is written except caches.
-
-    Raises BuildError (parse/build failures, wrong I/O), ValueError (options this library cannot
-    build) and FileNotFoundError (no ONNX), each naming the fix.
-    """
+    """(engine bytes, sidecar dict) for ``onnx_path``; nothing is written except caches. BuildError
+    (parse/build failures, wrong I/O), ValueError (options this library cannot build), FileNotFoundError."""
     t0 = time.perf_counter()
     trt, lib, version = resolve_library(options, module)
     src = Path(onnx_path)
@@ -469,9 +427,8 @@ def build_serialized(
 
 
 def write_engine_files(engine_path: str | os.PathLike[str], data: bytes, sidecar: Mapping[str, Any]) -> dict[str, Any]:
-    """Write ``<engine_path>.json`` then ``<engine_path>`` (so an engine never exists without its
-    sidecar); returns the sidecar as written. Local files are renamed into place; a URL (gs://) is
-    written through Beam's FileSystems: each object write is atomic, the last writer wins."""
+    """Write ``<engine_path>.json`` then ``<engine_path>`` (never an engine without its sidecar), local
+    (renamed into place) or a URL (FileSystems: atomic per object); returns the sidecar as written."""
     path = os.fspath(engine_path)
     out = dict(sidecar, engine=path.rsplit("/", 1)[-1])
     files = ((f"{path}.json", (json.dumps(out, indent=2, sort_keys=True) + "\n").encode()), (path, data))
@@ -484,16 +441,6 @@ def write_engine_files(engine_path: str | os.PathLike[str], data: bytes, sidecar
         else:
             atomic_write(Path(target), payload)
     return out
-
-
-def build_engine(
-    onnx_path: str | os.PathLike[str],
-    engine_path: str | os.PathLike[str],
-    options: BuildOptions = BuildOptions(),
-) -> dict[str, Any]:
-    """Build ``onnx_path`` into ``engine_path`` (+ ``<engine_path>.json``); returns the sidecar."""
-    data, sidecar = build_serialized(onnx_path, options)
-    return write_engine_files(engine_path, data, sidecar)
 
 
 if __name__ == "__main__":  # `python -m trt_handler.engines.build` runs the CLI

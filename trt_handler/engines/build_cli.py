@@ -11,15 +11,13 @@ import argparse
 import hashlib
 import logging
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
-from trt_handler.engines.build import PRECISIONS, BuildOptions, build_engine
+from trt_handler.engines.build import PRECISIONS, BuildOptions, build_serialized, write_engine_files
 from trt_handler.engines.calibration import squad_windows
 from trt_handler.engines.library import LIBRARIES
 from trt_handler.engines.profiles import DEFAULT_TOKEN_BUDGET, token_budget_profiles
@@ -37,21 +35,15 @@ def tokenizer_from_vocab(vocab_file: str | os.PathLike[str], out_dir: str | os.P
     vocab, out = Path(vocab_file), Path(out_dir)
     if not vocab.is_file():
         raise FileNotFoundError(f"vocab file {vocab} does not exist; pass a BERT vocab.txt with --vocab")
-    if (out / "tokenizer.json").is_file():
-        return out
-    with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as tmp:
-        shutil.copy(vocab, Path(tmp) / "vocab.txt")
+    if not (out / "tokenizer.json").is_file():
         # transformers 5 made BertTokenizer the fast one and kept BertTokenizerFast as an alias
         cls = getattr(transformers, "BertTokenizerFast", None) or transformers.BertTokenizer
-        tokenizer = cls.from_pretrained(tmp, do_lower_case=True)
-        out.mkdir(parents=True, exist_ok=True)
-        tokenizer.save_pretrained(str(out))
+        cls(str(vocab), do_lower_case=True).save_pretrained(str(out))
     return out
 
 
 def window_lengths(data: str | os.PathLike[str], tokenizer: str | os.PathLike[str], max_seq: int) -> list[int]:
-    """Token count of every window the pipeline makes from ``data`` (SQuAD JSON/JSONL) with this
-    tokenizer and ``max_seq``-token windows (:func:`~trt_handler.engines.calibration.squad_windows`)."""
+    """Token count of every window the pipeline makes from ``data`` (SQuAD JSON/JSONL), in ``max_seq`` windows."""
     lengths = [len(w.input_ids) for w in squad_windows(data, tokenizer, max_seq)]
     if not lengths:
         raise ValueError(f"{data} gave no windows; --data needs SQuAD JSON or JSONL with questions")
@@ -76,31 +68,28 @@ def _arg_parser() -> argparse.ArgumentParser:
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--onnx", help="ONNX file to build (with --output)")
-    src.add_argument("--model", help="checkpoint folder, hub id, model bundle or model.onnx; exported and "
-                     "built into --cache-dir")
+    src.add_argument("--model", help="checkpoint folder, hub id, model bundle or model.onnx; built into --cache-dir")
     src.add_argument("--bert-large-random", action="store_true",
-                     help="build a BERT-large-shaped model (24 layers, hidden 1024, random weights); prints the build time")
+                     help="build a BERT-large-shaped model (24 layers, hidden 1024, random weights); prints build time")
     p.add_argument("--output", help="engine file to write (with --onnx)")
     p.add_argument("--cache-dir", default="cache", help="cache folder for --model/--bert-large-random (default: cache)")
     p.add_argument("--library", default="auto", choices=("auto", *LIBRARIES),
                    help="auto prefers tensorrt when importable (default: auto)")
     p.add_argument("--precision", default="fp16", choices=PRECISIONS, help="default: fp16")
-    p.add_argument("--buckets", type=_ints, default=None,
-                   help=f"sequence-length buckets, one profile each (default: {','.join(map(str, DEFAULT_BUCKETS))}; "
-                   "the largest is the max sequence length)")
+    p.add_argument("--buckets", type=_ints, default=DEFAULT_BUCKETS,
+                   help=f"sequence-length buckets, one profile each; the largest is the max sequence length "
+                   f"(default: {','.join(map(str, DEFAULT_BUCKETS))})")
     p.add_argument("--data", help="SQuAD JSON/JSONL whose window lengths (model tokenizer) choose the buckets; "
                    "each profile then gets max batch = token budget / bucket")
     p.add_argument("--bucket-count", type=int, default=len(DEFAULT_BUCKETS),
-                   help=f"buckets to derive with --data (default: {len(DEFAULT_BUCKETS)})")
-    p.add_argument("--token-budget", type=int,
-                   help=f"tokens per profile (max_batch x max_seq) for per-bucket max batches (default with --data: "
-                   f"{DEFAULT_TOKEN_BUDGET} = 64 x 384)")
-    p.add_argument("--version-compatible", action="store_true",
-                   help="full TensorRT only: build VERSION_COMPATIBLE + EXCLUDE_LEAN_RUNTIME, for later TensorRT "
-                   "versions and the lean runtime (library tensorrt_lean)")
-    p.add_argument("--batch", type=lambda s: _ints(s, 3), default=None,
-                   help="min,opt,max batch (default 1,16,192); each profile's max batch is the token budget's "
-                        "rows for its bucket, at most max")
+                   help="buckets to derive with --data (default: %(default)s)")
+    p.add_argument("--token-budget", type=int, help="tokens per profile (max_batch x max_seq) for per-bucket max "
+                   f"batches (default with --data: {DEFAULT_TOKEN_BUDGET} = 64 x 384)")
+    p.add_argument("--version-compatible", action="store_true", help="full TensorRT only: VERSION_COMPATIBLE + "
+                   "EXCLUDE_LEAN_RUNTIME, for later TensorRT versions and the lean runtime (library tensorrt_lean)")
+    p.add_argument("--batch", type=lambda s: _ints(s, 3), default=(1, 16, 192),
+                   help="min,opt,max batch (default 1,16,192); without --data/--token-budget each profile's max "
+                   "batch is the default token budget's rows for its bucket, at most max")
     p.add_argument("--targets", type=lambda s: tuple(t for t in s.split(",") if t.strip()), default=(),
                    help="TensorRT-RTX GPU targets, e.g. sm75,sm89 (T4, L4); default: the library's (Ampere+)")
     p.add_argument("--workspace-mib", type=int, help="builder workspace limit in MiB")
@@ -116,17 +105,14 @@ def _arg_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _planned(args: argparse.Namespace, options: BuildOptions, tokenizer: str | None) -> BuildOptions:
-    """``options`` with token-budget profiles when --data or --token-budget asks for them."""
+def _planned(args: argparse.Namespace, options: BuildOptions, tokenizer: str) -> BuildOptions:
+    """``options`` with token-budget profiles (max batches not capped by --batch's max) when --data or
+    --token-budget asks for them; --data is tokenized with ``tokenizer``."""
     if not (args.data or args.token_budget):
         return options
     budget = args.token_budget or DEFAULT_TOKEN_BUDGET
-    max_seq = max(args.buckets) if args.buckets else max(DEFAULT_BUCKETS)
-    lengths = None
-    if args.data:
-        if not tokenizer:
-            raise ValueError("--data needs the model's tokenizer: pass --tokenizer DIR (or use --model)")
-        lengths = window_lengths(args.data, tokenizer, max_seq)
+    max_seq = max(args.buckets)
+    lengths = window_lengths(args.data, tokenizer, max_seq) if args.data else None
     profiles = token_budget_profiles(
         lengths, token_budget=budget, count=args.bucket_count, max_seq=max_seq,
         min_batch=options.min_batch, opt_batch=options.opt_batch, buckets=args.buckets,
@@ -136,15 +122,9 @@ def _planned(args: argparse.Namespace, options: BuildOptions, tokenizer: str | N
 
 
 def _options(args: argparse.Namespace) -> BuildOptions:
-    batch = args.batch or (1, 16, 192)
-    return BuildOptions(
-        library=args.library, precision=args.precision, buckets=args.buckets or DEFAULT_BUCKETS,
-        min_batch=batch[0], opt_batch=batch[1], max_batch=batch[2],
-        targets=args.targets, workspace_mib=args.workspace_mib,
-        timing_cache=args.timing_cache, calibration_data=args.calibration_data,
-        calibration_cache=args.calibration_cache, calibration_batches=args.calibration_batches,
-        tokenizer=args.tokenizer, verbose=args.verbose, version_compatible=args.version_compatible,
-    )
+    """BuildOptions from the flags of the same name, and --batch."""
+    given = {f.name: getattr(args, f.name) for f in fields(BuildOptions) if f.name in vars(args)}
+    return BuildOptions(**given, **dict(zip(("min_batch", "opt_batch", "max_batch"), args.batch)))
 
 
 def _random_bert_bundle(args: argparse.Namespace, cache: Path) -> Path:
@@ -175,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = _options(args)
         if args.onnx:
             options = _planned(args, options, args.tokenizer or str(Path(args.onnx).parent))
-            sidecar = build_engine(args.onnx, args.output, options)
+            sidecar = write_engine_files(args.output, *build_serialized(args.onnx, options))
             path = args.output
         else:
             from trt_handler.engines.cache import build_into_cache
@@ -188,8 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 bundle = _random_bert_bundle(args, cache)
                 print(f"BERT-large-shaped ONNX ready in {time.perf_counter() - t0:.1f} s: {bundle}", file=sys.stderr)
-            options = replace(options, tokenizer=options.tokenizer or str(bundle))
-            options = _planned(args, options, options.tokenizer)
+            tokenizer = args.tokenizer or str(bundle)
+            options = _planned(args, replace(options, tokenizer=tokenizer), tokenizer)
             path, sidecar = build_into_cache(bundle_onnx_path(bundle), cache, options, force=args.force)
     except (RuntimeError, ValueError, FileNotFoundError, ModuleNotFoundError) as exc:  # BuildError included
         if args.verbose:

@@ -1,15 +1,9 @@
 """Engines cached by what decides whether they run: GPU, library and version, precision, ONNX, profiles.
 
-An engine runs only with the library version that built it (and, for full TensorRT, on the GPU
-architecture it was built on), so a worker that finds none for its GPU builds one and stores it
-for the next: :func:`ensure_engine`. :func:`engine_key` is its pure part (testable with an injected
-:class:`~trt_handler.engines.library.GpuDescriptor`).
-
-Layout: ``<cache_dir>/engines/<onnx folder>-<key>.engine`` + ``.engine.json`` (the sidecar);
-``cache_dir`` is local or any URL Beam's FileSystems opens (gs://). Locally, builders of one key
-take turns on an fcntl lock (``<engine>.lock``), so the SDK harness processes of one worker build
-once, and files are renamed into place (sidecar first, engine last). On GCS each object write is
-atomic but unguarded: concurrent builders of one key upload the same engine, the last one wins.
+:func:`ensure_engine` builds and stores on a miss; :func:`engine_key` is its pure part. Layout:
+``<cache_dir>/engines/<onnx folder>-<key>.engine`` + ``.engine.json`` (sidecar), ``cache_dir`` local or
+gs://. Locally, builders of one key take turns on an fcntl lock (``<engine>.lock``: a worker's SDK harness
+processes build once) and files are renamed into place; on GCS object writes are atomic but unguarded.
 """
 
 from __future__ import annotations
@@ -20,7 +14,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import replace
@@ -30,7 +23,7 @@ from typing import Any
 
 from trt_handler.engines.build import BuildOptions, build_serialized, onnx_sha256, resolve_library, write_engine_files
 from trt_handler.engines.library import GpuDescriptor, library_name, load_trt, local_gpu
-from trt_handler.engines.sidecar import read_cached_sidecar
+from trt_handler.engines.sidecar import SidecarError, atomic_write, read_sidecar
 
 __all__ = ["build_into_cache", "engine_key", "engine_location", "ensure_engine"]
 
@@ -51,15 +44,9 @@ def engine_key(
     options: BuildOptions,
     gpu: GpuDescriptor | None,
 ) -> str:
-    """File-name-safe cache key, e.g. ``nvidia-l4-sm89-tensorrt_rtx-1.7.1.116-fp16-3f2a...-9c1e...``.
-
-    ``gpu`` is the GPU the engine is built for (always for TensorRT; for TensorRT-RTX when built
-    on a worker); None means an ahead-of-time TensorRT-RTX build, named by its targets instead.
-    """
-    if gpu is not None:
-        where = f"{_slug(gpu.name)}-{gpu.sm}"
-    else:
-        where = "aot-" + ("-".join(options.targets) or "default")
+    """File-name-safe cache key, e.g. ``nvidia-l4-sm89-tensorrt_rtx-1.7.1.116-fp16-3f2a...-9c1e...``;
+    ``gpu`` None is an ahead-of-time TensorRT-RTX build, named by its targets instead."""
+    where = f"{_slug(gpu.name)}-{gpu.sm}" if gpu is not None else "aot-" + ("-".join(options.targets) or "default")
     fields = {
         "format": KEY_FORMAT,
         "gpu": gpu.to_dict() if gpu is not None else None,
@@ -98,18 +85,10 @@ def _local_onnx(onnx_path: str) -> str:
         return onnx_path.removeprefix("file://")
     folder = Path(tempfile.gettempdir()) / "trt-qa-onnx" / hashlib.sha256(onnx_path.encode()).hexdigest()[:16]
     local = folder / onnx_path.rsplit("/", 1)[-1]
-    if local.is_file():
-        return str(local)
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, FileSystems.open(onnx_path) as src:
-            shutil.copyfileobj(src, out, 8 << 20)
-        os.replace(tmp, local)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    LOGGER.info("copied %s to %s for the engine build", onnx_path, local)
+    if not local.is_file():
+        with FileSystems.open(onnx_path) as src:
+            atomic_write(local, src)
+        LOGGER.info("copied %s to %s for the engine build", onnx_path, local)
     return str(local)
 
 
@@ -133,7 +112,11 @@ def _cached(path: str) -> dict[str, Any] | None:
     missing or unusable, or the engine's sha256 is not the one its sidecar recorded."""
     from apache_beam.io.filesystems import FileSystems
 
-    sidecar = read_cached_sidecar(path)
+    try:
+        sidecar = read_sidecar(path) if FileSystems.exists(path) else None
+    except SidecarError as exc:
+        LOGGER.warning("%s; rebuilding the engine", exc)
+        return None
     if sidecar is None:
         return None
     h = hashlib.sha256()
@@ -157,10 +140,8 @@ def build_into_cache(
     force: bool = False,
     module: ModuleType | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """(engine path, sidecar): the cached engine for these inputs, built and stored on a miss
-    (a hit's sidecar carries ``cache_hit: True``). ``gpu`` None keys a TensorRT-RTX engine by its
-    targets (ahead of time); full TensorRT always builds for, and is keyed by, the local GPU.
-    """
+    """(engine path, sidecar) of the cached engine, built and stored on a miss (a hit's sidecar has
+    ``cache_hit: True``). ``gpu`` None: TensorRT-RTX ahead of time; full TensorRT always uses the local GPU."""
     trt, lib, version = resolve_library(options, module)
     if lib == "tensorrt" and gpu is None:
         gpu = local_gpu()
@@ -196,12 +177,9 @@ def ensure_engine(
     *,
     gpu: GpuDescriptor | None = None,
 ) -> str:
-    """Path of an engine for ``onnx_path`` (local or gs://) that runs on this machine's GPU (or
-    ``gpu``), built on a cache miss. TensorRT-RTX engines target exactly this GPU's architecture
-    unless ``options.targets`` names several (which must include it).
-    """
-    if gpu is None:
-        gpu = local_gpu()
+    """Path of an engine for ``onnx_path`` (local or gs://) that runs on this machine's GPU (or ``gpu``),
+    built on a miss; TensorRT-RTX targets this GPU's architecture unless ``options.targets`` (incl. it) say."""
+    gpu = gpu if gpu is not None else local_gpu()
     if gpu is None:
         from trt_handler.engines.cuda_runtime import unavailable_reason
 

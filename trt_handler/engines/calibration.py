@@ -1,7 +1,6 @@
 """INT8 post-training calibration (TensorRT 10 only): real SQuAD windows through an entropy calibrator.
 
-TensorRT 11 and TensorRT-RTX removed implicit INT8; there the answer is explicit quantization
-(Q/DQ nodes in the ONNX, :data:`QDQ_FIX`). The builder calls :func:`setup_int8` for ``--precision int8``.
+TensorRT 11 and TensorRT-RTX removed implicit INT8; there the answer is Q/DQ nodes (:data:`QDQ_FIX`).
 """
 
 from __future__ import annotations
@@ -33,11 +32,8 @@ class CalibrationError(RuntimeError):
 
 
 def squad_windows(data: str | os.PathLike[str], tokenizer: str | os.PathLike[str], seq_len: int) -> Iterator[Window]:
-    """The windows the pipeline makes from ``data`` (SQuAD JSON/JSONL), lazily, in file order.
-
-    WindowMaker's standard geometry (query 64, stride 128); scaled down for windows too short for it.
-    Questions that give no windows (FeatureError) are skipped.
-    """
+    """The windows the pipeline makes from ``data`` (SQuAD JSON/JSONL), lazily, in file order; query 64
+    and stride 128 scaled down for short ``seq_len``; questions with a FeatureError are skipped."""
     from trt_handler.qa.reading import load_examples
     from trt_handler.qa.windows import FeatureConfig, WindowMaker, load_tokenizer
 
@@ -57,10 +53,8 @@ def squad_windows(data: str | os.PathLike[str], tokenizer: str | os.PathLike[str
 def calibration_batches(
     data: str, tokenizer: str, *, batch_size: int, seq_len: int, max_batches: int
 ) -> Iterator[ModelBatch]:
-    """Up to ``max_batches`` full [batch_size, seq_len] int32 batches of :func:`squad_windows`.
-
-    Raises CalibrationError when ``data`` has not even one full batch.
-    """
+    """Up to ``max_batches`` full [batch_size, seq_len] int32 batches of :func:`squad_windows`;
+    CalibrationError when ``data`` has not even one."""
     windows = squad_windows(data, tokenizer, seq_len)
     for made in range(max_batches):
         chunk = list(itertools.islice(windows, batch_size))
@@ -107,9 +101,7 @@ def _make_calibrator(trt: ModuleType, batches: Sequence[ModelBatch], batch_size:
             return ptrs
 
         def read_calibration_cache(self) -> bytes | None:
-            if cache_path and Path(cache_path).is_file():
-                return Path(cache_path).read_bytes()
-            return None
+            return Path(cache_path).read_bytes() if cache_path and Path(cache_path).is_file() else None
 
         def write_calibration_cache(self, cache: Any) -> None:
             if cache_path:
@@ -125,13 +117,9 @@ def _make_calibrator(trt: ModuleType, batches: Sequence[ModelBatch], batch_size:
 
 def setup_int8(trt: ModuleType, config: Any, profiles: Sequence[Any], specs: Sequence[ProfileSpec], *,
                data: str | None, tokenizer: str, cache: str | None, max_batches: int) -> tuple[Any, dict[str, Any]]:
-    """Weakly typed INT8 (+FP16 fallback) with entropy calibration on the largest bucket's profile.
-
-    Returns (calibrator, info for the sidecar); the caller closes the calibrator after the build.
-    Raises CalibrationError when this TensorRT has no implicit INT8 (TensorRT 11).
-    """
-    flags = trt.BuilderFlag.__members__
-    if not hasattr(trt, "IInt8EntropyCalibrator2") or "INT8" not in flags:
+    """Weakly typed INT8 (+FP16 fallback) calibrated on the largest bucket's profile: (calibrator, sidecar
+    info), the caller closes the calibrator after the build; CalibrationError without implicit INT8."""
+    if not hasattr(trt, "IInt8EntropyCalibrator2") or "INT8" not in trt.BuilderFlag.__members__:
         raise CalibrationError(
             f"TensorRT {library_version(trt)} removed implicit INT8 (calibration and BuilderFlag.INT8); "
             f"{QDQ_FIX}."
@@ -145,5 +133,4 @@ def setup_int8(trt: ModuleType, config: Any, profiles: Sequence[Any], specs: Seq
     config.set_flag(trt.BuilderFlag.FP16)
     config.int8_calibrator = calibrator
     config.set_calibration_profile(profiles[-1])
-    info = {"data": data, "cache": cache, "batch": [spec.opt_batch, spec.opt_seq], "batches": len(batches)}
-    return calibrator, info
+    return calibrator, {"data": data, "cache": cache, "batch": [spec.opt_batch, spec.opt_seq], "batches": len(batches)}

@@ -1,15 +1,10 @@
 """Hugging Face BERT-family QA checkpoint -> ONNX "model bundle", checked against PyTorch.
 
-A bundle is a folder with ``model.onnx`` (int32 inputs input_ids, attention_mask, token_type_ids
-[batch, seq], both axes dynamic; float32 start_logits, end_logits), the tokenizer files,
-config.json and ``export.json`` (source, versions, opset, sha256 of model.onnx, max |ONNX - PyTorch|
-per checked shape). The torch.export ("dynamo") exporter is used because the legacy one with
-``dynamic_axes`` gave logits 8-20% off PyTorch; every export is checked with ONNX Runtime at
-several shapes with padded rows and fails above the tolerance, so nothing unverified is bundled.
-
-CLI::
-
-    python -m trt_handler.engines.export --model MODEL_DIR_OR_HUB_ID --cache-dir cache [--out-dir DIR]
+A bundle is a folder with ``model.onnx`` (int32 inputs, float32 logits, all [batch, seq] with both axes
+dynamic), the tokenizer files, config.json and ``export.json`` (source, versions, sha256 of model.onnx,
+max |ONNX - PyTorch| per checked shape). The torch.export ("dynamo") exporter is used because the legacy
+one with ``dynamic_axes`` gave logits 8-20% off PyTorch; an export above the tolerance is not bundled.
+CLI: ``python -m trt_handler.engines.export --model MODEL_DIR_OR_HUB_ID --cache-dir cache [--out-dir DIR]``.
 """
 
 from __future__ import annotations
@@ -88,21 +83,15 @@ def bundle_onnx_path(bundle: PathLike) -> Path:
     return p
 
 
-# (resolved model.onnx path, size, mtime_ns, inode) -> the sha256 it was verified to have.
-_VERIFIED: Dict[Tuple[str, int, int, int], str] = {}
-
-
-def _file_key(path: Path) -> Tuple[str, int, int, int]:
-    st = path.stat()
-    return (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+_REEXPORT = (
+    "export the checkpoint again (python -m trt_handler.engines.export --model CHECKPOINT --out-dir DIR), "
+    "or delete the bundle folder if it is in the cache so the next run re-exports it"
+)
 
 
 def verify_bundle(bundle: PathLike) -> None:
-    """Raise ModelCheckError (a ValueError) unless ``bundle/model.onnx`` has the size and sha256
-    its export.json recorded; a bundle without export.json (hand-made) is accepted with a warning.
-
-    Cheap to call on every use: hashed once per file version and process (keyed by size, mtime, inode).
-    """
+    """Raise ModelCheckError (a ValueError) unless ``bundle/model.onnx`` has the size and sha256 its
+    export.json recorded (none: a hand-made bundle, accepted with a warning); cheap on every use (memoized)."""
     path = Path(bundle)
     try:
         onnx_path = bundle_onnx_path(path)
@@ -118,44 +107,33 @@ def verify_bundle(bundle: PathLike) -> None:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise ModelCheckError(
-            f"The model bundle {path} has an unreadable {BUNDLE_META} ({err}), so its model.onnx cannot be "
-            "checked against the sha256 its export recorded. Cause: the file was cut short or edited. Fix: "
-            "export the checkpoint again (python -m trt_handler.engines.export --model CHECKPOINT "
-            "--out-dir DIR), or delete the bundle folder if it is in the cache so the next run re-exports it."
+            f"The model bundle {path} has an unreadable {BUNDLE_META} ({err}), so its model.onnx cannot be checked "
+            f"against the sha256 its export recorded. Cause: the file was cut short or edited. Fix: {_REEXPORT}."
         ) from err
     want = meta.get("sha256") if isinstance(meta, dict) else None
     if not isinstance(want, str) or len(want) != 64:
         raise ModelCheckError(
-            f"The model bundle {path} has a {BUNDLE_META} without a sha256 of {BUNDLE_ONNX}, so the model "
-            "cannot be checked. Cause: it was not written by trt_handler.engines.export, or was edited. "
-            "Fix: export the checkpoint again (python -m trt_handler.engines.export)."
+            f"The model bundle {path} has a {BUNDLE_META} without a sha256 of {BUNDLE_ONNX}, so the model cannot "
+            f"be checked. Cause: it was not written by trt_handler.engines.export, or was edited. Fix: {_REEXPORT}."
         )
-    key = _file_key(onnx_path)
-    if _VERIFIED.get(key) == want:
+    size, recorded_size = onnx_path.stat().st_size, meta.get("onnx_bytes")
+    if isinstance(recorded_size, int) and recorded_size != size:
+        found = f"is {size:,} bytes, its export recorded {recorded_size:,}"
+    elif (got := file_sha256(onnx_path)) != want:
+        found = f"has sha256 {got[:16]}..., its export recorded {want[:16]}..."
+    else:
         return
-    size = key[1]
-    recorded_size = meta.get("onnx_bytes")
-    got = None
-    if not (isinstance(recorded_size, int) and recorded_size != size):
-        got = file_sha256(onnx_path)
-    if got != want:
-        found = f"is {size:,} bytes, its export recorded {recorded_size:,}" if got is None else (
-            f"has sha256 {got[:16]}..., its export recorded {want[:16]}...")
-        raise ModelCheckError(
-            f"The model in bundle {path} is not the one that was exported and checked: {onnx_path} {found}. "
-            "Cause: model.onnx was changed after export (weights edited, a partial copy, a different model "
-            "copied over it), so its answers were never compared with PyTorch. Fix: export the checkpoint "
-            "again (python -m trt_handler.engines.export --model CHECKPOINT --out-dir DIR), or delete the "
-            "bundle folder if it is in the cache so the next run re-exports it; if the new model.onnx is "
-            f"intended, export it properly so {BUNDLE_META} records it."
-        )
-    _VERIFIED[key] = want
+    raise ModelCheckError(
+        f"The model in bundle {path} is not the one that was exported and checked: {onnx_path} {found}. "
+        "Cause: model.onnx was changed after export (weights edited, a partial copy, a different model "
+        f"copied over it), so its answers were never compared with PyTorch. Fix: {_REEXPORT}; if the new "
+        f"model.onnx is intended, export it properly so {BUNDLE_META} records it."
+    )
 
 
 def check_model_bundle(path: PathLike) -> None:
-    """The launch check of a pipeline: raises ModelCheckError naming cause and fix unless ``path``
-    is a bundle that passes :func:`verify_bundle` and whose tokenizer passes ``qa.windows.load_tokenizer``.
-    """
+    """A pipeline's launch check: ModelCheckError (cause and fix) unless ``path`` passes
+    :func:`verify_bundle` and its tokenizer ``qa.windows.load_tokenizer``."""
     from trt_handler.qa.windows import load_tokenizer
 
     p = Path(path)
@@ -164,10 +142,6 @@ def check_model_bundle(path: PathLike) -> None:
         load_tokenizer(p)
     except (ValueError, TypeError) as err:
         raise ModelCheckError(f"The model bundle {p} cannot be used because of its tokenizer: {err}") from err
-
-
-def _looks_like_hub_id(model: str) -> bool:
-    return bool(re.fullmatch(r"[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?", model)) and not model.endswith((".onnx", ".json"))
 
 
 def model_cache_key(model: PathLike, *, opset: int = DEFAULT_OPSET) -> str:
@@ -192,27 +166,24 @@ def _slug(model: PathLike) -> str:
 
 
 def resolve_model_bundle(model: PathLike, cache_dir: PathLike) -> Path:
-    """The verified model bundle for ``model``, exporting it at most once.
-
-    ``model``: a bundle folder or its ``model.onnx`` (returned as is; ModelCheckError when it fails
-    :func:`verify_bundle`), or a checkpoint folder or hub id, exported once into
-    ``cache_dir/onnx/<slug>-<hash>/`` (a damaged cached export is exported again).
-    """
+    """The verified model bundle for ``model``: a bundle folder or its ``model.onnx`` as is (else
+    ModelCheckError), or a checkpoint folder or hub id exported once into ``cache_dir/onnx/<slug>-<hash>/``
+    (a damaged cached export is exported again)."""
     s = os.fspath(model)
     p = Path(s)
+    if p.is_file() and p.name == BUNDLE_ONNX:
+        p = p.parent
     if is_model_bundle(p):
         verify_bundle(p)
         return p
     if p.is_file():
-        if p.name == BUNDLE_ONNX:
-            verify_bundle(p.parent)
-            return p.parent
         raise ValueError(
             f"{p} is not a model bundle: a bundle is a folder with {BUNDLE_ONNX} (+ tokenizer files); "
             f"rename the file to {BUNDLE_ONNX} next to its tokenizer files, or export the checkpoint "
             "with `python -m trt_handler.engines.export`"
         )
-    if not p.is_dir() and not _looks_like_hub_id(s):
+    hub_id = re.fullmatch(r"[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?", s) and not s.endswith((".onnx", ".json"))
+    if not p.is_dir() and not hub_id:
         raise FileNotFoundError(
             f"model {s!r} is neither an existing folder/file nor a Hugging Face hub id; "
             "pass a checkpoint folder, a model bundle, a model.onnx file or a hub id like 'org/name'"
@@ -231,12 +202,9 @@ def resolve_model_bundle(model: PathLike, cache_dir: PathLike) -> Path:
 
 
 def export_onnx(model: PathLike, out_dir: PathLike, *, opset: int = DEFAULT_OPSET, check: bool = True) -> Path:
-    """Export a Hugging Face QA checkpoint (folder or hub id) to a model bundle in ``out_dir``.
-
-    Raises ExportCheckError when ``check`` and ONNX Runtime's logits differ from PyTorch's by more
-    than the tolerance; ModelCheckError for a tokenizer that would not serve the model.
-    ``out_dir`` is replaced only when it is empty or already a bundle.
-    """
+    """Export a Hugging Face QA checkpoint (folder or hub id) to a model bundle in ``out_dir`` (replaced
+    only when empty or a bundle). ExportCheckError: ONNX Runtime and PyTorch differ beyond the tolerance
+    (when ``check``); ModelCheckError: a tokenizer that would not serve the model."""
     from transformers import AutoModelForQuestionAnswering
 
     torch = _torch()
@@ -245,7 +213,6 @@ def export_onnx(model: PathLike, out_dir: PathLike, *, opset: int = DEFAULT_OPSE
         raise ValueError(f"{src} is a file; export_onnx takes a checkpoint folder or a hub id")
     tokenizer = _checked_tokenizer(src)
     qa_model: Any = AutoModelForQuestionAnswering.from_pretrained(src, dtype=torch.float32)
-    qa_model.eval()
     vocab_size = getattr(qa_model.config, "vocab_size", None)
     if isinstance(vocab_size, int) and len(tokenizer) > vocab_size:  # a hub id has no local config.json
         raise ModelCheckError(
@@ -277,11 +244,8 @@ def export_random_bert(
     *,
     max_position_embeddings: int = 512,
 ) -> Path:
-    """Bundle of a BertForQuestionAnswering with seeded random weights and the given shape, for
-    build and throughput work where only the shape matters (BERT-large: 24, 1024, 16, 4096).
-
-    The tokenizer comes from ``tokenizer_dir``; a bundle of the same shape, seed and vocab already
-    in ``out_dir`` is returned as is.
+    """Bundle of a BertForQuestionAnswering with seeded random weights of this shape (BERT-large: 24,
+    1024, 16, 4096) for build and throughput work; one of the same shape, seed and vocab in ``out_dir`` is reused.
     """
     from transformers import BertConfig, BertForQuestionAnswering
 
@@ -308,7 +272,6 @@ def export_random_bert(
     )
     torch.manual_seed(seed)
     qa_model: Any = BertForQuestionAnswering(config)
-    qa_model.eval()
     return _write_bundle(qa_model, tokenizer, out, source=source, opset=DEFAULT_OPSET, check=True)
 
 
@@ -323,7 +286,7 @@ def _torch() -> Any:
 
 
 def _int32_wrapper(qa_model: Any) -> Any:
-    """nn.Module taking int32 inputs (what TensorRT and the handlers feed) and returning the logits."""
+    """nn.Module in eval mode (``qa_model`` too) taking int32 inputs, as TensorRT and the handlers feed."""
     torch = _torch()
 
     class Int32QA(torch.nn.Module):  # type: ignore[misc,name-defined]
@@ -332,12 +295,8 @@ def _int32_wrapper(qa_model: Any) -> Any:
             self.inner = inner
 
         def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Tuple[Any, Any]:
-            out = self.inner(
-                input_ids=input_ids.long(),
-                attention_mask=attention_mask.long(),
-                token_type_ids=token_type_ids.long(),
-                return_dict=True,
-            )
+            out = self.inner(input_ids=input_ids.long(), attention_mask=attention_mask.long(),
+                             token_type_ids=token_type_ids.long(), return_dict=True)
             return out.start_logits, out.end_logits
 
     return Int32QA(qa_model).eval()
@@ -369,8 +328,7 @@ def _random_batch(rng: np.random.Generator, batch: int, seq: int, vocab: int) ->
     """Random int32 inputs shaped like real windows: [CLS] ids, two segments, padded rows."""
     ids = rng.integers(1000, max(1001, vocab), size=(batch, seq)).astype(np.int32)
     ids[:, 0] = 101 if vocab > 101 else 0
-    mask = np.zeros((batch, seq), dtype=np.int32)
-    types = np.zeros((batch, seq), dtype=np.int32)
+    mask, types = np.zeros((2, batch, seq), dtype=np.int32)
     for row in range(batch):
         n = seq if row == 0 else int(rng.integers(max(1, seq // 2), seq + 1))
         mask[row, :n] = 1
@@ -407,7 +365,6 @@ def _write_bundle(qa_model: Any, tokenizer: Any, out_dir: Path, *, source: str, 
     import onnx
     import transformers
 
-    torch = _torch()
     t0 = time.perf_counter()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
@@ -442,16 +399,12 @@ def _write_bundle(qa_model: Any, tokenizer: Any, out_dir: Path, *, source: str, 
             "tolerance": DEFAULT_TOLERANCE,
             "max_abs_diff": diffs,
             "max_abs_logit": scales,
-            "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+            "versions": {"torch": _torch().__version__, "transformers": transformers.__version__,
                          "onnx": onnx.__version__},
             "export_seconds": round(time.perf_counter() - t0, 1),
         }
         (tmp / BUNDLE_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        ours = _file_key(onnx_path)[1:]
         _publish(tmp, out_dir)
-        published = _file_key(out_dir / BUNDLE_ONNX)
-        if published[1:] == ours:  # our file (not a racing exporter's): just hashed, no need again
-            _VERIFIED[published] = str(meta["sha256"])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     LOGGER.info("exported %s -> %s in %.1f s, max |diff| %s", source, out_dir, time.perf_counter() - t0, diffs)
@@ -483,8 +436,17 @@ def hash_file(h: Any, path: Path) -> Any:
     return h
 
 
+# (device, inode, size, mtime_ns) -> sha256: one hash per file version and process, kept across a rename
+_SHA256: Dict[Tuple[int, int, int, int], str] = {}
+
+
 def file_sha256(path: Path) -> str:
-    return str(hash_file(hashlib.sha256(), path).hexdigest())
+    """The file's sha256, memoized per file version (so a just-exported bundle is not hashed again)."""
+    st = path.stat()
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _SHA256:
+        _SHA256[key] = str(hash_file(hashlib.sha256(), path).hexdigest())
+    return _SHA256[key]
 
 
 def _read_meta(bundle: Path) -> Dict[str, Any]:
@@ -514,9 +476,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.opset != DEFAULT_OPSET or args.no_check:
             parser.error("--opset/--no-check apply to --out-dir exports; the cache always uses the checked default")
         bundle = resolve_model_bundle(args.model, args.cache_dir)
-    meta = _read_meta(bundle)
-    if meta.get("max_abs_diff"):
-        print(f"max |ONNX - PyTorch| per shape: {meta['max_abs_diff']}", file=sys.stderr)
+    if diffs := _read_meta(bundle).get("max_abs_diff"):
+        print(f"max |ONNX - PyTorch| per shape: {diffs}", file=sys.stderr)
     print(bundle)
     return 0
 

@@ -1,7 +1,6 @@
 """Optimization profiles: which (batch, sequence) shapes an engine accepts, and which one a batch uses.
 
-One profile per sequence-length bucket lets a batch padded to 128 tokens run on kernels tuned for
-128 instead of 384. The builder writes them, the session reads them, the handlers pick one per batch.
+One profile per sequence-length bucket lets a batch padded to 128 tokens run on kernels tuned for 128.
 """
 
 from __future__ import annotations
@@ -50,10 +49,8 @@ def profiles_for_buckets(
     opt_batch: int = 16,
     max_batch: int | Sequence[int] = 64,
 ) -> List[ProfileSpec]:
-    """One profile per bucket: bucket k accepts sequence lengths (bucket k-1, bucket k].
-
-    ``max_batch`` is one limit for every bucket or one per bucket; opt_batch is capped at it.
-    """
+    """One profile per bucket: bucket k accepts sequence lengths (bucket k-1, bucket k]; ``max_batch``
+    is one limit for every bucket or one per bucket (opt_batch is capped at it)."""
     buckets = validate_buckets(buckets)
     rows = [max_batch] * len(buckets) if isinstance(max_batch, int) else list(max_batch)
     lowers = [1, *(b + 1 for b in buckets[:-1])]
@@ -62,13 +59,9 @@ def profiles_for_buckets(
 
 
 def choose_profile(profiles: Sequence[ProfileSpec], batch: int, seq: int) -> int:
-    """Index of the profile for a [batch, seq] input: the one with the smallest max_seq that fits.
-
-    Raises ValueError naming the shape and the profiles when none accepts it, so a caller can
-    split the batch (too many rows) or knows the windows are longer than the engine allows.
-    """
-    fits = [i for i, p in enumerate(profiles) if p.accepts(batch, seq)]
-    if not fits:
+    """Index of the profile with the smallest max_seq that accepts a [batch, seq] input; ValueError
+    naming the shape and the profiles when none does."""
+    if not (fits := [i for i, p in enumerate(profiles) if p.accepts(batch, seq)]):
         ranges = ", ".join(
             f"#{i}: batch {p.min_batch}-{p.max_batch} x seq {p.min_seq}-{p.max_seq}"
             for i, p in enumerate(profiles)
@@ -92,12 +85,9 @@ def token_budget_profiles(
     opt_batch: int = 16,
     buckets: Sequence[int] | None = None,
 ) -> List[ProfileSpec]:
-    """Profiles whose sequence buckets come from data and whose max batches share a token budget.
-
-    Buckets: ``suggest_buckets(window_lengths, count, max_seq, 16)`` (least padding, the last
-    ``max_seq``); without lengths, ``buckets`` or :data:`DEFAULT_BUCKETS` up to ``max_seq``.
-    Each max_batch is ``token_budget // bucket`` rounded down to a multiple of 8 (when at least 8),
-    never below ``min_batch``.
+    """Profiles whose max batches share a token budget: ``token_budget // bucket`` rounded down to a
+    multiple of 8 (when at least 8), never below ``min_batch``. Buckets: ``suggest_buckets(window_lengths,
+    count, max_seq, 16)``; without lengths, ``buckets`` or :data:`DEFAULT_BUCKETS` up to ``max_seq``.
     """
     from trt_handler.qa.batching import suggest_buckets
 
@@ -111,6 +101,5 @@ def token_budget_profiles(
     else:
         buckets = tuple(suggest_buckets(window_lengths, count, max_seq, 16))
     buckets = validate_buckets(buckets)
-    rows = [token_budget // b for b in buckets]
-    rows = [max(n - n % 8 if n >= 8 else n, min_batch) for n in rows]
+    rows = [max(n - n % 8 if n >= 8 else n, min_batch) for n in (token_budget // b for b in buckets)]
     return profiles_for_buckets(buckets, min_batch, opt_batch, rows)

@@ -1,18 +1,17 @@
 """The engine sidecar (``<engine>.json``, written by the builder): the one place that reads it.
 
-It says what the engine is (library, version, targets, precision, profiles, ONNX and engine
-sha256, I/O) without deserializing it, so a pipeline plans its batches before touching a GPU.
-It may live next to a local engine or anywhere Beam's FileSystems reads (gs://).
+It says what the engine is (library, version, targets, precision, profiles, ONNX and engine sha256,
+I/O) without deserializing it, so a pipeline plans its batches before touching a GPU (local or gs://).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import IO, Any, Dict, List, Optional
 
 from trt_handler.engines.profiles import ProfileSpec
 
@@ -20,12 +19,9 @@ __all__ = [
     "SidecarError",
     "atomic_write",
     "profiles_from_sidecar",
-    "read_cached_sidecar",
     "read_engine_profiles",
     "read_sidecar",
 ]
-
-LOGGER = logging.getLogger(__name__)
 
 # A sidecar claiming a larger batch than this is wrong (no QA engine is built that wide).
 MAX_BATCH_LIMIT = 4096
@@ -38,32 +34,27 @@ class SidecarError(ValueError):
 def read_sidecar(engine_path: str) -> Optional[Dict[str, Any]]:
     """The sidecar of ``engine_path`` as a dict; None when there is none, SidecarError when it
     exists but is not a JSON object (a sidecar that lies is worse than none)."""
-    from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
 
     path = engine_path + ".json"
     if not FileSystems.exists(path):
         return None
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        data: bytes = f.read()
-    try:
-        meta = json.loads(data.decode("utf-8"))
-    except ValueError as e:
-        raise SidecarError(
-            f"engine sidecar {path} is not JSON ({e}); rebuild the engine with "
-            "`python -m trt_handler.engines.build` or delete the sidecar"
-        ) from None
+    with FileSystems.open(path) as f:
+        try:
+            meta = json.load(f)
+        except ValueError as e:
+            raise SidecarError(
+                f"engine sidecar {path} is not JSON ({e}); rebuild the engine with "
+                "`python -m trt_handler.engines.build` or delete the sidecar"
+            ) from None
     if not isinstance(meta, dict):
         raise SidecarError(f"engine sidecar {path} holds a {type(meta).__name__}, not a JSON object; rebuild the engine")
     return meta
 
 
 def profiles_from_sidecar(meta: Dict[str, Any], where: str = "the sidecar") -> List[ProfileSpec]:
-    """The optimization profiles a sidecar lists; SidecarError when they are missing or invalid.
-
-    Beyond each profile's own ranges: no max_batch above :data:`MAX_BATCH_LIMIT`, and the sequence
-    ranges, ordered, cover 1..max_seq with no gap and no overlap (as the builder writes them).
-    """
+    """The optimization profiles a sidecar lists; SidecarError unless each is valid, none has max_batch
+    above :data:`MAX_BATCH_LIMIT` and their sequence ranges cover 1..max_seq with no gap or overlap."""
     try:
         profiles = [ProfileSpec(**{k: int(v) for k, v in p.items()}) for p in meta["profiles"]]
     except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -74,8 +65,7 @@ def profiles_from_sidecar(meta: Dict[str, Any], where: str = "the sidecar") -> L
         ) from None
     if not profiles:
         raise SidecarError(f"engine sidecar {where} lists no profiles; rebuild the engine")
-    too_big = [p for p in profiles if p.max_batch > MAX_BATCH_LIMIT]
-    if too_big:
+    if too_big := [p for p in profiles if p.max_batch > MAX_BATCH_LIMIT]:
         raise SidecarError(
             f"engine sidecar {where} claims max_batch {too_big[0].max_batch} (limit {MAX_BATCH_LIMIT}); "
             "the sidecar is damaged or not this project's - rebuild the engine"
@@ -98,27 +88,17 @@ def read_engine_profiles(engine_path: str) -> Optional[List[ProfileSpec]]:
     return None if meta is None else profiles_from_sidecar(meta, engine_path + ".json")
 
 
-def read_cached_sidecar(engine_path: str) -> Optional[Dict[str, Any]]:
-    """The sidecar of a cached engine; None (rebuild, don't fail) unless the engine and a sidecar
-    that is a JSON object both exist."""
-    from apache_beam.io.filesystems import FileSystems
-
-    if not FileSystems.exists(engine_path):
-        return None
-    try:
-        return read_sidecar(engine_path)
-    except SidecarError as exc:
-        LOGGER.warning("%s; rebuilding the engine", exc)
-        return None
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write a local file via a temporary sibling and rename, so readers never see half a file."""
+def atomic_write(path: Path, data: bytes | IO[bytes]) -> None:
+    """Write ``data`` (bytes, or a binary file streamed in 8 MiB blocks) to a local file via a temporary
+    sibling and rename, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            if isinstance(data, bytes):
+                f.write(data)
+            else:
+                shutil.copyfileobj(data, f, 8 << 20)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
