@@ -35,8 +35,7 @@ case "$stage" in
       --out "$OUT/gpu_pipeline_h200.jsonl" --md "$OUT/gpu_pipeline_direct_h200.md" ;;
   accuracy)
     export TRT_QA_SHARED=$PWD/.devdata2 TRT_QA_TEST_CACHE=/tmp/trt-qa-test-cache
-    python3 -m pytest -q -ra -m gpu tests/test_torch_runner.py tests/test_devices.py tests/test_handlers.py \
-      tests/test_gpu_check.py tests/test_cuda_runtime.py 2>&1 | tee "$OUT/gpu_tests_h200.txt" | tail -25
+    python3 -m pytest -q -ra -m gpu tests 2>&1 | tee "$OUT/gpu_tests_h200.txt" | tail -25
     M=.devdata2/models/minilm-l6-squad2
     B1=.devdata2/data/squad/squad_B1.json
     python3 -m trt_handler.evaluate --backend torch --device cuda --dtype fp16 --model $M --data $B1 \
