@@ -1,8 +1,5 @@
 """Command-line options shared by the batch and streaming pipelines, and the settings they become.
-
-Our flags use dashes (``--max-seq-length``); the rest go to Beam's ``PipelineOptions`` untouched
-(``--runner``, ``--temp_location`` ...), so one command line configures the QA transforms and the runner.
-"""
+Our flags use dashes (``--max-seq-length``); the rest go to Beam untouched (``--runner``, ``--temp_location``)."""
 
 from __future__ import annotations
 
@@ -19,12 +16,9 @@ BACKENDS = ("onnx", "tensorrt", "torch")
 
 @dataclass(frozen=True)
 class QASettings:
-    """Everything the QA transforms need, as plain picklable values (shipped to every worker).
-
-    ``model_dir``: a bundle folder (local or gs://) with the tokenizer files and, for ONNX Runtime,
-    ``model.onnx`` (for PyTorch: a Hugging Face checkpoint folder). Batching settings left None take
-    the handler's defaults (for an engine, its sidecar's profiles). Invalid values raise ValueError.
-    """
+    """Everything the QA transforms need, as picklable values. ``model_dir``: a bundle folder (local or
+    gs://; for PyTorch a Hugging Face checkpoint folder). Batching settings left None take the
+    handler's defaults (an engine's: its sidecar's profiles). Invalid values raise ValueError."""
 
     model_dir: str
     backend: str = "onnx"
@@ -108,15 +102,21 @@ def _int_list(text: str) -> Tuple[int, ...]:
 
 
 def _optional_limit(text: str) -> Optional[int]:
-    value = int(text)
-    return None if value == 0 else value
+    return int(text) or None  # 0 = no limit
 
 
 def new_parser(prog: str, description: Optional[str]) -> Tuple[argparse.ArgumentParser, Any]:
-    """A pipeline's parser (its description kept as written) and its "input / output" group."""
+    """A pipeline's parser (its description kept as written) and its "input / output" group, which
+    holds the BigQuery sinks both pipelines have."""
     parser = argparse.ArgumentParser(
         prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    return parser, parser.add_argument_group("input / output")
+    io = parser.add_argument_group("input / output")
+    io.add_argument("--bigquery-table", default=None,
+                    help="write answers to this BigQuery table (project:dataset.table); batch: instead of "
+                         "OUTPUT-*.jsonl")
+    io.add_argument("--bigquery-rejected-table", default=None,
+                    help="write dead letters to this BigQuery table; batch: instead of OUTPUT-rejected-*.jsonl")
+    return parser, io
 
 
 def add_qa_arguments(parser: argparse.ArgumentParser) -> None:
@@ -184,9 +184,8 @@ def add_qa_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_or_exit(parser: argparse.ArgumentParser, args: argparse.Namespace) -> QASettings:
-    """QASettings from parsed flags (each field from the flag of its name, where there is one), for
-    the resolved and launch-checked model; a model that cannot be found or fails its check, or a bad
-    combination of settings, exits with status 2 and the message."""
+    """QASettings from parsed flags (each field from the flag of its name) for the resolved, launch-
+    checked model; a missing or failing model, or bad settings, exit with status 2 and the message."""
     try:
         model_dir = resolve_model(args.model, args.cache_dir, args.backend)
         check_model(model_dir, args.backend)
@@ -209,14 +208,10 @@ def saved_threshold(model_dir: str, backend: str, engine: Optional[str] = None) 
     from trt_handler.backends.handlers import bundle_metadata, engine_metadata
 
     try:
-        if backend == "tensorrt" and engine:
-            value = engine_metadata(engine)["null_threshold"]
-            if value is not None:
-                return float(value)
-        value = bundle_metadata(model_dir)["null_threshold"]
+        saved = engine_metadata(engine)["null_threshold"] if backend == "tensorrt" and engine else None
+        return bundle_metadata(model_dir)["null_threshold"] if saved is None else saved
     except (OSError, ValueError):
         return None
-    return None if value is None else float(value)
 
 
 def _is_local(path: str) -> bool:
@@ -226,9 +221,8 @@ def _is_local(path: str) -> bool:
 
 
 def resolve_model(model: str, cache_dir: str, backend: str) -> str:
-    """The bundle folder the workers read: a local checkpoint or hub id is exported to ONNX once
-    (cached in ``cache_dir``); remote paths, and models of the TensorRT (tokenizer only) and PyTorch
-    (the checkpoint itself) backends, are used as given."""
+    """The bundle folder the workers read: for ONNX Runtime a local checkpoint or hub id is exported
+    once into ``cache_dir``; remote paths and tensorrt / torch models are used as given."""
     if not _is_local(model) or backend in ("tensorrt", "torch"):
         return model
     from trt_handler.engines.export import resolve_model_bundle

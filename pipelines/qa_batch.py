@@ -55,10 +55,6 @@ def build_parser() -> argparse.ArgumentParser:
                     help="auto: *.json is SQuAD JSON, anything else JSONL (default auto)")
     io.add_argument("--output", required=True,
                     help="output prefix (local or gs://): answers OUTPUT-*.jsonl, dead letters OUTPUT-rejected-*.jsonl")
-    io.add_argument("--bigquery-table", default=None,
-                    help="write answers to this BigQuery table (project:dataset.table) instead of OUTPUT-*.jsonl")
-    io.add_argument("--bigquery-rejected-table", default=None,
-                    help="write dead letters to this BigQuery table instead of OUTPUT-rejected-*.jsonl")
     io.add_argument("--show", type=int, default=0, metavar="N", help="print N answers (with their questions) at the end")
     io.add_argument("--allow-duplicate-ids", action="store_true",
                     help="answer every record even when ids repeat (skips the id count; by default all but one "
@@ -77,8 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _metric_json(pairs: List[Tuple[QAExample, Answer]]) -> str:
-    """The official SQuAD metric, as one JSON line, of the answered questions that carry gold (answers,
-    or SQuAD v2's explicit "unanswerable"); ``unscored`` counts the others."""
+    """The SQuAD metric (one JSON line) of the answers whose questions carry gold; ``unscored``: the others."""
     from trt_handler.evaluate import metric_for_answers
 
     scored = [(ex, a) for ex, a in pairs if ex.answers or ex.is_impossible is True]
@@ -102,8 +97,7 @@ def check_input(path: str) -> None:
 
 
 def replace_earlier_outputs(prefix: str) -> None:
-    """Make the local output folder (ValueError in one sentence when it cannot), and delete what an
-    earlier run wrote at this prefix, so a run's outputs never mix with stale ones."""
+    """Make the local output folder (ValueError when it cannot) and delete an earlier run's files at the prefix."""
     if FileSystems.get_scheme(prefix) in (None, "file"):
         folder = os.path.dirname(os.path.abspath(prefix))
         try:
@@ -230,14 +224,9 @@ def run(argv: Optional[Sequence[str]] = None, handler: Any = None) -> Dict[str, 
 
 
 def threshold_target(settings: QASettings) -> str:
-    """The file ``--save-threshold`` writes: the engine's sidecar (tensorrt) or the local bundle's
-    export.json. ValueError when there is none to write (remote or hand-made models)."""
-    if settings.backend == "tensorrt":
-        path = f"{settings.engine}.json"
-        what = "engine sidecar"
-    else:
-        path = os.path.join(settings.model_dir, "export.json")
-        what = "bundle export.json"
+    """The file ``--save-threshold`` writes (engine sidecar or local bundle's export.json); ValueError if none."""
+    path, what = ((f"{settings.engine}.json", "engine sidecar") if settings.backend == "tensorrt"
+                  else (os.path.join(settings.model_dir, "export.json"), "bundle export.json"))
     if FileSystems.get_scheme(path) not in (None, "file"):
         raise ValueError(f"--save-threshold writes local files only; {path} is remote: evaluate a local copy of "
                          "the model, then upload it")
@@ -248,8 +237,8 @@ def threshold_target(settings: QASettings) -> str:
 
 
 def save_threshold(settings: QASettings, metric: Dict[str, Any], data: str) -> Dict[str, Any]:
-    """Write the metric's best_f1_thresh into the model's export.json / sidecar (atomically; the
-    bundle's sha256 covers model.onnx only, so verification is unaffected); returns the entry."""
+    """Write the metric's best_f1_thresh into the model's export.json / sidecar, atomically (the bundle's
+    sha256 covers model.onnx only); returns the entry."""
     from trt_handler.engines.sidecar import atomic_write
 
     path = threshold_target(settings)
@@ -278,8 +267,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = [a for a in argv if a != "--verbose"]
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
-        # Beam warns "Resource module is not available" every batch when its optional scipy is
-        # missing; memory metrics are all it costs.
+        # Beam warns this every batch when its optional scipy is missing; memory metrics are all it costs.
         handler.addFilter(lambda record: not record.getMessage().startswith("Resource module is not available"))
     try:
         outcome = run(argv)

@@ -29,9 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser, io = new_parser("python -m pipelines.qa_streaming", __doc__)
     io.add_argument("--subscription", required=True, help="Pub/Sub subscription to read questions from")
     io.add_argument("--topic", default=None, help="Pub/Sub topic for answers (JSON)")
-    io.add_argument("--bigquery-table", default=None, help="BigQuery table for answers (project:dataset.table)")
     io.add_argument("--rejected-topic", default=None, help="Pub/Sub topic for dead letters (JSON with reason and raw)")
-    io.add_argument("--bigquery-rejected-table", default=None, help="BigQuery table for dead letters")
     io.add_argument("--max-batch-duration-secs", type=float, default=1.0,
                     help="longest RunInference waits to fill a batch (default 1.0)")
     io.add_argument("--watch-model", default=None, metavar="PATTERN",
@@ -44,16 +42,6 @@ def build_parser() -> argparse.ArgumentParser:
                     help="how often --watch-model looks for new files (default 360)")
     add_qa_arguments(parser)
     return parser
-
-
-def answers_to_messages(out: QAOutputs, top_k: int = 1) -> beam.PCollection:
-    """Answers as UTF-8 JSON message bodies (one answer_row each, with ``top_k`` candidates)."""
-    return out.answers | "AnswerMessages" >> beam.Map(lambda pair, k: answer_json(pair, k).encode(), top_k)
-
-
-def rejections_to_messages(out: QAOutputs) -> beam.PCollection:
-    """Dead letters as UTF-8 JSON message bodies (one rejection_row each)."""
-    return out.rejected | "RejectedMessages" >> beam.Map(lambda r: rejection_json(r).encode())
 
 
 def build_pipeline(
@@ -72,10 +60,13 @@ def build_pipeline(
             file_pattern=args.watch_model, interval=args.watch_interval_secs)
     out = messages | "AnswerQuestions" >> AnswerQuestions(settings, handler, unique_ids=False,
                                                           model_metadata=model_metadata)
-    if args.topic:
-        _ = answers_to_messages(out, settings.top_k) | "PublishAnswers" >> beam.io.WriteToPubSub(args.topic)
+    if args.topic:  # UTF-8 JSON message bodies
+        answers = out.answers | "AnswerMessages" >> beam.Map(lambda pair, k: answer_json(pair, k).encode(),
+                                                             settings.top_k)
+        _ = answers | "PublishAnswers" >> beam.io.WriteToPubSub(args.topic)
     if args.rejected_topic:
-        _ = rejections_to_messages(out) | "PublishRejected" >> beam.io.WriteToPubSub(args.rejected_topic)
+        rejected = out.rejected | "RejectedMessages" >> beam.Map(lambda r: rejection_json(r).encode())
+        _ = rejected | "PublishRejected" >> beam.io.WriteToPubSub(args.rejected_topic)
     write_to_bigquery(out, args.bigquery_table, args.bigquery_rejected_table, top_k=settings.top_k, streaming=True)
     return out
 

@@ -1,9 +1,8 @@
-"""Raw input records -> ``QAExample`` or ``Rejection``, and answers/rejections -> output rows.
+"""Raw input records -> ``QAExample`` or ``Rejection``, and answers/rejections -> output rows (no Beam).
 
-Plain functions (no Beam) shared by the batch and streaming pipelines and the notebook. A rejection
-reason is ``"<code>: <sentence>"`` (codes: :data:`REASON_CODES`). No input makes them raise: an
-unforeseen failure is a ``parse_error`` rejection, and every text a Rejection carries is valid
-UTF-8 (lone surrogates become ``\\udXXX`` escapes), so writing a dead letter cannot fail either.
+A rejection reason is ``"<code>: <sentence>"`` (codes: :data:`REASON_CODES`). No input makes these raise:
+an unforeseen failure is a ``parse_error``, and a Rejection's texts are valid UTF-8 (lone surrogates
+become ``\\udXXX`` escapes), so writing a dead letter cannot fail either.
 """
 
 from __future__ import annotations
@@ -71,9 +70,8 @@ def feature_rejection(error: Exception, raw: str, example_id: Optional[str] = No
     """The Rejection (stage "features") of a question the WindowMaker refused: code from ``error.code``
     when it is a known one (``too_many_windows``), else ``feature_error``."""
     code = getattr(error, "code", None)
-    if code not in REASON_CODES:
-        code = "feature_error"
-    return reject(code, str(error), raw, stage="features", example_id=example_id)
+    return reject(code if code in REASON_CODES else "feature_error", str(error), raw, stage="features",
+                  example_id=example_id)
 
 
 def reason_code(rejection: Rejection) -> str:
@@ -165,21 +163,15 @@ def _format_code(err: DataFormatError) -> str:
     """The reason code of a record that the readers' rules refuse."""
     if err.code in REASON_CODES:
         return err.code
-    if err.field == "answers":
-        return "bad_answers"
-    if err.field == "is_impossible":
-        return "bad_is_impossible"
-    if err.field is None:
-        return "not_an_object"
-    return "missing_field" if err.missing else "wrong_type"
+    by_field = {"answers": "bad_answers", "is_impossible": "bad_is_impossible", None: "not_an_object"}
+    return by_field.get(err.field) or ("missing_field" if err.missing else "wrong_type")
 
 
 def parse_record(raw: RawRecord, limits: RecordLimits = RecordLimits()) -> Union[QAExample, Rejection]:
     """One JSON object ``{id, question, context[, answers, is_impossible]}`` -> QAExample or Rejection.
 
-    Fields follow :func:`trt_handler.qa.reading.example_from_record` and must keep to ``limits`` (a
-    record over ``limits.record_chars_limit`` is not parsed); the first problem, in field order, is
-    the reason. Question and context are kept exactly. Never raises for str or bytes.
+    Fields follow :func:`trt_handler.qa.reading.example_from_record` and ``limits`` (a record over
+    ``limits.record_chars_limit`` is not parsed); the first problem in field order is the reason.
     """
     if not isinstance(raw, (str, bytes)):
         raise TypeError(f"a raw record is str or bytes, got {type(raw).__name__}")
@@ -224,8 +216,7 @@ def split_squad_document(raw: RawRecord, source: str = "") -> Iterator[Union[str
     """Yield one self-contained JSONL record (replayable when rejected) per question of a SQuAD document.
 
     A structure error above the question level is one Rejection; a question with an integer too long
-    for Python is ``number_too_long`` here, other faults are left to ``parse_record``, so one bad
-    question never costs its neighbours. Never raises for str or bytes.
+    for Python is ``number_too_long`` here; other faults are left to ``parse_record``.
     """
     where = f" ({source})" if source else ""
     try:
@@ -263,9 +254,7 @@ def _split_squad_document(raw: RawRecord, where: str) -> Iterator[Union[str, Rej
                     yield _dump(qa)  # parse_record says what it is
                     continue
                 record: Dict[str, Any] = {k: qa[k] for k in ("id", "question", "answers", "is_impossible") if k in qa}
-                record["context"] = paragraph.get("context")
-                if title is not None:
-                    record["title"] = title
+                record |= {"context": paragraph.get("context"), **({} if title is None else {"title": title})}
                 long_number = _find_too_long_number(record)
                 if long_number is not None:
                     key, digits = long_number
@@ -296,9 +285,7 @@ def _dump(obj: Any) -> str:
     """``obj`` as JSON that UTF-8 can encode (ASCII escapes only when a text holds a lone surrogate;
     a TooLongNumber is written as its repr)."""
     text = json.dumps(obj, ensure_ascii=False, default=repr)
-    if lone_surrogate(text) >= 0:
-        text = json.dumps(obj, ensure_ascii=True, default=repr)
-    return text
+    return text if lone_surrogate(text) < 0 else json.dumps(obj, ensure_ascii=True, default=repr)
 
 
 def _finite(x: float) -> Optional[float]:

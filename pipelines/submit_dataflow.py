@@ -21,37 +21,26 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 VERSIONS_ENV = Path(__file__).resolve().parents[1] / "container" / "versions.env"
+DEFAULT_THREADS = 4  # harness threads feeding the one SDK process
 
-
-@dataclass(frozen=True)
-class GpuSpec:
-    accelerator: str  # Dataflow's worker_accelerator type
-    machine_type: str  # default machine type that can carry it (its family is the only one that can)
-    threads: int  # default harness threads feeding the one SDK process
-
-
-GPUS: Dict[str, GpuSpec] = {
+# GPU -> (Dataflow's worker_accelerator type, default machine type: its family is the only one that can carry it).
+GPUS: Dict[str, Tuple[str, str]] = {
     # T4 attaches to N1 machines; 4 vCPUs tokenize fast enough for one T4 with a small model.
-    "T4": GpuSpec("nvidia-tesla-t4", "n1-standard-4", 4),
+    "T4": ("nvidia-tesla-t4", "n1-standard-4"),
     # L4 exists only on G2 machines (g2-standard-4 is the smallest, 1 L4).
-    "L4": GpuSpec("nvidia-l4", "g2-standard-4", 4),
+    "L4": ("nvidia-l4", "g2-standard-4"),
 }
 
 
 def read_versions(path: Path = VERSIONS_ENV) -> Dict[str, str]:
     """KEY=VALUE lines of container/versions.env (comments and blank lines skipped)."""
-    out: Dict[str, str] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            out[key.strip()] = value.strip().strip('"')
-    return out
+    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    pairs = (line.partition("=") for line in lines if line and not line.startswith("#"))
+    return {key.strip(): value.strip().strip('"') for key, _, value in pairs}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,11 +76,11 @@ def build_command(args: argparse.Namespace, extra: Sequence[str] = (), python: s
     for name in ("project", "region", "bucket", "image", "engine", "model", "input", "output"):
         if not str(getattr(args, name)).strip():
             raise ValueError(f"--{name} is empty; set it (make submit-dataflow {name.upper()}=...)")
-    gpu = GPUS[args.gpu]
+    accelerator_type, default_machine = GPUS[args.gpu]
     if args.gpu_count < 1:
         raise ValueError(f"--gpu-count must be at least 1, got {args.gpu_count}")
-    machine = args.machine_type or gpu.machine_type
-    family = gpu.machine_type.split("-")[0] + "-"
+    machine = args.machine_type or default_machine
+    family = default_machine.split("-")[0] + "-"
     if not machine.startswith(family):
         raise ValueError(f"{args.gpu} GPUs attach only to {family}* machine types, got {machine}")
     for name in ("engine", "input", "output", "template_location"):
@@ -105,7 +94,7 @@ def build_command(args: argparse.Namespace, extra: Sequence[str] = (), python: s
     job = args.job_name or f"trt-bert-qa-{time.strftime('%Y%m%d-%H%M%S')}"
     if not re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", job):
         raise ValueError(f"Dataflow job names are lowercase letters, digits and dashes, got {job!r}")
-    accelerator = f"worker_accelerator=type:{gpu.accelerator};count:{args.gpu_count};install-nvidia-driver"
+    accelerator = f"worker_accelerator=type:{accelerator_type};count:{args.gpu_count};install-nvidia-driver"
     cmd = [
         python, "-m", "pipelines.qa_batch",
         "--input", args.input,
@@ -128,7 +117,7 @@ def build_command(args: argparse.Namespace, extra: Sequence[str] = (), python: s
           ["--gpu-count", str(args.gpu_count)]),
         "--dataflow_service_options", accelerator,
         "--machine_type", machine,
-        "--number_of_worker_harness_threads", str(args.threads or gpu.threads),
+        "--number_of_worker_harness_threads", str(args.threads or DEFAULT_THREADS),
         "--disk_size_gb", str(args.disk_size_gb),
     ]
     if args.max_workers:

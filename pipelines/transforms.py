@@ -1,16 +1,14 @@
-"""Beam transforms shared by the batch pipeline, the streaming pipeline and the notebook.
-
-A question travels as one element with all its windows (the same graph for batch and streaming: no
-CoGroupByKey, state or timers), and every record leaves as exactly one answer or one Rejection.
-QA logic (validation, windows, answers) lives in ``trt_handler`` and ``pipelines.records``.
-"""
+"""Beam transforms shared by the batch and streaming pipelines and the notebook: a question travels
+as one element with all its windows, and every record leaves as exactly one answer or one Rejection."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -49,10 +47,7 @@ def input_format(path: str, requested: str = "auto") -> str:
         return requested
     if requested != "auto":
         raise ValueError(f"input format must be auto, jsonl or squad, got {requested!r}")
-    name = path.lower()
-    for ext in (".gz", ".bz2", ".deflate", ".zst"):
-        name = name.removesuffix(ext)
-    return "squad" if name.endswith(".json") else "jsonl"
+    return "squad" if re.sub(r"(\.(gz|bz2|deflate|zst))+$", "", path.lower()).endswith(".json") else "jsonl"
 
 
 class ReadRecords(beam.PTransform):
@@ -78,21 +73,15 @@ class ReadRecords(beam.PTransform):
         )
 
 
-def _parse(raw: Any, limits: RecordLimits) -> Iterator[Any]:
+def _parse(raw: Any, limits: RecordLimits) -> Any:
     """raw -> (raw text, QAExample), or its Rejection on ``rejected`` (a whole-document one comes from reading)."""
     _count("records_read")
     result = raw if isinstance(raw, Rejection) else parse_record(raw, limits)
-    if isinstance(result, Rejection):
-        yield pvalue.TaggedOutput(REJECTED, result)
-    else:
-        yield raw_text(raw), result
+    return pvalue.TaggedOutput(REJECTED, result) if isinstance(result, Rejection) else (raw_text(raw), result)
 
 
-def _route_duplicates(pair: Tuple[str, QAExample], duplicated: Dict[str, int]) -> Iterator[Any]:
-    if pair[1].id in duplicated:
-        yield pvalue.TaggedOutput("duplicated", (pair[1].id, pair))
-    else:
-        yield pair
+def _route_duplicates(pair: Tuple[str, QAExample], duplicated: Dict[str, int]) -> Any:
+    return pvalue.TaggedOutput("duplicated", (pair[1].id, pair)) if pair[1].id in duplicated else pair
 
 
 def _keep_one(element: Tuple[str, Any]) -> Iterator[Any]:
@@ -109,10 +98,7 @@ def _keep_one(element: Tuple[str, Any]) -> Iterator[Any]:
 
 class RejectDuplicateIds(beam.PTransform):
     """(raw, QAExample) -> (the same, one record per id; Rejections of the other records of an id).
-
-    Only ids are counted across workers and only the records of duplicated ids are grouped. Batch
-    only: a stream has no end at which an id is known to be unique.
-    """
+    Only ids are counted and only duplicated ids grouped; batch only (a stream has no end)."""
 
     def expand(self, parsed: pvalue.PCollection) -> Tuple[pvalue.PCollection, pvalue.PCollection]:
         duplicated = (
@@ -121,7 +107,7 @@ class RejectDuplicateIds(beam.PTransform):
             | "CountIds" >> beam.CombinePerKey(sum)
             | "Duplicated" >> beam.Filter(lambda id_count: id_count[1] > 1)
         )
-        routed = parsed | "Route" >> beam.FlatMap(
+        routed = parsed | "Route" >> beam.Map(
             _route_duplicates, beam.pvalue.AsDict(duplicated)).with_outputs("duplicated", main="unique")
         kept = (
             routed.duplicated
@@ -136,9 +122,8 @@ _STAGE_LOCK = threading.Lock()
 
 
 def local_model_dir(model_dir: str) -> str:
-    """A local folder with the bundle's tokenizer files (the tokenizer loads only from local folders):
-    ``model_dir`` itself when local, else a per-process copy of the small files of a gs:// (any Beam
-    FileSystems) folder; ONNX and engine files are not copied (their handlers read them themselves)."""
+    """A local folder with the bundle's tokenizer files (the tokenizer loads only locally): ``model_dir``
+    when local, else a per-process copy of a remote folder's files but ONNX and engine files."""
     from apache_beam.io.filesystems import FileSystems
 
     if FileSystems.get_scheme(model_dir) in (None, "file"):
@@ -152,10 +137,9 @@ def local_model_dir(model_dir: str) -> str:
             raise FileNotFoundError(f"no files under {model_dir}; upload the model bundle folder there")
         for meta in matched:
             name = meta.path.rstrip("/").rsplit("/", 1)[-1]
-            if name.endswith((".onnx", ".onnx.data", ".engine", ".plan")):
-                continue
-            with FileSystems.open(meta.path) as src, open(os.path.join(target, name), "wb") as dst:
-                dst.write(src.read())
+            if not name.endswith((".onnx", ".onnx.data", ".engine", ".plan")):
+                with FileSystems.open(meta.path) as src, open(os.path.join(target, name), "wb") as dst:
+                    dst.write(src.read())
         _STAGED[model_dir] = target
         return target
 
@@ -167,7 +151,6 @@ class _MakeQuestions(beam.DoFn):
     def __init__(self, settings: QASettings):
         self._settings = settings
         self._maker: Any = None
-        self._windows = Metrics.counter(NAMESPACE, "windows")
 
     def setup(self) -> None:
         from trt_handler.qa.windows import WindowMaker, load_tokenizer
@@ -194,7 +177,7 @@ class _MakeQuestions(beam.DoFn):
                 error = windows if isinstance(windows, Exception) else ValueError("the tokenizer made no window")
                 yield pvalue.TaggedOutput(REJECTED, feature_rejection(error, raw, ex.id))
                 continue
-            self._windows.inc(len(windows))
+            _counter("windows").inc(len(windows))
             yield QuestionWindows(ex, tuple(windows), raw)
 
 
@@ -203,14 +186,9 @@ def make_handler(settings: QASettings) -> Any:
     each handler applies its own defaults (an engine's profiles come from its sidecar)."""
     from trt_handler.backends import handlers
 
-    given = {
-        "buckets": settings.buckets,
-        "max_model_batch": settings.max_batch,
-        "max_batch_windows": settings.batch_windows,
-        "max_tokens": settings.max_tokens,
-        "pad_to": settings.pad_to,
-        "max_batch_duration_secs": settings.max_batch_duration_secs,
-    }
+    given = {"buckets": settings.buckets, "max_model_batch": settings.max_batch,
+             "max_batch_windows": settings.batch_windows, "max_tokens": settings.max_tokens,
+             "pad_to": settings.pad_to, "max_batch_duration_secs": settings.max_batch_duration_secs}
     kwargs: Dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     # Unless set by flag, the handler reads each model's saved threshold itself (models can be swapped).
     flag = settings.threshold_source == "flag"
@@ -230,10 +208,8 @@ def make_handler(settings: QASettings) -> Any:
 
 
 def _outcome(prediction: Any, settings: QASettings) -> Iterator[Any]:
-    """PredictionResult(question, Answer | error) -> (QAExample, Answer), or its Rejection.
-
-    The answer's provenance carries Beam's ``PredictionResult.model_id``; for a handler that records
-    no provenance, one is made from the model id and the settings."""
+    """PredictionResult(question, Answer | error) -> (QAExample, Answer), or its Rejection; an answer
+    of a handler that records no provenance gets one from Beam's model id and the settings."""
     question: QuestionWindows = prediction.example
     outcome = prediction.inference
     if not isinstance(outcome, Answer):
@@ -241,19 +217,17 @@ def _outcome(prediction: Any, settings: QASettings) -> Iterator[Any]:
             "answer_error", f"answer extraction failed: {type(outcome).__name__}: {outcome}", question.raw,
             stage="answer", example_id=question.example.id))
         return
-    prov = getattr(outcome, "provenance", None)
-    model_id = prediction.model_id
-    if prov is None:
+    if getattr(outcome, "provenance", None) is None:
+        model_id = prediction.model_id
         outcome = with_provenance(outcome, Provenance(
             model_id="" if model_id is None else str(model_id), backend=settings.backend,
             null_threshold=settings.null_threshold, threshold_source=settings.threshold_source))
-    elif model_id is not None and prov.model_id != model_id:
-        outcome = with_provenance(outcome, dataclasses.replace(prov, model_id=str(model_id)))
+    _count("answered")
     yield question.example, outcome
 
 
 def _failed_batch(element: Tuple[List[QuestionWindows], Tuple[Any, Any, Any]]) -> Iterator[Rejection]:
-    """A batch from RunInference's dead-letter output -> one rejection per question in it."""
+    """A batch from RunInference's dead-letter output -> one Rejection per question in it."""
     batch, (exc_type, exc, _traceback) = element
     timed_out = isinstance(exc_type, type) and issubclass(exc_type, TimeoutError) or "TimeoutError" in str(exc_type)
     code = "inference_timeout" if timed_out else "inference_failed"
@@ -267,11 +241,6 @@ class QAOutputs(NamedTuple):
     rejected: pvalue.PCollection  # Rejection
 
 
-def _count_answer(pair: Tuple[QAExample, Answer]) -> Tuple[QAExample, Answer]:
-    _count("answered")
-    return pair
-
-
 def _count_rejection(r: Rejection) -> Rejection:
     _count("rejected")
     _count(f"rejected.{reason_code(r)}")
@@ -279,11 +248,8 @@ def _count_rejection(r: Rejection) -> Rejection:
 
 
 class AnswerQuestions(beam.PTransform):
-    """Raw records -> QAOutputs(answers, rejected); the core of both pipelines.
-
-    ``unique_ids``: reject every record but one of an id seen more than once (batch: needs a bounded
-    input). ``model_metadata`` feeds RunInference's model side input (model swaps).
-    """
+    """Raw records -> QAOutputs(answers, rejected). ``unique_ids``: dead-letter all but one record of
+    a repeated id (bounded input only); ``model_metadata``: RunInference's model side input (swaps)."""
 
     def __init__(self, settings: QASettings, handler: Any = None, *, unique_ids: bool = True,
                  model_metadata: Optional[pvalue.PCollection] = None):
@@ -297,7 +263,7 @@ class AnswerQuestions(beam.PTransform):
         from apache_beam.ml.inference.base import RunInference
 
         s = self._settings
-        parsed = raw | "Parse" >> beam.FlatMap(_parse, s.limits).with_outputs(REJECTED, main="examples")
+        parsed = raw | "Parse" >> beam.Map(_parse, s.limits).with_outputs(REJECTED, main="examples")
         rejected = [parsed[REJECTED]]
         examples = parsed.examples
         if self._unique_ids:
@@ -319,9 +285,8 @@ class AnswerQuestions(beam.PTransform):
         rejected.append(outcomes[REJECTED])
         rejected.append(dlq.failed_inferences | "FailedBatches" >> beam.FlatMap(_failed_batch))
 
-        answers = outcomes.answers | "CountAnswered" >> beam.Map(_count_answer)
         all_rejected = tuple(rejected) | "AllRejected" >> beam.Flatten() | "CountRejected" >> beam.Map(_count_rejection)
-        return QAOutputs(answers, all_rejected)
+        return QAOutputs(outcomes.answers, all_rejected)
 
 
 def answer_json(pair: Tuple[QAExample, Answer], top_k: int = 1) -> str:
@@ -352,14 +317,16 @@ def write_to_bigquery(out: QAOutputs, answers_table: Optional[str], rejected_tab
              | "WriteRejectedBQ" >> beam.io.WriteToBigQuery(rejected_table, schema=REJECTED_BQ_SCHEMA, **sink))
 
 
-# This process's counts, for the progress line of local runs (a local run's Beam metrics are readable
-# only once it has finished; on a remote runner nobody reads these: Dataflow shows the Beam counters).
+# This process's counts for the progress line of local runs, whose Beam metrics are readable only at the end.
 _PROGRESS: Dict[str, int] = {}
 _PROGRESS_LOCK = threading.Lock()
 
 
+_counter = functools.cache(functools.partial(Metrics.counter, NAMESPACE))  # one Beam counter per name
+
+
 def _count(name: str) -> None:
-    Metrics.counter(NAMESPACE, name).inc()
+    _counter(name).inc()
     with _PROGRESS_LOCK:
         _PROGRESS[name] = _PROGRESS.get(name, 0) + 1
 
@@ -368,6 +335,9 @@ def _count(name: str) -> None:
 def report_progress(every: float) -> Iterator[None]:
     """While the block runs (a local pipeline in this process), print a progress line on stderr every
     ``every`` seconds, and a last one when it ends; 0 prints nothing."""
+    if every <= 0:
+        yield
+        return
     with _PROGRESS_LOCK:
         _PROGRESS.clear()
     t0 = time.perf_counter()
@@ -383,14 +353,12 @@ def report_progress(every: float) -> Iterator[None]:
     def loop() -> None:
         while not stop.wait(every):
             emit()
+        emit()  # the last line, when the block ends
 
     thread = threading.Thread(target=loop, name="qa-progress", daemon=True)
-    if every > 0:
-        thread.start()
+    thread.start()
     try:
         yield
     finally:
         stop.set()
-        if every > 0:
-            thread.join()
-            emit()
+        thread.join()

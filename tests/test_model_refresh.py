@@ -26,6 +26,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms import window
 from apache_beam.transforms.window import TimestampedValue
 
+from pipelines.transforms import answer_json
 from tests.helpers import link_bundle
 
 CTX = "The Amazon rainforest covers most of the Amazon basin of South America. It is in Brazil and Peru."
@@ -74,7 +75,7 @@ def test_a_new_bundle_replaces_the_model_while_the_stream_runs(bundled_model: Pa
     models = streams["m"] | "ModelWindows" >> beam.WindowInto(window.FixedWindows(10))
     questions = streams["q"] | "QuestionWindows" >> beam.WindowInto(window.FixedWindows(10))
     out = qa_streaming.build_pipeline(questions, args, settings, model_metadata=models)
-    rows = (qa_streaming.answers_to_messages(out) | beam.Map(json.loads)
+    rows = (out.answers | beam.Map(answer_json) | beam.Map(json.loads)
             | beam.Map(lambda r: (r["id"], r["model_id"], r["answer"], r["threshold_source"], r["null_threshold"]))
             | beam.WindowInto(window.GlobalWindows()))
     v1_id, v2_id = str(v1 / "model.onnx"), str(v2 / "model.onnx")

@@ -79,7 +79,7 @@ def _run(bundle: str, stream: _TestStream, fail_id: str = "boom") -> Any:
 def test_streaming_pipeline_every_message_one_outcome(bundle: str) -> None:
     """Answers, a failed batch (dead-lettered once), a broken message, a reused id (two requests,
     two answers) and a long multi-window context, arriving in three steps."""
-    from pipelines import qa_streaming
+    from pipelines.transforms import answer_json, rejection_json
 
     stream = (
         _TestStream()
@@ -91,8 +91,8 @@ def test_streaming_pipeline_every_message_one_outcome(bundle: str) -> None:
         .advance_watermark_to_infinity()
     )
     p, out = _run(bundle, stream)
-    answers = qa_streaming.answers_to_messages(out) | "DecodeA" >> beam.Map(lambda b: json.loads(b)["id"])
-    rejected = qa_streaming.rejections_to_messages(out) | "DecodeR" >> beam.Map(
+    answers = out.answers | "JsonA" >> beam.Map(answer_json) | "DecodeA" >> beam.Map(lambda b: json.loads(b)["id"])
+    rejected = out.rejected | "JsonR" >> beam.Map(rejection_json) | "DecodeR" >> beam.Map(
         lambda b: (json.loads(b)["id"], json.loads(b)["reason_code"]))
     assert_that(answers, equal_to(["q1", "q1", "long"]), label="answers")
     assert_that(rejected, equal_to([("boom", "inference_failed"), (None, "invalid_json")]), label="rejected")
@@ -102,7 +102,7 @@ def test_streaming_pipeline_every_message_one_outcome(bundle: str) -> None:
 @pytest.mark.parametrize("order", [[0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1]])
 def test_answers_do_not_depend_on_arrival_order(bundle: str, test_cache: Any, order: List[int]) -> None:
     """Each arrival order gives the answers the in-process path (no Beam) gives."""
-    from pipelines import qa_streaming
+    from pipelines.transforms import answer_json
     from trt_handler.evaluate import answer_examples
     from trt_handler.qa.types import QAExample
 
@@ -113,6 +113,6 @@ def test_answers_do_not_depend_on_arrival_order(bundle: str, test_cache: Any, or
     for i in order:
         stream = stream.add_elements([_message(*questions[i])]).advance_processing_time(1)
     p, out = _run(bundle, stream.advance_watermark_to_infinity())
-    rows = qa_streaming.answers_to_messages(out) | beam.Map(lambda b: (json.loads(b)["id"], json.loads(b)["answer"]))
+    rows = out.answers | "JsonA" >> beam.Map(answer_json) | beam.Map(lambda b: (json.loads(b)["id"], json.loads(b)["answer"]))
     assert_that(rows, equal_to([(qid, a.text) for qid, a in reference.items()]))
     p.run().wait_until_finish()
