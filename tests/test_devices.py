@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from trt_handler.backends import devices
-from trt_handler.backends.devices import ENV_VAR, assign_device, resolve_device, visible_gpu_count
+from trt_handler.backends.devices import ENV_VAR, assign_device, visible_gpu_count
 
 
 @pytest.fixture(autouse=True)
@@ -91,16 +91,6 @@ def test_falls_back_to_pid_when_counter_unusable(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     assert assign_device(5, visible=5, counter_dir=blocker / "sub", key="x") == os.getpid() % 5
-
-
-def test_resolve_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert resolve_device("cpu") == "cpu"
-    assert resolve_device("cuda:1") == "cuda:1"
-    with pytest.raises(ValueError, match="device must be"):
-        resolve_device("gpu")
-    monkeypatch.setattr(devices, "visible_gpu_count", lambda: 2)
-    monkeypatch.setenv(ENV_VAR, "1")
-    assert resolve_device("cuda") == "cuda:1"
 
 
 def test_visible_gpu_count_agrees_with_torch() -> None:

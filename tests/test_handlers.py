@@ -192,7 +192,6 @@ def test_hooks() -> None:
     assert trt.share_model_across_processes() is True
     assert TensorRTQAHandler("/x.engine", large_model=False).share_model_across_processes() is False
     assert ort.model_copies() == trt.model_copies() == torch.model_copies() == 1
-    assert ort.onnx_path == "gs://bucket/bundle/model.onnx"
     assert torch.resolved_device() == "cpu"
     from apache_beam.internal import pickler
 
@@ -255,14 +254,14 @@ def test_tensorrt_plan_comes_from_the_engine_sidecar(tmp_path: Path) -> None:
     engine = write_engine(tmp_path, profiles)
     handler = TensorRTQAHandler(engine)
     assert handler.plan.profiles == tuple(profiles) and handler.plan.max_batch == 16
-    assert handler.buckets == (64, 192)
+    assert handler.plan.buckets == (64, 192)
     assert TensorRTQAHandler(engine, max_model_batch=8).plan.max_batch == 8
     with pytest.raises(ValueError, match=r"max_model_batch=32 exceeds the largest batch of engine .* \(16"):
         TensorRTQAHandler(engine, max_model_batch=32)
     # without a sidecar: the handler's buckets (the engine's own profiles are used once loaded)
     bare = write_engine(tmp_path, None, "bare.engine")
-    assert TensorRTQAHandler(bare).buckets == DEFAULT_BUCKETS == (128, 160, 192, 224, 288, 384)
-    assert TensorRTQAHandler(bare, buckets=(128, 384)).buckets == (128, 384)
+    assert TensorRTQAHandler(bare).plan.buckets == DEFAULT_BUCKETS == (128, 160, 192, 224, 288, 384)
+    assert TensorRTQAHandler(bare, buckets=(128, 384)).plan.buckets == (128, 384)
 
 
 def test_tensorrt_sidecar_without_profiles_is_an_error(tmp_path: Path) -> None:
@@ -292,7 +291,7 @@ def fake_engine_modules(monkeypatch: pytest.MonkeyPatch) -> Dict[str, Any]:
 
     class StubSession(FakeSession):
         def __init__(self, engine: bytes, *, library: str, contexts_per_profile: int,
-                     sidecar: Optional[Dict[str, Any]] = None) -> None:
+                     sidecar: Optional[Dict[str, Any]] = None, device: Optional[int] = None) -> None:
             if engine in record["fail_bytes"]:
                 raise CompatError("gpu_arch", "built for sm_90, this GPU is sm_89")
             profiles = [ProfileSpec(**p) for p in (sidecar or {}).get("profiles", [])] or None
@@ -466,7 +465,6 @@ def tiny_bundle(model_dir: Path, test_cache: Path) -> Path:
 def test_onnx_handler_loads_a_bundle_from_gs(tiny_bundle: Path, gcs_emulator: Any) -> None:  # noqa: F811
     url = gcs_emulator.upload(tiny_bundle, "models/tiny")
     handler = OnnxRuntimeQAHandler(url)
-    assert handler.onnx_path == f"{url}/model.onnx"
     remote = handler.load_model()
     local = OnnxRuntimeQAHandler(str(tiny_bundle)).load_model()
     batch = ModelBatch(np.arange(60, dtype=np.int32).reshape(2, 30) % 100, np.ones((2, 30), np.int32),
@@ -557,6 +555,14 @@ class StatefulSession(FakeSession):
 
     def gpu_memory(self) -> Dict[str, int]:
         return {"free_bytes": 10, "total_bytes": 30, "used_bytes": 20}
+
+
+def test_torch_auto_device_is_this_processs_round_robin_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trt_handler.backends import devices
+
+    monkeypatch.setattr(devices, "visible_gpu_count", lambda: 2)
+    monkeypatch.setenv(devices.ENV_VAR, "1")
+    assert TorchQAHandler("/models/qa", device="auto").resolved_device() == "cuda:1"
 
 
 def test_model_state_lands_in_the_one_metrics_namespace() -> None:

@@ -1,10 +1,8 @@
-"""One function answers a batch of questions: their windows -> planned model calls -> answers.
+"""The one answer path for every caller: a batch of questions' windows -> planned model calls -> answers.
 
-Every caller goes through :func:`answer_batch` (the Beam handlers, evaluation, the GPU check, the
-benchmarks), so which windows share a call, how far they are padded and which profile runs them is
-decided in one place, :func:`plan_model_calls`, and the production path is the one checked and measured.
-A runner is anything with ``run(ModelBatch) -> (start, end)``; one that also has ``submit(batch)``
-returning a pending ``.result()`` gets the next call padded while the previous one runs.
+Which windows share a call, how far they are padded and which profile runs them is decided in one
+place, :func:`plan_model_calls`. A runner that also has ``submit(batch) -> pending.result()`` gets
+the next call padded while the previous one runs.
 """
 
 from __future__ import annotations
@@ -59,12 +57,11 @@ CallRecorder = Callable[["ModelCall", int, int], None]
 class BatchPlan:
     """How the windows of a batch become model calls: a call's rows stay within its profile's batch
     range (filler rows up to ``min_batch``) and ``max_batch``; ``pad_to="longest"`` pads it to its
-    longest window rounded up to ``multiple``, ``"bucket"`` to its profile's ``opt_seq``."""
+    longest window rounded up to a multiple of 8, ``"bucket"`` to its profile's ``opt_seq``."""
 
     profiles: Tuple[ProfileSpec, ...]
     max_batch: int = 64
     pad_to: str = "longest"
-    multiple: int = 8
 
     def __post_init__(self) -> None:
         if not self.profiles:
@@ -73,8 +70,6 @@ class BatchPlan:
             raise ValueError(f"max_batch must be a positive int, got {self.max_batch!r}")
         if self.pad_to not in ("longest", "bucket"):
             raise ValueError(f"pad_to must be one of ('longest', 'bucket'), got {self.pad_to!r}")
-        if self.multiple < 1:
-            raise ValueError(f"multiple must be positive, got {self.multiple}")
         object.__setattr__(self, "profiles", tuple(sorted(self.profiles, key=lambda p: p.max_seq)))
 
     @classmethod
@@ -93,9 +88,7 @@ class BatchPlan:
         else:
             planned = token_budget_profiles(buckets=buckets, token_budget=max_tokens, max_seq=buckets[-1])
             rows = [p.max_batch if max_batch is None else min(max_batch, p.max_batch) for p in planned]
-        profiles = [ProfileSpec(1, 1, n, p.min_seq, p.opt_seq, p.max_seq)
-                    for n, p in zip(rows, profiles_for_buckets(buckets, 1, 1, 1))]
-        return cls(tuple(profiles), max_batch=max(rows), pad_to=pad_to)
+        return cls(tuple(profiles_for_buckets(buckets, 1, 1, rows)), max_batch=max(rows), pad_to=pad_to)
 
     @property
     def buckets(self) -> Tuple[int, ...]:
@@ -115,13 +108,6 @@ class BatchPlan:
                 return p
         ranges = ", ".join(f"{p.min_seq}-{p.max_seq}" for p in self.profiles)
         raise ValueError(f"a window of {seq} tokens fits no profile (sequence ranges {ranges})")
-
-    def padded_length(self, longest: int) -> int:
-        p = self.profile_for(longest)
-        if self.pad_to == "bucket":
-            return max(p.opt_seq, longest)
-        rounded = -(-longest // self.multiple) * self.multiple
-        return min(max(rounded, p.min_seq), p.max_seq)
 
     def cap(self, longest: int) -> int:
         return min(self.max_batch, self.profile_for(longest).max_batch)
@@ -163,8 +149,12 @@ def plan_model_calls(lengths: Sequence[int], plan: BatchPlan) -> List[ModelCall]
             end += 1
         members = tuple(sorted(order[start:end]))
         longest = lengths[order[end - 1]]
-        seq = plan.padded_length(longest)
-        rows = max(len(members), plan.profile_for(longest).min_batch)
+        p = plan.profile_for(longest)
+        if plan.pad_to == "bucket":
+            seq = max(p.opt_seq, longest)
+        else:  # rounded up to a multiple, within the profile
+            seq = min(max(-(-longest // 8) * 8, p.min_seq), p.max_seq)
+        rows = max(len(members), p.min_batch)
         index = choose_profile(plan.profiles, rows, seq)  # raises, naming the profiles, if none accepts
         calls.append(ModelCall(members, seq, rows, index))
         start = end
@@ -205,19 +195,17 @@ def run_model_calls(
         if record is not None:
             record(call, sum(windows[i].length for i in call.indices), int(elapsed_us))
 
-    pending: Optional[Tuple[ModelCall, Any, int]] = None
+    pending: List[Tuple[ModelCall, Any, int]] = []
     for call in calls:
         inputs = _with_filler_rows(pad_windows([windows[i] for i in call.indices], call.seq_len), call.rows)
         t0 = time.perf_counter_ns()
-        if submit is None:  # copy out before the next call: the runner may reuse its buffers
-            finish(call, runner.run(inputs), t0)
-            continue
-        result = submit(inputs)
-        if pending is not None:
-            finish(*pending)
-        pending = (call, result, t0)
-    if pending is not None:
-        finish(*pending)
+        pending.append((call, runner.run(inputs) if submit is None else submit(inputs), t0))
+        # run(): copy out before the next call (the runner may reuse its buffers); submit(): one call
+        # later, so the next call is padded while this one runs
+        while len(pending) > (0 if submit is None else 1):
+            finish(*pending.pop(0))
+    for item in pending:
+        finish(*item)
     return [lg for lg in out if lg is not None]
 
 
@@ -232,8 +220,6 @@ def answer_batch(
     raised (logits that are not finite, windows that do not belong together). An error of the
     model itself (shape, runner failure) raises: it concerns every question of the batch."""
     windows = [w for q in questions for w in q.windows]
-    if not windows:
-        return []
     calls = plan_model_calls([w.length for w in windows], plan)
     logits = iter(run_model_calls(windows, calls, runner, record))
     items = [(q.example, q.windows, list(itertools.islice(logits, len(q.windows)))) for q in questions]
@@ -244,15 +230,12 @@ def batches_of(questions: Sequence[QuestionWindows], windows: int = DEFAULT_BATC
                ) -> List[List[QuestionWindows]]:
     """Consecutive questions in batches that close once they hold ``windows`` windows, as the handlers'
     BatchElements forms them: for callers without Beam (evaluation, the GPU check, benchmarks)."""
-    out: List[List[QuestionWindows]] = []
-    part: List[QuestionWindows] = []
+    out: List[List[QuestionWindows]] = [[]]
     count = 0
     for q in questions:
-        part.append(q)
-        count += len(q.windows)
         if count >= windows:
-            out.append(part)
-            part, count = [], 0
-    if part:
-        out.append(part)
-    return out
+            out.append([])
+            count = 0
+        out[-1].append(q)
+        count += len(q.windows)
+    return out if out[0] else []

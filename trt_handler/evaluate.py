@@ -13,11 +13,10 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from trt_handler.answer_batch import DEFAULT_BATCH_WINDOWS, BatchPlan, answer_batch, batches_of
+from trt_handler.answer_batch import BatchPlan, answer_batch, batches_of
 from trt_handler.qa.answers import AnswerConfig
-from trt_handler.qa.batching import DEFAULT_BUCKETS
 from trt_handler.qa.types import Answer, QAExample, QuestionWindows
-from trt_handler.qa.windows import FeatureConfig, WindowMaker, load_tokenizer
+from trt_handler.qa.windows import WindowMaker, load_tokenizer
 
 
 def answer_examples(
@@ -25,17 +24,14 @@ def answer_examples(
     model: str,
     cache_dir: Path,
     *,
-    feature_config: Optional[FeatureConfig] = None,
-    answer_config: Optional[AnswerConfig] = None,
-    buckets: Sequence[int] = DEFAULT_BUCKETS,
+    answer_config: AnswerConfig = AnswerConfig(),
     batch_size: int = 64,
-    batch_windows: int = DEFAULT_BATCH_WINDOWS,
     backend: str = "onnx",
     device: str = "cuda",
     dtype: str = "fp16",
 ) -> Dict[str, Answer]:
-    """Answer every example through ``answer_batch`` (the handlers' path), ``batch_windows`` windows at a
-    time, on ONNX Runtime (the model's bundle) or with ``backend="torch"`` on PyTorch (a checkpoint folder).
+    """Answer every example through ``answer_batch`` (the handlers' path), in the handlers' default batches,
+    on ONNX Runtime (the model's bundle) or with ``backend="torch"`` on PyTorch (a checkpoint folder).
     Raises ValueError naming a question that cannot be tokenized or answered."""
     from trt_handler.backends.onnx_runner import OnnxRunner
     from trt_handler.engines.export import bundle_onnx_path, resolve_model_bundle
@@ -48,17 +44,16 @@ def answer_examples(
     else:
         bundle = resolve_model_bundle(model, cache_dir)
         runner = OnnxRunner(bundle_onnx_path(bundle))
-    maker = WindowMaker(load_tokenizer(bundle), feature_config or FeatureConfig())
+    maker = WindowMaker(load_tokenizer(bundle))
     questions: List[QuestionWindows] = []
     for ex, result in zip(examples, maker.windows_many(examples)):
         if isinstance(result, Exception):
             raise ValueError(f"question {ex.id!r} cannot be tokenized: {result}")
         questions.append(QuestionWindows(ex, tuple(result)))
-    plan = BatchPlan.for_buckets(buckets, batch_size)
-    config = answer_config or AnswerConfig()
+    plan = BatchPlan.for_buckets(max_batch=batch_size)
     answers: Dict[str, Answer] = {}
-    for part in batches_of(questions, batch_windows):
-        for q, outcome in zip(part, answer_batch(part, runner, plan, config)):
+    for part in batches_of(questions):
+        for q, outcome in zip(part, answer_batch(part, runner, plan, answer_config)):
             if isinstance(outcome, Exception):
                 raise ValueError(f"question {q.example.id!r} cannot be answered: {outcome}")
             answers[q.example.id] = outcome

@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 
 from trt_handler.answer_batch import (
-    DEFAULT_BATCH_WINDOWS,
     BatchPlan,
     Runner,
     answer_batch,
@@ -31,15 +30,14 @@ from trt_handler.answer_batch import (
     plan_model_calls,
     run_model_calls,
 )
+from trt_handler.engines import cuda_runtime
 from trt_handler.qa.types import Answer, QAExample, QuestionWindows
 
 EXIT_OK, EXIT_FAILED, EXIT_MISSING, EXIT_INCOMPATIBLE = 0, 1, 2, 3
 
 
-def missing_requirements(paths: dict[str, Path | None] | None = None) -> list[str]:
+def missing_requirements(paths: dict[str, Path] | None = None) -> list[str]:
     """What this machine lacks for the check, one sentence each; ``paths``: option -> file that must exist."""
-    from trt_handler.engines import cuda_runtime
-
     missing: list[str] = []
     reason = cuda_runtime.unavailable_reason()
     if reason is not None:
@@ -53,7 +51,7 @@ def missing_requirements(paths: dict[str, Path | None] | None = None) -> list[st
     if importlib.util.find_spec("onnxruntime") is None:
         missing.append("ONNX Runtime: the onnxruntime package is not installed (pip install onnxruntime)")
     for option, path in (paths or {}).items():
-        if path is not None and not Path(path).exists() and "://" not in str(path):
+        if not Path(path).exists() and "://" not in str(path):
             missing.append(f"file: {option} {path} does not exist")
     return missing
 
@@ -67,15 +65,14 @@ def _compare(engine: list[np.ndarray], reference: list[np.ndarray]) -> tuple[flo
 
 
 def _questions(maker: Any, examples: Sequence[QAExample]) -> list[QuestionWindows]:
-    """Questions that window cleanly, with their windows (questions that cannot are skipped)."""
+    """The questions that window cleanly (the others are skipped)."""
     return [QuestionWindows(ex, tuple(ws)) for ex, ws in zip(examples, maker.windows_many(examples))
             if not isinstance(ws, Exception) and ws]
 
 
-def _answers(questions: Sequence[QuestionWindows], runner: Runner, plan: BatchPlan,
-             batch_windows: int) -> list[Answer | Exception]:
-    """The production answer path (``answer_batch``), ``batch_windows`` windows per batch."""
-    return [a for part in batches_of(questions, batch_windows) for a in answer_batch(part, runner, plan)]
+def _answers(questions: Sequence[QuestionWindows], runner: Runner, plan: BatchPlan) -> list[Answer | Exception]:
+    """The production answer path, in the handlers' default batches."""
+    return [a for part in batches_of(questions) for a in answer_batch(part, runner, plan)]
 
 
 def _scores(questions: Sequence[QuestionWindows], answers: Sequence[Answer | Exception]) -> dict[str, float] | None:
@@ -96,7 +93,6 @@ def run_check(
     examples: Sequence[QAExample],
     *,
     batch_size: int | None = None,
-    batch_windows: int = DEFAULT_BATCH_WINDOWS,
     repeats: int = 3,
 ) -> list[dict[str, Any]]:
     """Compare ``session`` (an EngineSession) with ``reference`` on the production path (``maker``'s
@@ -113,19 +109,18 @@ def run_check(
     reference_logits = run_model_calls(windows, calls, reference)
     start_err, start_max = _compare([e.start_logits for e in engine_logits], [r.start_logits for r in reference_logits])
     end_err, end_max = _compare([e.end_logits for e in engine_logits], [r.end_logits for r in reference_logits])
-    engine_answers = _answers(questions, session, plan, batch_windows)
-    reference_answers = _answers(questions, reference, plan, batch_windows)
-    agree = sum(isinstance(a, Answer) and isinstance(b, Answer) and a.text == b.text
-                for a, b in zip(engine_answers, reference_answers))
 
     t0 = time.perf_counter()
     for _ in range(repeats):
         run_model_calls(windows, calls, session)
     engine_s = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    _answers(_questions(maker, [q.example for q in questions]), session, plan, batch_windows)
+    t0 = time.perf_counter()  # the engine's answers come from the timed pipeline pass (windowing included)
+    engine_answers = _answers(_questions(maker, [q.example for q in questions]), session, plan)
     pipeline_s = time.perf_counter() - t0
+    reference_answers = _answers(questions, reference, plan)
+    agree = sum(isinstance(a, Answer) and isinstance(b, Answer) and a.text == b.text
+                for a, b in zip(engine_answers, reference_answers))
 
     return [
         {
@@ -156,21 +151,6 @@ def run_check(
     ]
 
 
-def _environment(session: Any, engine_path: Path) -> dict[str, Any]:
-    from trt_handler.engines import cuda_runtime
-
-    major, minor = cuda_runtime.compute_capability()
-    return {
-        "event": "environment",
-        "gpu": cuda_runtime.device_name(),
-        "compute_capability": f"{major}.{minor}",
-        "cuda_driver": cuda_runtime.driver_version(),
-        "library": getattr(session, "library", "unknown"),
-        "engine": str(engine_path),
-        "profiles": [p.to_dict() for p in session.profiles],
-    }
-
-
 def _emit(record: dict[str, Any]) -> None:
     print(json.dumps(record), flush=True)
 
@@ -187,13 +167,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-rel-err", type=float, default=0.01, help="fail above this logits rel. L2 error")
     parser.add_argument("--min-agreement", type=float, default=0.95, help="fail below this answer agreement")
     args = parser.parse_args(argv)
-    paths: dict[str, Path | None] = {"--engine": args.engine, "--onnx": args.onnx, "--data": args.data}
-    missing = missing_requirements(paths)
+    missing = missing_requirements({"--engine": args.engine, "--onnx": args.onnx, "--data": args.data})
     if missing:
         _emit({"event": "gpu_check", "status": "missing", "missing": missing})
-        print("gpu_check cannot run here, so nothing was measured. Missing:", file=sys.stderr)
-        for line in missing:
-            print(f"  - {line}", file=sys.stderr)
+        print("gpu_check cannot run here, so nothing was measured. Missing:", *(f"  - {line}" for line in missing),
+              sep="\n", file=sys.stderr)
         return EXIT_MISSING
 
     from trt_handler.backends.onnx_runner import OnnxRunner
@@ -209,7 +187,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gpu_check: {exc}", file=sys.stderr)
         return EXIT_INCOMPATIBLE
     with session:
-        _emit(_environment(session, args.engine))
+        major, minor = cuda_runtime.compute_capability()
+        _emit({
+            "event": "environment",
+            "gpu": cuda_runtime.device_name(),
+            "compute_capability": f"{major}.{minor}",
+            "cuda_driver": cuda_runtime.driver_version(),
+            "library": getattr(session, "library", "unknown"),
+            "engine": str(args.engine),
+            "profiles": [p.to_dict() for p in session.profiles],
+        })
         maker = WindowMaker(load_tokenizer(args.model))
         records = run_check(session, OnnxRunner(args.onnx), maker, examples, batch_size=args.batch_size)
     for record in records:

@@ -14,12 +14,11 @@ import threading
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
-__all__ = ["ENV_VAR", "assign_device", "resolve_device", "visible_gpu_count"]
+__all__ = ["ENV_VAR", "assign_device", "visible_gpu_count"]
 
 LOGGER = logging.getLogger(__name__)
 
 ENV_VAR = "TRT_QA_GPU"
-_COUNTER_DIR_NAME = "trt_qa_gpu_rr"
 
 _lock = threading.Lock()
 # (pid, gpu_count, key) -> GPU index; pid in the key so a forked child does not inherit an answer.
@@ -41,30 +40,19 @@ def visible_gpu_count() -> int:
         return 0
 
 
-def _counter_key() -> str:
-    """The round-robin group of this process: ``<boot id>-<parent pid>``."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip().replace("-", "")[:12]
-    except OSError:
-        boot = "noboot"
-    return f"{boot}-{os.getppid()}"
-
-
 def _next_ticket(counter_dir: Path, key: str) -> int:
     """Atomically read-and-increment the counter ``counter_dir/<key>``; returns the value read."""
     import fcntl  # POSIX only; ImportError falls back to pid % count
 
     counter_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(counter_dir / f"{key}.count", os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # released when the file is closed
-        raw = os.read(fd, 64).decode("ascii", "replace").strip()
+    with os.fdopen(fd, "r+", encoding="ascii", errors="replace") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file is closed (after the write is flushed)
+        raw = f.read(64).strip()
         ticket = int(raw) if raw.isdigit() else 0
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.ftruncate(fd, 0)
-        os.write(fd, str(ticket + 1).encode("ascii"))
-    finally:
-        os.close(fd)
+        f.seek(0)
+        f.truncate()
+        f.write(str(ticket + 1))
     return ticket
 
 
@@ -97,27 +85,22 @@ def assign_device(gpu_count: Optional[int] = None, *, visible: Optional[int] = N
         if index >= count:
             raise ValueError(f"{ENV_VAR}={index} but only {count} GPU(s) are in use (indices 0..{count - 1})")
         return index
-    group = _counter_key() if key is None else key
-    cache_key = (os.getpid(), count, group)
+    if key is None:  # the round-robin group of this process: <boot id>-<parent pid>
+        try:
+            boot = Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip().replace("-", "")[:12]
+        except OSError:
+            boot = "noboot"
+        key = f"{boot}-{os.getppid()}"
+    cache_key = (os.getpid(), count, key)
     with _lock:
         if cache_key in _assigned:
             return _assigned[cache_key]
-        folder = Path(counter_dir) if counter_dir is not None else Path(tempfile.gettempdir()) / _COUNTER_DIR_NAME
+        folder = Path(counter_dir) if counter_dir is not None else Path(tempfile.gettempdir()) / "trt_qa_gpu_rr"
         try:
-            ticket = _next_ticket(folder, group)
-            index, how = ticket % count, f"round-robin ticket {ticket} in {folder}/{group}.count"
+            ticket = _next_ticket(folder, key)
+            index, how = ticket % count, f"round-robin ticket {ticket} in {folder}/{key}.count"
         except (ImportError, OSError) as e:
             index, how = os.getpid() % count, f"pid {os.getpid()} % {count} (counter file unusable: {e})"
         _assigned[cache_key] = index
     LOGGER.info("process %d uses GPU %d of %d (%s)", os.getpid(), index, count, how)
     return index
-
-
-def resolve_device(device: str, gpu_count: Optional[int] = None) -> str:
-    """``"cuda"`` -> ``"cuda:<assign_device(gpu_count)>"``; ``"cpu"`` and ``"cuda:N"`` unchanged."""
-    text = str(device).strip().lower()
-    if text == "cuda":
-        return f"cuda:{assign_device(gpu_count)}"
-    if text == "cpu" or (text.startswith("cuda:") and text[5:].isdigit()):
-        return text
-    raise ValueError(f"device must be 'cpu', 'cuda' (one GPU per process, round-robin) or 'cuda:N', got {device!r}")

@@ -1,8 +1,7 @@
 """Beam RunInference model handlers for BERT QA: TensorRT engines, ONNX Runtime and PyTorch.
 
 Elements are QuestionWindows; results ``PredictionResult(question, Answer | the exception that question
-alone raised, model_id)``. :class:`QAHandler` holds what the backends share; they differ in how the
-model is loaded (heavy imports in ``load_model`` only) and where its profiles come from.
+alone raised, model_id)``. Heavy imports happen in ``load_model`` only.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ import json
 import logging
 import os
 import posixpath
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Iterable, Sequence, TypeVar
 
 import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
@@ -21,7 +20,8 @@ from apache_beam.metrics.metric import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from trt_handler.answer_batch import DEFAULT_BATCH_WINDOWS, BatchPlan, ModelCall, Runner, answer_batch
-from trt_handler.engines.profiles import DEFAULT_TOKEN_BUDGET, ProfileSpec
+from trt_handler.engines.export import BUNDLE_META, BUNDLE_ONNX
+from trt_handler.engines.profiles import DEFAULT_TOKEN_BUDGET
 from trt_handler.engines.sidecar import read_engine_profiles, read_sidecar
 from trt_handler.qa.answers import AnswerConfig, Provenance, with_provenance
 from trt_handler.qa.batching import DEFAULT_BUCKETS
@@ -42,7 +42,6 @@ __all__ = [
 LOGGER = logging.getLogger(__name__)
 
 METRICS_NAMESPACE = "BertQA"  # one namespace for every backend; the backend is a metric label
-_BUNDLE_ONNX = "model.onnx"  # trt_handler.engines.export.BUNDLE_ONNX (not imported: no torch path)
 
 RunnerT = TypeVar("RunnerT", bound=Runner)
 PathLike = str | os.PathLike[str]
@@ -53,15 +52,14 @@ def question_size(element: Any) -> int:
     if isinstance(element, QuestionWindows):
         return len(element.windows)
     raise TypeError(
-        f"expected QuestionWindows, got {type(element).__name__}; make them with "
-        "trt_handler.qa.windows.WindowMaker.questions before RunInference"
+        f"expected QuestionWindows, got {type(element).__name__}; make them from "
+        "trt_handler.qa.windows.WindowMaker's windows before RunInference"
     )
 
 
 class _CallMetrics:
-    """Beam metrics per model call, and the model's own counters (context waits, GPU memory) every
-    ``STATE_EVERY`` batches: through Beam's cross-process proxy each read is a round trip.
-    Attributes are Any: Beam's metric methods are unannotated."""
+    """Beam metrics per model call; the model's own counters (context waits, GPU memory) only every
+    ``STATE_EVERY`` batches: through Beam's cross-process proxy each read is a round trip."""
 
     STATE_EVERY = 16
 
@@ -100,10 +98,8 @@ class _CallMetrics:
 class QAHandler(ModelHandler[QuestionWindows, PredictionResult, RunnerT]):
     """What every QA handler shares: batching by window count, planning, answering, metrics.
 
-    Subclasses provide ``load_model`` and ``backend``, and set ``_model_path``. The keyword-only
-    options are described in docs/handlers.md; ``buckets`` and ``max_tokens`` make the plan of a
-    model without profiles (:meth:`BatchPlan.for_buckets`); ``threshold_source="model"`` replaces
-    answer_config's threshold by the one saved with the model.
+    Subclasses provide ``load_model`` and ``backend``, and set ``_model_path``; options: docs/handlers.md.
+    ``threshold_source="model"``: the threshold saved with the model replaces answer_config's.
     """
 
     backend = "qa"
@@ -121,7 +117,6 @@ class QAHandler(ModelHandler[QuestionWindows, PredictionResult, RunnerT]):
         answer_config: AnswerConfig = AnswerConfig(),
         max_batch_duration_secs: float | None = None,
         large_model: bool = False,
-        profiles: Sequence[ProfileSpec] | None = None,
         threshold_source: str = "config",
     ) -> None:
         _check_positive_ints(max_batch_windows=max_batch_windows, optional=False)
@@ -141,23 +136,16 @@ class QAHandler(ModelHandler[QuestionWindows, PredictionResult, RunnerT]):
         super().__init__(min_batch_size=max_batch_windows if min_batch_windows is None else min_batch_windows,
                          max_batch_size=max_batch_windows, element_size_fn=question_size, large_model=large_model,
                          **streaming)
-        if profiles:
-            self.plan = BatchPlan(tuple(profiles), max_batch=max_model_batch or max(p.max_batch for p in profiles),
-                                  pad_to=pad_to)
-        elif isinstance(buckets, (str, bytes)) or not all(isinstance(b, (int, np.integer)) for b in buckets):
+        if isinstance(buckets, (str, bytes)) or not all(isinstance(b, (int, np.integer)) for b in buckets):
             raise ValueError(f"buckets must be a sequence of ints like (128, 256, 384), got {buckets!r}")
-        else:  # for_buckets' own errors name "buckets" already
-            self.plan = BatchPlan.for_buckets(tuple(int(b) for b in buckets), max_model_batch, max_tokens=max_tokens,
-                                              pad_to=pad_to)
+        # for_buckets' own errors name "buckets" already; an engine's handler replaces it by its sidecar's profiles
+        self.plan = BatchPlan.for_buckets(tuple(int(b) for b in buckets), max_model_batch, max_tokens=max_tokens,
+                                          pad_to=pad_to)
         self.answer_config = answer_config
         self._base_threshold = answer_config.null_threshold
         self._threshold_source = threshold_source
         self._provenance: Provenance | None = None
         self._metrics: _CallMetrics | None = None
-
-    @property
-    def buckets(self) -> tuple[int, ...]:
-        return self.plan.buckets
 
     def validate_inference_args(self, inference_args: dict[str, Any] | None) -> None:
         if inference_args:
@@ -175,23 +163,20 @@ class QAHandler(ModelHandler[QuestionWindows, PredictionResult, RunnerT]):
         return METRICS_NAMESPACE
 
     def _plan_for(self, model: RunnerT) -> BatchPlan:
-        """The plan for the loaded model (engines override it with their own profiles)."""
-        return self.plan
+        return self.plan  # engines override it with their own profiles
 
     def model_metadata(self) -> dict[str, Any]:
         """``sha256``, ``precision`` and learned ``null_threshold`` the model's files record."""
         return {}
 
     def update_model_path(self, model_path: str | None = None) -> None:
-        """A new model (WatchFilePattern's side input): the next batch runs on it, and its answers
-        carry its id, sha256 and learned threshold."""
+        """A new model (WatchFilePattern's side input): its answers carry its id, sha256 and threshold."""
         if model_path:
             self._model_path = _checked_path("model_path", model_path)
             self._provenance = None
 
     def provenance(self) -> Provenance:
-        """The current model's Provenance, read once per model. With ``threshold_source="model"``
-        the threshold saved with the model (if any) replaces the configured one."""
+        """The current model's Provenance, read once per model (it may set the saved threshold)."""
         if self._provenance is None:
             meta = self.model_metadata()
             threshold, source = self._base_threshold, self._threshold_source
@@ -201,8 +186,7 @@ class QAHandler(ModelHandler[QuestionWindows, PredictionResult, RunnerT]):
                     source = "default" if threshold == 0.0 else "config"
                 else:
                     threshold = float(saved)
-            if threshold != self.answer_config.null_threshold:
-                self.answer_config = dataclasses.replace(self.answer_config, null_threshold=threshold)
+            self.answer_config = dataclasses.replace(self.answer_config, null_threshold=threshold)
             sha = meta.get("sha256")
             self._provenance = Provenance(
                 model_id=self._model_path or self.backend, backend=self.backend,
@@ -222,7 +206,7 @@ class QAHandler(ModelHandler[QuestionWindows, PredictionResult, RunnerT]):
         questions = list(batch)
         if self._metrics is None:
             self._metrics = _CallMetrics(self.backend)
-        provenance = self.provenance()  # first: it may set the model's learned threshold
+        provenance = self.provenance()  # first: it may set answer_config's threshold
         outcomes = answer_batch(questions, model, self._plan_for(model), self.answer_config, self._metrics)
         self._metrics.model_state(model)
         make: Any = PredictionResult  # Beam's __new__ is unannotated; Any keeps strict mypy quiet
@@ -230,7 +214,7 @@ class QAHandler(ModelHandler[QuestionWindows, PredictionResult, RunnerT]):
                      provenance.model_id) for q, outcome in zip(questions, outcomes)]
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self._model_path!r}, buckets={self.buckets})"
+        return f"{type(self).__name__}({self._model_path!r}, buckets={self.plan.buckets})"
 
 
 def _check_positive_ints(optional: bool = True, **values: Any) -> None:
@@ -242,8 +226,7 @@ def _check_positive_ints(optional: bool = True, **values: Any) -> None:
 
 
 def _checked_path(name: str, value: Any) -> str:
-    if hasattr(value, "__fspath__"):
-        value = str(value.__fspath__())
+    value = os.fspath(value) if isinstance(value, os.PathLike) else value
     if not isinstance(value, str) or not value:
         raise ValueError(f"{name} must be a non-empty path string, got {value!r}")
     return value
@@ -255,48 +238,41 @@ _FS: Any = FileSystems
 
 def _read_bytes(path: str) -> bytes:
     with _FS.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        data: bytes = f.read()
-    return data
+        return bytes(f.read())
 
 
 def _bundle_onnx(path: str) -> str:
     """``path`` itself when it is an ``.onnx`` file, else the ``model.onnx`` of the bundle folder ``path``."""
-    return path if path.endswith(".onnx") else str(_FS.join(path, _BUNDLE_ONNX))
+    return path if path.endswith(".onnx") else str(_FS.join(path, BUNDLE_ONNX))
 
 
-def _saved_threshold(meta: Mapping[str, Any]) -> float | None:
-    """The learned no-answer threshold recorded in an export.json / sidecar, if any."""
+def _recorded(meta: Any, sha256_key: str, default_precision: str | None) -> dict[str, Any]:
+    """sha256, precision and learned null_threshold an export.json / sidecar records; None each without one."""
+    if not isinstance(meta, dict):
+        return {"sha256": None, "precision": None, "null_threshold": None}
     entry = meta.get("null_threshold")  # where --eval --save-threshold keeps it
-    value = entry.get("value") if isinstance(entry, dict) else entry
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
-        return float(value)
-    return None
+    value: Any = entry.get("value") if isinstance(entry, dict) else entry
+    finite = isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
+    return {"sha256": meta.get(sha256_key), "precision": meta.get("precision") or default_precision,
+            "null_threshold": float(value) if finite else None}
 
 
 def bundle_metadata(model_path: str) -> dict[str, Any]:
-    """sha256, precision and learned null_threshold of an ONNX bundle (folder or its .onnx file),
-    from its export.json (local or gs://); None each when it is missing or unreadable."""
+    """:func:`_recorded` of an ONNX bundle (folder or its .onnx file), from its export.json (local or gs://)."""
     folder = (posixpath.dirname(model_path) or ".") if model_path.endswith(".onnx") else model_path.rstrip("/")
-    path = str(_FS.join(folder, "export.json"))  # trt_handler.engines.export.BUNDLE_META
+    path = str(_FS.join(folder, BUNDLE_META))
     try:
         meta = json.loads(_read_bytes(path).decode("utf-8")) if _FS.exists(path) else None
     except (OSError, ValueError) as err:
         LOGGER.warning("cannot read %s (%s): answers will not carry its provenance", path, err)
         meta = None
-    if not isinstance(meta, dict):
-        return {"sha256": None, "precision": None, "null_threshold": None}
-    quant = meta.get("quantization")
-    precision = meta.get("precision") or ("int8-weight-only" if isinstance(quant, dict) else "fp32")
-    return {"sha256": meta.get("sha256"), "precision": precision, "null_threshold": _saved_threshold(meta)}
+    quantized = isinstance(meta, dict) and isinstance(meta.get("quantization"), dict)
+    return _recorded(meta, "sha256", "int8-weight-only" if quantized else "fp32")
 
 
 def engine_metadata(engine_path: str) -> dict[str, Any]:
-    """sha256, precision and learned null_threshold of an engine, from its sidecar."""
-    meta = read_sidecar(engine_path)
-    if meta is None:
-        return {"sha256": None, "precision": None, "null_threshold": None}
-    return {"sha256": meta.get("engine_sha256"), "precision": meta.get("precision"),
-            "null_threshold": _saved_threshold(meta)}
+    """:func:`_recorded` of an engine, from its sidecar."""
+    return _recorded(read_sidecar(engine_path), "engine_sha256", None)
 
 
 class OnnxRuntimeQAHandler(QAHandler["OnnxRunner"]):
@@ -320,23 +296,17 @@ class OnnxRuntimeQAHandler(QAHandler["OnnxRunner"]):
         _check_positive_ints(intra_op_threads=intra_op_threads)
         self._intra_op_threads = intra_op_threads
 
-    @property
-    def onnx_path(self) -> str:
-        """The ``.onnx`` file this handler loads (``<bundle>/model.onnx`` for a bundle)."""
-        return _bundle_onnx(self._model_path)
-
     def load_model(self) -> OnnxRunner:
         from trt_handler.backends.onnx_runner import OnnxRunner
 
-        path = self.onnx_path
-        if _FS.get_scheme(path) in (None, "file"):
-            return OnnxRunner(path, intra_op_threads=self._intra_op_threads)
-        if not _FS.exists(path):
+        path = _bundle_onnx(self._model_path)
+        local = _FS.get_scheme(path) in (None, "file")  # OnnxRunner names a missing local file itself
+        if not local and not _FS.exists(path):
             raise FileNotFoundError(
-                f"ONNX model {path} does not exist; upload a model bundle (folder with {_BUNDLE_ONNX}) "
+                f"ONNX model {path} does not exist; upload a model bundle (folder with {BUNDLE_ONNX}) "
                 "made by `python -m trt_handler.engines.export`, or fix the path"
             )
-        return OnnxRunner(_read_bytes(path), intra_op_threads=self._intra_op_threads)
+        return OnnxRunner(path if local else _read_bytes(path), intra_op_threads=self._intra_op_threads)
 
     def model_metadata(self) -> dict[str, Any]:
         return bundle_metadata(self._model_path)
@@ -361,7 +331,6 @@ class TorchQAHandler(QAHandler[Any]):
         device: str = "auto",
         dtype: str = "fp16",
         gpu_count: int | None = None,
-        large_model: bool = False,
         **options: Any,
     ) -> None:
         if dtype not in ("fp16", "bf16", "fp32"):
@@ -369,7 +338,7 @@ class TorchQAHandler(QAHandler[Any]):
         if not isinstance(device, str) or not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
         _check_positive_ints(gpu_count=gpu_count)
-        super().__init__(large_model=large_model, **options)
+        super().__init__(**options)
         self._model_path = _checked_path("model_dir", model_dir)
         self._device = device
         self._dtype = dtype
@@ -379,9 +348,9 @@ class TorchQAHandler(QAHandler[Any]):
         """The device this process loads onto."""
         if self._device != "auto":
             return self._device
-        from trt_handler.backends.devices import resolve_device, visible_gpu_count
+        from trt_handler.backends.devices import assign_device, visible_gpu_count
 
-        return resolve_device("cuda", self._gpu_count) if visible_gpu_count() else "cpu"
+        return f"cuda:{assign_device(self._gpu_count)}" if visible_gpu_count() else "cpu"
 
     def load_model(self) -> Any:
         from trt_handler.backends.torch_runner import TorchRunner
@@ -394,10 +363,8 @@ class TorchQAHandler(QAHandler[Any]):
         return runner
 
     def model_metadata(self) -> dict[str, Any]:
-        """A checkpoint records no sha256; a learned threshold may sit in the folder's export.json."""
-        meta = bundle_metadata(self._model_path)
-        return {"sha256": meta["sha256"], "precision": self._dtype if self._device != "cpu" else "fp32",
-                "null_threshold": meta["null_threshold"]}
+        """A learned threshold may sit in the checkpoint folder's export.json."""
+        return {**bundle_metadata(self._model_path), "precision": self._dtype if self._device != "cpu" else "fp32"}
 
 
 class TensorRTQAHandler(QAHandler[Any]):
@@ -424,7 +391,7 @@ class TensorRTQAHandler(QAHandler[Any]):
         build_options: Any = None,
         **options: Any,
     ) -> None:
-        engine = _checked_path("engine_path", engine_path)
+        self._model_path = _checked_path("engine_path", engine_path)
         _check_positive_ints(gpu_count=gpu_count)
         if gpu_count is not None and gpu_count > 1 and large_model:
             raise ValueError(
@@ -432,28 +399,15 @@ class TensorRTQAHandler(QAHandler[Any]):
                 "GPU. Pass large_model=False so each SDK process loads its engine on its own GPU (round-robin), "
                 "or gpu_count=1"
             )
-        self._rebuild_from: tuple[str, str] | None = None  # (onnx_path, cache_dir)
-        if onnx_path is not None:
-            if cache_dir is None:
-                raise ValueError(
-                    "onnx_path needs cache_dir: the folder (local or gs://) where engines built from it are kept"
-                )
-            self._rebuild_from = (_checked_path("onnx_path", onnx_path), _checked_path("cache_dir", cache_dir))
+        if onnx_path is not None and cache_dir is None:
+            raise ValueError("onnx_path needs cache_dir: the folder (local or gs://) that keeps engines built from it")
+        self._rebuild_from = None if onnx_path is None else (  # (onnx_path, cache_dir)
+            _checked_path("onnx_path", onnx_path), _checked_path("cache_dir", cache_dir))
         if not isinstance(library, str) or not library:
             raise ValueError(f"library must be a non-empty string such as 'auto', got {library!r}")
         _check_positive_ints(contexts_per_profile=contexts_per_profile, optional=False)
-        profiles = read_engine_profiles(engine)
-        if profiles:
-            engine_max = max(p.max_batch for p in profiles)
-            asked = options.get("max_model_batch")
-            if asked is not None and asked > engine_max:
-                raise ValueError(
-                    f"max_model_batch={asked} exceeds the largest batch of engine {engine} ({engine_max}, from its "
-                    ".json sidecar); leave it unset to use the engine's, or rebuild with a larger max batch"
-                )
-            options["profiles"] = profiles
-        super().__init__(large_model=bool(large_model), **options)
-        self._model_path = engine
+        super().__init__(large_model=large_model, **options)
+        self._use_sidecar_profiles(self._model_path, options.get("max_model_batch"))
         self._library = library
         self._contexts_per_profile = contexts_per_profile
         self._gpu_count = gpu_count
@@ -465,20 +419,19 @@ class TensorRTQAHandler(QAHandler[Any]):
         from trt_handler.engines.session import EngineCompatibilityError
 
         path = self._model_path
-        if not _FS.exists(path):
-            if self._rebuild_from is None:
-                raise FileNotFoundError(
-                    f"TensorRT engine {path} does not exist; build it with `python -m trt_handler.engines.build`, "
-                    "or pass onnx_path= and cache_dir= so the handler builds one on the worker"
-                )
-            cause = f"engine {path} does not exist"
-        else:
-            try:
+        try:
+            if _FS.exists(path):
                 return self._session(path)
-            except EngineCompatibilityError as e:
-                if self._rebuild_from is None:
-                    raise
-                cause = f"engine {path} cannot run here ({getattr(e, 'cause', 'unknown')}: {e})"
+            cause = f"engine {path} does not exist"
+        except EngineCompatibilityError as e:
+            if self._rebuild_from is None:
+                raise
+            cause = f"engine {path} cannot run here ({getattr(e, 'cause', 'unknown')}: {e})"
+        if self._rebuild_from is None:
+            raise FileNotFoundError(
+                f"TensorRT engine {path} does not exist; build it with `python -m trt_handler.engines.build`, "
+                "or pass onnx_path= and cache_dir= so the handler builds one on the worker"
+            )
         from trt_handler.engines.cache import ensure_engine
 
         onnx, cache = _bundle_onnx(self._rebuild_from[0]), self._rebuild_from[1]
@@ -486,34 +439,35 @@ class TensorRTQAHandler(QAHandler[Any]):
         return self._session(str(ensure_engine(onnx, cache, self._build_options)))
 
     def _session(self, path: str) -> Any:
-        """EngineSession over the engine's bytes (FileSystems: gs:// works), given its sidecar so
-        version/GPU mismatches are explained before deserializing."""
+        """EngineSession over the engine's bytes (gs:// works) and its sidecar (explains version/GPU mismatches)."""
+        from trt_handler.backends.devices import assign_device
         from trt_handler.engines.session import EngineSession
 
-        kwargs: dict[str, Any] = {}
-        if self._gpu_count is not None and self._gpu_count > 1:
-            from trt_handler.backends.devices import assign_device
-
-            kwargs["device"] = assign_device(self._gpu_count)
-        return EngineSession(
-            _read_bytes(path), library=self._library, contexts_per_profile=self._contexts_per_profile,
-            sidecar=read_sidecar(path), **kwargs,
-        )
+        device = assign_device(self._gpu_count) if self._gpu_count is not None and self._gpu_count > 1 else None
+        return EngineSession(_read_bytes(path), library=self._library, contexts_per_profile=self._contexts_per_profile,
+                             sidecar=read_sidecar(path), device=device)
 
     def _plan_for(self, model: Any) -> BatchPlan:
         # An EngineSession has .profiles; Beam's cross-process proxy forwards only methods: get_profiles().
         profiles = getattr(model, "profiles", None) or getattr(model, "get_profiles", lambda: None)()
-        if not profiles or tuple(profiles) == self.plan.profiles:
-            return self.plan
-        return dataclasses.replace(self.plan, profiles=tuple(profiles))
+        return dataclasses.replace(self.plan, profiles=tuple(profiles)) if profiles else self.plan
+
+    def _use_sidecar_profiles(self, engine: str, asked: int | None = None) -> None:
+        """The profiles of the engine's sidecar (if it has one) replace the plan, ``asked`` rows per call at most."""
+        profiles = read_engine_profiles(engine)
+        if profiles:
+            engine_max = max(p.max_batch for p in profiles)
+            if asked is not None and asked > engine_max:
+                raise ValueError(
+                    f"max_model_batch={asked} exceeds the largest batch of engine {engine} ({engine_max}, from its "
+                    ".json sidecar); leave it unset to use the engine's, or rebuild with a larger max batch"
+                )
+            self.plan = dataclasses.replace(self.plan, profiles=tuple(profiles), max_batch=asked or engine_max)
 
     def update_model_path(self, model_path: str | None = None) -> None:
         """A new engine: its sidecar's profiles replace the plan before it is loaded."""
         if model_path:
-            profiles = read_engine_profiles(_checked_path("model_path", model_path))
-            if profiles:
-                self.plan = dataclasses.replace(self.plan, profiles=tuple(profiles),
-                                                 max_batch=max(p.max_batch for p in profiles))
+            self._use_sidecar_profiles(_checked_path("model_path", model_path))
             super().update_model_path(model_path)
 
     def model_metadata(self) -> dict[str, Any]:

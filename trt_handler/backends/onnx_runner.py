@@ -21,20 +21,14 @@ _REEXPORT = "re-export the model with `python -m trt_handler.engines.export --mo
 def _check_model_io(inputs: List[Any], outputs: List[Any], source: str) -> None:
     """Raise ValueError unless the graph (ORT NodeArgs) takes int32 [B, S] INPUT_NAMES, gives float32 OUTPUT_NAMES."""
     got_in = {i.name: (i.type, len(i.shape)) for i in inputs}
-    want_in = {n: (_INT32, 2) for n in INPUT_NAMES}
-    if got_in != want_in:
-        shown = ", ".join(f"{n} {t} rank {r}" for n, (t, r) in sorted(got_in.items())) or "none"
-        raise ValueError(
-            f"ONNX model {source} has inputs [{shown}], but the QA handlers need int32 [batch, seq] "
-            f"inputs {', '.join(INPUT_NAMES)}; {_REEXPORT}"
-        )
     got_out = {o.name: o.type for o in outputs}
-    missing = [n for n in OUTPUT_NAMES if got_out.get(n) != _FLOAT]
-    if missing:
-        shown = ", ".join(f"{n} {t}" for n, t in sorted(got_out.items())) or "none"
+    if got_in != {n: (_INT32, 2) for n in INPUT_NAMES} or any(got_out.get(n) != _FLOAT for n in OUTPUT_NAMES):
+        shown_in = ", ".join(f"{n} {t} rank {r}" for n, (t, r) in sorted(got_in.items())) or "none"
+        shown_out = ", ".join(f"{n} {t}" for n, t in sorted(got_out.items())) or "none"
         raise ValueError(
-            f"ONNX model {source} has outputs [{shown}], but the QA handlers need float32 outputs "
-            f"{', '.join(OUTPUT_NAMES)}; {_REEXPORT}"
+            f"ONNX model {source} has inputs [{shown_in}] and outputs [{shown_out}], but the QA handlers need "
+            f"int32 [batch, seq] inputs {', '.join(INPUT_NAMES)} and float32 outputs {', '.join(OUTPUT_NAMES)}; "
+            f"{_REEXPORT}"
         )
 
 

@@ -1,10 +1,8 @@
 """PyTorch backend: a Hugging Face BERT QA checkpoint run with SDPA attention on CPU or a CUDA GPU.
 
-``run(ModelBatch) -> (start, end)`` like the other runners, plus ``submit(batch) -> Pending``. On CUDA
-``submit`` stages the inputs in pinned memory and queues copy, model and copy back on the calling
-thread's own stream (threads sharing a runner overlap; ``result()`` waits on this batch's event only).
-PyTorch's caching host allocator does not reuse a pinned block before its queued copies finish, so
-outstanding submits never share a staging buffer. ``torch`` is imported only when a runner is built.
+On CUDA ``submit`` stages the inputs in pinned memory and queues copy, model and copy back on the
+calling thread's own stream, so threads sharing a runner overlap. ``torch`` is imported only when a
+runner is built.
 """
 
 from __future__ import annotations
@@ -43,8 +41,6 @@ class Pending:
     """The logits of one submitted batch: ``result()`` gives ``(start, end)`` float32 ``[B, S]``,
     the same arrays on every call, from any thread."""
 
-    __slots__ = ("_event", "_host", "_keep", "_result", "_lock")
-
     def __init__(self, *, result: Optional[Logits] = None, event: Any = None, host: Any = None,
                  keep: Any = None) -> None:
         self._result = result
@@ -61,9 +57,8 @@ class Pending:
         with self._lock:
             if self._result is None:
                 self._event.synchronize()
-                host = self._host.numpy()
-                self._result = (np.array(host[0], dtype=np.float32, copy=True),
-                                np.array(host[1], dtype=np.float32, copy=True))
+                logits = np.array(self._host.numpy(), dtype=np.float32)  # a copy out of pinned memory
+                self._result = (logits[0], logits[1])
                 self._host = self._keep = self._event = None
             return self._result
 
@@ -138,7 +133,6 @@ class TorchRunner:
         return {"free_bytes": int(free), "total_bytes": int(total), "used_bytes": int(total - free)}
 
     def _stream(self) -> Any:
-        """This thread's CUDA stream (created on first use)."""
         stream = getattr(self._local, "stream", None)
         if stream is None:
             stream = self._torch.cuda.Stream(device=self.device)
@@ -147,10 +141,9 @@ class TorchRunner:
 
     def _forward(self, dev_inputs: Any) -> Any:
         """[3, B, S] int tensor on the device -> [2, B, S] float32 logits on the device."""
-        torch = self._torch
         ids, mask, types = (t.long() for t in dev_inputs.unbind(0))
         out = self._model(input_ids=ids, attention_mask=mask, token_type_ids=types, return_dict=True)
-        return torch.stack((out.start_logits, out.end_logits)).float()
+        return self._torch.stack((out.start_logits, out.end_logits)).float()
 
     def submit(self, batch: ModelBatch) -> Pending:
         """Queue ``batch`` on this thread's stream; ``.result()`` gives ``(start, end)``."""
@@ -159,10 +152,9 @@ class TorchRunner:
         b, s = _check_batch(batch, self.max_positions)
         torch = self._torch
         if not self.is_cuda:
-            host = torch.from_numpy(np.stack([batch.input_ids, batch.attention_mask, batch.token_type_ids])
-                                    .astype(np.int64, copy=False))
+            ids = np.stack([batch.input_ids, batch.attention_mask, batch.token_type_ids], dtype=np.int64)
             with torch.inference_mode():
-                logits = self._forward(host).numpy()
+                logits = self._forward(torch.from_numpy(ids)).numpy()
             return Pending(result=(np.ascontiguousarray(logits[0]), np.ascontiguousarray(logits[1])))
         host_in = torch.empty((3, b, s), dtype=torch.int32, pin_memory=True)
         view = host_in.numpy()
@@ -177,8 +169,7 @@ class TorchRunner:
             host_out.copy_(logits, non_blocking=True)
             event = torch.cuda.Event()
             event.record(stream)
-        # host_in stays referenced until the event: the caching host allocator also guards it, this
-        # makes it explicit.
+        # host_in stays referenced until the event (PyTorch's caching host allocator guards it too)
         return Pending(event=event, host=host_out, keep=(host_in, dev_in, logits))
 
     def run(self, batch: ModelBatch) -> Logits:
