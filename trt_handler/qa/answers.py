@@ -13,10 +13,11 @@ positions, so answers are deterministic.
 from __future__ import annotations
 
 import math
+import string
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Tuple
+from typing import Any, Tuple
 
 import numpy as np
 
@@ -58,10 +59,6 @@ _CHUNK_EXTRA = 4
 
 Item = Tuple[QAExample, Sequence[Window], Sequence[WindowLogits]]
 Pairs = list[Tuple[Window, WindowLogits]]
-# [score, window index, start char, end char, start logit, end logit] of a candidate span, and a
-# function giving the candidate rows from position ``done`` on (best first), [] at the end.
-Row = list[float]
-MoreRows = Callable[[int], list[Row]]
 
 
 def _ordered(example: QAExample, windows: Sequence[Window], logits: Sequence[WindowLogits]) -> Pairs:
@@ -88,21 +85,21 @@ def _ordered(example: QAExample, windows: Sequence[Window], logits: Sequence[Win
     return pairs
 
 
-def _top_k_sorted(values: np.ndarray, k: int) -> np.ndarray:
-    """Per row, the column indices of the ``k`` largest values, in ascending column order; of
-    equal finite values at the cut, the earliest columns."""
+def _top_k_sorted(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the column indices of the ``k`` largest values, in ascending column order (of equal
+    finite values at the cut, the earliest columns), and those values."""
+    rows = np.arange(values.shape[0])[:, None]
     width = values.shape[1]
     if width <= k:
-        return np.broadcast_to(np.arange(width), values.shape).copy()
-    part = np.argpartition(values, width - k, axis=1)
-    idx = part[:, width - k:]
-    kth = np.take_along_axis(values, part[:, width - k:width - k + 1], axis=1)
+        return np.broadcast_to(np.arange(width), values.shape), values
+    idx = np.argpartition(values, width - k, axis=1)[:, width - k:]
+    kth = values[rows[:, 0], idx[:, 0]]
     # a value left out ties with the k-th exactly when more than k values are >= the k-th
-    ties = np.isfinite(kth[:, 0]) & ((values >= kth).sum(axis=1) > k)
+    ties = np.isfinite(kth) & ((values >= kth[:, None]).sum(axis=1) > k)
     for row in np.flatnonzero(ties):  # rare: redo the row with a stable sort
         idx[row] = np.argsort(-values[row], kind="stable")[:k]
     idx.sort(axis=1)
-    return idx
+    return idx, values[rows, idx]
 
 
 class _Batch:
@@ -116,28 +113,22 @@ class _Batch:
         m, n_q = len(windows), len(questions)
         lengths = np.fromiter((w.input_ids.shape[0] for w in windows), dtype=np.int64, count=m)
         row_start = np.cumsum(lengths) - lengths
-        width = int(lengths.max())
         start = np.concatenate([lg.start_logits for lg in logits]).astype(np.float64, copy=False)
         end = np.concatenate([lg.end_logits for lg in logits]).astype(np.float64, copy=False)
         # per window: a sum of float32-range values is finite unless one of them is NaN or inf
-        self.finite: list[bool] = np.isfinite(np.add.reduceat(start, row_start)
-                                              + np.add.reduceat(end, row_start)).tolist()
+        self.finite: list[bool] = np.isfinite(np.add.reduceat(start + end, row_start)).tolist()
         is_context = np.concatenate([w.is_context for w in windows])
-        can_start = is_context & np.concatenate([w.max_context for w in windows])
         offsets = np.concatenate([w.offsets for w in windows])
         # [CLS] start and end logits of every window (the null candidates)
         self.null_start: list[float] = start[row_start].tolist()
         self.null_end: list[float] = end[row_start].tolist()
-        # padded [windows, width] logits, -inf where a token cannot start / end a span
-        flat = np.arange(start.shape[0]) + np.repeat(np.arange(m) * width - row_start, lengths)
-        s_pad = np.full((m, width), -np.inf)
-        e_pad = np.full((m, width), -np.inf)
-        s_pad.reshape(-1)[flat] = np.where(can_start, start, -np.inf)  # reshape of a new array: a view
-        e_pad.reshape(-1)[flat] = np.where(is_context, end, -np.inf)
-        s_idx = _top_k_sorted(s_pad, config.n_best)
-        e_idx = _top_k_sorted(e_pad, config.n_best)
-        s_val = np.take_along_axis(s_pad, s_idx, axis=1)
-        e_val = np.take_along_axis(e_pad, e_idx, axis=1)
+        # [start / end, window, token] logits, -inf where a token cannot start / end a span or is padding
+        pad = np.full((2, m, int(lengths.max())), -np.inf)
+        real = np.arange(pad.shape[2]) < lengths[:, None]
+        pad[0][real] = np.where(is_context & np.concatenate([w.max_context for w in windows]), start, -np.inf)
+        pad[1][real] = np.where(is_context, end, -np.inf)
+        idx, val = _top_k_sorted(pad.reshape(2 * m, -1), config.n_best)
+        (s_idx, e_idx), (s_val, e_val) = idx.reshape(2, m, -1), val.reshape(2, m, -1)
         # valid spans: 0 <= end - start < max_answer_length (one unsigned comparison), both ends finite
         span = (e_idx[:, None, :] - s_idx[:, :, None]).view(np.uint64)
         valid = (span < config.max_answer_length) & np.isfinite(s_val)[:, :, None] & np.isfinite(e_val)[:, None, :]
@@ -150,7 +141,7 @@ class _Batch:
         question = np.repeat(np.arange(n_q, dtype=np.int32), per_question)[win]
         self.first_window: list[int] = first_window.tolist()
         # rows [score, window index in its question, start char, end char, start logit, end logit]
-        self.table = np.stack((s_logit + e_logit, win - first_window[question],
+        self.table = np.array((s_logit + e_logit, win - first_window[question],
                                offsets[token_row + s_idx[win, i], 0], offsets[token_row + e_idx[win, j], 1],
                                s_logit, e_logit))
         context_len = np.fromiter((len(ex.context) for ex, _ in questions), dtype=np.int64, count=n_q)
@@ -160,22 +151,15 @@ class _Batch:
         # a stable (radix) sort by question
         by_score = np.argsort(-self.table[0], kind="stable")
         q_type = np.int16 if n_q < 2**15 else np.int32  # 16-bit keys get numpy's radix sort
-        self.order = by_score[np.argsort(question[by_score].astype(q_type), kind="stable")]
-        self.counts = np.bincount(question, minlength=n_q)
-        self.seg_start = np.cumsum(self.counts) - self.counts
-
-    def rows(self, q: int, chunk: int) -> MoreRows:
-        """Question ``q``'s candidate rows (best first) from ``done`` on, ``chunk`` at a time."""
-        seg, count = int(self.seg_start[q]), int(self.counts[q])
-        table, order = self.table, self.order
-        return lambda done: table[:, order[seg + done:seg + min(count, done + chunk)]].T.tolist()
+        order = by_score[np.argsort(question[by_score].astype(q_type), kind="stable")]
+        # each question's columns of ``table``, best first
+        self.ranked: list[np.ndarray] = np.split(order, np.cumsum(np.bincount(question, minlength=n_q))[:-1])
 
 
 def extract_answers(items: Sequence[Item], config: AnswerConfig = AnswerConfig()) -> list[Answer | ValueError]:
     """Answers of several questions at once, ``items`` being (example, windows, logits) as for
     :func:`extract_answer`: in order, each question's Answer or the ValueError extract_answer would
-    raise for it. The numpy work runs once over all windows of all questions.
-    """
+    raise for it. The numpy work runs once over all windows of all questions."""
     ordered: list[Pairs | ValueError] = []
     for example, windows, logits in items:
         try:
@@ -186,20 +170,18 @@ def extract_answers(items: Sequence[Item], config: AnswerConfig = AnswerConfig()
     if not good:  # every question failed its checks
         return [p for p in ordered if isinstance(p, ValueError)]
     batch = _Batch(good, config)
-    chunk = config.n_best + _CHUNK_EXTRA
     answers: list[Answer | ValueError] = []
     for q, (ex, pairs) in enumerate(good):
         first, last = batch.first_window[q], batch.first_window[q] + len(pairs)
         try:
-            bad = [w for (w, _), ok in zip(pairs, batch.finite[first:last]) if not ok]
-            if bad:
-                raise ValueError(f"question {ex.id!r} window {bad[0].window_index}: logits hold NaN or "
+            if not all(finite := batch.finite[first:last]):
+                raise ValueError(f"question {ex.id!r} window {finite.index(False)}: logits hold NaN or "
                                  "inf; check the engine's precision (fp16 overflow?) or its inputs")
             if batch.outside[q]:
                 raise ValueError(f"question {ex.id!r}: window offsets fall outside its context of "
                                  f"{len(ex.context)} characters; were the windows made from another context?")
-            answers.append(_answer(ex, batch.rows(q, chunk), batch.null_start[first:last],
-                                   batch.null_end[first:last], config))
+            spans = _spans(ex.context, batch.table, batch.ranked[q], config)
+            answers.append(_answer(ex, spans, batch.null_start[first:last], batch.null_end[first:last], config))
         except ValueError as err:
             answers.append(err)
     it = iter(answers)
@@ -221,12 +203,7 @@ def extract_answer(example: QAExample, windows: Sequence[Window], logits: Sequen
 def _is_word_char(ch: str) -> bool:
     """Neither whitespace nor punctuation (Unicode category P*): what a word is made of, as the
     BERT basic tokenizer splits words (``_is_punctuation`` also counts ASCII symbols such as $)."""
-    if ch.isspace():
-        return False
-    code = ord(ch)
-    if 33 <= code <= 47 or 58 <= code <= 64 or 91 <= code <= 96 or 123 <= code <= 126:
-        return False
-    return not unicodedata.category(ch).startswith("P")
+    return not (ch.isspace() or ch in string.punctuation or unicodedata.category(ch).startswith("P"))
 
 
 def align_span_to_words(context: str, start: int, end: int) -> Tuple[int, int]:
@@ -242,20 +219,17 @@ def align_span_to_words(context: str, start: int, end: int) -> Tuple[int, int]:
     return start, end
 
 
-def _spans(context: str, more: MoreRows, n_best: int, align_to_words: bool) -> list[dict[str, Any]]:
-    """The ``n_best`` best spans in score order, one per distinct text, as n-best entries without
-    probability; ``more(done)`` gives the candidate rows after the first ``done``. With ``align_to_words``
-    spans are widened first (two spans in the same words become one text: the best-scoring is kept).
-    Python lists from here: numpy scalars cost more than the work.
-    """
+def _spans(context: str, table: np.ndarray, ranked: np.ndarray, config: AnswerConfig) -> list[dict[str, Any]]:
+    """The ``n_best`` best spans of the ``table`` columns ``ranked``, one per distinct text (after the
+    ``align_to_words`` widening: the best-scoring is kept), as n-best entries without probability.
+    Rows become Python lists a chunk at a time: numpy scalars cost more than the work."""
     spans: list[dict[str, Any]] = []
     seen = set()
-    done = 0
-    rows = more(0)
-    while rows:
-        for score, win, a, b, s_logit, e_logit in rows:
+    chunk = config.n_best + _CHUNK_EXTRA
+    for done in range(0, len(ranked), chunk):
+        for score, win, a, b, s_logit, e_logit in table[:, ranked[done:done + chunk]].T.tolist():
             a, b = int(a), int(b)
-            if align_to_words:
+            if config.align_to_words:
                 a, b = align_span_to_words(context, a, b)
             text = context[a:b]
             if text in seen:
@@ -263,10 +237,8 @@ def _spans(context: str, more: MoreRows, n_best: int, align_to_words: bool) -> l
             seen.add(text)
             spans.append({"score": score, "start_logit": s_logit, "end_logit": e_logit,
                           "window_index": int(win), "start_char": a, "end_char": b, "text": text})
-            if len(spans) >= n_best:
+            if len(spans) >= config.n_best:
                 return spans
-        done += len(rows)
-        rows = more(done)
     return spans
 
 
@@ -285,13 +257,12 @@ def _n_best(spans: list[dict[str, Any]], null: dict[str, Any] | None, n_best: in
     return out
 
 
-def _answer(example: QAExample, more: MoreRows, null_start: list[float], null_end: list[float],
+def _answer(example: QAExample, spans: list[dict[str, Any]], null_start: list[float], null_end: list[float],
             config: AnswerConfig) -> Answer:
-    """The Answer from the question's candidate rows (best first) and its windows' [CLS] logits."""
-    spans = _spans(example.context, more, config.n_best, config.align_to_words)
+    """The Answer from the question's best spans and its windows' [CLS] logits."""
     if not spans:
         raise ValueError(f"question {example.id!r}: no window has a valid answer span (no context "
-                         "token is max context); build windows with squad_features.WindowMaker")
+                         "token is max context); build windows with trt_handler.qa.windows.WindowMaker")
     # first window on ties, like the original's strict <
     null_at = min(range(len(null_start)), key=lambda i: null_start[i] + null_end[i])
     null_score = null_start[null_at] + null_end[null_at]

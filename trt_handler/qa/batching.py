@@ -80,27 +80,23 @@ def suggest_buckets(lengths: Sequence[int], count: int, max_len: int, multiple: 
     n = np.asarray(lengths, dtype=np.int64)
     if n.size and n.max() > max_len:
         raise ValueError(f"a window of {int(n.max())} tokens is longer than max_len {max_len}")
-    cands = sorted({*range(multiple, max_len, multiple), max_len})
-    hist = np.bincount(n, minlength=max_len + 1)
-    below = np.concatenate([[0], np.cumsum(hist)])  # below[x] = windows shorter than x tokens
-    windows_in = lambda lo, hi: int(below[hi + 1] - below[lo + 1])  # noqa: E731  lengths in (lo, hi]
-    inf = float("inf")
-    # best[j][i]: least padded tokens covering lengths <= cands[i] with j + 1 buckets, the last cands[i]
-    best = [[inf] * len(cands) for _ in range(count)]
-    prev = [[-1] * len(cands) for _ in range(count)]
-    for i, c in enumerate(cands):
-        best[0][i] = windows_in(0, c) * c
+    cands = np.array(sorted({*range(multiple, max_len, multiple), max_len}))
+    below = np.cumsum(np.bincount(n, minlength=max_len + 1))  # below[x]: windows of at most x tokens
+    covered = below[cands] - below[0]
+    # padded tokens of the windows in (cands[h], cands[i]] at cands[i], for h < i only
+    cost_of = np.where(np.tri(len(cands), k=-1, dtype=bool),
+                       (covered[:, None] - covered[None, :]) * cands[:, None], np.inf)
+    # best[j, i]: least padded tokens covering lengths <= cands[i] with j + 1 buckets, the last cands[i]
+    best = np.empty((count, len(cands)))
+    prev = np.full((count, len(cands)), -1)
+    best[0] = covered * cands
     for j in range(1, count):
-        for i, c in enumerate(cands):
-            for h in range(i):
-                cost = best[j - 1][h] + windows_in(cands[h], c) * c
-                if cost < best[j][i]:
-                    best[j][i], prev[j][i] = cost, h
-    last = len(cands) - 1
-    j = min(range(count), key=lambda k: (best[k][last], k))  # fewer buckets when more do not help
-    out = []
-    i = last
+        cost = best[j - 1] + cost_of  # first h on ties
+        prev[j] = cost.argmin(axis=1)
+        best[j] = cost.min(axis=1)
+    j = int(np.argmin(best[:, -1]))  # fewer buckets when more do not help
+    out, i = [], len(cands) - 1
     while i >= 0 and j >= 0:
-        out.append(cands[i])
-        i, j = prev[j][i], j - 1
+        out.append(int(cands[i]))
+        i, j = prev[j, i], j - 1
     return validate_buckets(out)

@@ -1,14 +1,8 @@
 """Exact match and F1 with the semantics of the official SQuAD v2.0 evaluation script (``evaluate-v2.0.py``).
 
-Answers are normalised (lower case, no punctuation or articles, whitespace collapsed); a question scores
-the max over its gold answers (those normalising to nothing ignored; an unanswerable question's only
-gold answer is ""); figures are percentages with HasAns_/NoAns_ breakdowns (omitted when empty).
-
-``no_answer_scores`` (``Answer.null_score - Answer.score``) adds the official best-threshold search, so
-``best_*_thresh`` is directly a ``null_threshold``. That search can only turn predictions into "no
-answer"; ``span_predictions`` (``Answer.best_span_text``) searches over every threshold instead, the
-main figures still scoring ``predictions``. Unlike the official script, ``--na-prob-thresh`` is not
-re-applied to the main figures: the predictions already used a threshold.
+A question scores the max over its gold answers (those normalising to nothing ignored; an unanswerable
+question's only gold answer is ""). Unlike the official script, ``--na-prob-thresh`` is not re-applied
+to the main figures: the predictions already used a threshold.
 """
 
 from __future__ import annotations
@@ -58,11 +52,6 @@ def f1_score(pred: str, gold: str) -> float:
     return (2 * precision * recall) / (precision + recall)
 
 
-def _gold_answers(example: QAExample) -> list[str]:
-    gold = [a for a in example.answers if normalize_answer(a)]
-    return gold or [""]
-
-
 def _raw_scores(examples: Sequence[QAExample],
                 predictions: Mapping[str, str]) -> tuple[dict[str, float], dict[str, float]]:
     """Per-question exact and F1 (max over gold answers), in example order."""
@@ -70,7 +59,7 @@ def _raw_scores(examples: Sequence[QAExample],
     f1: dict[str, float] = {}
     for ex in examples:
         pred = predictions[ex.id]
-        gold = _gold_answers(ex)
+        gold = [a for a in ex.answers if normalize_answer(a)] or [""]
         exact[ex.id] = max(exact_match(pred, a) for a in gold)
         f1[ex.id] = max(f1_score(pred, a) for a in gold)
     return exact, f1
@@ -89,17 +78,13 @@ def _best_thresh(predictions: Mapping[str, str], scores: Mapping[str, float],
                  na_scores: Mapping[str, float], has_ans: Mapping[str, bool]) -> tuple[float, float]:
     """Official ``find_best_thresh``: start from "all no-answer", then let questions answer in
     order of increasing no-answer score and keep the best running total."""
-    cur_score = sum(1 for k in has_ans if not has_ans[k])
+    cur_score: float = sum(not v for v in has_ans.values())
     best_score = cur_score
     best_thresh = 0.0
     for qid in sorted(na_scores, key=lambda k: na_scores[k]):
         if qid not in scores:
             continue
-        if has_ans[qid]:
-            diff = scores[qid]
-        else:
-            diff = -1 if predictions[qid] else 0
-        cur_score += diff
+        cur_score += scores[qid] if has_ans[qid] else (-1 if predictions[qid] else 0)
         if cur_score > best_score:
             best_score = cur_score
             best_thresh = na_scores[qid]
@@ -127,11 +112,11 @@ def squad_evaluate(examples: Sequence[QAExample], predictions: Mapping[str, str]
                    span_predictions: Mapping[str, str] | None = None) -> dict:
     """Official SQuAD v2.0 figures (0-100) of ``predictions`` (id -> text, "" = no answer).
 
-    Keys: exact, f1, total, HasAns_exact/f1/total, NoAns_exact/f1/total (each breakdown only when
-    it has questions) and, with ``no_answer_scores`` (id -> null score - best span score),
-    best_exact, best_exact_thresh, best_f1, best_f1_thresh, searched over ``span_predictions``
-    (id -> best non-null span) when given, else over ``predictions`` (official). Predictions for
-    ids that are not in ``examples`` are ignored, as the official script does.
+    Keys: exact, f1, total, HasAns_/NoAns_ exact/f1/total (each only when it has questions) and, with
+    ``no_answer_scores`` (id -> ``Answer.null_score - Answer.score``), best_exact/f1 and
+    best_exact/f1_thresh (directly a ``null_threshold``), searched over ``span_predictions`` (id ->
+    ``Answer.best_span_text``: every threshold) when given, else over ``predictions`` (official: the
+    search can only turn answers into ""). Predictions for ids not in ``examples`` are ignored.
     """
     if span_predictions is not None and no_answer_scores is None:
         raise ValueError("span_predictions only serve the threshold search; pass no_answer_scores too")

@@ -1,11 +1,7 @@
-"""Reading questions into QAExamples: SQuAD v1.1/v2.0 JSON files and JSONL files.
-
-Paths go through Beam's ``FileSystems`` (local, gs://, ...; ``.gz``/``.bz2`` by extension). A file of
-the wrong shape raises :class:`DataFormatError` naming the file, the place and what is wrong. SQuAD
-JSON: ``{"data": [{"paragraphs": [{"context", "qas": [...]}]}]}``; JSONL: one record a line, blank
-lines skipped. The rules for one record live in :func:`example_from_record` (shared with
-``pipelines.records``), which also refuses what JSON allows but the pipeline cannot carry: an
-integer too long for Python (``number_too_long``) and a lone UTF-16 surrogate (``invalid_text``).
+"""Reading questions into QAExamples: SQuAD v1.1/v2.0 JSON files and JSONL files (one record a line,
+blank lines skipped), through Beam's ``FileSystems`` (local, gs://, ...; ``.gz``/``.bz2`` by extension).
+A file of the wrong shape raises :class:`DataFormatError` naming the file, the place and what is wrong;
+the rules for one record are :func:`example_from_record`'s (shared with ``pipelines.records``).
 """
 
 from __future__ import annotations
@@ -15,6 +11,7 @@ import re
 import reprlib
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from trt_handler.qa.types import QAExample
@@ -49,14 +46,12 @@ class DataFormatError(ValueError):
         self.code = code
 
 
+@dataclass(frozen=True, slots=True)
 class TooLongNumber:
     """Stands for a JSON integer literal of more than ``sys.get_int_max_str_digits()`` digits, which
     ``int()`` refuses: the record holding it is rejected, its neighbours are not."""
 
-    __slots__ = ("digits",)
-
-    def __init__(self, digits: int) -> None:
-        self.digits = digits
+    digits: int
 
     def __repr__(self) -> str:
         return f"<integer of {self.digits} digits>"
@@ -177,15 +172,13 @@ def _answer_texts(raw: Any, where: str) -> tuple[str, ...]:
 
 
 def example_from_record(record: Mapping[str, Any], context: str | None = None, *, where: str = "") -> QAExample:
-    """One QAExample from a question record: a JSONL line's object or a SQuAD ``qas`` entry.
+    """One QAExample from a JSONL record or a SQuAD ``qas`` entry (``context``: its paragraph's).
 
-    ``context``: the paragraph's for a SQuAD entry, None to read the record's own. Fields, checked in
-    :data:`RECORD_FIELDS` order: ``id`` a string or a whole number (kept as its string); ``question``,
-    ``context`` strings kept as given; optional gold ``answers`` as a list of strings or ``{"text": ...}``
-    or the datasets form ``{"text": [...]}`` (``plausible_answers`` ignored); optional ``is_impossible``
-    true/false, when absent true iff gold answers are given but empty (None without gold answers).
-    Null optional fields count as absent, null required ones as missing; other keys are ignored.
-    Raises DataFormatError (``where`` prefixes its message) naming the field and what is wrong.
+    Checked in :data:`RECORD_FIELDS` order: ``id`` a string or a whole number (kept as its string);
+    ``question``, ``context`` strings; optional ``answers`` (:func:`_answer_texts`); optional
+    ``is_impossible`` bool, when absent true iff gold answers are given but empty. Null optional fields
+    count as absent, null required ones as missing. DataFormatError (``where`` prefixes its message),
+    ``code`` ``number_too_long`` for an integer too long for Python, ``invalid_text`` for a lone surrogate.
     """
     if not isinstance(record, Mapping):
         raise DataFormatError(_at(where, f"expected a JSON object, got {type(record).__name__}"))
@@ -209,9 +202,8 @@ def example_from_record(record: Mapping[str, Any], context: str | None = None, *
 
 
 def _parse_squad(doc: Any, path: str) -> list[QAExample]:
-    data = _need(doc, "data", list, path)
     out: list[QAExample] = []
-    for a, article in enumerate(data):
+    for a, article in enumerate(_need(doc, "data", list, path)):
         for p, para in enumerate(_need(article, "paragraphs", list, f"{path}: data[{a}]")):
             where_p = f"{path}: data[{a}].paragraphs[{p}]"
             context = _need(para, "context", str, where_p)

@@ -1,6 +1,5 @@
-"""Plain data passed between the QA stages (parse -> windows -> inference -> answers): picklable by
-Beam, no framework objects. Shapes: ``L`` a window's real tokens (unpadded), ``B``/``S`` a padded batch.
-"""
+"""Plain, picklable data passed between the QA stages (parse -> windows -> inference -> answers).
+Shapes: ``L`` a window's real tokens (unpadded), ``B``/``S`` a padded batch."""
 
 from __future__ import annotations
 
@@ -44,7 +43,6 @@ class Window:
 
     @property
     def length(self) -> int:
-        """Number of real tokens in the window."""
         return int(self.input_ids.shape[0])
 
 

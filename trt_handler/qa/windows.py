@@ -96,7 +96,7 @@ def load_tokenizer(model: str | Path, *, min_vocab: int = MIN_VOCAB) -> PreTrain
     """
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    text = str(model)
+    name = text = str(model)
     # Hub ids look like "name" or "org/name"; a local path is checked here, not looked up on the hub.
     looks_local = text.startswith(("/", ".", "~")) or "\\" in text or text.count("/") > 1 or Path(text).is_dir()
     if looks_local:
@@ -104,7 +104,7 @@ def load_tokenizer(model: str | Path, *, min_vocab: int = MIN_VOCAB) -> PreTrain
         if not Path(text).is_dir():
             raise ValueError(f"model folder {text!r} does not exist; pass the folder that holds "
                              "the tokenizer files (or a hub id such as 'org/name')")
-        if not any((Path(text) / name).is_file() for name in TOKENIZER_FILES):
+        if not any((Path(text) / file).is_file() for file in TOKENIZER_FILES):
             raise TokenizerCheckError(
                 f"model folder {text!r} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}). "
                 "Without them transformers builds a tokenizer of only its 5 special tokens, which turns "
@@ -117,20 +117,15 @@ def load_tokenizer(model: str | Path, *, min_vocab: int = MIN_VOCAB) -> PreTrain
         tokenizer = AutoTokenizer.from_pretrained(text, use_fast=True)
     except (OSError, ValueError) as err:
         raise ValueError(
-            f"could not load a tokenizer from {str(model)!r} ({err}); pass a folder holding "
+            f"could not load a tokenizer from {name!r} ({err}); pass a folder holding "
             "tokenizer.json (or vocab.txt + tokenizer_config.json) or a Hugging Face hub id"
         ) from err
     if not isinstance(tokenizer, PreTrainedTokenizerFast):
         raise TypeError(
-            f"{str(model)!r} gave a slow tokenizer ({type(tokenizer).__name__}); windows need the "
+            f"{name!r} gave a slow tokenizer ({type(tokenizer).__name__}); windows need the "
             "fast (Rust) tokenizer for character offsets: add tokenizer.json to the model folder"
         )
-    _check_vocab(tokenizer, str(model), Path(text) / "config.json" if looks_local else None, min_vocab)
-    return tokenizer
-
-
-def _check_vocab(tokenizer: PreTrainedTokenizerFast, name: str, config_path: Path | None, min_vocab: int) -> None:
-    """Refuse a vocabulary too small to be real, or one that does not fit the model's embeddings."""
+    # a vocabulary too small to be real, or one that does not fit the model's embeddings
     n = len(tokenizer)
     if n < min_vocab:
         raise TokenizerCheckError(
@@ -142,7 +137,8 @@ def _check_vocab(tokenizer: PreTrainedTokenizerFast, name: str, config_path: Pat
             "checkpoint folder."
         )
     vocab_size = None
-    if config_path is not None and config_path.is_file():
+    config_path = Path(text) / "config.json"
+    if looks_local and config_path.is_file():
         try:
             config = json.loads(config_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
@@ -164,6 +160,7 @@ def _check_vocab(tokenizer: PreTrainedTokenizerFast, name: str, config_path: Pat
             "(tokenizer.save_pretrained(FOLDER) from that checkpoint)."
         )
     _cls_sep(tokenizer, name)
+    return tokenizer
 
 
 def _cls_sep(tokenizer: PreTrainedTokenizerFast, name: str) -> tuple[int, int]:
@@ -192,25 +189,17 @@ def _span_bounds(n_context: int, room: int, stride: int) -> list[tuple[int, int]
     return [(s, min(s + room, n_context)) for s in range(0, num_windows(n_context, room, stride) * step, step)]
 
 
-# Only small window sets are cached: the masks of a huge context would pin memory in the cache.
+# Only small window sets are cached (``_spans.__wrapped__`` for the others): the masks of a huge
+# context would pin memory in the cache.
 _CACHED_WINDOWS = 256
 
 
+@functools.lru_cache(maxsize=4096)
 def _spans(n_context: int, room: int, stride: int) -> tuple[tuple[int, int, np.ndarray], ...]:
-    """Windows over ``n_context`` context tokens as (start, stop, read-only max_context[stop-start]);
-    cached unless there are many windows."""
-    if num_windows(n_context, room, stride) <= _CACHED_WINDOWS:
-        return _spans_cached(n_context, room, stride)
-    return _make_spans(n_context, room, stride)
-
-
-def _make_spans(n_context: int, room: int, stride: int) -> tuple[tuple[int, int, np.ndarray], ...]:
+    """Windows over ``n_context`` context tokens as (start, stop, read-only max_context[stop-start])."""
     bounds = _span_bounds(n_context, room, stride)
     best = _max_context_window(bounds, n_context)
     return tuple((start, stop, _frozen(best[start:stop] == w)) for w, (start, stop) in enumerate(bounds))
-
-
-_spans_cached = functools.lru_cache(maxsize=4096)(_make_spans)
 
 
 def _max_context_window(bounds: Sequence[tuple[int, int]], n_context: int) -> np.ndarray:
@@ -261,7 +250,7 @@ class WindowMaker:
         if backend is None:
             raise TypeError(
                 f"WindowMaker needs a fast tokenizer (PreTrainedTokenizerFast), got "
-                f"{type(tokenizer).__name__}; load one with squad_features.load_tokenizer(model)"
+                f"{type(tokenizer).__name__}; load one with trt_handler.qa.windows.load_tokenizer(model)"
             )
         max_len = getattr(tokenizer, "model_max_length", None)
         if isinstance(max_len, int) and config.max_seq_length > max_len:
@@ -275,10 +264,7 @@ class WindowMaker:
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
         self._sep_tail = np.array([self._sep], dtype=np.int32)
-        self._check_pair_layout()
-
-    def _check_pair_layout(self) -> None:
-        """Refuse tokenizers whose pairs are not [CLS] A [SEP] B [SEP] with type ids 0/1."""
+        # refuse tokenizers whose pairs are not [CLS] A [SEP] B [SEP] with type ids 0/1
         a = self._tokenizer.encode("what", add_special_tokens=False).ids
         b = self._tokenizer.encode("it is", add_special_tokens=False).ids
         pair = self._tokenizer.encode("what", "it is")
@@ -302,8 +288,6 @@ class WindowMaker:
         results: list[list[Window] | FeatureError] = [
             FeatureError(reason) if (reason := _blank_reason(ex)) else [] for ex in examples]
         todo = [i for i, r in enumerate(results) if not isinstance(r, FeatureError)]
-        if not todo:
-            return results
         context_index = {c: k for k, c in enumerate(dict.fromkeys(examples[i].context for i in todo))}
         # Questions need only ids: the fast call skips the offsets.
         questions = self._tokenizer.encode_batch_fast([examples[i].question for i in todo], add_special_tokens=False)
@@ -318,25 +302,21 @@ class WindowMaker:
     def _assemble(self, ex: QAExample, question_ids: list[int], context_ids: np.ndarray,
                   context_offsets: np.ndarray) -> list[Window] | FeatureError:
         """Cut one tokenized example into windows; arrays that depend only on the layout are shared, read-only."""
-        if not question_ids:
-            return FeatureError(f"question of example {ex.id!r} has no tokens after normalisation "
-                                "(only control or zero-width characters?); fix the question text")
-        n_context = int(context_ids.shape[0])
-        if n_context == 0:
-            return FeatureError(f"context of example {ex.id!r} has no tokens after normalisation "
-                                "(only control or zero-width characters?); fix the context text")
-        n_q = len(question_ids)
+        n_q, n_context = len(question_ids), int(context_ids.shape[0])
+        for field, n in (("question", n_q), ("context", n_context)):
+            if n == 0:
+                return FeatureError(f"{field} of example {ex.id!r} has no tokens after normalisation "
+                                    f"(only control or zero-width characters?); fix the {field} text")
         room = self.config.max_seq_length - n_q - _NUM_SPECIAL
         limit = self.config.max_windows_per_question
-        if limit is not None:
-            needed = num_windows(n_context, room, self.config.doc_stride)
-            if needed > limit:
-                return FeatureError(
-                    f"context of example {ex.id!r} is {n_context} tokens, which needs {needed} windows of "
-                    f"{self.config.max_seq_length} tokens, more than max_windows_per_question {limit}; "
-                    "split the context into shorter passages or raise the limit",
-                    code="too_many_windows")
-        spans = _spans(n_context, room, self.config.doc_stride)
+        needed = num_windows(n_context, room, self.config.doc_stride)
+        if limit is not None and needed > limit:
+            return FeatureError(
+                f"context of example {ex.id!r} is {n_context} tokens, which needs {needed} windows of "
+                f"{self.config.max_seq_length} tokens, more than max_windows_per_question {limit}; "
+                "split the context into shorter passages or raise the limit",
+                code="too_many_windows")
+        spans = (_spans if needed <= _CACHED_WINDOWS else _spans.__wrapped__)(n_context, room, self.config.doc_stride)
         head = np.array([self._cls, *question_ids, self._sep], dtype=np.int32)
         c0 = n_q + 2  # first context position in a window
         out: list[Window] = []
