@@ -497,16 +497,16 @@ def _answers_through_beam(handler: Any, questions: List[QuestionWindows]) -> Dic
     pipeline results cannot be returned directly)."""
     import tempfile
 
-    folder = tempfile.mkdtemp(prefix="torch-handler-")
-    with beam.Pipeline() as p:
-        _ = (p | beam.Create(questions) | RunInference(handler)
-             | beam.Map(lambda r: json.dumps([r.inference.id, r.inference.text]))
-             | beam.io.WriteToText(f"{folder}/answers", file_name_suffix=".jsonl"))
     out: Dict[str, str] = {}
-    for f in Path(folder).glob("answers*.jsonl"):
-        for line in f.read_text(encoding="utf-8").splitlines():
-            qid, text = json.loads(line)
-            out[qid] = text
+    with tempfile.TemporaryDirectory(prefix="torch-handler-") as folder:
+        with beam.Pipeline() as p:
+            _ = (p | beam.Create(questions) | RunInference(handler)
+                 | beam.Map(lambda r: json.dumps([r.inference.id, r.inference.text]))
+                 | beam.io.WriteToText(f"{folder}/answers", file_name_suffix=".jsonl"))
+        for f in Path(folder).glob("answers*.jsonl"):
+            for line in f.read_text(encoding="utf-8").splitlines():
+                qid, text = json.loads(line)
+                out[qid] = text
     return out
 
 
