@@ -106,8 +106,7 @@ def _optional_limit(text: str) -> Optional[int]:
 
 
 def new_parser(prog: str, description: Optional[str]) -> Tuple[argparse.ArgumentParser, Any]:
-    """A pipeline's parser (its description kept as written) and its "input / output" group, which
-    holds the BigQuery sinks both pipelines have."""
+    """A pipeline's parser (description kept as written) and its "input / output" group, with the BigQuery sinks."""
     parser = argparse.ArgumentParser(
         prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     io = parser.add_argument_group("input / output")
@@ -155,9 +154,8 @@ def add_qa_arguments(parser: argparse.ArgumentParser) -> None:
     a.add_argument("--n-best", type=int, default=20, help="candidates per window and n-best list size (default 20)")
     a.add_argument("--max-answer-length", type=int, default=30, help="longest answer in tokens (default 30)")
     a.add_argument("--null-threshold", type=float, default=None,
-                   help="answer '' when no-answer score - best span score exceeds this (SQuAD v2). Default: the "
-                        "threshold saved with the model by --eval --save-threshold (bundle export.json / engine "
-                        "sidecar), else 0; this flag overrides a saved one")
+                   help="answer '' when no-answer score - best span score exceeds this (SQuAD v2); default: the one "
+                        "saved by --eval --save-threshold (bundle export.json / engine sidecar), else 0")
     a.add_argument("--top-k", type=int, default=1,
                    help="write the K best answers (score, probability) in each row's top_k list (default 1)")
     a.add_argument("--align-to-words", action="store_true",
@@ -214,16 +212,12 @@ def saved_threshold(model_dir: str, backend: str, engine: Optional[str] = None) 
         return None
 
 
-def _is_local(path: str) -> bool:
-    from apache_beam.io.filesystems import FileSystems
-
-    return FileSystems.get_scheme(path) in (None, "file")
-
-
 def resolve_model(model: str, cache_dir: str, backend: str) -> str:
     """The bundle folder the workers read: for ONNX Runtime a local checkpoint or hub id is exported
     once into ``cache_dir``; remote paths and tensorrt / torch models are used as given."""
-    if not _is_local(model) or backend in ("tensorrt", "torch"):
+    from apache_beam.io.filesystems import FileSystems
+
+    if FileSystems.get_scheme(model) not in (None, "file") or backend in ("tensorrt", "torch"):
         return model
     from trt_handler.engines.export import resolve_model_bundle
 
@@ -233,7 +227,7 @@ def resolve_model(model: str, cache_dir: str, backend: str) -> str:
 def check_model(model_dir: str, backend: str) -> None:
     """The launch check: a local ONNX bundle must match its recorded hash and hold a real tokenizer;
     a local checkpoint (torch, tensorrt) a real tokenizer. Workers check remote models as they load."""
-    if not _is_local(model_dir) or not os.path.isdir(model_dir):
+    if not os.path.isdir(model_dir):  # a remote path is no local folder
         return
     if backend == "onnx":
         from trt_handler.engines.export import check_model_bundle

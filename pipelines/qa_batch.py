@@ -57,17 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="output prefix (local or gs://): answers OUTPUT-*.jsonl, dead letters OUTPUT-rejected-*.jsonl")
     io.add_argument("--show", type=int, default=0, metavar="N", help="print N answers (with their questions) at the end")
     io.add_argument("--allow-duplicate-ids", action="store_true",
-                    help="answer every record even when ids repeat (skips the id count; by default all but one "
-                         "record of a repeated id are dead-lettered as duplicate_id)")
+                    help="answer every record even when ids repeat (default: all but one record of a repeated id "
+                         "are dead-lettered as duplicate_id)")
     io.add_argument("--eval", action="store_true",
                     help="inputs carry gold answers: write OUTPUT-metric.json and print the SQuAD metric as the last line")
     io.add_argument("--save-threshold", action="store_true",
-                    help="with --eval: save the metric's best_f1_thresh with the model (a local bundle's export.json, "
-                         "or the engine's sidecar for --backend tensorrt); later runs apply it unless "
-                         "--null-threshold is given")
+                    help="with --eval: save best_f1_thresh with the model (a local bundle's export.json, or the "
+                         "engine sidecar with --backend tensorrt); later runs apply it unless --null-threshold is set")
     io.add_argument("--progress-every", type=float, default=30.0, metavar="SECS",
-                    help="local runs: print a progress line (read / answered / rejected, questions/s) every SECS "
-                         "seconds on stderr; 0 = off (default 30)")
+                    help="local runs: print read / answered / rejected and questions/s on stderr every SECS seconds; "
+                         "0 = off (default 30)")
     add_qa_arguments(parser)
     return parser
 
@@ -86,7 +85,7 @@ def _metric_json(pairs: List[Tuple[QAExample, Answer]]) -> str:
 
 def check_input(path: str) -> None:
     """Refuse, before the pipeline is built, an input that matches no file or is a folder."""
-    if FileSystems.get_scheme(path) in (None, "file") and os.path.isdir(path):
+    if os.path.isdir(path):  # a remote path is no local folder
         raise ValueError(f"--input {path} is a folder; pass a file or a glob such as {path.rstrip('/')}/*.jsonl")
     try:
         matched = FileSystems.match([path])[0].metadata_list

@@ -59,16 +59,12 @@ def reject(code: str, sentence: str, raw: str, *, stage: str = "parse", example_
 
 
 def utf8_safe(text: str) -> str:
-    """``text``, with each lone surrogate (which UTF-8 writers, Beam coders and BigQuery refuse) as a
-    ``\\udXXX`` escape."""
-    if lone_surrogate(text) < 0:
-        return text
+    """``text``, each lone surrogate (UTF-8 writers, Beam coders and BigQuery refuse them) a ``\\udXXX`` escape."""
     return text.encode("utf-8", errors="backslashreplace").decode("utf-8")
 
 
 def feature_rejection(error: Exception, raw: str, example_id: Optional[str] = None) -> Rejection:
-    """The Rejection (stage "features") of a question the WindowMaker refused: code from ``error.code``
-    when it is a known one (``too_many_windows``), else ``feature_error``."""
+    """The Rejection (stage "features") of a question WindowMaker refused: a known ``error.code`` or feature_error."""
     code = getattr(error, "code", None)
     return reject(code if code in REASON_CODES else "feature_error", str(error), raw, stage="features",
                   example_id=example_id)
@@ -144,8 +140,7 @@ _TEXT_LIMITS = {"id": "max_id_chars", "question": "max_question_chars", "context
 
 
 def _text_rejection(texts: Sequence[Tuple[str, str]], raw: str, limits: RecordLimits) -> Optional[Rejection]:
-    """The first (name, value) text field, in order, that is empty or above its limit, as a Rejection
-    (carrying the id when the id itself is not the field at fault)."""
+    """The first (name, value) text field empty or above its limit, as a Rejection (with the id unless at fault)."""
     eid: Optional[str] = None
     for name, value in texts:
         limit = getattr(limits, _TEXT_LIMITS[name])
@@ -159,12 +154,8 @@ def _text_rejection(texts: Sequence[Tuple[str, str]], raw: str, limits: RecordLi
     return None
 
 
-def _format_code(err: DataFormatError) -> str:
-    """The reason code of a record that the readers' rules refuse."""
-    if err.code in REASON_CODES:
-        return err.code
-    by_field = {"answers": "bad_answers", "is_impossible": "bad_is_impossible", None: "not_an_object"}
-    return by_field.get(err.field) or ("missing_field" if err.missing else "wrong_type")
+# The reason code of a DataFormatError that carries no code of its own, by the field at fault.
+_FIELD_CODES = {"answers": "bad_answers", "is_impossible": "bad_is_impossible", None: "not_an_object"}
 
 
 def parse_record(raw: RawRecord, limits: RecordLimits = RecordLimits()) -> Union[QAExample, Rejection]:
@@ -207,7 +198,8 @@ def _parse_record(raw: RawRecord, limits: RecordLimits) -> Union[QAExample, Reje
         before = RECORD_FIELDS[: RECORD_FIELDS.index(err.field)] if err.field in RECORD_FIELDS else ()
         texts = [(name, str(obj[name])) for name in before if name in _TEXT_LIMITS]
         eid = texts[0][1] if texts else None
-        return _text_rejection(texts, text, limits) or reject(_format_code(err), str(err), text, example_id=eid)
+        code = err.code or _FIELD_CODES.get(err.field) or ("missing_field" if err.missing else "wrong_type")
+        return _text_rejection(texts, text, limits) or reject(code, str(err), text, example_id=eid)
     texts = [("id", example.id), ("question", example.question), ("context", example.context)]
     return _text_rejection(texts, text, limits) or example
 
@@ -269,21 +261,15 @@ def _split_squad_document(raw: RawRecord, where: str) -> Iterator[Union[str, Rej
 def _find_too_long_number(obj: Dict[str, Any]) -> Optional[Tuple[str, int]]:
     """(top-level key, digits) of the first TooLongNumber anywhere in a record, or None."""
     for key, value in obj.items():
-        stack = [value]
-        while stack:
-            item = stack.pop()
-            if isinstance(item, TooLongNumber):
-                return key, item.digits
-            if isinstance(item, dict):
-                stack.extend(item.values())
-            elif isinstance(item, list):
-                stack.extend(item)
+        found: List[TooLongNumber] = []
+        json.dumps(value, default=found.append)  # JSON's own values serialize; only a TooLongNumber reaches this
+        if found:
+            return key, found[0].digits
     return None
 
 
 def _dump(obj: Any) -> str:
-    """``obj`` as JSON that UTF-8 can encode (ASCII escapes only when a text holds a lone surrogate;
-    a TooLongNumber is written as its repr)."""
+    """``obj`` as JSON that UTF-8 can encode (ASCII only if it holds a lone surrogate; a TooLongNumber as its repr)."""
     text = json.dumps(obj, ensure_ascii=False, default=repr)
     return text if lone_surrogate(text) < 0 else json.dumps(obj, ensure_ascii=True, default=repr)
 
@@ -340,12 +326,13 @@ REJECTED_BQ_SCHEMA = {"fields": _bq_fields(
 )}
 
 
-def top_k_entries(answer: Answer, k: int = 1) -> List[Dict[str, Any]]:
-    """The ``k`` best entries of the answer's n-best list (ranked by model score, holding the SQuAD v2
-    no-answer candidate "" with start/end -1 where it ranks); fewer when the list is shorter."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"top_k must be an int >= 1, got {k!r}")
-    return [
+def answer_row(answer: Answer, top_k: int = 1) -> Dict[str, Any]:
+    """One output line / BigQuery row (:data:`ANSWER_BQ_SCHEMA`): the answer, the ``top_k`` first of its n-best list
+    (SQuAD v2's "" candidate, start/end -1, where it ranks), provenance (null if none); non-finite scores null."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
+    prov = getattr(answer, "provenance", None)
+    top = [
         {
             "answer": str(c["text"]),
             "score": _finite(c["score"]),
@@ -354,14 +341,8 @@ def top_k_entries(answer: Answer, k: int = 1) -> List[Dict[str, Any]]:
             "end_char": int(c["end_char"]),
             "window_index": int(c["window_index"]),
         }
-        for c in list(answer.n_best)[:k]
+        for c in list(answer.n_best)[:top_k]
     ]
-
-
-def answer_row(answer: Answer, top_k: int = 1) -> Dict[str, Any]:
-    """One output line / BigQuery row (fields of :data:`ANSWER_BQ_SCHEMA`): the chosen answer, its
-    ``top_k`` best candidates and the provenance (null for a plain Answer). Non-finite scores are null."""
-    prov = getattr(answer, "provenance", None)
     return {
         "id": answer.id,
         "answer": answer.text,
@@ -373,7 +354,7 @@ def answer_row(answer: Answer, top_k: int = 1) -> Dict[str, Any]:
         "end_char": int(answer.end_char),
         "window_index": int(answer.window_index),
         "best_span": answer.best_span_text,
-        "top_k": top_k_entries(answer, top_k),
+        "top_k": top,
         **{name: None if prov is None else getattr(prov, name) for name, _, _ in PROVENANCE_FIELDS},
         "null_threshold": None if prov is None else _finite(prov.null_threshold),
     }

@@ -326,13 +326,13 @@ def test_tokenizer_loads_from_a_bundle_folder_without_model_config(tokenizer, ma
 def test_max_context_window_matches_bert_on_generated_geometries():
     """The one-pass rule against the transcribed BERT loop, for random context sizes and window
     geometries (odd strides make ties; step 1 makes every token sit in `room` windows)."""
-    from trt_handler.qa.windows import _max_context_window, _span_bounds, num_windows
+    from trt_handler.qa.windows import _max_context_window, _spans, num_windows
 
     rng = np.random.default_rng(5)
     cases = [(int(rng.integers(1, 400)), int(rng.integers(2, 60))) for _ in range(150)]
     for n, room in cases + [(300, 40), (97, 5)]:
         stride = int(rng.integers(0, room))
-        bounds = _span_bounds(n, room, stride)
+        bounds = [(s, e) for s, e, _ in _spans.__wrapped__(n, room, stride)]
         want_bounds = []  # the tokenizers library's overflow loop
         for start in range(0, n, room - stride):
             want_bounds.append((start, min(start + room, n)))
@@ -352,10 +352,10 @@ def test_max_context_memory_is_linear_in_the_context():
     ~400 x 100k float64 (300 MB, several of them); the one-pass rule keeps a few arrays of 100k."""
     import tracemalloc
 
-    from trt_handler.qa.windows import _max_context_window, _span_bounds
+    from trt_handler.qa.windows import _max_context_window, _spans
 
     n = 100_000
-    bounds = _span_bounds(n, 371, 128)
+    bounds = [(s, e) for s, e, _ in _spans.__wrapped__(n, 371, 128)]
     assert len(bounds) > 400
     tracemalloc.start()
     try:

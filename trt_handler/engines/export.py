@@ -36,7 +36,6 @@ __all__ = [
     "check_model_bundle",
     "export_onnx",
     "export_random_bert",
-    "model_cache_key",
     "resolve_model_bundle",
     "verify_bundle",
 ]
@@ -93,11 +92,9 @@ def verify_bundle(bundle: PathLike) -> None:
     """Raise ModelCheckError (a ValueError) unless ``bundle/model.onnx`` has the size and sha256 its
     export.json recorded (none: a hand-made bundle, accepted with a warning); cheap on every use (memoized)."""
     path = Path(bundle)
-    try:
-        onnx_path = bundle_onnx_path(path)
-    except FileNotFoundError as err:
-        raise ModelCheckError(str(err)) from err
-    meta_path = path / BUNDLE_META
+    if not is_model_bundle(path):
+        raise ModelCheckError(f"{path} is not a model bundle (no {BUNDLE_ONNX}): {_REEXPORT}")
+    onnx_path, meta_path = path / BUNDLE_ONNX, path / BUNDLE_META
     if not meta_path.exists():
         LOGGER.warning("model bundle %s has no %s: its model.onnx cannot be checked against a recorded "
                        "sha256 (a hand-made bundle?); export it with trt_handler.engines.export to get one",
@@ -134,14 +131,8 @@ def verify_bundle(bundle: PathLike) -> None:
 def check_model_bundle(path: PathLike) -> None:
     """A pipeline's launch check: ModelCheckError (cause and fix) unless ``path`` passes
     :func:`verify_bundle` and its tokenizer ``qa.windows.load_tokenizer``."""
-    from trt_handler.qa.windows import load_tokenizer
-
-    p = Path(path)
-    verify_bundle(p)
-    try:
-        load_tokenizer(p)
-    except (ValueError, TypeError) as err:
-        raise ModelCheckError(f"The model bundle {p} cannot be used because of its tokenizer: {err}") from err
+    verify_bundle(path)
+    _checked_tokenizer(path, f"The model bundle {path} cannot be used because of its tokenizer")
 
 
 def model_cache_key(model: PathLike, *, opset: int = DEFAULT_OPSET) -> str:
@@ -211,7 +202,7 @@ def export_onnx(model: PathLike, out_dir: PathLike, *, opset: int = DEFAULT_OPSE
     src = os.fspath(model)
     if Path(src).is_file():
         raise ValueError(f"{src} is a file; export_onnx takes a checkpoint folder or a hub id")
-    tokenizer = _checked_tokenizer(src)
+    tokenizer = _checked_tokenizer(src, f"Not exporting {src}")
     qa_model: Any = AutoModelForQuestionAnswering.from_pretrained(src, dtype=torch.float32)
     vocab_size = getattr(qa_model.config, "vocab_size", None)
     if isinstance(vocab_size, int) and len(tokenizer) > vocab_size:  # a hub id has no local config.json
@@ -223,14 +214,14 @@ def export_onnx(model: PathLike, out_dir: PathLike, *, opset: int = DEFAULT_OPSE
     return _write_bundle(qa_model, tokenizer, Path(out_dir), source=src, opset=opset, check=check)
 
 
-def _checked_tokenizer(src: str) -> Any:
-    """``load_tokenizer`` with its refusals as ModelCheckError, raised before any export work."""
+def _checked_tokenizer(src: PathLike, refusal: str) -> Any:
+    """``load_tokenizer(src)``; its refusals become ModelCheckError("<refusal>: <why>")."""
     from trt_handler.qa.windows import load_tokenizer
 
     try:
-        return load_tokenizer(src)
+        return load_tokenizer(os.fspath(src))
     except (ValueError, TypeError) as err:
-        raise ModelCheckError(f"Not exporting {src}: {err}") from err
+        raise ModelCheckError(f"{refusal}: {err}") from err
 
 
 def export_random_bert(
@@ -244,9 +235,8 @@ def export_random_bert(
     *,
     max_position_embeddings: int = 512,
 ) -> Path:
-    """Bundle of a BertForQuestionAnswering with seeded random weights of this shape (BERT-large: 24,
-    1024, 16, 4096) for build and throughput work; one of the same shape, seed and vocab in ``out_dir`` is reused.
-    """
+    """Bundle of a BertForQuestionAnswering with seeded random weights of this shape (BERT-large: 24, 1024,
+    16, 4096) for build and throughput work; one of the same shape, seed and vocab in ``out_dir`` is reused."""
     from transformers import BertConfig, BertForQuestionAnswering
 
     for name, value in (("num_layers", num_layers), ("hidden", hidden), ("heads", heads),
@@ -255,7 +245,7 @@ def export_random_bert(
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if hidden % heads:
         raise ValueError(f"hidden ({hidden}) must be a multiple of heads ({heads})")
-    tokenizer = _checked_tokenizer(os.fspath(tokenizer_dir))
+    tokenizer = _checked_tokenizer(tokenizer_dir, f"Not exporting a random BERT with the tokenizer {tokenizer_dir}")
     source = (
         f"random-bert:layers={num_layers},hidden={hidden},heads={heads},intermediate={intermediate},"
         f"max_pos={max_position_embeddings},seed={seed},vocab={len(tokenizer)},opset={DEFAULT_OPSET}"

@@ -25,7 +25,6 @@ __all__ = [
     "load_json",
     "lone_surrogate",
     "read_jsonl",
-    "read_squad_json",
 ]
 
 # The fields of a question record, in the order example_from_record checks them.
@@ -213,32 +212,20 @@ def _parse_squad(doc: Any, path: str) -> list[QAExample]:
     return out
 
 
-def _parse_record(line: str, where: str) -> QAExample:
+def _decode(text: str, where: str) -> Any:
+    """:func:`load_json`, its failures a DataFormatError saying ``where``."""
     try:
-        record = load_json(line)
+        return load_json(text)
     except json.JSONDecodeError as err:
-        raise DataFormatError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from err
+        at = f"line {err.lineno} column {err.colno}" if "\n" in text else f"column {err.colno}"
+        raise DataFormatError(f"{where}: not valid JSON ({err.msg} at {at})") from err
     except RecursionError as err:
         raise DataFormatError(f"{where}: JSON nested too deeply to read") from err
-    return example_from_record(record, where=where)
 
 
 def _parse_jsonl(text: str, path: str) -> list[QAExample]:
-    return [_parse_record(line, f"{path} line {n}")
-            for n, line in enumerate(text.split("\n"), start=1) if line.strip()]
-
-
-def read_squad_json(path: str) -> list[QAExample]:
-    """Questions of a SQuAD v1.1 or v2.0 JSON file, in file order."""
-    text = _read_text(path)
-    try:
-        doc = load_json(text)
-    except json.JSONDecodeError as err:
-        raise DataFormatError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}); "
-                              "a file with one question a line is read with read_jsonl") from err
-    except RecursionError as err:
-        raise DataFormatError(f"{path}: JSON nested too deeply to read") from err
-    return _parse_squad(doc, str(path))
+    lines = ((f"{path} line {n}", line) for n, line in enumerate(text.split("\n"), start=1) if line.strip())
+    return [example_from_record(_decode(line, where), where=where) for where, line in lines]
 
 
 def read_jsonl(path: str) -> list[QAExample]:

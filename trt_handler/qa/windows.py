@@ -32,8 +32,7 @@ _NUM_SPECIAL = 3
 
 class FeatureError(ValueError):
     """A question/context pair that cannot be turned into windows; ``code`` is its rejection reason
-    code: ``feature_error``, or ``too_many_windows`` (above ``FeatureConfig.max_windows_per_question``).
-    """
+    code: ``feature_error``, or ``too_many_windows`` (above ``FeatureConfig.max_windows_per_question``)."""
 
     def __init__(self, message: str, code: str = "feature_error") -> None:
         super().__init__(message)
@@ -106,12 +105,10 @@ def load_tokenizer(model: str | Path, *, min_vocab: int = MIN_VOCAB) -> PreTrain
                              "the tokenizer files (or a hub id such as 'org/name')")
         if not any((Path(text) / file).is_file() for file in TOKENIZER_FILES):
             raise TokenizerCheckError(
-                f"model folder {text!r} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}). "
-                "Without them transformers builds a tokenizer of only its 5 special tokens, which turns "
-                "every word into [UNK], so the model would load and answer nothing right. Fix: save the "
-                "tokenizer of the checkpoint this model was trained from into the folder "
-                "(AutoTokenizer.from_pretrained(ORIGINAL).save_pretrained(FOLDER)) or pass the "
-                "original checkpoint folder, which has tokenizer.json or vocab.txt."
+                f"model folder {text!r} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}), so "
+                "transformers would build a tokenizer of only its special tokens that turns every word into [UNK]. "
+                "Fix: save the tokenizer of the checkpoint this model was trained from into the folder "
+                "(AutoTokenizer.from_pretrained(ORIGINAL).save_pretrained(FOLDER)), or pass that checkpoint folder."
             )
     try:
         tokenizer = AutoTokenizer.from_pretrained(text, use_fast=True)
@@ -125,18 +122,14 @@ def load_tokenizer(model: str | Path, *, min_vocab: int = MIN_VOCAB) -> PreTrain
             f"{name!r} gave a slow tokenizer ({type(tokenizer).__name__}); windows need the "
             "fast (Rust) tokenizer for character offsets: add tokenizer.json to the model folder"
         )
-    # a vocabulary too small to be real, or one that does not fit the model's embeddings
     n = len(tokenizer)
     if n < min_vocab:
         raise TokenizerCheckError(
-            f"the tokenizer of {name!r} has only {n} tokens (a BERT WordPiece vocabulary has tens of "
-            f"thousands; the check wants at least {min_vocab}), so nearly every word would become "
-            "[UNK] and no answer would be right. Cause: the folder's tokenizer files are missing or "
-            "truncated (a tokenizer_config.json without tokenizer.json/vocab.txt does this). Fix: copy "
-            "tokenizer.json and vocab.txt from the checkpoint the model was trained from, or pass that "
-            "checkpoint folder."
+            f"the tokenizer of {name!r} has only {n} tokens (BERT's WordPiece vocabulary has 30,522; the check "
+            f"wants at least {min_vocab}), so nearly every word would become [UNK]. Cause: missing or truncated "
+            "tokenizer files (a tokenizer_config.json without tokenizer.json/vocab.txt). Fix: copy tokenizer.json "
+            "and vocab.txt from the checkpoint the model was trained from, or pass that checkpoint folder."
         )
-    vocab_size = None
     config_path = Path(text) / "config.json"
     if looks_local and config_path.is_file():
         try:
@@ -146,19 +139,15 @@ def load_tokenizer(model: str | Path, *, min_vocab: int = MIN_VOCAB) -> PreTrain
                 f"{str(config_path)!r} is not readable JSON ({err}), so the tokenizer cannot be checked "
                 "against the model's vocab_size. Fix: restore config.json from the checkpoint."
             ) from err
-        value = config.get("vocab_size") if isinstance(config, dict) else None
-        vocab_size = value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
-    if vocab_size is not None and (n > vocab_size or 2 * n < vocab_size):
-        problem = (f"it makes token ids up to {n - 1}, past the model's embedding table of {vocab_size} "
-                   "rows (wrong embeddings or an index error at inference)" if n > vocab_size else
-                   f"the model has {vocab_size} token embeddings, so this tokenizer can reach under half "
-                   "of them")
-        raise TokenizerCheckError(
-            f"the tokenizer of {name!r} has {n} tokens but its config.json says vocab_size {vocab_size}: "
-            f"{problem}. Cause: the tokenizer files come from a different model than the weights. Fix: "
-            "put the tokenizer files of the checkpoint the weights were trained with next to them "
-            "(tokenizer.save_pretrained(FOLDER) from that checkpoint)."
-        )
+        vocab_size = config.get("vocab_size") if isinstance(config, dict) else None
+        if type(vocab_size) is int and vocab_size > 0 and not vocab_size / 2 <= n <= vocab_size:
+            problem = (f"it makes token ids up to {n - 1}, past the model's embedding table of {vocab_size} rows"
+                       if n > vocab_size else f"it can reach under half of the model's {vocab_size} token embeddings")
+            raise TokenizerCheckError(
+                f"the tokenizer of {name!r} has {n} tokens but its config.json says vocab_size {vocab_size}: "
+                f"{problem}. Cause: the tokenizer files come from a different model than the weights. Fix: put "
+                "the tokenizer files of the checkpoint the weights were trained with next to them."
+            )
     _cls_sep(tokenizer, name)
     return tokenizer
 
@@ -182,13 +171,6 @@ def num_windows(n_context: int, room: int, stride: int) -> int:
     return -(-(n_context - room) // (room - stride)) + 1
 
 
-def _span_bounds(n_context: int, room: int, stride: int) -> list[tuple[int, int]]:
-    """(start, stop) of each window: the tokenizers library's overflow rule (a window of ``room``
-    tokens every ``room - stride`` tokens, the last one ending at the context's end)."""
-    step = room - stride
-    return [(s, min(s + room, n_context)) for s in range(0, num_windows(n_context, room, stride) * step, step)]
-
-
 # Only small window sets are cached (``_spans.__wrapped__`` for the others): the masks of a huge
 # context would pin memory in the cache.
 _CACHED_WINDOWS = 256
@@ -196,8 +178,10 @@ _CACHED_WINDOWS = 256
 
 @functools.lru_cache(maxsize=4096)
 def _spans(n_context: int, room: int, stride: int) -> tuple[tuple[int, int, np.ndarray], ...]:
-    """Windows over ``n_context`` context tokens as (start, stop, read-only max_context[stop-start])."""
-    bounds = _span_bounds(n_context, room, stride)
+    """Windows over ``n_context`` context tokens as (start, stop, read-only max_context[stop-start]): the
+    tokenizers library's overflow rule (``room`` tokens every ``room - stride``, the last ending at the end)."""
+    step = room - stride
+    bounds = [(s, min(s + room, n_context)) for s in range(0, num_windows(n_context, room, stride) * step, step)]
     best = _max_context_window(bounds, n_context)
     return tuple((start, stop, _frozen(best[start:stop] == w)) for w, (start, stop) in enumerate(bounds))
 
