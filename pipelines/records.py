@@ -261,10 +261,15 @@ def _split_squad_document(raw: RawRecord, where: str) -> Iterator[Union[str, Rej
 def _find_too_long_number(obj: Dict[str, Any]) -> Optional[Tuple[str, int]]:
     """(top-level key, digits) of the first TooLongNumber anywhere in a record, or None."""
     for key, value in obj.items():
-        found: List[TooLongNumber] = []
-        json.dumps(value, default=found.append)  # JSON's own values serialize; only a TooLongNumber reaches this
-        if found:
-            return key, found[0].digits
+        stack = [value]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, TooLongNumber):
+                return key, item.digits
+            if isinstance(item, dict):
+                stack.extend(item.values())
+            elif isinstance(item, list):
+                stack.extend(item)
     return None
 
 
