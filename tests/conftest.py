@@ -82,7 +82,7 @@ def _need(path: Path) -> Path:
     return path
 
 
-def _load_models_module(name: str):
+def load_models_module(name: str):
     spec = importlib.util.spec_from_file_location(f"_bundled_{name}", REPO / "models" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -123,7 +123,7 @@ def model_dir(test_cache: Path) -> Path:
     if not (BUNDLED_MODEL / "model.onnx").is_file():
         pytest.skip(f"no shared checkpoint at {MODEL_DIR} and no bundled model at {BUNDLED_MODEL}")
     pytest.importorskip("torch", reason="rebuilding a checkpoint from the bundled model needs torch")
-    rebuild = _load_models_module("bundle_to_checkpoint")
+    rebuild = load_models_module("bundle_to_checkpoint")
     return rebuild.checkpoint_from_bundle(BUNDLED_MODEL, test_cache / "checkpoints" / "minilm-l6-squad2-int8-rebuilt")
 
 

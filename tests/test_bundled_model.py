@@ -8,7 +8,6 @@ slow test (`make test-slow`).
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -16,15 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import BUNDLED_MODEL, REPO, SQUAD_B1_SAMPLE
-
-
-def _models_module(name: str):
-    spec = importlib.util.spec_from_file_location(f"_test_{name}", REPO / "models" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import BUNDLED_MODEL, SQUAD_B1_SAMPLE, load_models_module
 
 
 def _meta(bundle: Path) -> dict:
@@ -81,7 +72,7 @@ def test_rebuilt_checkpoint_is_the_bundle_in_pytorch(bundled_model: Path, test_c
 
     from trt_handler.backends.onnx_runner import OnnxRunner
 
-    ckpt = _models_module("bundle_to_checkpoint").checkpoint_from_bundle(bundled_model, tmp_path / "ckpt")
+    ckpt = load_models_module("bundle_to_checkpoint").checkpoint_from_bundle(bundled_model, tmp_path / "ckpt")
     model = BertForQuestionAnswering.from_pretrained(ckpt, dtype=torch.float32).eval()
     runner = OnnxRunner(bundled_model / "model.onnx", intra_op_threads=1)
     for batch in _real_batches(bundled_model):
@@ -126,5 +117,5 @@ def test_make_bundled_model_reproduces_the_committed_bundle(shared_model_dir: Pa
     now = {"torch": torch.__version__, "transformers": transformers.__version__, "onnx": onnx.__version__}
     if versions != now:
         pytest.skip(f"the bundle was made with {versions}, this environment has {now}: bytes may differ")
-    meta = _models_module("make_bundled_model").make(str(shared_model_dir), tmp_path / "bundle")
+    meta = load_models_module("make_bundled_model").make(str(shared_model_dir), tmp_path / "bundle")
     assert meta["sha256"] == _meta(BUNDLED_MODEL)["sha256"]
