@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
-# Alternating A/B of the CPU ceiling: this checkout against an older commit, ROUNDS pairs in one session.
-#   bash benchmarks/ab_cpu_ceiling.sh 9795651 [ROUNDS=5]   (needs ../shared; prints one JSON line per run)
+# Alternating A/B of the CPU ceiling: this checkout against older commits, ROUNDS rounds in one session.
+#   bash benchmarks/ab_cpu_ceiling.sh 5 9795651                  (the README's pairs)
+#   bash benchmarks/ab_cpu_ceiling.sh 3 9795651 f95772c a2682d1   (the rounds with two more commits)
+# Needs ../shared (or TRT_QA_SHARED) and `make install`; prints one JSON line a run, tagged NEW<r> / <rev><r>.
 set -euo pipefail
-rev=${1:?commit to compare against}; rounds=${2:-5}
-here=$(cd "$(dirname "$0")/.." && pwd); old=$(mktemp -d)
-git -C "$here" archive "$rev" | tar -x -C "$old"
+rounds=${1:?rounds}; shift
+revs=("${@:?commit(s) to compare against}")
+here=$(cd "$(dirname "$0")/.." && pwd)
 S=${TRT_QA_SHARED:-$here/../shared}
+work=$(mktemp -d)
+for rev in "${revs[@]}"; do mkdir -p "$work/$rev" && git -C "$here" archive "$rev" | tar -x -C "$work/$rev"; done
 run() { (cd "$2" && PYTHONPATH="$2" "$here/.venv/bin/python" -m benchmarks.bench_cpu_ceiling \
   --data "$S/data/squad/squad_A.json" --model "$S/models/minilm-l6-squad2" --cache-dir "$here/cache" \
   --questions 20000 --variants pipeline 2>/dev/null | sed "s/^/$1 /"); }
-for r in $(seq "$rounds"); do run "NEW$r" "$here"; run "OLD$r" "$old"; done
-rm -rf "$old"
+for r in $(seq "$rounds"); do
+  run "NEW$r" "$here"
+  for rev in "${revs[@]}"; do run "$rev$r" "$work/$rev"; done
+done
+rm -rf "$work"
