@@ -205,6 +205,7 @@ def write_profile(prof: Any, path: Path, top: int = 45) -> None:
     stats.sort_stats("cumulative").print_stats(top)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(buf.getvalue(), encoding="utf-8")
+    stats.dump_stats(str(path.with_suffix(".pstats")))  # for pstats' callers / callees views
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -120,14 +121,15 @@ def _show_line(pair: Tuple[QAExample, Answer], top_k: int = 1) -> str:
 
 def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, settings: QASettings, handler: Any = None) -> None:
     """Read -> AnswerQuestions -> write answers, dead letters, [metric], [shown answers]."""
-    records = p | "Read" >> ReadRecords(args.input, args.input_format)
-    out = records | "AnswerQuestions" >> AnswerQuestions(settings, handler, unique_ids=not args.allow_duplicate_ids)
+    read = ReadRecords(args.input, args.input_format)
+    out = p | "Read" >> read | "AnswerQuestions" >> AnswerQuestions(
+        settings, handler, unique_ids=not args.allow_duplicate_ids, spread=read.one_reader)
 
     write_to_bigquery(out, args.bigquery_table, args.bigquery_rejected_table, top_k=settings.top_k)
     if not args.bigquery_table:
         _ = (
             out.answers
-            | "AnswerLines" >> beam.Map(answer_json, settings.top_k)
+            | "AnswerLines" >> beam.Map(functools.partial(answer_json, top_k=settings.top_k))
             | "WriteAnswers" >> beam.io.WriteToText(args.output, file_name_suffix=".jsonl")
         )
     if not args.bigquery_rejected_table:

@@ -61,8 +61,7 @@ def build_pipeline(
     out = messages | "AnswerQuestions" >> AnswerQuestions(settings, handler, unique_ids=False,
                                                           model_metadata=model_metadata)
     if args.topic:  # UTF-8 JSON message bodies
-        answers = out.answers | "AnswerMessages" >> beam.Map(lambda pair, k: answer_json(pair, k).encode(),
-                                                             settings.top_k)
+        answers = out.answers | "AnswerMessages" >> beam.Map(lambda pair: answer_json(pair, settings.top_k).encode())
         _ = answers | "PublishAnswers" >> beam.io.WriteToPubSub(args.topic)
     if args.rejected_topic:
         rejected = out.rejected | "RejectedMessages" >> beam.Map(lambda r: rejection_json(r).encode())

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -225,6 +227,9 @@ def _split_squad_document(raw: RawRecord, where: str) -> Iterator[Union[str, Rej
     if isinstance(doc, Rejection):
         yield doc
         return
+    # Records are searched for a TooLongNumber only when the document has a run of that many digits.
+    limit = sys.get_int_max_str_digits()
+    long_numbers = limit > 0 and re.search(f"[0-9]{{{limit + 1}}}", text) is not None
     data = doc.get("data") if isinstance(doc, dict) else None
     if not isinstance(data, list):
         yield reject("invalid_squad_document", f"the SQuAD document{where} has no 'data' list", text[:RAW_KEEP_CHARS])
@@ -247,7 +252,7 @@ def _split_squad_document(raw: RawRecord, where: str) -> Iterator[Union[str, Rej
                     continue
                 record: Dict[str, Any] = {k: qa[k] for k in ("id", "question", "answers", "is_impossible") if k in qa}
                 record |= {"context": paragraph.get("context"), **({} if title is None else {"title": title})}
-                long_number = _find_too_long_number(record)
+                long_number = _find_too_long_number(record) if long_numbers else None
                 if long_number is not None:
                     key, digits = long_number
                     eid = qa.get("id") if isinstance(qa.get("id"), str) else None

@@ -6,14 +6,17 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import json
 import os
+import pickle
+import random
 import re
 import sys
 import tempfile
 import threading
 import time
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam import pvalue
@@ -41,6 +44,44 @@ NAMESPACE = "trt_qa"  # Beam metrics namespace of every counter below
 REJECTED = "rejected"
 
 
+class _PickleCoder(beam.coders.Coder):
+    """Pickle, but a size estimate that pickles nothing. Beam estimates the size of sampled elements
+    for its metrics, and of EVERY item of a sampled list: each BatchElements batch is sampled, so
+    with the default coder each question would be pickled once more just to be measured."""
+
+    def _create_impl(self) -> Any:
+        from apache_beam.coders.coder_impl import CallbackCoderImpl
+
+        return CallbackCoderImpl(functools.partial(pickle.dumps, protocol=pickle.HIGHEST_PROTOCOL), pickle.loads,
+                                 size_estimator=self.size)
+
+    def size(self, value: Any) -> int:
+        raise NotImplementedError
+
+    def is_deterministic(self) -> bool:
+        return False
+
+
+def _example_size(ex: QAExample) -> int:
+    return len(ex.id) + len(ex.question) + len(ex.context) + sum(map(len, ex.answers)) + 64
+
+
+class QAExampleCoder(_PickleCoder):
+    def size(self, value: QAExample) -> int:
+        return _example_size(value)
+
+
+class QuestionWindowsCoder(_PickleCoder):
+    def size(self, value: QuestionWindows) -> int:
+        # a window token: ids, type ids and two offsets (int32), two masks (bool)
+        return _example_size(value.example) + len(value.raw) + sum(18 * w.length + 64 for w in value.windows)
+
+
+beam.coders.registry.register_coder(QAExample, QAExampleCoder)
+beam.coders.registry.register_coder(QuestionWindows, QuestionWindowsCoder)
+Keyed = Tuple[Tuple[int, int], str, QAExample]  # (key, raw, example): RejectDuplicateIds' records
+
+
 def input_format(path: str, requested: str = "auto") -> str:
     """``jsonl`` or ``squad``: by flag, else by name (``.json``, maybe compressed, is SQuAD; nothing is opened)."""
     if requested in ("jsonl", "squad"):
@@ -52,7 +93,8 @@ def input_format(path: str, requested: str = "auto") -> str:
 
 class ReadRecords(beam.PTransform):
     """Raw records of ``path``: JSONL lines as bytes, or one JSON string per question of a SQuAD JSON
-    document (read whole by one worker; a document that cannot be read yields a Rejection)."""
+    document (read whole by one worker, see :attr:`one_reader`; a document that cannot be read yields a
+    Rejection)."""
 
     def __init__(self, path: str, fmt: str = "auto"):
         super().__init__()
@@ -68,9 +110,12 @@ class ReadRecords(beam.PTransform):
             | "MatchDocument" >> fileio.MatchFiles(self._path)
             | "ReadDocument" >> fileio.ReadMatches()
             | "SplitQuestions" >> beam.FlatMap(lambda f: split_squad_document(f.read(), f.metadata.path))
-            # One worker reads a whole document: spread its questions over the workers.
-            | "Spread" >> beam.Reshuffle()
         )
+
+    @property
+    def one_reader(self) -> bool:
+        """Whether one worker reads each file whole (SQuAD JSON): pass it as ``AnswerQuestions(spread=...)``."""
+        return self._format == "squad"
 
 
 def _parse(raw: Any, limits: RecordLimits) -> Any:
@@ -80,41 +125,57 @@ def _parse(raw: Any, limits: RecordLimits) -> Any:
     return pvalue.TaggedOutput(REJECTED, result) if isinstance(result, Rejection) else (raw_text(raw), result)
 
 
-def _route_duplicates(pair: Tuple[str, QAExample], duplicated: Dict[str, int]) -> Any:
-    return pvalue.TaggedOutput("duplicated", (pair[1].id, pair)) if pair[1].id in duplicated else pair
+def _with_key(pair: Tuple[str, QAExample]) -> Keyed:
+    """(raw, example) -> (key, raw, example); key: (63 bits of the raw text's BLAKE2b, 63 random bits
+    that tell byte-identical records apart). Both readers of a keyed record see the same key."""
+    digest = hashlib.blake2b(pair[0].encode("utf-8"), digest_size=8).digest()
+    return (int.from_bytes(digest, "big") >> 1, random.getrandbits(63)), pair[0], pair[1]
 
 
-def _keep_one(element: Tuple[str, Any]) -> Iterator[Any]:
-    """All records of one duplicated id -> the one kept (smallest raw text, so the choice does not
-    depend on the runner's order) and a ``duplicate_id`` rejection for each other one."""
-    eid, pairs = element
-    ordered = sorted(pairs, key=lambda p: p[0])
-    for raw, _ in ordered[1:]:
-        yield pvalue.TaggedOutput(REJECTED, reject(
-            "duplicate_id", f"id {eid!r} appears {len(ordered)} times in the input; one of them is answered",
-            raw, stage="dedupe", example_id=eid))
-    yield ordered[0]
+def _count_and_least(values: Iterable[Tuple[int, Tuple[int, int]]]) -> Tuple[int, Tuple[int, int]]:
+    """(count, key) pairs (or partial results) -> (their total count, the least key)."""
+    values = list(values)
+    return sum(count for count, _ in values), min(key for _, key in values)
+
+
+def _keep_least(keyed: Keyed, duplicated: Dict[str, Tuple[int, Any]]) -> Any:
+    """(raw, example) unless its id is repeated and its key is not the id's least: then a duplicate_id
+    rejection."""
+    key, raw, example = keyed
+    seen = duplicated.get(example.id)
+    if seen is None or seen[1] == key:
+        return raw, example
+    return pvalue.TaggedOutput(REJECTED, reject(
+        "duplicate_id", f"id {example.id!r} appears {seen[0]} times in the input; one of them is answered",
+        raw, stage="dedupe", example_id=example.id))
 
 
 class RejectDuplicateIds(beam.PTransform):
     """(raw, QAExample) -> (the same, one record per id; Rejections of the other records of an id).
-    Only ids are counted and only duplicated ids grouped; batch only (a stream has no end)."""
+
+    Only ids and 16-byte keys move: a CombinePerKey finds each repeated id's count and least key, and
+    that small dict (a side input) routes every record where it is; no record is grouped. The record
+    answered of a repeated id is the one with the least hash of its raw text, whatever the order of
+    the input or the runner. ``spread``: Reshuffle the records over the workers (input read by one
+    worker). Batch only (a stream has no end)."""
+
+    def __init__(self, spread: bool = False):
+        super().__init__()
+        self._spread = spread
 
     def expand(self, parsed: pvalue.PCollection) -> Tuple[pvalue.PCollection, pvalue.PCollection]:
+        keyed = parsed | "Key" >> beam.Map(_with_key).with_output_types(Keyed)
         duplicated = (
-            parsed
-            | "Ids" >> beam.Map(lambda pair: (pair[1].id, 1))
-            | "CountIds" >> beam.CombinePerKey(sum)
-            | "Duplicated" >> beam.Filter(lambda id_count: id_count[1] > 1)
+            keyed
+            | "Ids" >> beam.Map(lambda k: (k[2].id, (1, k[0])))
+            | "CountIds" >> beam.CombinePerKey(_count_and_least)
+            | "Duplicated" >> beam.Filter(lambda id_seen: id_seen[1][0] > 1)
         )
-        routed = parsed | "Route" >> beam.Map(
-            _route_duplicates, beam.pvalue.AsDict(duplicated)).with_outputs("duplicated", main="unique")
-        kept = (
-            routed.duplicated
-            | "GroupDuplicates" >> beam.GroupByKey()
-            | "KeepOne" >> beam.FlatMap(_keep_one).with_outputs(REJECTED, main="kept")
-        )
-        return (routed.unique, kept.kept) | "OnePerId" >> beam.Flatten(), kept[REJECTED]
+        if self._spread:  # the records wait for the id count anyway: spread them on the way
+            keyed = keyed | "Spread" >> beam.Reshuffle()
+        routed = keyed | "KeepOne" >> beam.Map(_keep_least, beam.pvalue.AsDict(duplicated)).with_output_types(
+            Tuple[str, QAExample]).with_outputs(REJECTED, main="kept")
+        return routed.kept, routed[REJECTED]
 
 
 _STAGED: Dict[str, str] = {}
@@ -249,31 +310,40 @@ def _count_rejection(r: Rejection) -> Rejection:
 
 class AnswerQuestions(beam.PTransform):
     """Raw records -> QAOutputs(answers, rejected). ``unique_ids``: dead-letter all but one record of
-    a repeated id (bounded input only); ``model_metadata``: RunInference's model side input (swaps)."""
+    a repeated id (bounded input only); ``spread``: Reshuffle the parsed records over the workers (an
+    input one worker reads, :attr:`ReadRecords.one_reader`); ``model_metadata``: RunInference's model
+    side input (swaps)."""
 
     def __init__(self, settings: QASettings, handler: Any = None, *, unique_ids: bool = True,
-                 model_metadata: Optional[pvalue.PCollection] = None):
+                 spread: bool = False, model_metadata: Optional[pvalue.PCollection] = None):
         super().__init__()
         self._settings = settings
         self._handler = handler
         self._unique_ids = unique_ids
+        self._spread = spread
         self._model_metadata = model_metadata
 
     def expand(self, raw: pvalue.PCollection) -> QAOutputs:
         from apache_beam.ml.inference.base import RunInference
 
         s = self._settings
-        parsed = raw | "Parse" >> beam.Map(_parse, s.limits).with_outputs(REJECTED, main="examples")
+        # Per-question steps take their settings bound (functools.partial), not as Beam extra
+        # arguments: a DoFn with extra arguments runs on Beam's slower per-window invoker.
+        parsed = raw | "Parse" >> beam.Map(functools.partial(_parse, limits=s.limits)).with_output_types(Tuple[str, QAExample]).with_outputs(
+            REJECTED, main="examples")
         rejected = [parsed[REJECTED]]
         examples = parsed.examples
         if self._unique_ids:
-            examples, duplicates = examples | "RejectDuplicateIds" >> RejectDuplicateIds()
+            examples, duplicates = examples | "RejectDuplicateIds" >> RejectDuplicateIds(spread=self._spread)
             rejected.append(duplicates)
+        elif self._spread:
+            examples = examples | "Spread" >> beam.Reshuffle()
 
         questions = (
             examples
             | "BatchForWindows" >> beam.BatchElements(min_batch_size=1, max_batch_size=s.feature_batch)
-            | "Windows" >> beam.ParDo(_MakeQuestions(s)).with_outputs(REJECTED, main="questions")
+            | "Windows" >> beam.ParDo(_MakeQuestions(s)).with_output_types(QuestionWindows).with_outputs(
+                REJECTED, main="questions")
         )
         rejected.append(questions[REJECTED])
 
@@ -281,7 +351,7 @@ class AnswerQuestions(beam.PTransform):
         inference = RunInference(handler, model_metadata_pcoll=self._model_metadata).with_exception_handling(
             timeout=s.inference_timeout_secs)
         predictions, dlq = questions.questions | "RunInference" >> inference
-        outcomes = predictions | "Outcomes" >> beam.FlatMap(_outcome, s).with_outputs(REJECTED, main="answers")
+        outcomes = predictions | "Outcomes" >> beam.FlatMap(functools.partial(_outcome, settings=s)).with_outputs(REJECTED, main="answers")
         rejected.append(outcomes[REJECTED])
         rejected.append(dlq.failed_inferences | "FailedBatches" >> beam.FlatMap(_failed_batch))
 
@@ -309,7 +379,7 @@ def write_to_bigquery(out: QAOutputs, answers_table: Optional[str], rejected_tab
         sink["method"] = beam.io.WriteToBigQuery.Method.STREAMING_INSERTS
     if answers_table:
         _ = (out.answers
-             | "AnswerRows" >> beam.Map(lambda pair, k: answer_row(pair[1], k), top_k)
+             | "AnswerRows" >> beam.Map(lambda pair: answer_row(pair[1], top_k))
              | "WriteAnswersBQ" >> beam.io.WriteToBigQuery(answers_table, schema=ANSWER_BQ_SCHEMA, **sink))
     if rejected_table:
         _ = (out.rejected

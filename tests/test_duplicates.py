@@ -38,19 +38,30 @@ def _input(tmp_path: Path) -> tuple:
     return path, records, lines + extra
 
 
-def test_each_duplicated_id_is_answered_once_and_the_rest_rejected(bundle: str, tmp_path: Path) -> None:
-    path, records, all_lines = _input(tmp_path)
-    out = tmp_path / "answers"
+def _answered_once(bundle: str, path: Path, out: Path, records: List[Dict[str, Any]], all_lines: List[str]) -> str:
+    """Run the batch pipeline; check each id is answered once and the rest rejected; return the raw text
+    answered of the id whose records differ."""
     outcome = qa_batch.run(["--input", str(path), "--output", str(out), "--model", bundle])
     answers, rejected = _rows(out, False), _rows(out, True)
     assert sorted(a["id"] for a in answers) == sorted(r["id"] for r in records)  # every id exactly once
     assert Counter((r["id"], r["reason_code"]) for r in rejected) == {
         (records[0]["id"], "duplicate_id"): 2, (records[1]["id"], "duplicate_id"): 1}
+    assert all(r["reason"].startswith(f"duplicate_id: id {r['id']!r} appears") for r in rejected)
     assert len(answers) + len(rejected) == len(all_lines) == outcome["counters"]["records_read"]
-    # of the two differing records of one id, the one with the smaller raw text is answered
-    kept_raw = min(line for line in all_lines if json.loads(line)["id"] == records[1]["id"])
-    assert {r["raw"] for r in rejected if r["id"] == records[1]["id"]} == \
-        {line for line in all_lines if json.loads(line)["id"] == records[1]["id"]} - {kept_raw}
+    differing = [line for line in all_lines if json.loads(line)["id"] == records[1]["id"]]
+    (left,) = {r["raw"] for r in rejected if r["id"] == records[1]["id"]}
+    assert left in differing
+    (kept,) = set(differing) - {left}
+    return kept
+
+
+def test_each_duplicated_id_is_answered_once_and_the_rest_rejected(bundle: str, tmp_path: Path) -> None:
+    path, records, all_lines = _input(tmp_path)
+    kept = _answered_once(bundle, path, tmp_path / "answers", records, all_lines)
+    # the record answered of an id does not depend on the order of the input
+    reversed_path = tmp_path / "reversed.jsonl"
+    reversed_path.write_text("\n".join(reversed(all_lines)) + "\n", encoding="utf-8")
+    assert _answered_once(bundle, reversed_path, tmp_path / "again", records, all_lines) == kept
 
 
 def test_allow_duplicate_ids_answers_every_record(bundle: str, tmp_path: Path) -> None:
