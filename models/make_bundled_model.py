@@ -3,7 +3,11 @@
     PYTHONPATH=. .venv/bin/python models/make_bundled_model.py \
         --model ../shared/models/minilm-l6-squad2 --out models/minilm-l6-squad2
 
-Steps (same checkpoint + same library versions -> same model.onnx sha256):
+Steps (same checkpoint + same library versions -> the same graph and weights; the model.onnx
+sha256 is the same only while the traced source is too: torch.onnx.export stores each node's
+Python stack trace, with absolute file paths and line numbers of export.py, transformers and
+torch, in its ``pkg.torch.onnx.stack_trace`` metadata; tests/test_bundled_model.py compares
+rebuilds without that field):
 
 1. ``trt_handler.engines.export.export_onnx`` exports the checkpoint to a float32 bundle in a
    temporary folder (checked against PyTorch as every export is).
