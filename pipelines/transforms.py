@@ -49,11 +49,16 @@ class _PickleCoder(beam.coders.Coder):
     for its metrics, and of EVERY item of a sampled list: each BatchElements batch is sampled, so
     with the default coder each question would be pickled once more just to be measured."""
 
+    def encode(self, value: Any) -> bytes:
+        return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+
+    def decode(self, encoded: bytes) -> Any:
+        return pickle.loads(encoded)
+
     def _create_impl(self) -> Any:
         from apache_beam.coders.coder_impl import CallbackCoderImpl
 
-        return CallbackCoderImpl(functools.partial(pickle.dumps, protocol=pickle.HIGHEST_PROTOCOL), pickle.loads,
-                                 size_estimator=self.size)
+        return CallbackCoderImpl(self.encode, self.decode, size_estimator=self.size)
 
     def size(self, value: Any) -> int:
         raise NotImplementedError
@@ -70,8 +75,14 @@ class QAExampleCoder(_PickleCoder):
     def size(self, value: QAExample) -> int:
         return _example_size(value)
 
+    def to_type_hint(self) -> Any:
+        return QAExample
+
 
 class QuestionWindowsCoder(_PickleCoder):
+    def to_type_hint(self) -> Any:
+        return QuestionWindows
+
     def size(self, value: QuestionWindows) -> int:
         # a window token: ids, type ids and two offsets (int32), two masks (bool)
         return _example_size(value.example) + len(value.raw) + sum(18 * w.length + 64 for w in value.windows)

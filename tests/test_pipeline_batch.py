@@ -41,6 +41,37 @@ def _rows(pattern_dir: Path, glob: str) -> List[Dict[str, Any]]:
     return out
 
 
+def test_question_coders_round_trip_and_measure_without_pickling(bundle: str, monkeypatch: Any) -> None:
+    """QAExample / QuestionWindows elements (what the pipeline's typed steps carry, what users
+    beam.Create) round-trip through Beam with our coders, and Beam's size estimate of them, taken
+    for every item of a sampled batch, pickles nothing and is close to the encoded size."""
+    import numpy as np
+
+    from pipelines import transforms
+    from trt_handler.qa.reading import read_jsonl
+    from trt_handler.qa.types import QAExample, QuestionWindows
+    from trt_handler.qa.windows import WindowMaker, load_tokenizer
+
+    examples = read_jsonl(str(SAMPLE))[:6]
+    questions = [QuestionWindows(ex, tuple(ws), "raw")
+                 for ex, ws in zip(examples, WindowMaker(load_tokenizer(bundle)).windows_many(examples))]
+    registry = beam.coders.registry
+    for value, hint in ((examples[0], QAExample), (questions[0], QuestionWindows)):
+        coder = registry.get_coder(hint)
+        assert isinstance(coder, (transforms.QAExampleCoder, transforms.QuestionWindowsCoder))
+        back = coder.decode(coder.encode(value))
+        assert back.example == value.example if hint is QuestionWindows else back == value
+        size = len(coder.encode(value))
+        with monkeypatch.context() as m:
+            m.setattr(transforms.pickle, "dumps", lambda *a, **k: pytest.fail("the size estimate pickled"))
+            estimate = coder.get_impl().estimate_size(value)
+        assert size / 2 <= estimate <= size * 2, (estimate, size)
+    with test_pipeline.TestPipeline(argv=[]) as p:
+        got = (p | beam.Create(questions) | beam.BatchElements(min_batch_size=3, max_batch_size=3)
+               | beam.FlatMap(lambda batch: [(q.example.id, int(np.sum(q.windows[0].input_ids))) for q in batch]))
+        assert_that(got, equal_to([(q.example.id, int(np.sum(q.windows[0].input_ids))) for q in questions]))
+
+
 def test_sample_answers_equal_the_in_process_path(bundle: str, test_cache: Path) -> None:
     """assert_that on the pipeline's answers: the same text and offsets as trt_handler.evaluate's
     in-process features -> ONNX Runtime -> answers, and every text is its context slice."""
