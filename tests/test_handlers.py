@@ -54,8 +54,11 @@ class FakeSession:
     def __init__(self, profiles: Optional[List[ProfileSpec]] = None) -> None:
         self.shapes: List[Tuple[int, int]] = []
         self._buffer = np.zeros((2, 512, 512), dtype=np.float32)
-        if profiles is not None:
-            self.profiles = profiles
+        self._profiles = profiles
+
+    def get_profiles(self) -> Optional[List[ProfileSpec]]:
+        """EngineSession.get_profiles (None: a session without profiles of its own, the plan stands)."""
+        return self._profiles
 
     def recorded_shapes(self) -> List[Tuple[int, int]]:
         """A method, so the shapes are readable through Beam's cross-process proxy too."""
@@ -376,19 +379,14 @@ def load_small_engine_session() -> FakeSession:
     return FakeSession(profiles_for_buckets((128, 256), opt_batch=2, max_batch=2))
 
 
-class SessionWithGetProfiles(FakeSession):
-    def get_profiles(self) -> List[ProfileSpec]:
-        return list(self.profiles)
-
-
-def load_session_with_get_profiles() -> FakeSession:
-    return SessionWithGetProfiles([ProfileSpec(1, 1, 1, 1, 200, 256)])
+def load_session_with_other_profiles() -> FakeSession:
+    return FakeSession([ProfileSpec(1, 1, 1, 1, 200, 256)])
 
 
 def test_tensorrt_profiles_through_beams_cross_process_proxy(tmp_path: Path) -> None:
     """With share_model_across_processes, RunInference hands run_inference a MultiProcessShared
-    proxy, which forwards method calls only: .profiles is unreachable, so the sidecar's count,
-    unless the session offers a get_profiles() method."""
+    proxy, which forwards method calls only: the session's profiles come through get_profiles() (a
+    session whose profiles differ from the sidecar's decides the calls)."""
     import uuid
 
     from apache_beam.utils.multi_process_shared import MultiProcessShared
@@ -397,7 +395,7 @@ def test_tensorrt_profiles_through_beams_cross_process_proxy(tmp_path: Path) -> 
     handler = TensorRTQAHandler(engine, pad_to="bucket")
     questions = [make_question(f"q{i}", 10 + i) for i in range(3)] + [make_question("long", 200)]
     for loader, shapes in ((load_small_engine_session, [(2, 128), (1, 128), (1, 256)]),
-                           (load_session_with_get_profiles, [(1, 200)] * 4)):
+                           (load_session_with_other_profiles, [(1, 200)] * 4)):
         shared = MultiProcessShared(loader, tag=f"test-{uuid.uuid4().hex}", always_proxy=True)
         proxy = shared.acquire()
         try:

@@ -448,8 +448,9 @@ class TensorRTQAHandler(QAHandler[Any]):
                              sidecar=read_sidecar(path), device=device)
 
     def _plan_for(self, model: Any) -> BatchPlan:
-        # An EngineSession has .profiles; Beam's cross-process proxy forwards only methods: get_profiles().
-        profiles = getattr(model, "profiles", None) or getattr(model, "get_profiles", lambda: None)()
+        # get_profiles(), the method: Beam's cross-process proxy of a shared session forwards only methods.
+        get_profiles = getattr(model, "get_profiles", None)
+        profiles = get_profiles() if get_profiles is not None else None
         return dataclasses.replace(self.plan, profiles=tuple(profiles)) if profiles else self.plan
 
     def _use_sidecar_profiles(self, engine: str, asked: int | None = None) -> None:
