@@ -138,37 +138,48 @@ def _parse(raw: Any, limits: RecordLimits) -> Any:
 
 def _with_key(pair: Tuple[str, QAExample]) -> Keyed:
     """(raw, example) -> (key, raw, example); key: (63 bits of the raw text's BLAKE2b, 63 random bits
-    that tell byte-identical records apart). Both readers of a keyed record see the same key."""
+    that only tell byte-identical records apart)."""
     digest = hashlib.blake2b(pair[0].encode("utf-8"), digest_size=8).digest()
     return (int.from_bytes(digest, "big") >> 1, random.getrandbits(63)), pair[0], pair[1]
 
 
-def _count_and_least(values: Iterable[Tuple[int, Tuple[int, int]]]) -> Tuple[int, Tuple[int, int]]:
-    """(count, key) pairs (or partial results) -> (their total count, the least key)."""
-    values = list(values)
-    return sum(count for count, _ in values), min(key for _, key in values)
+Seen = Tuple[int, int, int, int]  # records of an id, their least hash, records with that hash, least nonce
 
 
-def _keep_least(keyed: Keyed, duplicated: Dict[str, Tuple[int, Any]]) -> Any:
-    """(raw, example) unless its id is repeated and its key is not the id's least: then a duplicate_id
-    rejection."""
-    key, raw, example = keyed
+def _count_and_least(values: Iterable[Seen]) -> Seen:
+    """The Seen of an id from the Seen of its records (or of partial results)."""
+    count, least, copies, nonce = 0, -1, 0, -1
+    for c, h, k, n in values:
+        count += c
+        if least < 0 or h < least:
+            least, copies, nonce = h, k, n
+        elif h == least:
+            copies, nonce = copies + k, min(nonce, n)
+    return count, least, copies, nonce
+
+
+def _keep_least(keyed: Keyed, duplicated: Dict[str, Seen]) -> Any:
+    """(raw, example), unless its id is repeated and it is not the record kept: the one whose raw text
+    hashes least (and of byte-identical copies of it, the least nonce). Then a duplicate_id rejection."""
+    (digest, nonce), raw, example = keyed
     seen = duplicated.get(example.id)
-    if seen is None or seen[1] == key:
+    if seen is None or digest == seen[1] and (seen[2] == 1 or nonce == seen[3]):
         return raw, example
     return pvalue.TaggedOutput(REJECTED, reject(
-        "duplicate_id", f"id {example.id!r} appears {seen[0]} times in the input; one of them is answered",
-        raw, stage="dedupe", example_id=example.id))
+        "duplicate_id", f"id {example.id!r} appears {seen[0]} times in the input; one of those records is "
+        "kept (the one whose raw text hashes least)", raw, stage="dedupe", example_id=example.id))
 
 
 class RejectDuplicateIds(beam.PTransform):
     """(raw, QAExample) -> (the same, one record per id; Rejections of the other records of an id).
 
-    Only ids and 16-byte keys move: a CombinePerKey finds each repeated id's count and least key, and
+    Only ids and keys move: a CombinePerKey finds each repeated id's count and least raw-text hash, and
     that small dict (a side input) routes every record where it is; no record is grouped. The record
-    answered of a repeated id is the one with the least hash of its raw text, whatever the order of
-    the input or the runner. ``spread``: Reshuffle the records over the workers (input read by one
-    worker). Batch only (a stream has no end)."""
+    kept of a repeated id is the one whose raw text hashes least, whatever the order of the input or
+    the runner; only byte-identical copies of it are told apart by a random nonce (the runner must
+    keep a step's output, not recompute it, for both readers to see the same nonce: Dataflow and the
+    DirectRunner do). ``spread``: Reshuffle the records over the workers (input read by one worker).
+    Batch only (a stream has no end)."""
 
     def __init__(self, spread: bool = False):
         super().__init__()
@@ -178,7 +189,7 @@ class RejectDuplicateIds(beam.PTransform):
         keyed = parsed | "Key" >> beam.Map(_with_key).with_output_types(Keyed)
         duplicated = (
             keyed
-            | "Ids" >> beam.Map(lambda k: (k[2].id, (1, k[0])))
+            | "Ids" >> beam.Map(lambda k: (k[2].id, (1, k[0][0], 1, k[0][1])))
             | "CountIds" >> beam.CombinePerKey(_count_and_least)
             | "Duplicated" >> beam.Filter(lambda id_seen: id_seen[1][0] > 1)
         )

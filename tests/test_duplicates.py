@@ -71,3 +71,22 @@ def test_allow_duplicate_ids_answers_every_record(bundle: str, tmp_path: Path) -
     answers = _rows(out, False)
     assert len(answers) == len(all_lines) and not _rows(out, True)
     assert Counter(a["id"] for a in answers)[records[0]["id"]] == 3
+
+
+def test_an_id_repeated_many_times_keeps_one_record(bundle: str, tmp_path: Path) -> None:
+    """25 records of one id (12 byte-identical, 13 differing): the id counts are combined in partial
+    results (Beam compacts a combine's inputs ten at a time), and still exactly one record is kept."""
+    line = SAMPLE.read_text(encoding="utf-8").splitlines()[0]
+    record = json.loads(line)
+    lines = [line] * 12 + [json.dumps(dict(record, question=f"{record['question']} ({i})")) for i in range(13)]
+    path = tmp_path / "many.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "answers"
+    outcome = qa_batch.run(["--input", str(path), "--output", str(out), "--model", bundle])
+    answers, rejected = _rows(out, False), _rows(out, True)
+    assert [a["id"] for a in answers] == [record["id"]]
+    assert len(rejected) == 24 and {r["reason_code"] for r in rejected} == {"duplicate_id"}
+    assert all("appears 25 times" in r["reason"] for r in rejected)
+    kept = Counter(lines) - Counter(r["raw"] for r in rejected)  # the one record not rejected
+    assert sum(kept.values()) == 1 and not Counter(r["raw"] for r in rejected) - Counter(lines)
+    assert outcome["counters"]["records_read"] == 25
