@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
-SEQ, QUERY, BATCH, N_BEST, MAX_ANSWER = 384, 64, 16, 20, 30
+SEQ, QUERY, STRIDE, BATCH, N_BEST, MAX_ANSWER = 384, 64, 128, 16, 20, 30
 
 
 def _tokenizers(model_dir: str) -> Tuple[Any, Any, Dict[str, int]]:
@@ -92,8 +92,15 @@ def _sample_feature(basic: Any, wordpiece: Any, vocab: Dict[str, int], question:
             doc_pieces.append(piece)
     query = _wordpieces(basic, wordpiece, question)[:QUERY]
     room = SEQ - len(query) - 3
-    spans = [(start, min(room, len(doc_pieces) - start)) for start in range(0, max(len(doc_pieces), 1), 128)]
-    span_start, span_len = spans[0]
+    spans: List[Tuple[int, int]] = []  # the sample's doc spans: stride 128, the last one ending at the end
+    start = 0
+    while start < len(doc_pieces):
+        length = min(len(doc_pieces) - start, room)
+        spans.append((start, length))
+        if start + length == len(doc_pieces):
+            break
+        start += min(length, STRIDE)
+    span_start, span_len = spans[0] if spans else (0, 0)
     tokens = ["[CLS]", *query, "[SEP]"]
     segment = [0] * len(tokens)
     token_to_orig: Dict[int, int] = {}

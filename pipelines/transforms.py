@@ -163,7 +163,7 @@ def _keep_least(keyed: Keyed, duplicated: Dict[str, Seen]) -> Any:
     hashes least (and of byte-identical copies of it, the least nonce). Then a duplicate_id rejection."""
     (digest, nonce), raw, example = keyed
     seen = duplicated.get(example.id)
-    if seen is None or digest == seen[1] and (seen[2] == 1 or nonce == seen[3]):
+    if seen is None or (digest == seen[1] and (seen[2] == 1 or nonce == seen[3])):
         return raw, example
     return pvalue.TaggedOutput(REJECTED, reject(
         "duplicate_id", f"id {example.id!r} appears {seen[0]} times in the input; one of those records is "
@@ -351,8 +351,8 @@ class AnswerQuestions(beam.PTransform):
         s = self._settings
         # Per-question steps take their settings bound (functools.partial), not as Beam extra
         # arguments: a DoFn with extra arguments runs on Beam's slower per-window invoker.
-        parsed = raw | "Parse" >> beam.Map(functools.partial(_parse, limits=s.limits)).with_output_types(Tuple[str, QAExample]).with_outputs(
-            REJECTED, main="examples")
+        parse = beam.Map(functools.partial(_parse, limits=s.limits)).with_output_types(Tuple[str, QAExample])
+        parsed = raw | "Parse" >> parse.with_outputs(REJECTED, main="examples")
         rejected = [parsed[REJECTED]]
         examples = parsed.examples
         if self._unique_ids:
@@ -373,7 +373,8 @@ class AnswerQuestions(beam.PTransform):
         inference = RunInference(handler, model_metadata_pcoll=self._model_metadata).with_exception_handling(
             timeout=s.inference_timeout_secs)
         predictions, dlq = questions.questions | "RunInference" >> inference
-        outcomes = predictions | "Outcomes" >> beam.FlatMap(functools.partial(_outcome, settings=s)).with_outputs(REJECTED, main="answers")
+        outcomes = predictions | "Outcomes" >> beam.FlatMap(functools.partial(_outcome, settings=s)).with_outputs(
+            REJECTED, main="answers")
         rejected.append(outcomes[REJECTED])
         rejected.append(dlq.failed_inferences | "FailedBatches" >> beam.FlatMap(_failed_batch))
 
