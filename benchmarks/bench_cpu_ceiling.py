@@ -180,7 +180,7 @@ def _stage_costs_once(data: Path, model_dir: str, handler: FreeQAHandler, limit:
     model = handler.load_model()
     t0 = time.process_time()
     answers = [a for part in batches_of(questions)  # the handlers' default batches, as BatchElements forms them
-               for a in answer_batch(part, model, handler.plan, handler.answer_config)]
+               for a in answer_batch(part, model, handler.answer_config)]
     t["answer_batch"] = time.process_time() - t0
 
     t0 = time.process_time()

@@ -120,11 +120,11 @@ def main(argv: Sequence[str] | None = None) -> None:
               api="extract_answers, 64 questions a call")
 
     from benchmarks.bench_inflation import beam_batches
-    from trt_handler.answer_batch import BatchPlan, answer_batch
+    from trt_handler.answer_batch import BatchPlan, PlannedRunner, answer_batch
     from trt_handler.qa.types import QuestionWindows
 
     plan = BatchPlan.for_buckets()
-    model = FreeRunner(plan.max_batch, plan.max_seq, args.seed)
+    planned = PlannedRunner(FreeRunner(plan.max_batch, plan.max_seq, args.seed), plan)
     qws = [QuestionWindows(ex, tuple(ws)) for ex, ws in pairs]
     sizes = [len(b) for b in beam_batches([q.windows for q in qws], 256)]
     groups, at = [], 0
@@ -135,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             got += len(qws[at].windows)
             at += 1
         groups.append(take)
-    run_all = lambda: [a for g in groups for a in answer_batch(g, model, plan)]  # noqa: E731
+    run_all = lambda: [a for g in groups for a in answer_batch(g, planned)]  # noqa: E731
     failed_q = sum(isinstance(a, Exception) for a in run_all())  # warm-up
     runs = timed_runs(run_all, args.repeat)
     emit_rate("answer_batch_q_per_s_per_core", len(qws), runs, **common, windows=n_windows,

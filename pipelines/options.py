@@ -45,7 +45,11 @@ class QASettings:
     torch_device: str = "auto"
     torch_dtype: str = "fp16"
     gpu_count: Optional[int] = None
-    share_model: bool = False
+    inference_server: bool = False
+    server_pool_windows: Optional[int] = None
+    server_max_wait_ms: Optional[float] = None
+    server_queue_depth: Optional[int] = None
+    server_linger_secs: Optional[float] = None
     engine_cache_dir: Optional[str] = None
     limits: RecordLimits = RecordLimits()
     feature_batch: int = 64
@@ -70,9 +74,10 @@ class QASettings:
             if max(self.buckets) < self.max_seq_length:
                 raise ValueError(f"the largest bucket ({max(self.buckets)}) is shorter than max_seq_length "
                                  f"({self.max_seq_length}); a full window would fit no bucket")
-        # Build both configs now: a bad combination fails at launch, not on a worker.
+        # Build the configs now: a bad combination fails at launch, not on a worker.
         self.feature_config()
         self.answer_config()
+        self.server_options()
 
     def feature_config(self):  # -> FeatureConfig (import kept lazy: it pulls in the tokenizer stack)
         from trt_handler.qa.windows import FeatureConfig
@@ -85,6 +90,20 @@ class QASettings:
 
         return AnswerConfig(self.n_best, self.max_answer_length, self.null_threshold, self.version_2_with_negative,
                             align_to_words=self.align_to_words)
+
+    def server_options(self):  # -> Optional[ServerOptions]
+        """The inference server's options (None without ``--inference-server``); unset flags: its defaults."""
+        if not self.inference_server:
+            return None
+        from trt_handler.serving import ServerOptions
+
+        given = {"pool_windows": self.server_pool_windows, "max_wait_ms": self.server_max_wait_ms,
+                 "queue_depth": self.server_queue_depth, "linger_s": self.server_linger_secs,
+                 "request_timeout_s": self.inference_timeout_secs}
+        options = {k: v for k, v in given.items() if v is not None}
+        pool = options.get("pool_windows", ServerOptions.pool_windows)
+        options["max_pool_windows"] = max(ServerOptions.max_pool_windows, 4 * pool)
+        return ServerOptions(**options)
 
     def threshold_note(self) -> str:
         """One line for the run summary: which no-answer threshold applies and why."""
@@ -137,11 +156,23 @@ def add_qa_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--torch-dtype", choices=("fp16", "bf16", "fp32"), default="fp16", help="torch backend precision")
     m.add_argument("--gpu-count", type=int, default=None,
                    help="GPUs per worker to spread the worker's processes over (default: all visible)")
-    m.add_argument("--share-model", action="store_true",
-                   help="torch backend: one model per GPU shared by the worker's processes (Beam large_model)")
     m.add_argument("--inference-timeout-secs", type=float, default=None,
                    help="a model load or batch running longer is abandoned; its questions are dead-lettered "
                         "as inference_timeout (default: no timeout)")
+
+    s = parser.add_argument_group("inference server (one per GPU, shared by the worker's processes)")
+    s.add_argument("--inference-server", action="store_true",
+                   help="run the model in one server process per GPU that pools the windows of every process "
+                        "of the worker, sorts them and cuts full model calls (Dataflow GPU jobs: on); without "
+                        "it every process loads its own model")
+    s.add_argument("--server-pool-windows", type=int, default=None,
+                   help="the server starts a pool once this many windows wait (default 2048)")
+    s.add_argument("--server-max-wait-ms", type=float, default=None,
+                   help="... or once the oldest request has waited this long (default 20)")
+    s.add_argument("--server-queue-depth", type=int, default=None,
+                   help="model calls in flight on the device (default 3)")
+    s.add_argument("--server-linger-secs", type=float, default=None,
+                   help="the server exits this long after its last client left (default 60)")
 
     f = parser.add_argument_group("features (windows)")
     f.add_argument("--max-seq-length", type=int, default=384, help="tokens per window (default 384)")

@@ -37,6 +37,7 @@ from pipelines.records import (
     rejection_row,
     split_squad_document,
 )
+from trt_handler.answer_batch import ModelCallError
 from trt_handler.qa.answers import Provenance, with_provenance
 from trt_handler.qa.types import Answer, QAExample, QuestionWindows, Rejection
 
@@ -278,16 +279,15 @@ def make_handler(settings: QASettings) -> Any:
     kwargs["threshold_source"] = "flag" if flag else "model"
     kwargs["answer_config"] = dataclasses.replace(settings.answer_config(),
                                                   null_threshold=settings.null_threshold if flag else 0.0)
+    kwargs["inference_server"] = settings.server_options()
     if settings.backend == "onnx":
         return handlers.OnnxRuntimeQAHandler(settings.model_dir, intra_op_threads=settings.onnx_threads, **kwargs)
     if settings.backend == "torch":
         return handlers.TorchQAHandler(settings.model_dir, device=settings.torch_device, dtype=settings.torch_dtype,
-                                       gpu_count=settings.gpu_count, large_model=settings.share_model, **kwargs)
+                                       gpu_count=settings.gpu_count, **kwargs)
     if settings.engine_cache_dir:  # where to build an engine from the bundle's ONNX if the given one can't run
         kwargs.update(onnx_path=settings.model_dir, cache_dir=settings.engine_cache_dir)
-    if settings.gpu_count is not None and settings.gpu_count > 1:  # one engine per process, on its own GPU
-        kwargs.update(gpu_count=settings.gpu_count, large_model=False)
-    return handlers.TensorRTQAHandler(settings.engine, **kwargs)
+    return handlers.TensorRTQAHandler(settings.engine, gpu_count=settings.gpu_count, **kwargs)
 
 
 def _outcome(prediction: Any, settings: QASettings) -> Iterator[Any]:
@@ -295,6 +295,10 @@ def _outcome(prediction: Any, settings: QASettings) -> Iterator[Any]:
     of a handler that records no provenance gets one from Beam's model id and the settings."""
     question: QuestionWindows = prediction.example
     outcome = prediction.inference
+    if isinstance(outcome, ModelCallError):  # a model call holding one of its windows failed (server)
+        yield pvalue.TaggedOutput(REJECTED, reject(
+            "inference_failed", str(outcome), question.raw, stage="inference", example_id=question.example.id))
+        return
     if not isinstance(outcome, Answer):
         yield pvalue.TaggedOutput(REJECTED, reject(
             "answer_error", f"answer extraction failed: {type(outcome).__name__}: {outcome}", question.raw,

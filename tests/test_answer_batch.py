@@ -16,7 +16,14 @@ import numpy as np
 import pytest
 
 from tests.helpers import coded_question, coded_window
-from trt_handler.answer_batch import BatchPlan, ModelCall, answer_batch, plan_model_calls, run_model_calls
+from trt_handler.answer_batch import (
+    BatchPlan,
+    ModelCall,
+    PlannedRunner,
+    answer_batch,
+    plan_model_calls,
+    run_model_calls,
+)
 from trt_handler.engines.profiles import ProfileSpec
 from trt_handler.qa.answers import AnswerConfig, extract_answer
 from trt_handler.qa.types import Answer, ModelBatch, QAExample, QuestionWindows, Window
@@ -118,7 +125,7 @@ def test_bad_runner_output_is_reported() -> None:
             return start[:, :-1], end[:, :-1]
 
     with pytest.raises(RuntimeError, match=r"logits of shapes \(1, 7\).*input of shape \(1, 8\)"):
-        answer_batch([make_question("q", 5)], Truncating(), BatchPlan.for_buckets())
+        answer_batch([make_question("q", 5)], PlannedRunner(Truncating(), BatchPlan.for_buckets()))
 
 
 class Pending:
@@ -148,14 +155,14 @@ def test_a_submit_runner_overlaps_the_next_call_with_the_current_one() -> None:
     runner = AsyncRunner()
     questions = [make_question(f"q{i}", 10 + 100 * (i % 3)) for i in range(9)]
     recorded: List[Tuple[ModelCall, int, int]] = []
-    outcomes = answer_batch(questions, runner, BatchPlan.for_buckets(max_batch=2),
-                            record=lambda c, real, us: recorded.append((c, real, us)))
+    outcomes = answer_batch(questions, PlannedRunner(runner, BatchPlan.for_buckets(max_batch=2),
+                                                     record=lambda c, real, us: recorded.append((c, real, us))))
     # 5 calls: three of bucket 128 (lengths 10, 110), two of bucket 256 (length 210)
     assert runner.log == ["submit0", "submit1", "result0", "submit2", "result1", "submit3", "result2",
                           "submit4", "result3", "result4"]
     assert sum(real for _, real, _ in recorded) == sum(q.tokens for q in questions)
     assert all(isinstance(o, Answer) for o in outcomes)
-    sync = answer_batch(questions, EchoRunner(end_sign=1), BatchPlan.for_buckets(max_batch=2))
+    sync = answer_batch(questions, PlannedRunner(EchoRunner(end_sign=1), BatchPlan.for_buckets(max_batch=2)))
     assert [(a.text, a.score) for a in outcomes] == [(a.text, a.score) for a in sync]  # type: ignore[union-attr]
 
 
@@ -168,10 +175,10 @@ def test_a_bad_question_fails_alone() -> None:
             return start, end
 
     good, bad = make_question("good", 4), make_question("bad", 12)  # "good" has no token 4
-    outcomes = answer_batch([good, bad, good], NanForOne(end_sign=1), BatchPlan.for_buckets())
+    outcomes = answer_batch([good, bad, good], PlannedRunner(NanForOne(end_sign=1), BatchPlan.for_buckets()))
     assert isinstance(outcomes[0], Answer) and isinstance(outcomes[2], Answer)
     assert isinstance(outcomes[1], ValueError) and "bad" in str(outcomes[1])
-    assert answer_batch([], EchoRunner(), BatchPlan.for_buckets()) == []
+    assert answer_batch([], PlannedRunner(EchoRunner(), BatchPlan.for_buckets())) == []
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,7 +217,7 @@ def test_batched_answers_equal_one_question_at_a_time_unpadded(
     _, questions = real_questions
     assert any(q.num_windows > 1 for q in questions)
     config = AnswerConfig()
-    got = answer_batch(questions, onnx_runner, BatchPlan.for_buckets(max_batch=8, pad_to=pad_to), config)
+    got = answer_batch(questions, PlannedRunner(onnx_runner, BatchPlan.for_buckets(max_batch=8, pad_to=pad_to)), config)
     for q, a in zip(questions, got):
         want = extract_answer(q.example, q.windows, [_alone(onnx_runner, w) for w in q.windows], config)
         assert isinstance(a, Answer)
@@ -222,7 +229,7 @@ def test_batched_answers_equal_one_question_at_a_time_unpadded(
 def test_one_profile_caps_every_call(real_questions: Tuple[Any, List[QuestionWindows]]) -> None:
     _, questions = real_questions
     runner = EchoRunner()
-    answer_batch(questions, runner, plan(ProfileSpec(1, 4, 4, 1, 384, 384)))
+    answer_batch(questions, PlannedRunner(runner, plan(ProfileSpec(1, 4, 4, 1, 384, 384))))
     assert all(b <= 4 for b, _ in runner.shapes)
     assert sum(b for b, _ in runner.shapes) == sum(q.num_windows for q in questions)
 

@@ -25,7 +25,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from tests.gcs_emulator import gcs_emulator  # noqa: F401  (pytest fixture)
 from tests.helpers import coded_question, coded_window
-from trt_handler.answer_batch import BatchPlan, answer_batch
+from trt_handler.answer_batch import BatchPlan, PlannedRunner, answer_batch
 from trt_handler.backends.handlers import (
     METRICS_NAMESPACE,
     OnnxRuntimeQAHandler,
@@ -72,13 +72,19 @@ class FakeSession:
         return self._buffer[0, :b, :s], self._buffer[1, :b, :s]
 
 
-class FakeHandler(QAHandler[FakeSession]):
+class FakeHandler(QAHandler):
     """The shared base with a fake session (no model files)."""
 
     backend = "fake"
 
-    def load_model(self) -> FakeSession:
+    def load_runner(self) -> FakeSession:
         return FakeSession()
+
+
+def model_of(handler: QAHandler, session: Any) -> PlannedRunner:
+    """What ``handler.load_model()`` makes of ``session``: the session with the handler's plan for it."""
+    handler.load_runner = lambda: session  # type: ignore[method-assign]
+    return handler.load_local()
 
 
 def expected_answer(q: QuestionWindows) -> str:
@@ -105,7 +111,7 @@ def test_one_result_per_question_in_input_order_with_its_answer() -> None:
     questions = [make_question(f"q{i}", *lengths) for i, lengths in
                  enumerate([(10,), (300, 200), (130,), (20, 384, 129), (5,)])]
     handler, session = FakeHandler(max_model_batch=2), FakeSession()
-    results = list(handler.run_inference(questions, session))
+    results = list(handler.run_inference(questions, model_of(handler, session)))
     check_results(questions, results)
     assert sum(b for b, _ in session.shapes) == sum(q.num_windows for q in questions)
     assert all(b <= 2 for b, _ in session.shapes)
@@ -114,7 +120,8 @@ def test_one_result_per_question_in_input_order_with_its_answer() -> None:
 
 def test_a_question_that_cannot_be_answered_is_its_own_outcome() -> None:
     bad = QuestionWindows(QAExample("bad", "q?", "ab"), (make_window("bad", 3),))  # no context token
-    results = list(FakeHandler().run_inference([make_question("ok", 8), bad], FakeSession()))
+    handler = FakeHandler()
+    results = list(handler.run_inference([make_question("ok", 8), bad], handler.load_model()))
     assert isinstance(results[0].inference, Answer)
     assert isinstance(results[1].inference, ValueError) and "no window has a valid answer span" in str(
         results[1].inference)
@@ -125,19 +132,21 @@ def test_engine_profiles_from_the_session_decide_the_calls() -> None:
     handler = TensorRTQAHandler("/nonexistent/model.engine", pad_to="bucket")
     session = FakeSession(profiles)
     questions = [make_question(f"q{i}", n) for i, n in enumerate([40, 200, 90, 10, 30, 120])]
-    check_results(questions, list(handler.run_inference(questions, session)))
+    check_results(questions, list(handler.run_inference(questions, model_of(handler, session))))
     assert session.shapes == [(3, 96), (2, 120), (2, 300)]
 
 
 def test_too_long_windows_fail_the_batch_with_a_reason() -> None:
     with pytest.raises(ValueError, match=r"has 400 tokens, more than the longest profile \(384\)"):
-        FakeHandler().run_inference([make_question("ok", 100), make_question("too-long", 400)], FakeSession())
+        handler = FakeHandler()
+        handler.run_inference([make_question("ok", 100), make_question("too-long", 400)], handler.load_model())
 
 
 def test_empty_batch_and_inference_args() -> None:
-    assert list(FakeHandler().run_inference([], FakeSession())) == []
+    handler = FakeHandler()
+    assert list(handler.run_inference([], handler.load_model())) == []
     with pytest.raises(ValueError, match="take none"):
-        FakeHandler().run_inference([make_question("q", 5)], FakeSession(), {"x": 1})
+        handler.run_inference([make_question("q", 5)], handler.load_model(), {"x": 1})
 
 
 def test_num_bytes_are_the_window_arrays() -> None:
@@ -168,7 +177,7 @@ SEEN_BATCHES: List[List[int]] = []
 
 
 class RecordingHandler(FakeHandler):
-    def run_inference(self, batch: Sequence[QuestionWindows], model: FakeSession,
+    def run_inference(self, batch: Sequence[QuestionWindows], model: Any,
                       inference_args: Optional[Dict[str, Any]] = None) -> Any:
         SEEN_BATCHES.append([q.num_windows for q in batch])
         return super().run_inference(batch, model, inference_args)
@@ -189,11 +198,10 @@ def test_beam_batches_hold_about_max_batch_windows() -> None:
 def test_hooks() -> None:
     ort = OnnxRuntimeQAHandler("gs://bucket/bundle", max_model_batch=32)
     trt = TensorRTQAHandler("/nonexistent/model.engine")
-    torch = TorchQAHandler("/models/qa", device="cpu", large_model=True)
+    torch = TorchQAHandler("/models/qa", device="cpu")
     assert ort.get_metrics_namespace() == trt.get_metrics_namespace() == METRICS_NAMESPACE
-    assert ort.share_model_across_processes() is False and torch.share_model_across_processes() is True
-    assert trt.share_model_across_processes() is True
-    assert TensorRTQAHandler("/x.engine", large_model=False).share_model_across_processes() is False
+    # processes share a model through the GPU's inference server, never through Beam's proxy
+    assert not any(h.share_model_across_processes() for h in (ort, trt, torch))
     assert ort.model_copies() == trt.model_copies() == torch.model_copies() == 1
     assert torch.resolved_device() == "cpu"
     from apache_beam.internal import pickler
@@ -358,7 +366,7 @@ def test_tensorrt_missing_engine(tmp_path: Path, fake_engine_modules: Dict[str, 
 
 
 def test_tensorrt_handler_in_a_beam_pipeline(tmp_path: Path, fake_engine_modules: Dict[str, Any]) -> None:
-    """In-process (large_model=False) so the stand-in engine module is the one Beam's DoFn loads."""
+    """In-process, so the stand-in engine module is the one Beam's DoFn loads."""
     engine = write_engine(tmp_path, profiles_for_buckets((128, 256, 384), opt_batch=4, max_batch=4))
     questions = [make_question(f"q{i}", n, 20) for i, n in enumerate([12, 300, 140, 64, 99, 7, 255])]
     expected = {q.example.id: expected_answer(q) for q in questions}
@@ -369,42 +377,22 @@ def test_tensorrt_handler_in_a_beam_pipeline(tmp_path: Path, fake_engine_modules
             assert r.inference.text == expected[r.inference.id] and r.model_id == engine
 
     with beam.Pipeline() as p:
-        out = p | beam.Create(questions) | RunInference(TensorRTQAHandler(engine, large_model=False))
+        out = p | beam.Create(questions) | RunInference(TensorRTQAHandler(engine))
         assert_that(out, matches)
     assert len(fake_engine_modules["sessions"]) >= 1
 
 
-def load_small_engine_session() -> FakeSession:
-    """What a MultiProcessShared server process constructs (module-level: it must pickle)."""
-    return FakeSession(profiles_for_buckets((128, 256), opt_batch=2, max_batch=2))
-
-
-def load_session_with_other_profiles() -> FakeSession:
-    return FakeSession([ProfileSpec(1, 1, 1, 1, 200, 256)])
-
-
-def test_tensorrt_profiles_through_beams_cross_process_proxy(tmp_path: Path) -> None:
-    """With share_model_across_processes, RunInference hands run_inference a MultiProcessShared
-    proxy, which forwards method calls only: the session's profiles come through get_profiles() (a
-    session whose profiles differ from the sidecar's decides the calls)."""
-    import uuid
-
-    from apache_beam.utils.multi_process_shared import MultiProcessShared
-
+def test_tensorrt_calls_follow_the_loaded_sessions_profiles(tmp_path: Path) -> None:
+    """The sidecar's profiles plan the calls until the engine is loaded; then the session's own
+    profiles do (a session whose profiles differ from the sidecar's decides the calls)."""
     engine = write_engine(tmp_path, profiles_for_buckets((128, 256), opt_batch=2, max_batch=2))
     handler = TensorRTQAHandler(engine, pad_to="bucket")
     questions = [make_question(f"q{i}", 10 + i) for i in range(3)] + [make_question("long", 200)]
-    for loader, shapes in ((load_small_engine_session, [(2, 128), (1, 128), (1, 256)]),
-                           (load_session_with_other_profiles, [(1, 200)] * 4)):
-        shared = MultiProcessShared(loader, tag=f"test-{uuid.uuid4().hex}", always_proxy=True)
-        proxy = shared.acquire()
-        try:
-            assert getattr(proxy, "profiles", None) is None
-            check_results(questions, list(handler.run_inference(questions, proxy)))
-            assert proxy.recorded_shapes() == shapes
-        finally:
-            shared.release(proxy)
-            shared.unsafe_hard_delete()
+    for session, shapes in ((FakeSession(profiles_for_buckets((128, 256), opt_batch=2, max_batch=2)),
+                             [(2, 128), (1, 128), (1, 256)]),
+                            (FakeSession([ProfileSpec(1, 1, 1, 1, 200, 256)]), [(1, 200)] * 4)):
+        check_results(questions, list(handler.run_inference(questions, model_of(handler, session))))
+        assert session.recorded_shapes() == shapes
 
 
 # --------------------------------------------------------------------------------------------
@@ -434,7 +422,7 @@ def test_onnx_handler_in_a_beam_pipeline(bundle: Path, short_questions: List[Que
     assert any(q.num_windows > 1 for q in short_questions)
     runner = OnnxRunner(bundle / BUNDLE_ONNX, intra_op_threads=1)
     # reference without Beam: the whole list in one call of the same answer path, padded to buckets
-    reference = answer_batch(short_questions, runner, BatchPlan.for_buckets(pad_to="bucket"))
+    reference = answer_batch(short_questions, PlannedRunner(runner, BatchPlan.for_buckets(pad_to="bucket")))
     expected = {q.example.id: (a.text, a.score) for q, a in zip(short_questions, reference)}  # type: ignore[union-attr]
 
     def matches(results: List[PredictionResult]) -> None:
@@ -467,7 +455,7 @@ def test_onnx_handler_loads_a_bundle_from_gs(tiny_bundle: Path, gcs_emulator: An
     local = OnnxRuntimeQAHandler(str(tiny_bundle)).load_model()
     batch = ModelBatch(np.arange(60, dtype=np.int32).reshape(2, 30) % 100, np.ones((2, 30), np.int32),
                        np.zeros((2, 30), np.int32))
-    for got, want in zip(remote.run(batch), local.run(batch)):
+    for got, want in zip(remote.runner.run(batch), local.runner.run(batch)):
         np.testing.assert_array_equal(got, want)
     with pytest.raises(FileNotFoundError, match="does not exist; upload a model bundle"):
         OnnxRuntimeQAHandler(gcs_emulator.url("models/none")).load_model()
@@ -578,20 +566,17 @@ def test_model_state_lands_in_the_one_metrics_namespace() -> None:
 
 
 class StateHandler(FakeHandler):
-    def load_model(self) -> FakeSession:
+    def load_runner(self) -> FakeSession:
         return StatefulSession()
 
 
 def test_every_gpu_of_a_worker_or_a_clear_refusal(tmp_path: Path, fake_engine_modules: Dict[str, Any]) -> None:
-    """gpu_count > 1 needs one engine per process (each on its round-robin GPU); one shared engine
-    would leave the other GPUs idle, so that combination is refused at construction."""
+    """gpu_count > 1: each process (or each GPU's server) loads its engine on its round-robin GPU;
+    with fewer GPUs visible the devices module names the problem instead of stacking them on GPU 0."""
     engine = write_engine(tmp_path, profiles_for_buckets((128, 256, 384)))
-    with pytest.raises(ValueError, match="gpu_count=2 with large_model=True would use one GPU"):
-        TensorRTQAHandler(engine, gpu_count=2)
-    handler = TensorRTQAHandler(engine, gpu_count=2, large_model=False)
-    assert handler.share_model_across_processes() is False
+    handler = TensorRTQAHandler(engine, gpu_count=2)
     from trt_handler.backends.devices import visible_gpu_count
 
-    if visible_gpu_count() < 2:  # here: the devices module names the problem instead of using GPU 0 only
+    if visible_gpu_count() < 2:
         with pytest.raises(ValueError, match="GPU"):
             handler.load_model()

@@ -212,7 +212,8 @@ def test_help_lists_every_setting() -> None:
                  "--bigquery-table", "--max-seq-length", "--doc-stride", "--max-query-length", "--n-best",
                  "--max-answer-length", "--null-threshold", "--v1", "--buckets", "--max-batch", "--batch-windows",
                  "--max-tokens", "--pad-to", "--inference-timeout-secs", "--torch-device", "--torch-dtype",
-                 "--gpu-count", "--share-model", "--allow-duplicate-ids",
+                 "--gpu-count", "--inference-server", "--server-pool-windows", "--server-max-wait-ms",
+                 "--server-queue-depth", "--server-linger-secs", "--allow-duplicate-ids",
                  "--max-context-chars"):
         assert flag in proc.stdout, flag
 

@@ -1,8 +1,12 @@
 """The one answer path for every caller: a batch of questions' windows -> planned model calls -> answers.
 
 Which windows share a call, how far they are padded and which profile runs them is decided in one
-place, :func:`plan_model_calls`. A runner that also has ``submit(batch) -> pending.result()`` gets
-the next call padded while the previous one runs.
+place, :func:`plan_model_calls`; :func:`pad_call` turns a planned call into its arrays. A runner that
+also has ``submit(batch) -> pending.result()`` gets the next call padded while the previous one runs.
+
+Windows reach their logits through a :class:`WindowModel`: in process, :class:`PlannedRunner` (a runner
+and its plan); or the inference server of the GPU (``trt_handler.serving``), which plans the pooled
+windows of every process of a worker the same way.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional, Protocol, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -22,17 +26,22 @@ from trt_handler.engines.profiles import (
     token_budget_profiles,
 )
 from trt_handler.qa.answers import AnswerConfig, extract_answers
-from trt_handler.qa.batching import DEFAULT_BUCKETS, pad_windows, validate_buckets
+from trt_handler.qa.batching import DEFAULT_BUCKETS, TokenWindow, pad_windows, validate_buckets
 from trt_handler.qa.types import Answer, ModelBatch, QuestionWindows, Window, WindowLogits
 
 __all__ = [
     "DEFAULT_BATCH_WINDOWS",
     "BatchPlan",
     "ModelCall",
+    "ModelCallError",
+    "PlannedRunner",
     "Runner",
+    "WindowModel",
     "answer_batch",
     "batches_of",
+    "pad_call",
     "plan_model_calls",
+    "question_logits",
     "run_model_calls",
 ]
 
@@ -51,6 +60,18 @@ class Runner(Protocol):
 
 # Called once per model call: (call, real tokens in it, microseconds from submit to logits).
 CallRecorder = Callable[["ModelCall", int, int], None]
+
+
+class ModelCallError(RuntimeError):
+    """A model call failed: the questions with a window in it cannot be answered (their dead letters
+    say ``inference_failed`` with this message); other questions of the batch are not affected."""
+
+
+class WindowModel(Protocol):
+    """Windows -> their logits, in order; an entry is the :class:`ModelCallError` of the call that
+    held that window when only that call failed."""
+
+    def window_logits(self, windows: Sequence[Window]) -> List[Union[WindowLogits, ModelCallError]]: ...
 
 
 @dataclass(frozen=True)
@@ -161,6 +182,20 @@ def plan_model_calls(lengths: Sequence[int], plan: BatchPlan) -> List[ModelCall]
     return calls
 
 
+def pad_call(windows: Sequence[TokenWindow], call: ModelCall) -> ModelBatch:
+    """The padded int32 arrays of a planned call (``windows`` indexed by ``call.indices``)."""
+    return _with_filler_rows(pad_windows([windows[i] for i in call.indices], call.seq_len), call.rows)
+
+
+def check_logits_shape(start: np.ndarray, end: np.ndarray, call: ModelCall) -> None:
+    """RuntimeError unless the runner gave [rows, seq_len] start and end logits for ``call``."""
+    if start.shape != call.shape or end.shape != call.shape:
+        raise RuntimeError(
+            f"the model returned logits of shapes {start.shape} and {end.shape} for an input of shape "
+            f"{call.shape}; a runner must return float32 [batch, seq] start and end logits"
+        )
+
+
 def _with_filler_rows(batch: ModelBatch, rows: int) -> ModelBatch:
     """Append rows holding one unmasked [PAD] token; their outputs are dropped. Not all-masked
     rows: attention that masks with -inf turns those into NaN, which is harmless but noisy."""
@@ -184,11 +219,7 @@ def run_model_calls(
     def finish(call: ModelCall, result: Any, t0: int) -> None:
         start, end = (np.asarray(x, dtype=np.float32) for x in (result.result() if submit is not None else result))
         elapsed_us = (time.perf_counter_ns() - t0) // 1000
-        if start.shape != call.shape or end.shape != call.shape:
-            raise RuntimeError(
-                f"the model returned logits of shapes {start.shape} and {end.shape} for an input of shape "
-                f"{call.shape}; a runner must return float32 [batch, seq] start and end logits"
-            )
+        check_logits_shape(start, end, call)
         for row, i in enumerate(call.indices):
             n = windows[i].length
             out[i] = WindowLogits(start[row, :n].copy(), end[row, :n].copy())
@@ -197,7 +228,7 @@ def run_model_calls(
 
     pending: List[Tuple[ModelCall, Any, int]] = []
     for call in calls:
-        inputs = _with_filler_rows(pad_windows([windows[i] for i in call.indices], call.seq_len), call.rows)
+        inputs = pad_call(windows, call)
         t0 = time.perf_counter_ns()
         pending.append((call, runner.run(inputs) if submit is None else submit(inputs), t0))
         # run(): copy out before the next call (the runner may reuse its buffers); submit(): one call
@@ -209,21 +240,55 @@ def run_model_calls(
     return [lg for lg in out if lg is not None]
 
 
+class PlannedRunner:
+    """A runner and its plan, in this process: windows -> :func:`plan_model_calls` -> the runner.
+    ``record`` is called once per model call (the handlers' metrics)."""
+
+    def __init__(self, runner: Runner, plan: BatchPlan, record: Optional[CallRecorder] = None) -> None:
+        self.runner = runner
+        self.plan = plan
+        self.record = record
+
+    def window_logits(self, windows: Sequence[Window]) -> List[Union[WindowLogits, ModelCallError]]:
+        calls = plan_model_calls([w.length for w in windows], self.plan)
+        return list(run_model_calls(windows, calls, self.runner, self.record))
+
+    def stats(self) -> Optional[Dict[str, Any]]:
+        """The runner's counters (an engine session's context waits), if it keeps any."""
+        stats = getattr(self.runner, "stats", None)
+        return stats() if callable(stats) else None
+
+    def gpu_memory(self) -> Optional[Dict[str, int]]:
+        memory = getattr(self.runner, "gpu_memory", None)
+        return memory() if callable(memory) else None
+
+
+def question_logits(questions: Sequence[QuestionWindows], model: WindowModel
+                    ) -> List[Union[List[WindowLogits], ModelCallError]]:
+    """Each question's window logits, in order, or the ModelCallError of a failed call holding one of
+    its windows. An error of the whole batch (a runner failure in process, a dead server) raises."""
+    windows = [w for q in questions for w in q.windows]
+    logits = iter(model.window_logits(windows))
+    out: List[Union[List[WindowLogits], ModelCallError]] = []
+    for q in questions:
+        mine = list(itertools.islice(logits, len(q.windows)))
+        failed = next((x for x in mine if isinstance(x, ModelCallError)), None)
+        out.append(failed if failed is not None else [x for x in mine if isinstance(x, WindowLogits)])
+    return out
+
+
 def answer_batch(
     questions: Sequence[QuestionWindows],
-    runner: Runner,
-    plan: BatchPlan,
+    model: WindowModel,
     config: AnswerConfig = AnswerConfig(),
-    record: Optional[CallRecorder] = None,
 ) -> List[Union[Answer, Exception]]:
     """Answers of ``questions``, in order: each an Answer, or the exception that question alone
-    raised (logits that are not finite, windows that do not belong together). An error of the
-    model itself (shape, runner failure) raises: it concerns every question of the batch."""
-    windows = [w for q in questions for w in q.windows]
-    calls = plan_model_calls([w.length for w in windows], plan)
-    logits = iter(run_model_calls(windows, calls, runner, record))
-    items = [(q.example, q.windows, list(itertools.islice(logits, len(q.windows)))) for q in questions]
-    return list(extract_answers(items, config))
+    raised (logits that are not finite, windows that do not belong together, a failed model call
+    holding one of its windows). An error of the whole batch raises."""
+    per_question = question_logits(questions, model)
+    items = [(q.example, q.windows, lg) for q, lg in zip(questions, per_question) if not isinstance(lg, Exception)]
+    answers = iter(extract_answers(items, config))
+    return [lg if isinstance(lg, Exception) else next(answers) for lg in per_question]
 
 
 def batches_of(questions: Sequence[QuestionWindows], windows: int = DEFAULT_BATCH_WINDOWS

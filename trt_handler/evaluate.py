@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from trt_handler.answer_batch import BatchPlan, answer_batch, batches_of
+from trt_handler.answer_batch import BatchPlan, PlannedRunner, answer_batch, batches_of
 from trt_handler.qa.answers import AnswerConfig
 from trt_handler.qa.types import Answer, QAExample, QuestionWindows
 from trt_handler.qa.windows import WindowMaker, load_tokenizer
@@ -50,10 +50,10 @@ def answer_examples(
         if isinstance(result, Exception):
             raise ValueError(f"question {ex.id!r} cannot be tokenized: {result}")
         questions.append(QuestionWindows(ex, tuple(result)))
-    plan = BatchPlan.for_buckets(max_batch=batch_size)
+    model = PlannedRunner(runner, BatchPlan.for_buckets(max_batch=batch_size))
     answers: Dict[str, Answer] = {}
     for part in batches_of(questions):
-        for q, outcome in zip(part, answer_batch(part, runner, plan, answer_config)):
+        for q, outcome in zip(part, answer_batch(part, model, answer_config)):
             if isinstance(outcome, Exception):
                 raise ValueError(f"question {q.example.id!r} cannot be answered: {outcome}")
             answers[q.example.id] = outcome

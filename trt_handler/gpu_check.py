@@ -24,6 +24,7 @@ import numpy as np
 
 from trt_handler.answer_batch import (
     BatchPlan,
+    PlannedRunner,
     Runner,
     answer_batch,
     batches_of,
@@ -72,7 +73,7 @@ def _questions(maker: Any, examples: Sequence[QAExample]) -> list[QuestionWindow
 
 def _answers(questions: Sequence[QuestionWindows], runner: Runner, plan: BatchPlan) -> list[Answer | Exception]:
     """The production answer path, in the handlers' default batches."""
-    return [a for part in batches_of(questions) for a in answer_batch(part, runner, plan)]
+    return [a for part in batches_of(questions) for a in answer_batch(part, PlannedRunner(runner, plan))]
 
 
 def _scores(questions: Sequence[QuestionWindows], answers: Sequence[Answer | Exception]) -> dict[str, float] | None:

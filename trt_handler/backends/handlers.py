@@ -1,17 +1,20 @@
 """Beam RunInference model handlers for BERT QA: TensorRT engines, ONNX Runtime and PyTorch.
 
 Elements are QuestionWindows; results ``PredictionResult(question, Answer | the exception that question
-alone raised, model_id)``. Heavy imports happen in ``load_model`` only.
+alone raised, model_id)``. Heavy imports happen in ``load_model`` only. The model runs in this process
+(``load_local``: a runner and its plan) or, with ``inference_server=ServerOptions(...)``, in the one
+inference server of this process's GPU, shared by every process of the worker (``trt_handler.serving``).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
 import os
 import posixpath
-from typing import TYPE_CHECKING, Any, Iterable, Sequence, TypeVar
+from typing import Any, Dict, Iterable, Optional, Sequence
 
 import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
@@ -19,16 +22,22 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from trt_handler.answer_batch import DEFAULT_BATCH_WINDOWS, BatchPlan, ModelCall, Runner, answer_batch
+from trt_handler.answer_batch import (
+    DEFAULT_BATCH_WINDOWS,
+    BatchPlan,
+    ModelCall,
+    PlannedRunner,
+    Runner,
+    WindowModel,
+    answer_batch,
+)
 from trt_handler.engines.export import BUNDLE_META, BUNDLE_ONNX
 from trt_handler.engines.profiles import DEFAULT_TOKEN_BUDGET
 from trt_handler.engines.sidecar import read_engine_profiles, read_sidecar
 from trt_handler.qa.answers import AnswerConfig, Provenance, with_provenance
 from trt_handler.qa.batching import DEFAULT_BUCKETS
 from trt_handler.qa.types import QuestionWindows
-
-if TYPE_CHECKING:
-    from trt_handler.backends.onnx_runner import OnnxRunner
+from trt_handler.serving.options import ServerOptions
 
 __all__ = [
     "METRICS_NAMESPACE",
@@ -43,7 +52,6 @@ LOGGER = logging.getLogger(__name__)
 
 METRICS_NAMESPACE = "BertQA"  # one namespace for every backend; the backend is a metric label
 
-RunnerT = TypeVar("RunnerT", bound=Runner)
 PathLike = str | os.PathLike[str]
 
 
@@ -72,6 +80,9 @@ class _CallMetrics:
         self.context_wait: Any = Metrics.gauge(ns, f"{backend}_context_wait_micro_secs_total")
         self.max_context_wait: Any = Metrics.gauge(ns, f"{backend}_context_wait_micro_secs_max")
         self.gpu_memory: Any = Metrics.gauge(ns, f"{backend}_gpu_memory_used_bytes")
+        # the inference server's totals (every process of the worker): calls, padded and real tokens
+        self.server: Dict[str, Any] = {k: Metrics.gauge(ns, f"{backend}_server_{k}_total")
+                                       for k in ("calls", "windows", "padded_tokens", "real_tokens")}
         self._batches = 0
 
     def __call__(self, call: ModelCall, real_tokens: int, elapsed_us: int) -> None:
@@ -85,21 +96,26 @@ class _CallMetrics:
         if self._batches % self.STATE_EVERY != 1:
             return
         stats = getattr(model, "stats", None)
-        if callable(stats):
-            values = stats()
+        values = stats() if callable(stats) else None
+        if values:
             self.context_wait.set(int(values.get("context_wait_us", 0)))
             self.max_context_wait.set(int(values.get("max_context_wait_us", 0)))
+            for key, gauge in self.server.items():
+                if key in values:
+                    gauge.set(int(values[key]))
         memory = getattr(model, "gpu_memory", None)
         info = memory() if callable(memory) else None
         if info:
             self.gpu_memory.set(int(info["used_bytes"]))
 
 
-class QAHandler(ModelHandler[QuestionWindows, PredictionResult, RunnerT]):
+class QAHandler(ModelHandler[QuestionWindows, PredictionResult, WindowModel]):
     """What every QA handler shares: batching by window count, planning, answering, metrics.
 
-    Subclasses provide ``load_model`` and ``backend``, and set ``_model_path``; options: docs/handlers.md.
+    Subclasses provide ``load_runner`` and ``backend``, and set ``_model_path``; options: docs/handlers.md.
     ``threshold_source="model"``: the threshold saved with the model replaces answer_config's.
+    ``inference_server``: run the model in the inference server of this process's GPU, shared by all
+    processes of the worker, instead of loading it in every process (see ``trt_handler.serving``).
     """
 
     backend = "qa"
@@ -116,7 +132,7 @@ class QAHandler(ModelHandler[QuestionWindows, PredictionResult, RunnerT]):
         pad_to: str = "longest",
         answer_config: AnswerConfig = AnswerConfig(),
         max_batch_duration_secs: float | None = None,
-        large_model: bool = False,
+        inference_server: ServerOptions | None = None,
         threshold_source: str = "config",
     ) -> None:
         _check_positive_ints(max_batch_windows=max_batch_windows, optional=False)
@@ -131,11 +147,13 @@ class QAHandler(ModelHandler[QuestionWindows, PredictionResult, RunnerT]):
             raise ValueError(f"answer_config must be a trt_handler.qa.answers.AnswerConfig, got {answer_config!r}")
         if threshold_source not in ("config", "flag", "model"):
             raise ValueError(f"threshold_source must be 'config', 'flag' or 'model', got {threshold_source!r}")
+        if inference_server is not None and not isinstance(inference_server, ServerOptions):
+            raise ValueError("inference_server must be a trt_handler.serving.ServerOptions (or None: the model "
+                             f"runs in every process), got {inference_server!r}")
         # BatchElements' kwargs: min = max by default, so the GPU sees full batches (partial ones at bundle end).
         streaming: dict[str, Any] = {"max_batch_duration_secs": max_batch_duration_secs}  # Beam annotates int
         super().__init__(min_batch_size=max_batch_windows if min_batch_windows is None else min_batch_windows,
-                         max_batch_size=max_batch_windows, element_size_fn=question_size, large_model=large_model,
-                         **streaming)
+                         max_batch_size=max_batch_windows, element_size_fn=question_size, **streaming)
         if isinstance(buckets, (str, bytes)) or not all(isinstance(b, (int, np.integer)) for b in buckets):
             raise ValueError(f"buckets must be a sequence of ints like (128, 256, 384), got {buckets!r}")
         # for_buckets' own errors name "buckets" already; an engine's handler replaces it by its sidecar's profiles
@@ -146,6 +164,45 @@ class QAHandler(ModelHandler[QuestionWindows, PredictionResult, RunnerT]):
         self._threshold_source = threshold_source
         self._provenance: Provenance | None = None
         self._metrics: _CallMetrics | None = None
+        self._server = inference_server
+
+    def load_runner(self) -> Runner:
+        """The backend's runner, loaded in this process."""
+        raise NotImplementedError(type(self))
+
+    def load_local(self) -> PlannedRunner:
+        """The runner and its plan, in this process (what an inference server loads, too)."""
+        runner = self.load_runner()
+        return PlannedRunner(runner, self._plan_for(runner), record=self._call_metrics())
+
+    def load_model(self) -> WindowModel:
+        """:meth:`load_local`, or a client of this GPU's inference server (started if none runs)."""
+        if self._server is None:
+            return self.load_local()
+        from trt_handler.serving.client import InferenceClient
+
+        return InferenceClient(self._server_twin().load_local, self._server, self.server_device())
+
+    def server_device(self) -> Optional[int]:
+        """The GPU whose inference server this process uses; None: a CPU server."""
+        return None
+
+    def _server_twin(self) -> QAHandler:
+        """A copy holding only what the server needs: the same key for every process of a worker."""
+        twin = copy.copy(self)
+        twin.answer_config, twin._base_threshold, twin._threshold_source = AnswerConfig(), 0.0, "config"
+        twin._provenance = twin._metrics = twin._server = None
+        return twin
+
+    def _call_metrics(self) -> _CallMetrics:
+        if self._metrics is None:
+            self._metrics = _CallMetrics(self.backend)
+        return self._metrics
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_metrics"] = None  # Beam metric handles: made again where the handler runs
+        return state
 
     def validate_inference_args(self, inference_args: dict[str, Any] | None) -> None:
         if inference_args:
@@ -162,7 +219,7 @@ class QAHandler(ModelHandler[QuestionWindows, PredictionResult, RunnerT]):
     def get_metrics_namespace(self) -> str:
         return METRICS_NAMESPACE
 
-    def _plan_for(self, model: RunnerT) -> BatchPlan:
+    def _plan_for(self, runner: Runner) -> BatchPlan:
         return self.plan  # engines override it with their own profiles
 
     def model_metadata(self) -> dict[str, Any]:
@@ -197,18 +254,18 @@ class QAHandler(ModelHandler[QuestionWindows, PredictionResult, RunnerT]):
     def run_inference(
         self,
         batch: Sequence[QuestionWindows],
-        model: RunnerT,
+        model: WindowModel,
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[PredictionResult]:
-        """One PredictionResult per question, in input order; a question's own failure is its
-        outcome, a failure of the model call raises (and Beam dead-letters the batch)."""
+        """One PredictionResult per question, in input order; a question's own failure (or that of a
+        model call holding one of its windows) is its outcome; a failure of the whole batch raises
+        (and Beam dead-letters the batch)."""
         self.validate_inference_args(inference_args)
         questions = list(batch)
-        if self._metrics is None:
-            self._metrics = _CallMetrics(self.backend)
+        metrics = self._call_metrics()
         provenance = self.provenance()  # first: it may set answer_config's threshold
-        outcomes = answer_batch(questions, model, self._plan_for(model), self.answer_config, self._metrics)
-        self._metrics.model_state(model)
+        outcomes = answer_batch(questions, model, self.answer_config)
+        metrics.model_state(model)
         make: Any = PredictionResult  # Beam's __new__ is unannotated; Any keeps strict mypy quiet
         return [make(q, outcome if isinstance(outcome, Exception) else with_provenance(outcome, provenance),
                      provenance.model_id) for q, outcome in zip(questions, outcomes)]
@@ -275,7 +332,7 @@ def engine_metadata(engine_path: str) -> dict[str, Any]:
     return _recorded(read_sidecar(engine_path), "engine_sha256", None)
 
 
-class OnnxRuntimeQAHandler(QAHandler["OnnxRunner"]):
+class OnnxRuntimeQAHandler(QAHandler):
     """RunInference handler on ONNX Runtime (CPU): the reference backend and the no-GPU path.
 
     ``onnx_path_or_bundle``: a bundle folder or an ``.onnx`` file, local or gs:// (a remote model is
@@ -296,7 +353,7 @@ class OnnxRuntimeQAHandler(QAHandler["OnnxRunner"]):
         _check_positive_ints(intra_op_threads=intra_op_threads)
         self._intra_op_threads = intra_op_threads
 
-    def load_model(self) -> OnnxRunner:
+    def load_runner(self) -> Runner:
         from trt_handler.backends.onnx_runner import OnnxRunner
 
         path = _bundle_onnx(self._model_path)
@@ -311,11 +368,8 @@ class OnnxRuntimeQAHandler(QAHandler["OnnxRunner"]):
     def model_metadata(self) -> dict[str, Any]:
         return bundle_metadata(self._model_path)
 
-    def share_model_across_processes(self) -> bool:
-        return False
 
-
-class TorchQAHandler(QAHandler[Any]):
+class TorchQAHandler(QAHandler):
     """RunInference handler on PyTorch: a local Hugging Face QA checkpoint folder on CUDA or the CPU.
 
     ``device="auto"``: this process's GPU of ``gpu_count`` (None: all visible) from
@@ -352,7 +406,11 @@ class TorchQAHandler(QAHandler[Any]):
 
         return f"cuda:{assign_device(self._gpu_count)}" if visible_gpu_count() else "cpu"
 
-    def load_model(self) -> Any:
+    def server_device(self) -> Optional[int]:
+        device = self.resolved_device()
+        return None if device == "cpu" else int(device.partition(":")[2] or 0)
+
+    def load_runner(self) -> Runner:
         from trt_handler.backends.torch_runner import TorchRunner
 
         device = self.resolved_device()
@@ -367,13 +425,13 @@ class TorchQAHandler(QAHandler[Any]):
         return {**bundle_metadata(self._model_path), "precision": self._dtype if self._device != "cpu" else "fp32"}
 
 
-class TensorRTQAHandler(QAHandler[Any]):
+class TensorRTQAHandler(QAHandler):
     """RunInference handler on a TensorRT (or TensorRT-RTX) engine, through ``engines.session``.
 
     The sidecar ``<engine_path>.json`` gives the plan before the engine is loaded (``buckets`` apply
     only without one). ``onnx_path`` + ``cache_dir``: build an engine (``engines.cache.ensure_engine``
     with ``build_options``) when the given one is missing or cannot run here. ``gpu_count`` > 1: each
-    process loads its engine on its round-robin GPU, which needs ``large_model=False``.
+    process (or, with ``inference_server``, each GPU's server) loads its engine on its round-robin GPU.
     """
 
     backend = "tensorrt"
@@ -386,19 +444,12 @@ class TensorRTQAHandler(QAHandler[Any]):
         cache_dir: PathLike | None = None,
         library: str = "auto",
         contexts_per_profile: int = 1,
-        large_model: bool = True,
         gpu_count: int | None = None,
         build_options: Any = None,
         **options: Any,
     ) -> None:
         self._model_path = _checked_path("engine_path", engine_path)
         _check_positive_ints(gpu_count=gpu_count)
-        if gpu_count is not None and gpu_count > 1 and large_model:
-            raise ValueError(
-                f"gpu_count={gpu_count} with large_model=True would use one GPU: a shared engine lives on one "
-                "GPU. Pass large_model=False so each SDK process loads its engine on its own GPU (round-robin), "
-                "or gpu_count=1"
-            )
         if onnx_path is not None and cache_dir is None:
             raise ValueError("onnx_path needs cache_dir: the folder (local or gs://) that keeps engines built from it")
         self._rebuild_from = None if onnx_path is None else (  # (onnx_path, cache_dir)
@@ -406,14 +457,19 @@ class TensorRTQAHandler(QAHandler[Any]):
         if not isinstance(library, str) or not library:
             raise ValueError(f"library must be a non-empty string such as 'auto', got {library!r}")
         _check_positive_ints(contexts_per_profile=contexts_per_profile, optional=False)
-        super().__init__(large_model=large_model, **options)
+        super().__init__(**options)
         self._use_sidecar_profiles(self._model_path, options.get("max_model_batch"))
         self._library = library
         self._contexts_per_profile = contexts_per_profile
         self._gpu_count = gpu_count
         self._build_options = build_options
 
-    def load_model(self) -> Any:
+    def server_device(self) -> Optional[int]:
+        from trt_handler.backends.devices import assign_device
+
+        return assign_device(self._gpu_count)
+
+    def load_runner(self) -> Any:
         """An EngineSession; an engine built from ``onnx_path`` when the given one is missing or
         cannot run here (the cause is logged), else that error."""
         from trt_handler.engines.session import EngineCompatibilityError
@@ -440,16 +496,17 @@ class TensorRTQAHandler(QAHandler[Any]):
 
     def _session(self, path: str) -> Any:
         """EngineSession over the engine's bytes (gs:// works) and its sidecar (explains version/GPU mismatches)."""
-        from trt_handler.backends.devices import assign_device
+        from trt_handler.backends.devices import ENV_VAR, assign_device
         from trt_handler.engines.session import EngineSession
 
-        device = assign_device(self._gpu_count) if self._gpu_count is not None and self._gpu_count > 1 else None
+        # several GPUs, or a GPU's inference server (started with its GPU in ENV_VAR): a round-robin or given GPU
+        spread = (self._gpu_count or 0) > 1 or bool(os.environ.get(ENV_VAR))
+        device = assign_device(self._gpu_count) if spread else None
         return EngineSession(_read_bytes(path), library=self._library, contexts_per_profile=self._contexts_per_profile,
                              sidecar=read_sidecar(path), device=device)
 
-    def _plan_for(self, model: Any) -> BatchPlan:
-        # get_profiles(), the method: Beam's cross-process proxy of a shared session forwards only methods.
-        get_profiles = getattr(model, "get_profiles", None)
+    def _plan_for(self, runner: Any) -> BatchPlan:
+        get_profiles = getattr(runner, "get_profiles", None)
         profiles = get_profiles() if get_profiles is not None else None
         return dataclasses.replace(self.plan, profiles=tuple(profiles)) if profiles else self.plan
 

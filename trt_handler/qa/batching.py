@@ -3,15 +3,29 @@ model call is decided by ``trt_handler.answer_batch.plan_model_calls``)."""
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Protocol, Sequence, Tuple
 
 import numpy as np
 
-from trt_handler.qa.types import ModelBatch, Window
+from trt_handler.qa.types import ModelBatch
 
 # The six least-padding buckets of SQuAD dev windows (suggest_buckets on split A, multiples of 32):
 # 1.12x compute inflation on A and the held-out B1, against 1.38x for 128/256/384, 2.13x for 384.
 DEFAULT_BUCKETS: Tuple[int, ...] = (128, 160, 192, 224, 288, 384)
+
+
+class TokenWindow(Protocol):
+    """What padding reads of a window: a :class:`~trt_handler.qa.types.Window`, or the inference
+    server's view of one in shared memory."""
+
+    @property
+    def length(self) -> int: ...
+
+    @property
+    def input_ids(self) -> np.ndarray: ...
+
+    @property
+    def token_type_ids(self) -> np.ndarray: ...
 
 
 def validate_buckets(buckets: Sequence[int]) -> Tuple[int, ...]:
@@ -35,7 +49,7 @@ def bucket_for(length: int, buckets: Sequence[int]) -> int:
     )
 
 
-def pad_windows(windows: Sequence[Window], seq_len: int | None = None) -> ModelBatch:
+def pad_windows(windows: Sequence[TokenWindow], seq_len: int | None = None) -> ModelBatch:
     """Stack windows into zero-padded int32 [B, S] arrays (mask 1 over real tokens); S defaults to the longest."""
     if not windows:
         raise ValueError("cannot pad an empty batch of windows")
