@@ -43,6 +43,7 @@ import argparse
 import json
 import os
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -428,106 +429,281 @@ def write_shards(squad: Path, questions: int, shards: int, folder: Path) -> List
 
 
 class Sampler:
-    """GPU utilization (nvidia-smi, every ``period`` s) and host CPU busy time (/proc/stat) over a run."""
+    """Per-GPU utilization (one ``nvidia-smi -lms`` stream) and host CPU busy time (/proc/stat, every
+    ``period`` s), as time series over a run; means over any interval of it."""
 
-    def __init__(self, period: float = 0.5, gpu_index: int = 0):
-        self.period, self.gpu_index = period, gpu_index
-        self.gpu: List[float] = []
+    def __init__(self, period: float = 0.5):
+        self.period = period
+        self.gpu: List[Tuple[float, int, float]] = []  # (monotonic time, GPU index, utilization %)
+        self.cpu: List[Tuple[float, int]] = []  # (monotonic time, busy jiffies)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._threads: List[threading.Thread] = []
+        self._smi: Optional[subprocess.Popen] = None
 
     @staticmethod
-    def _cpu_jiffies() -> Tuple[int, int]:
+    def _cpu_jiffies() -> int:
         with open("/proc/stat", encoding="ascii") as f:
             vals = [int(x) for x in f.readline().split()[1:]]
-        idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
-        return sum(vals) - idle, sum(vals)
+        return sum(vals) - vals[3] - (vals[4] if len(vals) > 4 else 0)
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
+    def _cpu_loop(self) -> None:
+        while True:
+            self.cpu.append((time.monotonic(), self._cpu_jiffies()))
+            if self._stop.wait(self.period):
+                return
+
+    def _gpu_loop(self) -> None:
+        try:
+            self._smi = subprocess.Popen(["nvidia-smi", "--query-gpu=index,utilization.gpu", "--format=csv,noheader,nounits",
+                                          f"--loop-ms={int(self.period * 1000)}"], stdout=subprocess.PIPE, text=True,
+                                         stderr=subprocess.DEVNULL)
+        except OSError:
+            return  # no NVIDIA GPU here (CPU smoke runs)
+        assert self._smi.stdout is not None
+        for line in self._smi.stdout:
             try:
-                out = subprocess.run(["nvidia-smi", f"--id={self.gpu_index}", "--query-gpu=utilization.gpu",
-                                      "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=5)
-                self.gpu.append(float(out.stdout.strip().splitlines()[0]))
-            except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
-                pass
-            self._stop.wait(self.period)
+                index, util = (float(x) for x in line.split(","))
+            except ValueError:
+                continue
+            self.gpu.append((time.monotonic(), int(index), util))
 
     def __enter__(self) -> Sampler:
-        self._t0 = time.perf_counter()
-        self._cpu0 = self._cpu_jiffies()
-        self._thread.start()
+        self.t0 = time.monotonic()
+        self._threads = [threading.Thread(target=f, daemon=True) for f in (self._cpu_loop, self._gpu_loop)]
+        for t in self._threads:
+            t.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        self.t1 = time.monotonic()
         self._stop.set()
-        self._thread.join()
-        self.wall = time.perf_counter() - self._t0
-        busy1, _ = self._cpu_jiffies()
-        self.cpu_cores_used = (busy1 - self._cpu0[0]) / os.sysconf("SC_CLK_TCK") / self.wall
+        if self._smi is not None:
+            self._smi.terminate()
+        for t in self._threads:
+            t.join(timeout=10)
 
-    @property
-    def gpu_busy(self) -> Optional[float]:
-        return statistics.mean(self.gpu) / 100 if self.gpu else None
+    def gpu_busy(self, t0: Optional[float] = None, t1: Optional[float] = None) -> Dict[int, float]:
+        """Mean utilization (0..1) of each GPU over [t0, t1] (the whole run by default)."""
+        lo, hi = (self.t0 if t0 is None else t0), (self.t1 if t1 is None else t1)
+        by_gpu: Dict[int, List[float]] = {}
+        for t, index, util in self.gpu:
+            if lo <= t <= hi:
+                by_gpu.setdefault(index, []).append(util / 100)
+        return {i: statistics.mean(v) for i, v in sorted(by_gpu.items())}
+
+    def cpu_cores(self, t0: Optional[float] = None, t1: Optional[float] = None) -> Optional[float]:
+        """Cores busy on average over [t0, t1] (the samples nearest inside it)."""
+        lo, hi = (self.t0 if t0 is None else t0), (self.t1 if t1 is None else t1)
+        inside = [(t, j) for t, j in self.cpu if lo <= t <= hi]
+        if len(inside) < 2:
+            return None
+        (ta, ja), (tb, jb) = inside[0], inside[-1]
+        return (jb - ja) / os.sysconf("SC_CLK_TCK") / (tb - ta)
 
 
-def _qa_cmd(model: str, inp: Path, out: Path, extra: Sequence[str], engine: Optional[str] = None) -> List[str]:
+_PROGRESS = re.compile(r"^progress: read \d+, answered (\d+), rejected (\d+)")
+
+
+class Run:
+    """N pipeline processes started together; each one's answered count over time from its
+    progress lines (``--progress-every``), its log kept in ``logs``."""
+
+    def __init__(self, cmds: Sequence[List[str]], env: Dict[str, str], logs: Path) -> None:
+        logs.mkdir(parents=True, exist_ok=True)
+        self.events: List[Tuple[float, int, int]] = []  # (time, process, answered so far)
+        self.t_start = time.monotonic()
+        self.procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                      for cmd in cmds]
+        self._lock = threading.Lock()
+        self._readers = [threading.Thread(target=self._read, args=(k, p, logs / f"proc-{k:02d}.log"), daemon=True)
+                         for k, p in enumerate(self.procs)]
+        for t in self._readers:
+            t.start()
+
+    def _read(self, k: int, proc: subprocess.Popen, log: Path) -> None:
+        assert proc.stderr is not None
+        with log.open("w", encoding="utf-8") as f:
+            for line in proc.stderr:
+                f.write(line)
+                m = _PROGRESS.match(line)
+                if m:
+                    with self._lock:
+                        self.events.append((time.monotonic(), k, int(m.group(1))))
+
+    def wait(self) -> List[int]:
+        codes = [p.wait() for p in self.procs]
+        for t in self._readers:
+            t.join(timeout=30)
+        self.t_end = time.monotonic()
+        return codes
+
+    def answered_series(self) -> List[Tuple[float, int]]:
+        """(time, answered by all processes so far), one point per progress line."""
+        last = [0] * len(self.procs)
+        out = []
+        for t, k, n in sorted(self.events):
+            last[k] = n
+            out.append((t, sum(last)))
+        return out
+
+    def steady(self, total: int, lo: float = 0.1, hi: float = 0.9) -> Tuple[float, float, float, float]:
+        """(startup seconds: launch to the first answer, steady questions/s between the moments
+        ``lo`` and ``hi`` of ``total`` were answered, and those two moments)."""
+        series = self.answered_series()
+        first = next((t for t, n in series if n > 0), self.t_end)
+        t_lo, n_lo = next(((t, n) for t, n in series if n >= lo * total), series[0] if series else (first, 0))
+        t_hi, n_hi = next(((t, n) for t, n in series if n >= hi * total), series[-1] if series else (first, 0))
+        rate = (n_hi - n_lo) / (t_hi - t_lo) if t_hi > t_lo else float("nan")
+        return first - self.t_start, rate, t_lo, t_hi
+
+
+def _qa_cmd(model: str, inp: Path, out: Path, extra: Sequence[str], engine: Optional[str] = None,
+            device: str = "cuda") -> List[str]:
     backend = ["--backend", "tensorrt", "--engine", engine] if engine else [
-        "--backend", "torch", "--torch-device", "cuda", "--torch-dtype", "fp16"]
+        "--backend", "torch", "--torch-device", device, "--torch-dtype", "fp16"]
     return [sys.executable, "-m", "pipelines.qa_batch", *backend, "--model", model,
-            "--input", str(inp), "--output", str(out), *extra]
+            "--input", str(inp), "--output", str(out), "--progress-every", "1", *extra]
+
+
+def server_stats(folder: Path, timeout: float = 60.0) -> Optional[Dict[str, Any]]:
+    """The totals the inference server under ``folder`` logged when it stopped (it lingers a little
+    after its last client); None if there is no server log."""
+    import ast
+
+    logs = sorted(folder.glob("trt-qa-servers-*/*.log"))
+    if not logs:
+        return None
+    deadline = time.monotonic() + timeout
+    marker = "inference server stopped: "
+    while time.monotonic() < deadline:
+        text = logs[0].read_text(encoding="utf-8", errors="replace")
+        if marker in text:
+            return dict(ast.literal_eval(text.rsplit(marker, 1)[1].splitlines()[0]))
+        time.sleep(0.5)
+    return None
+
+
+def pooled_planner_calls(lengths: Sequence[int], pool_windows: int, seed: int) -> Tuple[List[List[int]], List[int]]:
+    """The model calls the inference server makes of these windows at steady state: arrival order
+    (shuffled: the processes' windows interleave), pools of ``pool_windows``, each planned by
+    ``plan_model_calls`` with the default plan (six buckets, token budget)."""
+    from trt_handler.answer_batch import BatchPlan, plan_model_calls
+
+    order = list(lengths)
+    random.Random(seed).shuffle(order)
+    plan = BatchPlan.for_buckets()
+    calls: List[List[int]] = []
+    seqs: List[int] = []
+    for start in range(0, len(order), pool_windows):
+        part = order[start:start + pool_windows]
+        for c in plan_model_calls(part, plan):
+            calls.append([part[i] for i in c.indices])
+            seqs.append(c.seq_len)
+    return calls, seqs
+
+
+def model_only_same_windows(lengths: Sequence[int], args: argparse.Namespace) -> Dict[str, Any]:
+    """The model alone (same shape, fp16, real padding masks, inputs staged on the device) over the
+    pipeline's windows: sorted and padded to the longest x8 at batch 64, and the server's plan."""
+    import torch
+
+    device = torch.device(args.device if args.device != "cuda" else "cuda:0")
+    shape = {k: getattr(args, k) for k in BERT_LARGE}
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    model = _random_bert(torch, 30522, shape, dtype, device)
+    ordered = sorted(lengths)
+    schemes = {"sorted_pad8_b64": ([ordered[i:i + 64] for i in range(0, len(ordered), 64)], None),
+               "server_plan": pooled_planner_calls(lengths, args.server_pool_windows, args.seed)}
+    out: Dict[str, Any] = {}
+    for name, (calls, seqs) in schemes.items():
+        seqs = seqs or [_round_up(max(c), 8) for c in calls]
+        staged = _stage(torch, calls, seqs, 30522, device, args.seed)
+        _time_pass(torch, model, staged)  # warm-up over every shape
+        times = [_time_pass(torch, model, staged) for _ in range(args.repeats)]
+        out[f"model_only_{name}_windows_per_s"] = len(lengths) / statistics.median(times)
+        out[f"model_only_{name}_padded_per_real"] = sum(len(c) * s for c, s in zip(calls, seqs)) / sum(lengths)
+        del staged
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return out
 
 
 def bench_pipeline(args: argparse.Namespace) -> List[Dict[str, Any]]:
+    """For each process count and mode: N ``pipelines.qa_batch`` processes over N shards of the
+    replicated split (a worker's SDK processes), either each with its own model (``independent``)
+    or all feeding one inference server (``server``); and the model alone on the same windows."""
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench_gpu_pipeline_"))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     if args.random_bert_large:
-        args.model = str(make_random_checkpoint(Path(args.model), Path(args.vocab)))
+        shape = {k: getattr(args, k) for k in BERT_LARGE}
+        args.model = str(make_random_checkpoint(Path(args.model), Path(args.vocab), shape))
     extra = list(args.extra or ())
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-    device = _gpu_name()
-    wpq = windows_per_question(Path(args.squad), Path(args.model))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+           "PYTHONUNBUFFERED": "1"}
+    device_name = _gpu_name() if args.device != "cpu" else "cpu (smoke test)"
+    lengths, questions_in_split = split_window_lengths(Path(args.squad), Path(args.model))
+    wpq = len(lengths) / questions_in_split
+    print(f"# {len(lengths)} windows of {questions_in_split} questions ({wpq:.4f} per question, mean "
+          f"{statistics.mean(lengths):.1f} tokens); model alone on them ...", file=sys.stderr, flush=True)
+    model_only = model_only_same_windows(lengths, args) if args.model_only else {}
+    print(f"# {json.dumps(model_only)}", file=sys.stderr, flush=True)
     rows: List[Dict[str, Any]] = []
+    modes = [m for m in args.modes.split(",") if m]
     for procs in [int(p) for p in args.procs.split(",")]:
-        base = {"device": device, "questions": args.questions, "procs": procs, "model": args.model, "extra": extra,
-                "windows_per_question": round(wpq, 4)}
-        if "independent" in args.modes:
-            shards = write_shards(Path(args.squad), args.questions, procs, work / f"in-{procs}")
-            with Sampler() as s:
-                running = [subprocess.Popen(_qa_cmd(args.model, p, work / f"out-{procs}" / p.stem, extra, args.engine if args.backend == "tensorrt" else None), env=env,
-                                            stdout=subprocess.DEVNULL, stderr=open(work / f"{p.stem}-{procs}.log", "w"))
-                           for p in shards]
-                codes = [p.wait() for p in running]
+        shards = write_shards(Path(args.squad), args.questions, procs, work / f"in-{procs}")
+        for mode in modes:
+            if mode not in ("independent", "server"):
+                raise SystemExit(f"unknown mode {mode!r}: independent or server")
+            if mode == "independent" and args.independent_procs and str(procs) not in args.independent_procs.split(","):
+                continue
+            tag = f"{mode}-{procs}"
+            run_env = dict(env)
+            mode_args = list(extra)
+            if mode == "server":
+                run_env["TMPDIR"] = str(work / f"tmp-{tag}")  # the server's files (and its log) go under it
+                Path(run_env["TMPDIR"]).mkdir(parents=True, exist_ok=True)
+                mode_args += ["--inference-server", "--server-linger-secs", "2",
+                              "--server-pool-windows", str(args.server_pool_windows)]
+            cmds = [_qa_cmd(args.model, p, work / f"out-{tag}" / p.stem, mode_args,
+                            args.engine if args.backend == "tensorrt" else None, device=args.device) for p in shards]
+            print(f"# {tag}: {len(cmds)} processes ...", file=sys.stderr, flush=True)
+            with Sampler() as sampler:
+                run = Run(cmds, run_env, work / f"logs-{tag}")
+                codes = run.wait()
             if any(codes):
-                raise SystemExit(f"qa_batch exited {codes}; logs in {work}")
-            rows.append(emit("pipeline_questions_per_s", args.questions / s.wall, "questions/s", **base,
-                             windows_per_s=args.questions * wpq / s.wall,
-                             mode="independent_processes", wall_s=s.wall, gpu_busy_share=s.gpu_busy,
-                             gpu_samples=len(s.gpu), cpu_cores_used=s.cpu_cores_used))
-        if "direct" in args.modes:
-            (single,) = write_shards(Path(args.squad), args.questions, 1, work / f"in-direct-{procs}")
-            cmd = _qa_cmd(args.model, single, work / f"out-direct-{procs}" / "answers", extra,
-                          args.engine if args.backend == "tensorrt" else None) + [
-                "--direct_num_workers", str(procs), "--direct_running_mode", "multi_processing"]
-            with Sampler() as s:
-                code = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL,
-                                      stderr=open(work / f"direct-{procs}.log", "w")).returncode
-            if code:
-                raise SystemExit(f"qa_batch (DirectRunner multi_processing) exited {code}; log in {work}")
-            rows.append(emit("pipeline_questions_per_s", args.questions / s.wall, "questions/s", **base,
-                             windows_per_s=args.questions * wpq / s.wall,
-                             mode="direct_multi_processing", wall_s=s.wall, gpu_busy_share=s.gpu_busy,
-                             gpu_samples=len(s.gpu), cpu_cores_used=s.cpu_cores_used))
+                raise SystemExit(f"qa_batch exited {codes}; logs in {work / f'logs-{tag}'}")
+            startup, rate, t_lo, t_hi = run.steady(args.questions)
+            busy = sampler.gpu_busy(t_lo, t_hi)
+            stats = server_stats(Path(run_env["TMPDIR"])) if mode == "server" else None
+            row = emit("pipeline_steady_windows_per_s", rate * wpq, "windows/s", device=device_name, mode=mode,
+                       procs=procs, questions=args.questions, windows_per_question=round(wpq, 4),
+                       steady_windows_per_s=rate * wpq, steady_questions_per_s=rate, startup_s=startup,
+                       wall_s=run.t_end - run.t_start, steady_interval_s=[t_lo - run.t_start, t_hi - run.t_start],
+                       gpu_busy_share=busy.get(0), gpu_busy_by_gpu=busy, cpu_cores_used=sampler.cpu_cores(t_lo, t_hi),
+                       server_padded_per_real=(stats["padded_tokens"] / stats["real_tokens"]) if stats else None,
+                       server_stats=stats, model=args.model, extra=mode_args,
+                       model_only_sorted_windows_per_s=model_only.get("model_only_sorted_pad8_b64_windows_per_s"),
+                       model_only_server_plan_windows_per_s=model_only.get("model_only_server_plan_windows_per_s"),
+                       model_only=model_only)
+            rows.append(row)
+            if args.out:  # each run as it ends: a run cut short by a time limit keeps the ones before
+                with open(args.out, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(row) + "\n")
+            print(pipeline_table(rows), file=sys.stderr, flush=True)
     return rows
 
 
-def windows_per_question(squad: Path, model_dir: Path) -> float:
-    """Windows per question of the split with the model's tokenizer (the pipeline's windows/s is
-    its questions/s times this)."""
+def split_window_lengths(squad: Path, model_dir: Path) -> Tuple[List[int], int]:
+    """Window lengths of every question of the split (file order) with the model's tokenizer, and
+    the question count: the pipeline's windows/s is its questions/s times their ratio."""
     from trt_handler.qa.windows import WindowMaker, load_tokenizer
 
     examples = squad_examples(squad)
     maker = WindowMaker(load_tokenizer(model_dir))
-    return sum(len(ws) for ws in maker.windows_many(examples) if not isinstance(ws, Exception)) / len(examples)
+    lengths = [w.length for ws in maker.windows_many(examples) if not isinstance(ws, Exception) for w in ws]
+    return lengths, len(examples)
 
 
 def _gpu_name() -> str:
@@ -561,15 +737,24 @@ def make_random_checkpoint(out: Path, vocab: Path, shape: Dict[str, int] = BERT_
 
 
 def pipeline_table(rows: Sequence[Dict[str, Any]]) -> str:
-    rows = [r for r in rows if r["figure"] == "pipeline_questions_per_s"]
+    rows = [r for r in rows if r["figure"] == "pipeline_steady_windows_per_s"]
     if not rows:
         return ""
-    lines = [f"Pipeline (--backend torch, fp16) — {rows[0]['device']}, {rows[0]['questions']} questions", "",
-             "| mode | procs | questions/s | windows/s | wall s | GPU busy | CPU cores used |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    r0 = rows[0]
+    lines = [f"Pipeline (--backend torch, fp16), steady state — {r0['device']}, {r0['questions']} questions "
+             f"({r0['windows_per_question']} windows each); model alone on the same windows: "
+             f"{r0['model_only_sorted_windows_per_s'] or float('nan'):.0f} windows/s sorted and padded to the "
+             f"longest x8 at batch 64, {r0['model_only_server_plan_windows_per_s'] or float('nan'):.0f} with "
+             "the server's plan", "",
+             "| mode | procs | windows/s | vs model alone | questions/s | start-up s | GPU busy | CPU cores | "
+             "server padded/real |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['mode']} | {r['procs']} | {r['value']:.1f} | {r.get('windows_per_s', 0):.1f} | "
-                     f"{r['wall_s']:.1f} | {_pct(r['gpu_busy_share'])} | {r['cpu_cores_used']:.1f} |")
+        ratio = r["steady_windows_per_s"] / r["model_only_sorted_windows_per_s"] if r[
+            "model_only_sorted_windows_per_s"] else float("nan")
+        pad = r["server_padded_per_real"]
+        lines.append(f"| {r['mode']} | {r['procs']} | {r['steady_windows_per_s']:.0f} | {ratio:.2f} | "
+                     f"{r['steady_questions_per_s']:.0f} | {r['startup_s']:.1f} | {_pct(r['gpu_busy_share'])} | "
+                     f"{r['cpu_cores_used'] or float('nan'):.1f} | {'' if pad is None else f'{pad:.3f}'} |")
     return "\n".join(lines)
 
 
@@ -606,8 +791,18 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--vocab", default=str(REPO.parent / "shared/vocab/bert-base-uncased-vocab.txt"))
     pl.add_argument("--squad", default=str(REPO.parent / "shared/data/squad/squad_A.json"))
     pl.add_argument("--questions", type=int, default=20000, help="questions in all (the split replicated, ids unique)")
-    pl.add_argument("--procs", default="1,2,4", help="process counts to try, comma-separated")
-    pl.add_argument("--modes", default="independent,direct", help="independent and/or direct")
+    pl.add_argument("--procs", default="4,8,16", help="process counts to try, comma-separated")
+    pl.add_argument("--modes", default="server,independent",
+                    help="server (all processes feed one inference server) and/or independent (a model each)")
+    pl.add_argument("--independent-procs", default="", help="run the independent mode only for these counts")
+    pl.add_argument("--server-pool-windows", type=int, default=2048, help="the server's --server-pool-windows")
+    pl.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke test with a small --layers/--hidden")
+    pl.add_argument("--repeats", type=int, default=3, help="model-only passes (median)")
+    pl.add_argument("--seed", type=int, default=0)
+    pl.add_argument("--no-model-only", dest="model_only", action="store_false",
+                    help="skip the model-alone figures on the same windows")
+    for k, v in BERT_LARGE.items():
+        pl.add_argument(f"--{k}", type=int, default=v)
     pl.add_argument("--work-dir", default=None)
     pl.add_argument("extra", nargs="*", help="after --: more pipelines.qa_batch arguments (e.g. --max-batch 64)")
     for q in (m, pl):
@@ -623,7 +818,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     rows = bench_model(args) if args.mode == "model" else bench_pipeline(args)
     table = model_table(rows) if args.mode == "model" else pipeline_table(rows)
-    if args.out:
+    if args.out and args.mode == "model":  # the pipeline mode appends each run as it ends
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "a", encoding="utf-8") as f:
             for r in rows:

@@ -286,3 +286,56 @@ def test_a_call_that_fails_in_the_server_dead_letters_only_its_question(
     assert [(r["id"], r["reason_code"]) for r in rejected] == [(records[2]["id"], "inference_failed")]
     assert "poisoned call" in rejected[0]["reason"] and rejected[0]["raw"] == json.dumps(records[2])
     assert sorted(_answers(out)) == sorted(r["id"] for i, r in enumerate(records) if i != 2)
+
+
+# --------------------------------------------------------------------------------------------
+# on a GPU
+
+
+def _cuda_gpus() -> int:
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_cuda_gpus() < 1, reason="needs PyTorch with a CUDA GPU")
+def test_the_torch_server_on_the_gpu_answers_as_in_process(model_dir: Path, b1_examples: List[Any],
+                                                           folder: Path) -> None:
+    """One client: the server plans each batch alone, so its calls are the in-process calls and the
+    fp16 answers are the same, text for text; the model sits on the GPU in the server only."""
+    from trt_handler.backends.handlers import TorchQAHandler
+    from trt_handler.qa.types import QuestionWindows
+    from trt_handler.qa.windows import WindowMaker, load_tokenizer
+
+    maker = WindowMaker(load_tokenizer(model_dir))
+    examples = b1_examples[:300]
+    questions = [QuestionWindows(ex, tuple(ws)) for ex, ws in zip(examples, maker.windows_many(examples))]
+    local = TorchQAHandler(str(model_dir), dtype="fp16")
+    served = TorchQAHandler(str(model_dir), dtype="fp16",
+                            inference_server=ServerOptions(directory=str(folder), linger_s=1.0))
+    want = [r.inference.text for r in local.run_inference(questions, local.load_model())]
+    client = served.load_model()
+    assert isinstance(client, InferenceClient) and client.stats()["description"] == "TorchRunner cuda:0"
+    assert [r.inference.text for r in served.run_inference(questions, client)] == want
+    client.close()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_cuda_gpus() < 2, reason="needs two CUDA GPUs")
+def test_one_server_per_gpu(model_dir: Path, folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process whose round-robin GPU is k reaches the server of GPU k, which holds its model there."""
+    from trt_handler.backends import devices
+    from trt_handler.backends.handlers import TorchQAHandler
+
+    handler = TorchQAHandler(str(model_dir), dtype="fp16", inference_server=ServerOptions(directory=str(folder)))
+    clients = []
+    for gpu in range(2):
+        monkeypatch.setenv(devices.ENV_VAR, str(gpu))
+        clients.append(handler.load_model())
+    assert [c.stats()["description"] for c in clients] == ["TorchRunner cuda:0", "TorchRunner cuda:1"]
+    assert clients[0].server_pid() != clients[1].server_pid()
+    for c in clients:
+        c.close()

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# GPU runs on a lent machine, one stage a call (the figures under benchmarks/results/gpu_*):
+#   bash benchmarks/gpu_device.sh bench|check|tests
+# Travels with the call: .whl/ (Beam's cp312 wheels, installed to /tmp/site once), .devdata/ (squad_A,
+# squad_B1 and the bert-base-uncased vocab, gzipped); for check and tests .devmodel/minilm-packed.npz
+# (the bundled MiniLM's weights, benchmarks/device_data.py). Writes under $OUT. On any NVIDIA machine
+# with the project installed, `make bench-gpu` runs the same benchmark without these steps.
+set -euo pipefail
+stage=${1:?stage}
+OUT=${OUT:-out/gpu}
+mkdir -p "$OUT"
+if [ ! -d /tmp/site/apache_beam ] && [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+fi
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+D=/tmp/devdata
+mkdir -p $D/data/squad $D/models $D/vocab
+for f in .devdata/*.gz; do
+  name=$(basename "$f" .gz)
+  case $name in squad_*) dest=$D/data/squad/$name ;; *) dest=$D/vocab/$name ;; esac
+  [ -f "$dest" ] || gunzip -c "$f" > "$dest"
+done
+M=$D/models/minilm-l6-squad2
+if [ -f .devmodel/minilm-packed.npz ] && [ ! -f $M/config.json ]; then
+  python3 -m benchmarks.device_data unpack .devmodel/minilm-packed.npz models/minilm-l6-squad2 $M
+fi
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+case "$stage" in
+  bench)  # N pipeline processes feeding one inference server vs each with its own model, and the model alone
+    python3 -m benchmarks.bench_gpu pipeline --model /tmp/bert-large-random --random-bert-large \
+      --vocab $D/vocab/bert-base-uncased-vocab.txt --squad $D/data/squad/squad_A.json --questions ${QUESTIONS:-200000} \
+      --procs ${PROCS:-8,16,4} --modes ${MODES:-server,independent} --independent-procs "${INDEPENDENT_PROCS:-}" \
+      --work-dir /tmp/bench-work --out "$OUT/gpu_server.jsonl" ;;
+  check)  # all of B1 through the server vs in process (no Beam needed)
+    python3 -m benchmarks.check_server_answers --data $D/data/squad/squad_B1.json --model $M --device cuda \
+      --dtype fp16 --clients ${CLIENTS:-1,8} --out "$OUT/b1_server_vs_inprocess.jsonl" ;;
+  tests)
+    TRT_QA_SHARED=$D TRT_QA_TEST_CACHE=/tmp/trt-qa-test-cache python3 -m pytest -q -ra -m gpu tests \
+      2>&1 | tee "$OUT/gpu_tests.txt" | tail -25 ;;
+  *) echo "unknown stage $stage" >&2; exit 2 ;;
+esac
