@@ -87,7 +87,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             got: List[Optional[List[Optional[str]]]] = [None] * len(batches)
             client = InferenceClient(loader, options)  # started here (model load) before the clock
 
-            def work(k: int) -> None:
+            def work(k: int, clients: int = clients, got: List[Any] = got, client: Any = client) -> None:
                 for i in range(k, len(batches), clients):
                     got[i] = _texts(answer_batch(batches[i], client))
 
