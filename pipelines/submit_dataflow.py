@@ -3,14 +3,17 @@
     python -m pipelines.submit_dataflow --project P --region us-central1 --bucket B \\
         --image us-docker.pkg.dev/P/repo/trt-bert-qa:0.1.0 --engine gs://B/engines/minilm-t4.engine \\
         --model gs://B/models/minilm-bundle --input gs://B/data/dev.json --output gs://B/out/answers \\
-        --gpu T4 [--dry-run] [-- extra pipeline flags]
+        --gpu T4 [--gpu-count N] [--dry-run] [-- extra pipeline flags]
 
 The command it runs is ``python -m pipelines.qa_batch ... --runner DataflowRunner`` with the
 options Dataflow GPU jobs need: the GPU as a service option (driver installed by Dataflow), a
-machine type that takes that GPU, our image as the SDK container, and one SDK process per worker
-(``no_use_multiple_sdk_containers``) so each GPU holds one engine, with several harness threads
-feeding it. ``--dry-run`` prints the command and submits nothing. Flags this script does not know
-are passed on to the pipeline (e.g. ``--max-batch 128`` or ``--max_num_workers 4``).
+machine type of the family that carries that GPU, our image as the SDK container, and the worker
+topology that keeps the GPU busy: one SDK process per vCPU (Dataflow's default for Python; no
+``no_use_multiple_sdk_containers``, which Google's docs say the GIL makes slow), all of them feeding
+one inference server per GPU (``--inference-server``: one engine per GPU, pooled batches).
+``--no-inference-server`` gives every process its own engine instead, where ``--mps`` (NVIDIA MPS,
+single-GPU workers) lets their kernels share the GPU. ``--dry-run`` prints the command and submits
+nothing. Flags this script does not know are passed on to the pipeline (e.g. ``--max-batch 128``).
 """
 
 from __future__ import annotations
@@ -21,19 +24,47 @@ import shlex
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 VERSIONS_ENV = Path(__file__).resolve().parents[1] / "container" / "versions.env"
-DEFAULT_THREADS = 4  # harness threads feeding the one SDK process
 
-# GPU -> (Dataflow's worker_accelerator type, default machine type: its family is the only one that can carry it).
-GPUS: Dict[str, Tuple[str, str]] = {
-    # T4 attaches to N1 machines; 4 vCPUs tokenize fast enough for one T4 with a small model.
-    "T4": ("nvidia-tesla-t4", "n1-standard-4"),
-    # L4 exists only on G2 machines (g2-standard-4 is the smallest, 1 L4).
-    "L4": ("nvidia-l4", "g2-standard-4"),
+
+@dataclass(frozen=True)
+class GpuType:
+    """A GPU Dataflow offers: its ``worker_accelerator`` type, the machine-type prefix of the family
+    that carries it, and per GPU count the default machine type (vCPUs = SDK processes feeding the
+    GPUs; see docs/dataflow.md for how the defaults follow from the measured processes per GPU)."""
+
+    accelerator: str
+    family: str
+    machines: Dict[int, str]
+    fixed: bool  # the machine type fixes the GPU count (accelerator-optimized families)
+
+
+GPUS: Dict[str, GpuType] = {
+    "T4": GpuType("nvidia-tesla-t4", "n1-", {1: "n1-standard-8", 2: "n1-standard-16", 4: "n1-standard-32"}, False),
+    "L4": GpuType("nvidia-l4", "g2-standard-",
+                  {1: "g2-standard-8", 2: "g2-standard-24", 4: "g2-standard-48", 8: "g2-standard-96"}, True),
+    "A100": GpuType("nvidia-tesla-a100", "a2-highgpu-",
+                    {n: f"a2-highgpu-{n}g" for n in (1, 2, 4, 8)}, True),
+    "A100-80GB": GpuType("nvidia-a100-80gb", "a2-ultragpu-",
+                         {n: f"a2-ultragpu-{n}g" for n in (1, 2, 4, 8)}, True),
+    "H100": GpuType("nvidia-h100-80gb", "a3-highgpu-", {n: f"a3-highgpu-{n}g" for n in (1, 2, 4, 8)}, True),
 }
+# GPUs an accelerator-optimized machine type carries, where its name does not say it (G2)
+_G2_GPUS = {4: 1, 8: 1, 12: 1, 16: 1, 32: 1, 24: 2, 48: 4, 96: 8}
+
+
+def machine_gpus(machine: str) -> Optional[int]:
+    """GPUs built into an accelerator-optimized machine type (a2-highgpu-2g: 2; g2-standard-24: 2);
+    None for a general-purpose type (N1, which takes 1, 2 or 4 T4s) or one we do not know."""
+    m = re.fullmatch(r"a[23]-(?:highgpu|ultragpu|megagpu)-(\d+)g", machine)
+    if m:
+        return int(m.group(1))
+    m = re.fullmatch(r"g2-standard-(\d+)", machine)
+    return _G2_GPUS.get(int(m.group(1))) if m else None
 
 
 def read_versions(path: Path = VERSIONS_ENV) -> Dict[str, str]:
@@ -55,9 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="gs:// JSONL or SQuAD JSON")
     p.add_argument("--output", required=True, help="gs:// output prefix")
     p.add_argument("--gpu", choices=sorted(GPUS), default="T4", help="GPU type per worker (default T4)")
-    p.add_argument("--gpu-count", type=int, default=1, help="GPUs per worker (default 1)")
-    p.add_argument("--machine-type", default=None, help="override the machine type (T4: n1-*, L4: g2-*)")
-    p.add_argument("--threads", type=int, default=None, help="--number_of_worker_harness_threads (default 4)")
+    p.add_argument("--gpu-count", type=int, default=1, help="GPUs per worker (default 1): one inference server each")
+    p.add_argument("--machine-type", default=None,
+                   help="override the machine type (T4: n1-*, L4: g2-standard-*, A100: a2-highgpu-*, A100-80GB: "
+                        "a2-ultragpu-*, H100: a3-highgpu-*); its vCPUs are the SDK processes feeding the GPUs")
+    p.add_argument("--no-inference-server", dest="inference_server", action="store_false",
+                   help="every SDK process loads its own engine instead of sharing one server per GPU")
+    p.add_argument("--mps", action="store_true",
+                   help="NVIDIA MPS (use_nvidia_mps): with --no-inference-server on single-GPU workers, lets the "
+                        "processes' engines run side by side on the GPU")
+    p.add_argument("--threads", type=int, default=None,
+                   help="--number_of_worker_harness_threads per SDK process (default: Dataflow's)")
     p.add_argument("--disk-size-gb", type=int, default=50, help="worker disk; the image is ~10 GB (default 50)")
     p.add_argument("--max-workers", type=int, default=None, help="--max_num_workers (caps GPUs bought)")
     p.add_argument("--job-name", default=None, help="Dataflow job name (default trt-bert-qa-<time>)")
@@ -76,13 +115,19 @@ def build_command(args: argparse.Namespace, extra: Sequence[str] = (), python: s
     for name in ("project", "region", "bucket", "image", "engine", "model", "input", "output"):
         if not str(getattr(args, name)).strip():
             raise ValueError(f"--{name} is empty; set it (make submit-dataflow {name.upper()}=...)")
-    accelerator_type, default_machine = GPUS[args.gpu]
-    if args.gpu_count < 1:
-        raise ValueError(f"--gpu-count must be at least 1, got {args.gpu_count}")
-    machine = args.machine_type or default_machine
-    family = default_machine.split("-")[0] + "-"
-    if not machine.startswith(family):
-        raise ValueError(f"{args.gpu} GPUs attach only to {family}* machine types, got {machine}")
+    gpu = GPUS[args.gpu]
+    if args.gpu_count not in gpu.machines:
+        raise ValueError(f"{args.gpu} workers carry {', '.join(map(str, sorted(gpu.machines)))} GPUs, not {args.gpu_count}")
+    machine = args.machine_type or gpu.machines[args.gpu_count]
+    if not machine.startswith(gpu.family):
+        raise ValueError(f"{args.gpu} GPUs attach only to {gpu.family}* machine types, got {machine}")
+    carried = machine_gpus(machine)
+    if gpu.fixed and carried != args.gpu_count:
+        raise ValueError(f"{machine} carries {carried or 'an unknown number of'} {args.gpu} GPUs, not --gpu-count "
+                         f"{args.gpu_count}; use {gpu.machines[args.gpu_count]} or set --gpu-count to match")
+    if args.mps and (args.inference_server or args.gpu_count != 1):
+        raise ValueError("--mps is for single-GPU workers whose processes each keep an engine "
+                         "(--no-inference-server); with the inference server the GPU holds one engine already")
     for name in ("engine", "input", "output", "template_location"):
         value = getattr(args, name)
         if value is not None and not value.startswith("gs://"):
@@ -94,7 +139,8 @@ def build_command(args: argparse.Namespace, extra: Sequence[str] = (), python: s
     job = args.job_name or f"trt-bert-qa-{time.strftime('%Y%m%d-%H%M%S')}"
     if not re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", job):
         raise ValueError(f"Dataflow job names are lowercase letters, digits and dashes, got {job!r}")
-    accelerator = f"worker_accelerator=type:{accelerator_type};count:{args.gpu_count};install-nvidia-driver"
+    accelerator = (f"worker_accelerator=type:{gpu.accelerator};count:{args.gpu_count};install-nvidia-driver"
+                   + (";use_nvidia_mps" if args.mps else ""))
     cmd = [
         python, "-m", "pipelines.qa_batch",
         "--input", args.input,
@@ -110,16 +156,15 @@ def build_command(args: argparse.Namespace, extra: Sequence[str] = (), python: s
         "--staging_location", f"{bucket}/staging",
         "--sdk_container_image", args.image,
         "--sdk_location", "container",
-        "--experiments", "use_runner_v2",
-        # One SDK process shares one engine (and one GPU) over its harness threads; with several GPUs
-        # a worker runs one SDK process per vCPU and each loads its engine on its own GPU.
-        *(["--experiments", "no_use_multiple_sdk_containers"] if args.gpu_count == 1 else
-          ["--gpu-count", str(args.gpu_count)]),
+        "--experiments", "use_runner_v2",  # one SDK process per vCPU (Dataflow's default for Python)
+        *(["--inference-server"] if args.inference_server else []),  # all of them feed one server per GPU
+        *(["--gpu-count", str(args.gpu_count)] if args.gpu_count > 1 else []),
         "--dataflow_service_options", accelerator,
         "--machine_type", machine,
-        "--number_of_worker_harness_threads", str(args.threads or DEFAULT_THREADS),
         "--disk_size_gb", str(args.disk_size_gb),
     ]
+    if args.threads:
+        cmd += ["--number_of_worker_harness_threads", str(args.threads)]
     if args.max_workers:
         cmd += ["--max_num_workers", str(args.max_workers)]
     if args.setup_file:
