@@ -34,6 +34,10 @@ STRICT_MODULES: tuple[str, ...] = (
     "trt_handler/engines/library.py",
     "trt_handler/backends/handlers.py",
     "trt_handler/engines/cuda_runtime.py",
+    "trt_handler/serving/options.py",
+    "trt_handler/serving/shm.py",
+    "trt_handler/serving/server.py",
+    "trt_handler/serving/client.py",
 )
 # Checked a second time against the lean runtime's stubs (TensorRT 11's runtime API).
 LEAN_MODULES: tuple[str, ...] = ("trt_handler/engines/session.py",)

@@ -27,7 +27,7 @@ import time
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -211,7 +211,7 @@ class InferenceClient:
         del arrays  # no view of the segment may outlive the call (it can be replaced)
         return out
 
-    def _exchange(self, state: _ThreadState, message: tuple) -> Any:
+    def _exchange(self, state: _ThreadState, message: Tuple[Any, ...]) -> Any:
         """Send ``message`` and wait for its answer: the failed windows of a request, or the stats."""
         conn = state.conn
         assert conn is not None

@@ -16,7 +16,7 @@ import os
 import re
 from dataclasses import dataclass
 from multiprocessing import shared_memory
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -60,12 +60,15 @@ class ClientSegment:
     """A client thread's segment, at least ``nbytes`` (and 4 MiB) large; ``close`` unlinks it."""
 
     def __init__(self, nbytes: int) -> None:
-        self._shm = shared_memory.SharedMemory(create=True, size=max(int(nbytes), MIN_SEGMENT))
+        self._shm: Optional[shared_memory.SharedMemory] = shared_memory.SharedMemory(
+            create=True, size=max(int(nbytes), MIN_SEGMENT))
         self.name: str = self._shm.name.lstrip("/")
         self.size: int = self._shm.size
 
     @property
     def buf(self) -> Any:
+        if self._shm is None:
+            raise ValueError(f"shared-memory segment {self.name} is closed")
         return self._shm.buf
 
     def close(self) -> None:
