@@ -101,10 +101,11 @@ container-push:
 bench:
 	$(PY) -m benchmarks.run --data $(if $(filter command line environment,$(origin DATA)),$(DATA),../shared/data/squad/squad_A.json) --model $(MODEL) --cache-dir $(CACHE) $(EXTRA_ARGS)
 
-## bench-gpu        GPU figures on this machine's NVIDIA GPU: model only, then the pipeline by process count
+## bench-gpu        GPU figures on this machine's NVIDIA GPU: model only, then N pipeline processes feeding one
+##                  inference server vs N independent ones, and the model alone on the same windows
 ##                  (PyTorch BERT-large shape; BACKEND=tensorrt ENGINE=e MODEL=bundle for an engine; DATA, QUESTIONS, PROCS)
 QUESTIONS ?= 200000
-PROCS ?= 1,2,4,8
+PROCS ?= 4,8,16
 GPU_BACKEND = $(if $(filter tensorrt,$(BACKEND)),--backend tensorrt --engine $(ENGINE),)
 GPU_MODEL = $(if $(filter tensorrt,$(BACKEND)),$(MODEL),$(CACHE)/bert-large-random --random-bert-large)
 bench-gpu:
@@ -112,7 +113,7 @@ bench-gpu:
 	  --vocab $(VOCAB) --out benchmarks/results/gpu_model_only.jsonl --md benchmarks/results/gpu_model_only.md
 	$(PY) -m benchmarks.bench_gpu pipeline $(GPU_BACKEND) --model $(GPU_MODEL) --vocab $(VOCAB) \
 	  --squad $(if $(DATA_GIVEN),$(DATA),../shared/data/squad/squad_A.json) --questions $(QUESTIONS) --procs $(PROCS) \
-	  --modes independent --out benchmarks/results/gpu_pipeline.jsonl --md benchmarks/results/gpu_pipeline.md
+	  --modes server,independent --out benchmarks/results/gpu_server.jsonl --md benchmarks/results/gpu_server.md
 
 ## notebook         execute the Beam Interactive notebook headless
 notebook:
