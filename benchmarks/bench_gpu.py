@@ -123,7 +123,7 @@ def _round_up(n: int, k: int) -> int:
 def planner_calls(lengths: Sequence[int], buckets: Sequence[int], batch: int) -> Tuple[List[List[int]], List[int]]:
     """The model calls ``answer_batch.plan_model_calls`` makes of consecutive Beam batches of
     PLANNER_BATCH_WINDOWS windows: (each call's window lengths, its padded length)."""
-    from trt_handler.answer_batch import BatchPlan, plan_model_calls
+    from trt_handler.planning import BatchPlan, plan_model_calls
 
     plan = BatchPlan.for_buckets(buckets, batch)
     calls: List[List[int]] = []
@@ -271,9 +271,10 @@ def bench_engine(args: argparse.Namespace) -> List[Dict[str, Any]]:
     cannot run on Hopper, where TensorRT-RTX engines refuse to load."""
     import numpy as np
 
-    from trt_handler.answer_batch import BatchPlan, plan_model_calls, run_model_calls
+    from trt_handler.answer_batch import run_model_calls
     from trt_handler.engines import cuda_runtime
     from trt_handler.engines.session import EngineSession
+    from trt_handler.planning import BatchPlan, plan_model_calls
     from trt_handler.qa.types import Window
 
     lengths = window_lengths(Path(args.squad), Path(args.vocab), questions=args.sample_questions, seed=args.seed)
@@ -587,7 +588,7 @@ def pooled_planner_calls(lengths: Sequence[int], pool_windows: int, seed: int) -
     """The model calls the inference server makes of these windows at steady state: arrival order
     (shuffled: the processes' windows interleave), pools of ``pool_windows``, each planned by
     ``plan_model_calls`` with the default plan (six buckets, token budget)."""
-    from trt_handler.answer_batch import BatchPlan, plan_model_calls
+    from trt_handler.planning import BatchPlan, plan_model_calls
 
     order = list(lengths)
     random.Random(seed).shuffle(order)

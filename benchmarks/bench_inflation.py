@@ -83,7 +83,7 @@ def beam_batches(questions: Sequence[Sequence[Any]], batch_windows: int) -> List
 
 def account(batches: Sequence[Sequence[Any]], plan: Any) -> Dict[str, Any]:
     """Engine tokens, real tokens and model calls of these Beam batches under ``plan``."""
-    from trt_handler.answer_batch import plan_model_calls
+    from trt_handler.planning import plan_model_calls
     from trt_handler.qa.batching import bucket_for
 
     engine = real = calls = rows = reaching = 0
@@ -106,7 +106,7 @@ def account(batches: Sequence[Sequence[Any]], plan: Any) -> Dict[str, Any]:
 def account_within_buckets(batches: Sequence[Sequence[Any]], plan: Any) -> float:
     """Inflation if no call mixed buckets: each Beam batch's windows grouped by bucket first, then
     every group planned by the same planner (a what-if for the planner, not what runs)."""
-    from trt_handler.answer_batch import plan_model_calls
+    from trt_handler.planning import plan_model_calls
     from trt_handler.qa.batching import bucket_for
 
     engine = real = 0
@@ -122,7 +122,7 @@ def account_within_buckets(batches: Sequence[Sequence[Any]], plan: Any) -> float
 
 def plans(suggested: Sequence[int]) -> Dict[str, Any]:
     """name -> (main plan, the same buckets with the other pad mode)."""
-    from trt_handler.answer_batch import BatchPlan
+    from trt_handler.planning import BatchPlan
     from trt_handler.qa.batching import uniform_buckets
 
     def pair(buckets: Sequence[int], pad_to: str = "longest") -> tuple:

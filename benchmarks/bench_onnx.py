@@ -45,7 +45,7 @@ def pin(cores: int) -> List[int]:
 
 
 def make_plan(name: str, max_batch: Optional[int]) -> Any:
-    from trt_handler.answer_batch import BatchPlan
+    from trt_handler.planning import BatchPlan
 
     if name == "padded":
         return BatchPlan.for_buckets((384,), max_batch, pad_to="bucket")
@@ -71,9 +71,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cores = pin(args.threads)
 
     from benchmarks.bench_inflation import question_windows
-    from trt_handler.answer_batch import plan_model_calls, run_model_calls
+    from trt_handler.answer_batch import run_model_calls
     from trt_handler.backends.handlers import OnnxRuntimeQAHandler
     from trt_handler.engines.export import resolve_model_bundle
+    from trt_handler.planning import plan_model_calls
 
     bundle = resolve_model_bundle(args.model, args.cache_dir)
     windows: List[Any] = []

@@ -120,7 +120,8 @@ def main(argv: Sequence[str] | None = None) -> None:
               api="extract_answers, 64 questions a call")
 
     from benchmarks.bench_inflation import beam_batches
-    from trt_handler.answer_batch import BatchPlan, PlannedRunner, answer_batch
+    from trt_handler.answer_batch import PlannedRunner, answer_batch
+    from trt_handler.planning import BatchPlan
     from trt_handler.qa.types import QuestionWindows
 
     plan = BatchPlan.for_buckets()
@@ -151,7 +152,7 @@ class FreeRunner:
         self._start = rng.normal(size=(rows, seq)).astype(np.float32)
         self._end = rng.normal(size=(rows, seq)).astype(np.float32)
 
-    def run(self, batch):  # type: ignore[no-untyped-def]
+    def run(self, batch, profile: int = 0):  # type: ignore[no-untyped-def]
         b, s = batch.shape
         return self._start[:b, :s], self._end[:b, :s]
 

@@ -40,7 +40,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from benchmarks.bench_gpu import squad_examples
     from tests.serving_helpers import EchoRunner
-    from trt_handler.answer_batch import BatchPlan, PlannedRunner, batches_of
+    from trt_handler.answer_batch import PlannedRunner, batches_of
+    from trt_handler.planning import BatchPlan
     from trt_handler.qa.types import QuestionWindows, WindowLogits
     from trt_handler.qa.windows import WindowMaker, load_tokenizer
     from trt_handler.serving import ServerOptions
@@ -89,7 +90,7 @@ class _FullPlanEcho:
         from types import SimpleNamespace
 
         from tests.serving_helpers import EchoRunner
-        from trt_handler.answer_batch import BatchPlan
+        from trt_handler.planning import BatchPlan
 
         return SimpleNamespace(runner=EchoRunner(), plan=BatchPlan.for_buckets())
 

@@ -49,9 +49,10 @@ def pick_examples(examples: Sequence[Any], windows: Sequence[Any], limit: int, m
 def run_logits(windows: Sequence[Any], bundle: str, buckets: Sequence[int], batch: int, pad_to: str,
                threads: Optional[int], batch_windows: int = 256) -> Tuple[Dict[Key, Any], Dict[str, Any]]:
     """Logits of every window on ONNX Runtime, planned by ``answer_batch`` with these buckets."""
-    from trt_handler.answer_batch import BatchPlan, plan_model_calls, run_model_calls
+    from trt_handler.answer_batch import run_model_calls
     from trt_handler.backends.onnx_runner import OnnxRunner
     from trt_handler.engines.export import bundle_onnx_path
+    from trt_handler.planning import BatchPlan, plan_model_calls
 
     runner = OnnxRunner(bundle_onnx_path(bundle), intra_op_threads=threads)
     plan = BatchPlan.for_buckets(buckets, batch, pad_to=pad_to)

@@ -37,8 +37,9 @@ class TorchLoader:
     dtype: str
 
     def __call__(self) -> Any:
-        from trt_handler.answer_batch import BatchPlan, PlannedRunner
+        from trt_handler.answer_batch import PlannedRunner
         from trt_handler.backends.torch_runner import TorchRunner
+        from trt_handler.planning import BatchPlan
 
         plan = BatchPlan.for_buckets()
         runner = TorchRunner(self.model_dir, device=self.device, dtype=self.dtype)

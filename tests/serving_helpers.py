@@ -9,8 +9,8 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
-from trt_handler.answer_batch import BatchPlan
 from trt_handler.backends.handlers import OnnxRuntimeQAHandler
+from trt_handler.planning import BatchPlan
 from trt_handler.qa.types import ModelBatch
 
 
@@ -21,7 +21,7 @@ class EchoRunner:
     def __init__(self, sleep_s: float = 0.0, poison: Optional[int] = None) -> None:
         self.sleep_s, self.poison = sleep_s, poison
 
-    def run(self, batch: ModelBatch) -> Tuple[np.ndarray, np.ndarray]:
+    def run(self, batch: ModelBatch, profile: int = 0) -> Tuple[np.ndarray, np.ndarray]:
         if self.sleep_s:
             time.sleep(self.sleep_s)
         if self.poison is not None and bool((batch.input_ids == self.poison).any()):

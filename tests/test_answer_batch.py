@@ -16,15 +16,8 @@ import numpy as np
 import pytest
 
 from tests.helpers import coded_question, coded_window
-from trt_handler.answer_batch import (
-    BatchPlan,
-    ModelCall,
-    PlannedRunner,
-    answer_batch,
-    plan_model_calls,
-    run_model_calls,
-)
-from trt_handler.engines.profiles import ProfileSpec
+from trt_handler.answer_batch import PlannedRunner, answer_batch, run_model_calls
+from trt_handler.planning import BatchPlan, ModelCall, ProfileSpec, plan_model_calls
 from trt_handler.qa.answers import AnswerConfig, extract_answer
 from trt_handler.qa.types import Answer, ModelBatch, QAExample, QuestionWindows, Window
 
@@ -41,7 +34,7 @@ class EchoRunner:
         self.masks: List[np.ndarray] = []
         self._buffer = np.zeros((2, 512, 512), dtype=np.float32)
 
-    def run(self, batch: ModelBatch) -> Tuple[np.ndarray, np.ndarray]:
+    def run(self, batch: ModelBatch, profile: int = 0) -> Tuple[np.ndarray, np.ndarray]:
         b, s = batch.shape
         self.shapes.append((b, s))
         self.masks.append(batch.attention_mask.copy())
@@ -120,8 +113,8 @@ def test_too_long_windows_and_unfit_profiles_are_errors() -> None:
 
 def test_bad_runner_output_is_reported() -> None:
     class Truncating(EchoRunner):
-        def run(self, batch: ModelBatch) -> Tuple[np.ndarray, np.ndarray]:
-            start, end = super().run(batch)
+        def run(self, batch: ModelBatch, profile: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+            start, end = super().run(batch, profile)
             return start[:, :-1], end[:, :-1]
 
     with pytest.raises(RuntimeError, match=r"logits of shapes \(1, 7\).*input of shape \(1, 8\)"):
@@ -144,9 +137,9 @@ class AsyncRunner(EchoRunner):
         super().__init__(end_sign=1)
         self.log: List[str] = []
 
-    def submit(self, batch: ModelBatch) -> Pending:
+    def submit(self, batch: ModelBatch, profile: int = 0) -> Pending:
         n = len(self.shapes)
-        start, end = self.run(batch)
+        start, end = self.run(batch, profile)
         self.log.append(f"submit{n}")
         return Pending(self.log, n, (start.copy(), end.copy()))
 
@@ -168,8 +161,8 @@ def test_a_submit_runner_overlaps_the_next_call_with_the_current_one() -> None:
 
 def test_a_bad_question_fails_alone() -> None:
     class NanForOne(EchoRunner):
-        def run(self, batch: ModelBatch) -> Tuple[np.ndarray, np.ndarray]:
-            start, end = super().run(batch)
+        def run(self, batch: ModelBatch, profile: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+            start, end = super().run(batch, profile)
             start, end = start.copy(), end.copy()
             start[batch.input_ids == 1000 + 4] = np.nan  # token 4 of every window 0
             return start, end

@@ -1,7 +1,8 @@
 """The rooms of the code and which way their imports point (read from the source with ``ast``, so
 function-level imports count too).
 
-Layers, lowest first: ``trt_handler.qa`` (the QA core) < ``trt_handler.engines`` (build, cache,
+Layers, lowest first: ``trt_handler.qa`` (the QA core) < ``trt_handler.planning`` (profiles and the one
+planner) < ``trt_handler.engines`` (build, cache,
 session, CUDA, library, sidecar, export) < ``trt_handler.answer_batch`` < ``trt_handler.serving`` (the
 per-GPU inference server) < ``trt_handler.backends``
 (runners and RunInference handlers) < the tools ``trt_handler.evaluate`` / ``trt_handler.gpu_check``
@@ -18,13 +19,14 @@ from typing import Dict, List, Set
 REPO = Path(__file__).resolve().parents[1]
 LAYERS = [
     ("trt_handler.qa", 0),
-    ("trt_handler.engines", 1),
-    ("trt_handler.answer_batch", 2),
-    ("trt_handler.serving", 3),
-    ("trt_handler.backends", 4),
-    ("trt_handler.evaluate", 5),
-    ("trt_handler.gpu_check", 5),
-    ("pipelines", 6),
+    ("trt_handler.planning", 1),
+    ("trt_handler.engines", 2),
+    ("trt_handler.answer_batch", 3),
+    ("trt_handler.serving", 4),
+    ("trt_handler.backends", 5),
+    ("trt_handler.evaluate", 6),
+    ("trt_handler.gpu_check", 6),
+    ("pipelines", 7),
 ]
 
 
@@ -129,4 +131,4 @@ def test_the_checks_catch_what_they_are_for(tmp_path: Path) -> None:
     src.write_text("def f():\n    from trt_handler.backends.handlers import QAHandler\n    return QAHandler\n")
     known = set(_modules())
     graph = {"trt_handler.qa.answers": _imports(src, known)}
-    assert upward_imports(graph) == ["trt_handler.qa.answers (layer 0) imports trt_handler.backends.handlers (layer 4)"]
+    assert upward_imports(graph) == ["trt_handler.qa.answers (layer 0) imports trt_handler.backends.handlers (layer 5)"]

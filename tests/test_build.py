@@ -46,8 +46,9 @@ def _has_gpu() -> bool:
 
 def _code_version() -> str:
     h = hashlib.sha256()
-    for name in ("build.py", "library.py", "cache.py", "calibration.py", "profiles.py", "sidecar.py"):
-        h.update((REPO / "trt_handler" / "engines" / name).read_bytes())
+    for name in ("engines/build.py", "engines/library.py", "engines/cache.py", "engines/calibration.py",
+                 "planning.py", "engines/sidecar.py"):
+        h.update((REPO / "trt_handler" / name).read_bytes())
     return h.hexdigest()[:10]
 
 
@@ -400,7 +401,7 @@ def test_version_compatible_build_sets_both_flags_and_the_sidecar_says_so(
 
 
 def test_token_budget_plan_defaults_keep_the_budget() -> None:
-    from trt_handler.engines.profiles import token_budget_profiles
+    from trt_handler.planning import token_budget_profiles
     from trt_handler.qa.batching import DEFAULT_BUCKETS
 
     plan = token_budget_profiles()
@@ -413,7 +414,7 @@ def test_token_budget_plan_defaults_keep_the_budget() -> None:
 
 
 def test_token_budget_plan_from_window_lengths() -> None:
-    from trt_handler.engines.profiles import token_budget_profiles
+    from trt_handler.planning import token_budget_profiles
 
     lengths = [40] * 50 + [100] * 30 + [250] * 20
     plan = token_budget_profiles(lengths, token_budget=64 * 256, count=3, max_seq=256)
@@ -424,8 +425,8 @@ def test_token_budget_plan_from_window_lengths() -> None:
 def test_cli_data_plan_reaches_the_sidecar(shared_onnx: Path, tmp_path: Path) -> None:
     """A real TensorRT-RTX build whose profiles come from SQuAD window lengths and a token budget."""
     from trt_handler.engines.build_cli import window_lengths
-    from trt_handler.engines.profiles import ProfileSpec
     from trt_handler.engines.sidecar import read_engine_profiles
+    from trt_handler.planning import ProfileSpec
     from trt_handler.qa.batching import suggest_buckets
 
     data = REPO / "samples" / "squad_sample.jsonl"

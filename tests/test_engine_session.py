@@ -28,7 +28,6 @@ import pytest
 from tests.helpers import GPU_SKIP, needs_gpu, run_threads
 from trt_handler.engines import cuda_runtime as cr
 from trt_handler.engines.library import engine_validity
-from trt_handler.engines.profiles import ProfileSpec, profiles_for_buckets
 from trt_handler.engines.session import (
     EngineCompatibilityError,
     EngineIOError,
@@ -41,6 +40,7 @@ from trt_handler.engines.session import (
     select_profile,
     validate_io,
 )
+from trt_handler.planning import ProfileSpec, choose_profile, profiles_for_buckets
 from trt_handler.qa.types import INPUT_NAMES, OUTPUT_NAMES, ModelBatch
 
 HAS_RTX = importlib.util.find_spec("tensorrt_rtx") is not None
@@ -315,26 +315,28 @@ def test_session_reports_profiles_and_max_batch() -> None:
     assert session._pool._created == [2, 2, 2] and len(slots) == 6
 
 
-def test_session_runs_the_given_shape_on_the_chosen_profile() -> None:
+def test_session_runs_the_given_shape_on_the_given_profile() -> None:
     session, shapes, _ = _echo_session()
     batch = _batch(64, 200)
-    start, end = session.run(batch)
+    start, end = session.run(batch, 1)
     assert start.dtype == np.float32 and start.shape == (64, 200)
     np.testing.assert_array_equal(start, batch.input_ids + 1000.0)  # profile 1 (129-256)
     np.testing.assert_array_equal(end, batch.token_type_ids)
     assert shapes == [(1, 64, 200)]  # one run, unsplit
 
 
-def test_session_does_not_split_a_batch_no_profile_takes() -> None:
+def test_session_does_not_split_or_rechoose_a_batch_its_profile_does_not_take() -> None:
     session, shapes, _ = _echo_session()
-    with pytest.raises(ValueError, match=r"no optimization profile accepts shape \[65, 200\]"):
-        session.run(_batch(65, 200))  # splitting is the batch planner's job, not the session's
+    with pytest.raises(ValueError, match=r"optimization profile 1 does not accept shape \[65, 200\]"):
+        session.run(_batch(65, 200), 1)  # splitting is the batch planner's job, not the session's
+    with pytest.raises(ValueError, match=r"optimization profile 0 does not accept shape \[2, 200\]"):
+        session.run(_batch(2, 200), 0)  # nor is choosing the profile
     assert shapes == [] and session.stats()["runs"] == 0
 
 
 def test_session_does_not_pad_small_batches() -> None:
     session, shapes, _ = _echo_session()
-    session.run(_batch(3, 17))
+    session.run(_batch(3, 17), 0)
     assert shapes == [(0, 3, 17)]
 
 
@@ -342,11 +344,11 @@ def test_session_rejects_malformed_batches() -> None:
     session, _, _ = _echo_session()
     good = _batch(2, 8)
     with pytest.raises(ValueError, match="attention_mask must be"):
-        session.run(ModelBatch(good.input_ids, good.attention_mask[:, :4], good.token_type_ids))
+        session.run(ModelBatch(good.input_ids, good.attention_mask[:, :4], good.token_type_ids), 0)
     with pytest.raises(ValueError, match="must hold integers"):
-        session.run(ModelBatch(good.input_ids.astype(np.float32), good.attention_mask, good.token_type_ids))
-    with pytest.raises(ValueError, match=r"no optimization profile accepts shape \[2, 400\]"):
-        session.run(_batch(2, 400))
+        session.run(ModelBatch(good.input_ids.astype(np.float32), good.attention_mask, good.token_type_ids), 0)
+    with pytest.raises(ValueError, match=r"optimization profile 2 does not accept shape \[2, 400\]"):
+        session.run(_batch(2, 400), 2)
 
 
 def test_session_run_from_many_threads() -> None:
@@ -357,8 +359,8 @@ def test_session_run_from_many_threads() -> None:
         for i in range(20):
             b, s = rng.randint(1, 64), rng.choice([5, 128, 129, 256, 384])
             batch = _batch(b, s, seed * 100 + i)
-            start, end = session.run(batch)
             profile = 0 if s <= 128 else 1 if s <= 256 else 2
+            start, end = session.run(batch, profile)
             np.testing.assert_array_equal(start, batch.input_ids + 1000.0 * profile)
             np.testing.assert_array_equal(end, batch.token_type_ids)
 
@@ -369,11 +371,11 @@ def test_session_run_from_many_threads() -> None:
 def test_session_close_is_final_and_idempotent() -> None:
     session, _, slots = _echo_session()
     with session:
-        session.run(_batch(1, 4))
+        session.run(_batch(1, 4), 0)
     assert all(slot.closed for slot in slots)
     session.close()
     with pytest.raises(RuntimeError, match="closed"):
-        session.run(_batch(1, 4))
+        session.run(_batch(1, 4), 0)
 
 
 def test_session_argument_checks() -> None:
@@ -432,10 +434,10 @@ def test_stats_count_runs_and_the_wait_for_a_context() -> None:
     session = EngineSession.from_engine(FakeEngine(), slot_factory=lambda e, p, spec: SlowSlot(p, spec, shapes),
                                         contexts_per_profile=1, max_contexts_per_profile=1)
     assert session.stats() == {"runs": 0, "context_wait_us": 0, "max_context_wait_us": 0}
-    session.run(_batch(2, 8))
+    session.run(_batch(2, 8), 0)
     alone = session.stats()
     assert alone["runs"] == 1 and alone["context_wait_us"] < 40_000  # an idle context: no real wait
-    run_threads(lambda seed: session.run(_batch(2, 8, seed)), 4, timeout=60)  # one context, four threads
+    run_threads(lambda seed: session.run(_batch(2, 8, seed), 0), 4, timeout=60)  # one context, four threads
     after = session.stats()
     assert after["runs"] == 5
     # the three threads that queued behind a 50 ms run waited about 50, 100 and 150 ms
@@ -515,8 +517,9 @@ def test_pool_waits_for_the_busy_profile_instead_of_failing(refuse_by: str, capl
         for i in range(15):
             s = rng.choice([64, 200, 300])
             batch = _batch(4, s, seed * 100 + i)
-            start, _ = session.run(batch)  # never fails: waits for the profile's one context
-            np.testing.assert_array_equal(start, batch.input_ids + 1000.0 * (0 if s <= 128 else 1 if s <= 256 else 2))
+            profile = 0 if s <= 128 else 1 if s <= 256 else 2
+            start, _ = session.run(batch, profile)  # never fails: waits for the profile's one context
+            np.testing.assert_array_equal(start, batch.input_ids + 1000.0 * profile)
 
     with caplog.at_level("WARNING", logger="trt_handler.engines.session"):
         run_threads(work, 6, timeout=120)
@@ -756,7 +759,7 @@ def test_engine_session_on_the_gpu_from_many_threads() -> None:
             for i in range(25):
                 b, s = rng.randint(1, 16), rng.randint(1, 128)  # the profiles' max batch: 16
                 batch = _batch(b, s, seed * 1000 + i)
-                start, end = session.run(batch)
+                start, end = session.run(batch, choose_profile(session.profiles, s, b))
                 if not (np.array_equal(_bits(start), batch.input_ids) and np.array_equal(_bits(end), batch.token_type_ids)):
                     raise AssertionError(f"thread {seed}: wrong logits for [{b}, {s}]")
 

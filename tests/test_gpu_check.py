@@ -17,7 +17,7 @@ import pytest
 
 from trt_handler import gpu_check
 from trt_handler.engines import cuda_runtime as cr
-from trt_handler.engines.profiles import ProfileSpec, profiles_for_buckets
+from trt_handler.planning import ProfileSpec, profiles_for_buckets
 from trt_handler.qa.types import ModelBatch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,7 +77,7 @@ def test_missing_files_are_named(capsys: pytest.CaptureFixture[str], tmp_path: P
 class Reference:
     """Deterministic stand-in logits: a fixed function of the token ids."""
 
-    def run(self, batch: ModelBatch) -> tuple[np.ndarray, np.ndarray]:
+    def run(self, batch: ModelBatch, profile: int = 0) -> tuple[np.ndarray, np.ndarray]:
         ids = batch.input_ids.astype(np.float32)
         return np.sin(ids * 0.37) * 5, np.cos(ids * 0.11) * 5
 
@@ -91,9 +91,9 @@ class ScaledSession(Reference):
     def __init__(self) -> None:
         self.shapes: list[tuple[int, int]] = []
 
-    def run(self, batch: ModelBatch) -> tuple[np.ndarray, np.ndarray]:
+    def run(self, batch: ModelBatch, profile: int = 0) -> tuple[np.ndarray, np.ndarray]:
         self.shapes.append(batch.shape)
-        start, end = super().run(batch)
+        start, end = super().run(batch, profile)
         return start * 1.001, end * 1.001
 
 

@@ -25,7 +25,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from tests.gcs_emulator import gcs_emulator  # noqa: F401  (pytest fixture)
 from tests.helpers import coded_question, coded_window
-from trt_handler.answer_batch import BatchPlan, PlannedRunner, answer_batch
+from trt_handler.answer_batch import PlannedRunner, answer_batch
 from trt_handler.backends.handlers import (
     METRICS_NAMESPACE,
     OnnxRuntimeQAHandler,
@@ -36,7 +36,7 @@ from trt_handler.backends.handlers import (
 )
 from trt_handler.backends.onnx_runner import OnnxRunner
 from trt_handler.engines.export import BUNDLE_ONNX, export_random_bert, resolve_model_bundle
-from trt_handler.engines.profiles import ProfileSpec, profiles_for_buckets
+from trt_handler.planning import BatchPlan, ProfileSpec, profiles_for_buckets
 from trt_handler.qa.batching import DEFAULT_BUCKETS
 from trt_handler.qa.types import Answer, ModelBatch, QAExample, QuestionWindows
 
@@ -64,7 +64,7 @@ class FakeSession:
         """A method, so the shapes are readable through Beam's cross-process proxy too."""
         return list(self.shapes)
 
-    def run(self, batch: ModelBatch) -> Tuple[np.ndarray, np.ndarray]:
+    def run(self, batch: ModelBatch, profile: int = 0) -> Tuple[np.ndarray, np.ndarray]:
         b, s = batch.shape
         self.shapes.append((b, s))
         self._buffer[0, :b, :s] = batch.input_ids

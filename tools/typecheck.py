@@ -29,7 +29,7 @@ STRICT_MODULES: tuple[str, ...] = (
     "trt_handler/engines/build_cli.py",
     "trt_handler/engines/calibration.py",
     "trt_handler/engines/sidecar.py",
-    "trt_handler/engines/profiles.py",
+    "trt_handler/planning.py",
     "trt_handler/engines/cache.py",
     "trt_handler/engines/library.py",
     "trt_handler/backends/handlers.py",

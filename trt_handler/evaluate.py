@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from trt_handler.answer_batch import BatchPlan, PlannedRunner, answer_batch, batches_of
+from trt_handler.answer_batch import PlannedRunner, answer_batch, batches_of
+from trt_handler.planning import BatchPlan
 from trt_handler.qa.answers import AnswerConfig
 from trt_handler.qa.types import Answer, QAExample, QuestionWindows
 from trt_handler.qa.windows import WindowMaker, load_tokenizer

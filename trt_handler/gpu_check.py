@@ -22,16 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from trt_handler.answer_batch import (
-    BatchPlan,
-    PlannedRunner,
-    Runner,
-    answer_batch,
-    batches_of,
-    plan_model_calls,
-    run_model_calls,
-)
+from trt_handler.answer_batch import PlannedRunner, Runner, answer_batch, batches_of, run_model_calls
 from trt_handler.engines import cuda_runtime
+from trt_handler.planning import BatchPlan, plan_model_calls
 from trt_handler.qa.types import Answer, QAExample, QuestionWindows
 
 EXIT_OK, EXIT_FAILED, EXIT_MISSING, EXIT_INCOMPATIBLE = 0, 1, 2, 3

@@ -22,18 +22,10 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from trt_handler.answer_batch import (
-    DEFAULT_BATCH_WINDOWS,
-    BatchPlan,
-    ModelCall,
-    PlannedRunner,
-    Runner,
-    WindowModel,
-    answer_batch,
-)
+from trt_handler.answer_batch import DEFAULT_BATCH_WINDOWS, PlannedRunner, Runner, WindowModel, answer_batch
 from trt_handler.engines.export import BUNDLE_META, BUNDLE_ONNX
-from trt_handler.engines.profiles import DEFAULT_TOKEN_BUDGET
 from trt_handler.engines.sidecar import read_engine_profiles, read_sidecar
+from trt_handler.planning import DEFAULT_TOKEN_BUDGET, BatchPlan, ModelCall
 from trt_handler.qa.answers import AnswerConfig, Provenance, with_provenance
 from trt_handler.qa.batching import DEFAULT_BUCKETS
 from trt_handler.qa.types import QuestionWindows

@@ -62,8 +62,9 @@ class OnnxRunner:
             raise ValueError(f"ONNX Runtime cannot load {source}: {e}; {_REEXPORT}") from e
         _check_model_io(self._session.get_inputs(), self._session.get_outputs(), source)
 
-    def run(self, batch: ModelBatch) -> Tuple[np.ndarray, np.ndarray]:
-        """Start and end logits, float32 [B, S], for a padded int32 batch."""
+    def run(self, batch: ModelBatch, profile: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+        """Start and end logits, float32 [B, S], for a padded int32 batch (any shape: ``profile``, the
+        planner's choice, changes nothing)."""
         feed = {k: np.ascontiguousarray(v, dtype=np.int32) for k, v in batch.as_feed().items()}
         start, end = self._session.run(list(OUTPUT_NAMES), feed)
         return np.asarray(start, dtype=np.float32), np.asarray(end, dtype=np.float32)

@@ -145,8 +145,9 @@ class TorchRunner:
         out = self._model(input_ids=ids, attention_mask=mask, token_type_ids=types, return_dict=True)
         return self._torch.stack((out.start_logits, out.end_logits)).float()
 
-    def submit(self, batch: ModelBatch) -> Pending:
-        """Queue ``batch`` on this thread's stream; ``.result()`` gives ``(start, end)``."""
+    def submit(self, batch: ModelBatch, profile: int = 0) -> Pending:
+        """Queue ``batch`` on this thread's stream; ``.result()`` gives ``(start, end)``. A PyTorch
+        model takes any shape: ``profile`` (the planner's choice) changes nothing."""
         if self._closed:
             raise RuntimeError("TorchRunner is closed")
         b, s = _check_batch(batch, self.max_positions)
@@ -172,9 +173,9 @@ class TorchRunner:
         # host_in stays referenced until the event (PyTorch's caching host allocator guards it too)
         return Pending(event=event, host=host_out, keep=(host_in, dev_in, logits))
 
-    def run(self, batch: ModelBatch) -> Logits:
+    def run(self, batch: ModelBatch, profile: int = 0) -> Logits:
         """``(start_logits, end_logits)``, float32 numpy ``[B, S]``; waits for this batch only."""
-        return self.submit(batch).result()
+        return self.submit(batch, profile).result()
 
     def warm_up(self, shapes: Iterable[Tuple[int, int]]) -> None:
         """Run each ``(batch, seq)`` once (kernel selection, allocator pools) and wait for all."""

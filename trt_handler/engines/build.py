@@ -38,8 +38,8 @@ from trt_handler.engines.library import (
     local_gpu,
     make_logger,
 )
-from trt_handler.engines.profiles import DEFAULT_TOKEN_BUDGET, ProfileSpec, profiles_for_buckets, token_budget_profiles
 from trt_handler.engines.sidecar import atomic_write
+from trt_handler.planning import DEFAULT_TOKEN_BUDGET, ProfileSpec, profiles_for_buckets, token_budget_profiles
 from trt_handler.qa.batching import DEFAULT_BUCKETS, validate_buckets
 from trt_handler.qa.types import INPUT_NAMES, OUTPUT_NAMES
 

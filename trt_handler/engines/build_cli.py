@@ -20,7 +20,7 @@ from pathlib import Path
 from trt_handler.engines.build import PRECISIONS, BuildOptions, build_serialized, write_engine_files
 from trt_handler.engines.calibration import squad_windows
 from trt_handler.engines.library import LIBRARIES
-from trt_handler.engines.profiles import DEFAULT_TOKEN_BUDGET, token_budget_profiles
+from trt_handler.planning import DEFAULT_TOKEN_BUDGET, token_budget_profiles
 from trt_handler.qa.batching import DEFAULT_BUCKETS
 
 __all__ = ["BERT_LARGE", "main", "tokenizer_from_vocab", "window_lengths"]

@@ -13,8 +13,8 @@ from types import ModuleType
 from typing import Any
 
 from trt_handler.engines.library import library_version
-from trt_handler.engines.profiles import ProfileSpec
 from trt_handler.engines.sidecar import atomic_write
+from trt_handler.planning import ProfileSpec
 from trt_handler.qa.batching import pad_windows
 from trt_handler.qa.types import ModelBatch, Window
 

@@ -1,6 +1,7 @@
 """Engine session: run a serialized TensorRT engine on QA model batches, from many threads at once.
 
-``run`` runs exactly the [B, S] it is given; fitting batches to profiles is ``trt_handler.answer_batch``'s job.
+``run`` runs exactly the [B, S] it is given on the profile it is given; fitting batches to profiles, and
+choosing them, is ``trt_handler.planning``'s job.
 Each call checks out an :class:`ExecutionSlot` (context + stream + buffers) of its profile from a
 :class:`SlotPool`, so threads never share a context. TensorRT and ``cuda.bindings`` load only with a session.
 """
@@ -27,8 +28,8 @@ from trt_handler.engines.library import (
     load_library,
     make_logger,
 )
-from trt_handler.engines.profiles import ProfileSpec, choose_profile
 from trt_handler.engines.sidecar import read_sidecar
+from trt_handler.planning import ProfileSpec
 from trt_handler.qa.types import INPUT_NAMES, OUTPUT_NAMES, ModelBatch
 
 if TYPE_CHECKING:
@@ -551,16 +552,20 @@ class EngineSession:
         """:attr:`profiles` as a method, for Beam's ``MultiProcessShared`` proxy (it forwards only methods)."""
         return self.profiles
 
-    def run(self, batch: ModelBatch) -> Logits:
+    def run(self, batch: ModelBatch, profile: int) -> Logits:
         """Start and end logits, float32 [B, S], for a padded int32 [B, S] batch. Thread-safe.
 
-        Runs exactly this shape on the profile :func:`choose_profile` picks, and raises its ValueError
-        when none accepts it. The wait for a free execution context is recorded in :meth:`stats`.
+        Runs exactly this shape on ``profile``, the one the planner chose (``planning.plan_model_calls``);
+        ValueError, naming the shape and the profile's ranges, when that profile does not accept it. The
+        wait for a free execution context is recorded in :meth:`stats`.
         """
         self._use_device()
         arrays = _batch_arrays(batch)
         b, s = (int(d) for d in arrays[0].shape)
-        profile = choose_profile(self._profiles, b, s)
+        if not 0 <= profile < len(self._profiles) or not self._profiles[profile].accepts(b, s):
+            ranges = ", ".join(f"#{i}: batch {p.min_batch}-{p.max_batch} x seq {p.min_seq}-{p.max_seq}"
+                               for i, p in enumerate(self._profiles))
+            raise ValueError(f"optimization profile {profile} does not accept shape [{b}, {s}]; profiles: {ranges}")
         t0 = time.perf_counter()
         with self._pool.checkout(profile) as slot:
             waited_us = round((time.perf_counter() - t0) * 1e6)

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Dict, List, Optional
 
-from trt_handler.engines.profiles import ProfileSpec
+from trt_handler.planning import ProfileSpec
 
 __all__ = [
     "SidecarError",

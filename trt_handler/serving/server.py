@@ -35,7 +35,7 @@ from typing import Any, Callable, Deque, Dict, List, NamedTuple, Optional, Seque
 
 import numpy as np
 
-from trt_handler.answer_batch import BatchPlan, ModelCall, check_logits_shape, pad_call, plan_model_calls
+from trt_handler.planning import BatchPlan, ModelCall, check_logits_shape, pad_call, plan_model_calls
 from trt_handler.serving.options import ServerOptions
 from trt_handler.serving.shm import RequestArrays, map_segment, request_arrays
 
