@@ -1,4 +1,12 @@
-"""Answer questions from Pub/Sub as they arrive (streaming Beam pipeline, Dataflow streaming engine).
+"""Answer questions from Pub/Sub as they arrive (streaming Beam pipeline; DirectRunner locally, Dataflow on GCP).
+
+Locally (Google's Pub/Sub emulator, PUBSUB_EMULATOR_HOST set; runs until Ctrl-C or SIGTERM):
+
+    python -m pipelines.qa_streaming --subscription projects/local-qa/subscriptions/questions \\
+        --topic projects/local-qa/topics/answers --rejected-topic projects/local-qa/topics/rejected \\
+        --model models/minilm-l6-squad2
+
+On Dataflow (submits the job and returns; --wait waits for it to end):
 
     python -m pipelines.qa_streaming --subscription projects/P/subscriptions/S \\
         --topic projects/P/topics/answers --rejected-topic projects/P/topics/rejected \\
@@ -8,30 +16,59 @@
 Each message is one JSON question ``{id, question, context}``. Answers go to ``--topic`` (JSON
 messages) and/or ``--bigquery-table``; dead letters to ``--rejected-topic`` and/or
 ``--bigquery-rejected-table``. The graph is the batch pipeline's, but every message is its own
-request: two messages that reuse an id get an answer each.
+request: two messages that reuse an id get an answer each. A local run acks each message when it
+pulls it: messages in flight when it is stopped are lost (docs/streaming.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
+import signal
 import sys
-from typing import Any, Optional, Sequence
+import threading
+import time
+from typing import Any, Dict, List, Optional, Sequence
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 
-from pipelines.options import QASettings, add_qa_arguments, new_parser, settings_or_exit, split_argv
-from pipelines.transforms import AnswerQuestions, QAOutputs, answer_json, rejection_json, write_to_bigquery
+from pipelines.options import QASettings, add_qa_arguments, new_parser, seconds, settings_or_exit, split_argv
+from pipelines.qa_batch import _LOCAL_RUNNERS, summary_line
+from pipelines.records import reason_code
+from pipelines.transforms import AnswerQuestions, QAOutputs, answer_json, rejection_json, report_progress, write_to_bigquery
+
+LOGGER = logging.getLogger(__name__)
+
+__all__ = ["build_parser", "build_pipeline", "is_local", "main", "parse_args", "run"]
+
+# The batching timer where the runner fires it promptly (Dataflow). The DirectRunner runs everything on
+# one thread that blocks up to 30 s in each Pub/Sub pull, so a timer there fires only when the next
+# message arrives: locally the default is no timer (each pull's messages, up to 10, are one batch).
+REMOTE_BATCH_DURATION_SECS = 1.0
+# How long a local stop waits for the questions already read to be answered or dead-lettered.
+DRAIN_SECS = 10.0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser, io = new_parser("python -m pipelines.qa_streaming", __doc__)
-    io.add_argument("--subscription", required=True, help="Pub/Sub subscription to read questions from")
+    io.add_argument("--subscription", required=True,
+                    help="Pub/Sub subscription to read questions from (projects/P/subscriptions/S)")
     io.add_argument("--topic", default=None, help="Pub/Sub topic for answers (JSON)")
-    io.add_argument("--rejected-topic", default=None, help="Pub/Sub topic for dead letters (JSON with reason and raw)")
-    io.add_argument("--max-batch-duration-secs", type=float, default=1.0,
-                    help="longest RunInference waits to fill a batch (default 1.0)")
+    io.add_argument("--rejected-topic", default=None,
+                    help="Pub/Sub topic for dead letters (JSON: reason, raw text up to 120,000 characters, its "
+                         "length and sha256)")
+    io.add_argument("--wait", action="store_true",
+                    help="Dataflow: wait until the job ends (Ctrl-C stops waiting, the job keeps running); without "
+                         "it the command returns once the job is submitted. Local runs always run until stopped")
+    io.add_argument("--progress-every", type=seconds, default=30.0, metavar="SECS",
+                    help="local runs: print read / answered / rejected on stderr every SECS seconds; 0 = off "
+                         "(default 30)")
+    io.add_argument("--max-batch-duration-secs", type=seconds, default=None, metavar="SECS",
+                    help="longest RunInference waits to fill a batch (Beam's timer); 0 = no timer, each bundle "
+                         f"is batched as it comes. Default: {REMOTE_BATCH_DURATION_SECS:g} on Dataflow, 0 locally "
+                         "(the DirectRunner fires the timer only when the next message arrives)")
     io.add_argument("--watch-model", default=None, metavar="PATTERN",
                     help="swap models without a restart: a file pattern (local or gs://) of ONNX files "
                          "(BUNDLE/model.onnx, --backend onnx) or engines (--backend tensorrt) watched with Beam's "
@@ -58,8 +95,11 @@ def build_pipeline(
 
         model_metadata = messages.pipeline | "WatchModel" >> WatchFilePattern(
             file_pattern=args.watch_model, interval=args.watch_interval_secs)
+    messages = messages | "CountRead" >> beam.Map(functools.partial(LocalCounts.add, "records_read"))
     out = messages | "AnswerQuestions" >> AnswerQuestions(settings, handler, unique_ids=False,
                                                           model_metadata=model_metadata)
+    out = QAOutputs(out.answers | "CountAnswered" >> beam.Map(functools.partial(LocalCounts.add, "answered")),
+                    out.rejected | "CountRejected" >> beam.Map(LocalCounts.rejected))
     if args.topic:  # UTF-8 JSON message bodies
         answers = out.answers | "AnswerMessages" >> beam.Map(lambda pair: answer_json(pair, settings.top_k).encode())
         _ = answers | "PublishAnswers" >> beam.io.WriteToPubSub(args.topic)
@@ -70,31 +110,167 @@ def build_pipeline(
     return out
 
 
+def is_local(beam_args: Sequence[str]) -> bool:
+    """Whether these Beam options run the pipeline in this process (DirectRunner, the default)."""
+    return PipelineOptions(list(beam_args)).view_as(StandardOptions).runner in _LOCAL_RUNNERS
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> tuple:
-    """(args, settings, beam_args); refuses a job whose answers or dead letters would go nowhere."""
+    """(args, settings, beam_args); refuses a job whose answers or dead letters would go nowhere, and
+    bad batching flags, each with one line."""
     parser = build_parser()
     args, beam_args = split_argv(parser, argv)
     if not (args.topic or args.bigquery_table):
         parser.error("answers need a sink: --topic or --bigquery-table")
     if not (args.rejected_topic or args.bigquery_rejected_table):
         parser.error("dead letters need a sink: --rejected-topic or --bigquery-rejected-table")
-    if args.watch_interval_secs <= 0:
+    if not args.watch_interval_secs > 0:
         parser.error("--watch-interval-secs must be positive")
+    local = is_local(beam_args)
+    if args.max_batch_duration_secs is None:
+        args.max_batch_duration_secs = 0.0 if local else REMOTE_BATCH_DURATION_SECS
+    elif local and args.max_batch_duration_secs > 0:
+        LOGGER.warning("--max-batch-duration-secs %g on the DirectRunner: its timer fires only when the next "
+                       "Pub/Sub pull returns (up to 30 s when idle), so answers at a trickle wait that long; "
+                       "leave it out (0) for prompt answers", args.max_batch_duration_secs)
+    # 0 = no timer (the handler's per-bundle batching)
+    args.max_batch_duration_secs = args.max_batch_duration_secs or None
     settings = settings_or_exit(parser, args)
-    logging.getLogger(__name__).info("%s", settings.threshold_note())
+    LOGGER.info("%s", settings.threshold_note())
     return args, settings, beam_args
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+class LocalCounts:
+    """What this process's pipeline has read, answered and dead-lettered (by reason): the summary and the
+    stop's drain of a local run read it (the DirectRunner's streaming metrics lose updates)."""
+
+    _lock = threading.Lock()
+    _counts: Dict[str, int] = {}
+
+    @classmethod
+    def add(cls, name: str, element: Any = None) -> Any:
+        with cls._lock:
+            cls._counts[name] = cls._counts.get(name, 0) + 1
+        return element
+
+    @classmethod
+    def rejected(cls, rejection: Any) -> Any:
+        cls.add(f"rejected.{reason_code(rejection)}")
+        return cls.add("rejected", rejection)
+
+    @classmethod
+    def snapshot(cls) -> Dict[str, int]:
+        with cls._lock:
+            return dict(cls._counts)
+
+    @classmethod
+    def clear(cls) -> None:
+        with cls._lock:
+            cls._counts.clear()
+
+    @classmethod
+    def in_flight(cls) -> int:
+        c = cls.snapshot()
+        return c.get("records_read", 0) - c.get("answered", 0) - c.get("rejected", 0)
+
+
+def _stop_signals(stop: threading.Event) -> List[int]:
+    """SIGINT and SIGTERM set ``stop`` (the first of them is recorded); returns that record."""
+    got: List[int] = []
+
+    def handler(signum: int, _frame: Any) -> None:
+        got.append(signum)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
+    return got
+
+
+def run_local(p: beam.Pipeline, args: argparse.Namespace, stop: Optional[threading.Event] = None,
+              drain_secs: float = DRAIN_SECS) -> int:
+    """Run ``p`` on the DirectRunner until SIGINT / SIGTERM, ``stop`` is set, or it fails: 0 when stopped,
+    3 when it failed. On stop, questions already read get ``drain_secs`` to finish, then a summary line."""
+    stop = stop or threading.Event()
+    signals = _stop_signals(stop) if threading.current_thread() is threading.main_thread() else []
+    failure: List[BaseException] = []
+    LocalCounts.clear()
+    t0 = time.perf_counter()
+    with report_progress(args.progress_every):
+        result = p.run()
+
+        def wait() -> None:
+            try:
+                result.wait_until_finish()
+            except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+                failure.append(exc)
+            finally:
+                stop.set()
+
+        threading.Thread(target=wait, name="qa-streaming-wait", daemon=True).start()
+        print(f"streaming: reading {args.subscription}; answers to {args.topic or args.bigquery_table}, dead letters "
+              f"to {args.rejected_topic or args.bigquery_rejected_table}. Ctrl-C or SIGTERM stops.",
+              file=sys.stderr, flush=True)
+        stop.wait()
+        deadline = time.monotonic() + drain_secs
+        while not failure and LocalCounts.in_flight() > 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    seconds_run = time.perf_counter() - t0
+    counts = LocalCounts.snapshot()
+    # The DirectRunner's cancel waits for its one thread, which may sit up to 30 s in a Pub/Sub pull.
+    threading.Thread(target=result.cancel, name="qa-streaming-cancel", daemon=True).start()
+    if failure:
+        text = " ".join(str(failure[0]).split())
+        print(f"error: the streaming pipeline failed: {type(failure[0]).__name__}: {text[:600]}"
+              f"{' ...' if len(text) > 600 else ''}", file=sys.stderr)
+    why = f"stopped by {signal.Signals(signals[0]).name}" if signals else "stopped"
+    print(f"{why}: {summary_line(counts, seconds_run)}", flush=True)
+    lost = LocalCounts.in_flight()
+    if lost > 0:
+        print(f"warning: {lost} messages read but not answered when the run stopped are lost (the DirectRunner acks "
+              "each message when it pulls it); publish them again", file=sys.stderr, flush=True)
+    return 3 if failure else 0
+
+
+def run_remote(p: beam.Pipeline, args: argparse.Namespace, options: PipelineOptions) -> int:
+    """Submit ``p`` (Dataflow) and return, or with ``--wait`` wait until the job ends."""
+    result = p.run()
+    job_id = result.job_id() if callable(getattr(result, "job_id", None)) else None
+    gcp = options.view_as(GoogleCloudOptions)
+    if gcp.template_location:
+        print(f"wrote the Dataflow template {gcp.template_location} (no job was run)")
+        return 0
+    print(f"submitted the streaming job {job_id}: it runs until drained or cancelled "
+          f"(gcloud dataflow jobs drain {job_id} --region {gcp.region})", flush=True)
+    if args.wait:
+        try:
+            state = result.wait_until_finish()
+        except KeyboardInterrupt:
+            print(f"stopped waiting; the job {job_id} keeps running", file=sys.stderr)
+            return 0
+        print(f"the job {job_id} ended: {state}")
+    return 0
+
+
+def run(argv: Optional[Sequence[str]] = None) -> int:
     args, settings, beam_args = parse_args(argv)
     options = PipelineOptions(beam_args)
     options.view_as(StandardOptions).streaming = True
     p = beam.Pipeline(options=options)
     messages = p | "ReadQuestions" >> beam.io.ReadFromPubSub(subscription=args.subscription)
     build_pipeline(messages, args, settings)
-    p.run()  # a streaming job runs until cancelled; on Dataflow this returns once it is submitted
-    return 0
+    if is_local(beam_args):
+        return run_local(p, args)
+    return run_remote(p, args, options)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        # Beam warns this every batch when its optional scipy is missing; memory metrics are all it costs.
+        handler.addFilter(lambda record: not record.getMessage().startswith("Resource module is not available"))
+    LOGGER.setLevel(logging.INFO)
+    return run(argv)
 
 
 if __name__ == "__main__":
