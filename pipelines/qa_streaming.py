@@ -25,19 +25,29 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import os
 import signal
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import apache_beam as beam
+from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 
 from pipelines.options import QASettings, add_qa_arguments, new_parser, seconds, settings_or_exit, split_argv
 from pipelines.qa_batch import _LOCAL_RUNNERS, summary_line
 from pipelines.records import reason_code
-from pipelines.transforms import AnswerQuestions, QAOutputs, answer_json, rejection_json, report_progress, write_to_bigquery
+from pipelines.transforms import (
+    AnswerQuestions,
+    QAOutputs,
+    answer_json,
+    make_handler,
+    rejection_json,
+    report_progress,
+    write_to_bigquery,
+)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -91,10 +101,15 @@ def build_pipeline(
     model), which otherwise comes from ``--watch-model`` through Beam's WatchFilePattern.
     """
     if model_metadata is None and args.watch_model:
-        from apache_beam.ml.inference.utils import WatchFilePattern
+        if is_local(messages.pipeline.options):
+            # The DirectRunner cannot run Beam's watch (below): the handler looks for new models itself.
+            handler = WatchedModelHandler(handler if handler is not None else make_handler(settings),
+                                          args.watch_model, args.watch_interval_secs)
+        else:
+            from apache_beam.ml.inference.utils import WatchFilePattern
 
-        model_metadata = messages.pipeline | "WatchModel" >> WatchFilePattern(
-            file_pattern=args.watch_model, interval=args.watch_interval_secs)
+            model_metadata = messages.pipeline | "WatchModel" >> WatchFilePattern(
+                file_pattern=args.watch_model, interval=args.watch_interval_secs)
     messages = messages | "CountRead" >> beam.Map(functools.partial(LocalCounts.add, "records_read"))
     out = messages | "AnswerQuestions" >> AnswerQuestions(settings, handler, unique_ids=False,
                                                           model_metadata=model_metadata)
@@ -110,9 +125,81 @@ def build_pipeline(
     return out
 
 
-def is_local(beam_args: Sequence[str]) -> bool:
-    """Whether these Beam options run the pipeline in this process (DirectRunner, the default)."""
-    return PipelineOptions(list(beam_args)).view_as(StandardOptions).runner in _LOCAL_RUNNERS
+def is_local(options: Union[PipelineOptions, Sequence[str]]) -> bool:
+    """Whether these Beam options (or arguments) run the pipeline in this process (DirectRunner, the default)."""
+    options = options if isinstance(options, PipelineOptions) else PipelineOptions(list(options))
+    return options.view_as(StandardOptions).runner in _LOCAL_RUNNERS
+
+
+class WatchedModelHandler(ModelHandler):
+    """``base``, re-pointed at the newest file matching ``pattern`` (local or gs://) when one appears: the
+    --watch-model of local runs. The DirectRunner cannot run Beam's WatchFilePattern in a streaming
+    pipeline (its Watch and PeriodicImpulse are splittable DoFns that runner refuses: "... was not
+    replaced as expected"), and would hold every question until a global-window side input is final.
+    So between batches, at most every ``interval`` seconds, this looks for a file modified after the
+    run started (or after the model in use) and loads it through the handler's own ``update_model_path``,
+    the path Beam's side input drives on Dataflow. Answers after the swap carry the new model id."""
+
+    def __init__(self, base: Any, pattern: str, interval: float) -> None:
+        super().__init__()
+        self._base = base
+        self._pattern = pattern
+        self._interval = interval
+        self._since = time.time()  # like WatchFilePattern: only files changed after the start count
+        self._next_check = 0.0
+        self._swapped: Any = None  # the model loaded after a swap (RunInference keeps passing the first)
+
+    def _newer_model(self) -> Optional[Any]:
+        """The newest file of the pattern changed after ``_since``, or None."""
+        from apache_beam.io.filesystems import FileSystems
+
+        matched = FileSystems.match([self._pattern])[0].metadata_list
+        fresh = [m for m in matched if m.last_updated_in_seconds > self._since]
+        return max(fresh, key=lambda m: m.last_updated_in_seconds) if fresh else None
+
+    def _maybe_swap(self) -> None:
+        if time.monotonic() < self._next_check:
+            return
+        self._next_check = time.monotonic() + self._interval
+        try:
+            newer = self._newer_model()
+        except Exception as exc:  # noqa: BLE001 - an unreadable pattern keeps the model in use
+            LOGGER.warning("--watch-model %s: %s; keeping the model in use", self._pattern, exc)
+            return
+        if newer is not None:
+            LOGGER.warning("--watch-model: loading the new model %s", newer.path)
+            self._base.update_model_path(newer.path)
+            self._swapped = self._base.load_model()
+            self._since = newer.last_updated_in_seconds
+
+    def load_model(self) -> Any:
+        return self._base.load_model()
+
+    def run_inference(self, batch: Sequence[Any], model: Any, inference_args: Optional[Dict[str, Any]] = None) -> Any:
+        self._maybe_swap()
+        return self._base.run_inference(batch, model if self._swapped is None else self._swapped, inference_args)
+
+    # Everything else is the base handler's.
+    def get_num_bytes(self, batch: Sequence[Any]) -> int:
+        return int(self._base.get_num_bytes(batch))
+
+    def get_metrics_namespace(self) -> str:
+        return str(self._base.get_metrics_namespace())
+
+    def get_resource_hints(self) -> dict:
+        return dict(self._base.get_resource_hints())
+
+    def batch_elements_kwargs(self) -> Any:
+        return self._base.batch_elements_kwargs()
+
+    def validate_inference_args(self, inference_args: Optional[Dict[str, Any]]) -> None:
+        self._base.validate_inference_args(inference_args)
+
+    def share_model_across_processes(self) -> bool:
+        return bool(self._base.share_model_across_processes())
+
+    def model_copies(self) -> int:
+        return int(self._base.model_copies())
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> tuple:
@@ -187,6 +274,31 @@ def _stop_signals(stop: threading.Event) -> List[int]:
     return got
 
 
+def lift_emulator_message_limit() -> None:
+    """Let Pub/Sub clients of this process receive messages of any size from the emulator.
+
+    google-cloud-pubsub talks to ``PUBSUB_EMULATOR_HOST`` over a plain gRPC channel with gRPC's default
+    4 MB receive limit (its channels to Google have none); a pull whose messages add up to more (Beam's
+    DirectRunner pulls up to 10 at a time, Pub/Sub takes messages up to 10 MB) then fails, and is
+    retried, forever. Channels to the emulator get no limit, like those to Google."""
+    import grpc
+
+    host = os.environ.get("PUBSUB_EMULATOR_HOST")
+    if not host or getattr(grpc.insecure_channel, "unlimited_for", None) == host:
+        return
+    plain = getattr(grpc.insecure_channel, "plain", grpc.insecure_channel)
+
+    def insecure_channel(target: str, options: Any = None, compression: Any = None) -> Any:
+        if target == host:
+            options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1),
+                       *(options or ())]
+        return plain(target, options, compression)
+
+    insecure_channel.unlimited_for = host  # type: ignore[attr-defined]
+    insecure_channel.plain = plain  # type: ignore[attr-defined]
+    grpc.insecure_channel = insecure_channel
+
+
 def run_local(p: beam.Pipeline, args: argparse.Namespace, stop: Optional[threading.Event] = None,
               drain_secs: float = DRAIN_SECS) -> int:
     """Run ``p`` on the DirectRunner until SIGINT / SIGTERM, ``stop`` is set, or it fails: 0 when stopped,
@@ -217,7 +329,9 @@ def run_local(p: beam.Pipeline, args: argparse.Namespace, stop: Optional[threadi
             time.sleep(0.1)
     seconds_run = time.perf_counter() - t0
     counts = LocalCounts.snapshot()
-    # The DirectRunner's cancel waits for its one thread, which may sit up to 30 s in a Pub/Sub pull.
+    # The DirectRunner's cancel waits for its one thread, which may sit up to 30 s in a Pub/Sub pull; that
+    # pull fails when the process exits (closed channel): nothing to report once stopped.
+    logging.getLogger("apache_beam.runners.direct.executor").setLevel(logging.CRITICAL)
     threading.Thread(target=result.cancel, name="qa-streaming-cancel", daemon=True).start()
     if failure:
         text = " ".join(str(failure[0]).split())
@@ -260,6 +374,7 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     messages = p | "ReadQuestions" >> beam.io.ReadFromPubSub(subscription=args.subscription)
     build_pipeline(messages, args, settings)
     if is_local(beam_args):
+        lift_emulator_message_limit()
         return run_local(p, args)
     return run_remote(p, args, options)
 

@@ -15,6 +15,7 @@ Pub/Sub IO, reach it through ``PUBSUB_EMULATOR_HOST``; this module refuses any o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -54,10 +55,13 @@ def free_port() -> int:
 
 def local_host() -> str:
     """``PUBSUB_EMULATOR_HOST``, which must name this machine; SystemExit otherwise."""
+    from pipelines.qa_streaming import lift_emulator_message_limit
+
     host = os.environ.get("PUBSUB_EMULATOR_HOST", "")
     if host.rsplit(":", 1)[0] not in ("127.0.0.1", "localhost"):
         raise SystemExit("set PUBSUB_EMULATOR_HOST=127.0.0.1:PORT (the emulator's address) first; "
                          f"got {host!r}. This tool talks to the local emulator only.")
+    lift_emulator_message_limit()  # pulls of several large messages
     return host
 
 
@@ -137,12 +141,10 @@ def setup(project: str = PROJECT, names: Sequence[str] = TOPICS) -> Dict[str, Di
     with subscriber:
         for name in names:
             topic, sub = topic_path(name, project), subscription_path(name, project)
-            for create in (lambda: publisher.create_topic(name=topic),
-                           lambda: subscriber.create_subscription(name=sub, topic=topic, ack_deadline_seconds=60)):
-                try:
-                    create()
-                except AlreadyExists:
-                    pass
+            with contextlib.suppress(AlreadyExists):
+                publisher.create_topic(name=topic)
+            with contextlib.suppress(AlreadyExists):
+                subscriber.create_subscription(name=sub, topic=topic, ack_deadline_seconds=10)
             paths[name] = {"topic": topic, "subscription": sub}
     return paths
 
