@@ -30,7 +30,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler
@@ -57,8 +57,10 @@ __all__ = ["build_parser", "build_pipeline", "is_local", "main", "parse_args", "
 # one thread that blocks up to 30 s in each Pub/Sub pull, so a timer there fires only when the next
 # message arrives: locally the default is no timer (each pull's messages, up to 10, are one batch).
 REMOTE_BATCH_DURATION_SECS = 1.0
-# How long a local stop waits for the questions already read to be answered or dead-lettered.
-DRAIN_SECS = 10.0
+# A local stop waits for the questions already read to be answered or dead-lettered: while outcomes
+# keep coming at most DRAIN_SECS, and no longer than DRAIN_STALL_SECS without one. A second signal ends it.
+DRAIN_SECS = 60.0
+DRAIN_STALL_SECS = 10.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,19 +112,57 @@ def build_pipeline(
 
             model_metadata = messages.pipeline | "WatchModel" >> WatchFilePattern(
                 file_pattern=args.watch_model, interval=args.watch_interval_secs)
-    messages = messages | "CountRead" >> beam.Map(functools.partial(LocalCounts.add, "records_read"))
+    local = is_local(messages.pipeline.options)
+    if local:
+        messages = messages | "CountRead" >> beam.Map(functools.partial(LocalCounts.add, "records_read"))
     out = messages | "AnswerQuestions" >> AnswerQuestions(settings, handler, unique_ids=False,
                                                           model_metadata=model_metadata)
-    out = QAOutputs(out.answers | "CountAnswered" >> beam.Map(functools.partial(LocalCounts.add, "answered")),
-                    out.rejected | "CountRejected" >> beam.Map(LocalCounts.rejected))
-    if args.topic:  # UTF-8 JSON message bodies
-        answers = out.answers | "AnswerMessages" >> beam.Map(lambda pair: answer_json(pair, settings.top_k).encode())
-        _ = answers | "PublishAnswers" >> beam.io.WriteToPubSub(args.topic)
-    if args.rejected_topic:
-        rejected = out.rejected | "RejectedMessages" >> beam.Map(lambda r: rejection_json(r).encode())
-        _ = rejected | "PublishRejected" >> beam.io.WriteToPubSub(args.rejected_topic)
+    # UTF-8 JSON message bodies, each with the LocalCounts names it counts for once it is out
+    sinks = (("Answers", out.answers, args.topic, lambda pair: (answer_json(pair, settings.top_k).encode(),
+                                                                ("answered",))),
+             ("Rejected", out.rejected, args.rejected_topic, lambda r: (rejection_json(r).encode(),
+                                                                        ("rejected", f"rejected.{reason_code(r)}"))))
+    for name, outcomes, topic, message in sinks:
+        if topic:
+            bodies = outcomes | f"{name}Messages" >> beam.Map(message)
+            if local:  # counted once Pub/Sub has taken them: a local stop waits for that
+                _ = bodies | f"Publish{name}" >> beam.ParDo(PublishAndCount(topic))
+            else:
+                _ = bodies | f"{name}Bodies" >> beam.Map(lambda body_names: body_names[0]) | f"Publish{name}" >> (
+                    beam.io.WriteToPubSub(topic))
+        elif local:
+            _ = outcomes | f"Count{name}" >> beam.Map(lambda o, m=message: LocalCounts.add_all(m(o)[1]))
     write_to_bigquery(out, args.bigquery_table, args.bigquery_rejected_table, top_k=settings.top_k, streaming=True)
     return out
+
+
+class PublishAndCount(beam.DoFn):
+    """Local runs: publish each (message body, LocalCounts names) to ``topic``, and count the names once
+    Pub/Sub has taken the message (the end of the bundle), so that a stop can wait for it. (Beam's
+    WriteToPubSub does the same publishing on the DirectRunner, but says nothing when it is done.)"""
+
+    def __init__(self, topic: str) -> None:
+        self._topic = topic
+        self._client: Any = None
+        self._pending: List[Any] = []
+
+    def setup(self) -> None:
+        from google.cloud import pubsub_v1
+
+        self._client = pubsub_v1.PublisherClient()
+
+    def start_bundle(self) -> None:
+        self._pending = []
+
+    def process(self, element: Tuple[bytes, Sequence[str]]) -> None:
+        body, names = element
+        self._pending.append((self._client.publish(self._topic, body), names))
+
+    def finish_bundle(self) -> None:
+        for future, names in self._pending:
+            future.result(timeout=120)
+            LocalCounts.add_all(names)
+        self._pending = []
 
 
 def is_local(options: Union[PipelineOptions, Sequence[str]]) -> bool:
@@ -241,9 +281,9 @@ class LocalCounts:
         return element
 
     @classmethod
-    def rejected(cls, rejection: Any) -> Any:
-        cls.add(f"rejected.{reason_code(rejection)}")
-        return cls.add("rejected", rejection)
+    def add_all(cls, names: Sequence[str]) -> None:
+        for name in names:
+            cls.add(name)
 
     @classmethod
     def snapshot(cls) -> Dict[str, int]:
@@ -299,10 +339,29 @@ def lift_emulator_message_limit() -> None:
     grpc.insecure_channel = insecure_channel
 
 
+def _drain(signals: List[int], failure: List[BaseException], drain_secs: float) -> None:
+    """Wait until every question read has its outcome: at most ``drain_secs``, ``DRAIN_STALL_SECS``
+    without a new outcome, or until a second signal or a failure."""
+    start = time.monotonic()
+    done, last_progress = -1, start
+    if LocalCounts.in_flight() > 0:
+        print(f"stopping: finishing {LocalCounts.in_flight()} questions already read (Ctrl-C again to stop now)",
+              file=sys.stderr, flush=True)
+    while not failure and len(signals) < 2 and LocalCounts.in_flight() > 0:
+        counts = LocalCounts.snapshot()
+        now_done = counts.get("answered", 0) + counts.get("rejected", 0)
+        now = time.monotonic()
+        if now_done != done:
+            done, last_progress = now_done, now
+        if now - start > drain_secs or now - last_progress > DRAIN_STALL_SECS:
+            return
+        time.sleep(0.1)
+
+
 def run_local(p: beam.Pipeline, args: argparse.Namespace, stop: Optional[threading.Event] = None,
               drain_secs: float = DRAIN_SECS) -> int:
     """Run ``p`` on the DirectRunner until SIGINT / SIGTERM, ``stop`` is set, or it fails: 0 when stopped,
-    3 when it failed. On stop, questions already read get ``drain_secs`` to finish, then a summary line."""
+    3 when it failed. On stop, the questions already read are finished first (:func:`_drain`), then a summary line."""
     stop = stop or threading.Event()
     signals = _stop_signals(stop) if threading.current_thread() is threading.main_thread() else []
     failure: List[BaseException] = []
@@ -324,9 +383,7 @@ def run_local(p: beam.Pipeline, args: argparse.Namespace, stop: Optional[threadi
               f"to {args.rejected_topic or args.bigquery_rejected_table}. Ctrl-C or SIGTERM stops.",
               file=sys.stderr, flush=True)
         stop.wait()
-        deadline = time.monotonic() + drain_secs
-        while not failure and LocalCounts.in_flight() > 0 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        _drain(signals, failure, drain_secs)
     seconds_run = time.perf_counter() - t0
     counts = LocalCounts.snapshot()
     # The DirectRunner's cancel waits for its one thread, which may sit up to 30 s in a Pub/Sub pull; that

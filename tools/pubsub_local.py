@@ -62,6 +62,13 @@ def local_host() -> str:
         raise SystemExit("set PUBSUB_EMULATOR_HOST=127.0.0.1:PORT (the emulator's address) first; "
                          f"got {host!r}. This tool talks to the local emulator only.")
     lift_emulator_message_limit()  # pulls of several large messages
+    port = int(host.rsplit(":", 1)[1]) if ":" in host else 8085
+    deadline = time.monotonic() + 60  # an emulator started a moment ago (`... emulator &`) is still coming up
+    while not _listening(port):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"no Pub/Sub emulator answers at {host}: start it first "
+                             "(python -m tools.pubsub_local emulator)")
+        time.sleep(0.25)
     return host
 
 
@@ -90,7 +97,7 @@ class PubSubEmulator:
                 raise RuntimeError(f"the Pub/Sub emulator did not start on {self.host}"
                                    f"{f' (see {self._log})' if self._log else ''}")
             time.sleep(0.2)
-        self._saved_env = os.environ.get("PUBSUB_EMULATOR_HOST")
+        self._saved_env = os.environ.get("PUBSUB_EMULATOR_HOST")  # (stop() restores it)
         os.environ["PUBSUB_EMULATOR_HOST"] = self.host
         return self
 
