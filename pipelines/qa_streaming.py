@@ -314,6 +314,29 @@ def _stop_signals(stop: threading.Event) -> List[int]:
     return got
 
 
+def pubsub_problem(args: argparse.Namespace) -> Optional[str]:
+    """Why the subscription or a topic cannot be used (missing, unreachable), or None. A local run
+    checks before it starts: it acks what it pulls, so a job that fails on its first publish loses
+    the messages it took."""
+    from google.api_core import exceptions
+    from google.cloud import pubsub_v1
+
+    where = os.environ.get("PUBSUB_EMULATOR_HOST")
+    where = f"the Pub/Sub emulator at {where}" if where else "Pub/Sub (PUBSUB_EMULATOR_HOST is not set)"
+    try:
+        subscriber, publisher = pubsub_v1.SubscriberClient(), pubsub_v1.PublisherClient()
+        checks = [("subscription", args.subscription, subscriber.get_subscription, "subscription")]
+        checks += [("topic", topic, publisher.get_topic, "topic") for topic in (args.topic, args.rejected_topic) if topic]
+        for what, name, get, key in checks:
+            try:
+                get(**{key: name}, retry=None, timeout=20)
+            except exceptions.NotFound:
+                return f"the {what} {name} does not exist on {where}; create it first"
+    except Exception as exc:  # noqa: BLE001 - unreachable, no credentials, bad name: one line
+        return f"cannot use {where}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+    return None
+
+
 def lift_emulator_message_limit() -> None:
     """Let Pub/Sub clients of this process receive messages of any size from the emulator.
 
@@ -432,6 +455,10 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     build_pipeline(messages, args, settings)
     if is_local(beam_args):
         lift_emulator_message_limit()
+        problem = pubsub_problem(args)
+        if problem:  # before any message is pulled (and acked)
+            print(f"python -m pipelines.qa_streaming: error: {problem}", file=sys.stderr)
+            return 2
         return run_local(p, args)
     return run_remote(p, args, options)
 

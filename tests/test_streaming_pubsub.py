@@ -167,6 +167,16 @@ def pipeline(emulator: PubSubEmulator, outputs: Outputs, questions: Publisher,
             proc.stop()
 
 
+def test_a_missing_topic_is_refused_before_any_message_is_pulled(emulator: PubSubEmulator, tmp_path: Path) -> None:
+    """A local run acks what it pulls: a job that would fail on its first publish must not start."""
+    proc = Pipeline(tmp_path, "typo", "--model", str(BUNDLE), "--topic", f"projects/{PROJECT}/topics/answerz")
+    code = proc.proc.wait(120)
+    assert code == 2
+    assert proc.log().splitlines()[-1] == (f"python -m pipelines.qa_streaming: error: the topic projects/{PROJECT}/"
+                                           f"topics/answerz does not exist on the Pub/Sub emulator at {emulator.host}; "
+                                           "create it first")
+
+
 def test_the_documented_command_answers_like_the_in_process_path(pipeline: Pipeline, outputs: Outputs,
                                                                 test_cache: Path) -> None:
     from trt_handler.evaluate import answer_examples
