@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "WatchFilePattern; the newest match is loaded and later answers carry its model id, "
                          "sha256 and saved threshold. Each new model needs a new file name, and must use the "
                          "tokenizer of --model")
-    io.add_argument("--watch-interval-secs", type=float, default=360.0,
+    io.add_argument("--watch-interval-secs", type=seconds, default=360.0,
                     help="how often --watch-model looks for new files (default 360)")
     add_qa_arguments(parser)
     return parser
@@ -206,11 +206,19 @@ class WatchedModelHandler(ModelHandler):
         except Exception as exc:  # noqa: BLE001 - an unreadable pattern keeps the model in use
             LOGGER.warning("--watch-model %s: %s; keeping the model in use", self._pattern, exc)
             return
-        if newer is not None:
-            LOGGER.warning("--watch-model: loading the new model %s", newer.path)
+        if newer is None:
+            return
+        LOGGER.warning("--watch-model: loading the new model %s", newer.path)
+        previous = getattr(self._base, "_model_path", None)
+        self._since = newer.last_updated_in_seconds  # tried once: a file that fails to load is not retried
+        try:
             self._base.update_model_path(newer.path)
             self._swapped = self._base.load_model()
-            self._since = newer.last_updated_in_seconds
+        except Exception as exc:  # noqa: BLE001 - a broken new model must not stop the answers
+            LOGGER.warning("--watch-model: %s cannot be loaded (%s: %s); keeping the model in use", newer.path,
+                           type(exc).__name__, exc)
+            if previous:
+                self._base.update_model_path(previous)
 
     def load_model(self) -> Any:
         return self._base.load_model()

@@ -140,7 +140,7 @@ def _unlinked(bundle: Path) -> Path:
 
 def test_the_watched_handler_loads_a_newer_model_between_batches(bundled_model: Path, tmp_path: Path) -> None:
     """A file older than the start is ignored; a newer one is loaded before the next batch and its
-    answers carry its id and saved threshold."""
+    answers carry its id and saved threshold; one that cannot be loaded leaves the model in use."""
     import os
     import time
 
@@ -166,3 +166,9 @@ def test_the_watched_handler_loads_a_newer_model_between_batches(bundled_model: 
     second = handler.run_inference(batch, model)[0].inference
     assert second.provenance.model_id == str(new / "model.onnx") and second.text == ""
     assert second.provenance.null_threshold == -1000.0
+    broken = tmp_path / "broken"  # a newer file that is no model: logged, skipped, the model in use answers
+    broken.mkdir()
+    (broken / "model.onnx").write_bytes(b"not an onnx model")
+    time.sleep(0.3)
+    third = handler.run_inference(batch, model)[0].inference
+    assert third.provenance.model_id == str(new / "model.onnx") and third.text == ""
