@@ -63,12 +63,14 @@ DEAD_LETTER_MAX_BYTES = 1 << 20
 
 
 def reject(code: str, sentence: str, raw: str, *, stage: str = "parse", example_id: Optional[str] = None,
-           keep: int = DEAD_LETTER_RAW_CHARS) -> Rejection:
+           whole_length: Optional[int] = None) -> Rejection:
     """A Rejection whose reason starts with a known code; unknown codes are a programming error. Its raw
-    text is bounded (:func:`bounded_raw`: the first ``keep`` characters); reason and id too."""
+    text is bounded (:func:`bounded_raw`); reason and id too. ``whole_length``: ``raw`` is already a
+    prefix of a record this long (not read whole, not hashed: raw_sha256 is then the prefix's)."""
     if code not in REASON_CODES:
         raise ValueError(f"unknown rejection code {code!r}; add it to REASON_CODES with a comment saying when it applies")
-    kept, chars, sha = bounded_raw(raw, min(keep, DEAD_LETTER_RAW_CHARS))
+    kept, chars, sha = bounded_raw(raw)
+    chars = chars if whole_length is None else max(chars, whole_length)
     return Rejection(reason=_clip(utf8_safe(f"{code}: {sentence}"), DEAD_LETTER_REASON_CHARS), raw=kept,
                      stage=stage, example_id=None if example_id is None else _clip(utf8_safe(example_id),
                                                                                  DEAD_LETTER_ID_CHARS),
@@ -200,7 +202,7 @@ def parse_record(raw: RawRecord, limits: RecordLimits = RecordLimits()) -> Union
         unit = "bytes" if isinstance(raw, bytes) else "characters"
         return reject("too_long", f"the record is {len(raw):,} {unit} long, more than the limit {limit:,} "
                       "(RecordLimits.max_record_chars); it was not parsed, and raw keeps its first "
-                      f"{RAW_KEEP_CHARS:,} characters", raw_text(raw), keep=RAW_KEEP_CHARS)
+                      f"{RAW_KEEP_CHARS:,} characters", raw_text(raw[:RAW_KEEP_CHARS]), whole_length=len(raw))
     try:
         return _parse_record(raw, limits)
     except Exception as exc:  # noqa: BLE001 - no record may fail the job; this one is a bug to report
@@ -360,8 +362,8 @@ REJECTED_BQ_SCHEMA = {"fields": _bq_fields(
     ("stage", "STRING", "REQUIRED"),
     ("id", "STRING", "NULLABLE"),
     ("raw", "STRING", "REQUIRED"),  # the first DEAD_LETTER_RAW_CHARS characters of the raw record
-    ("raw_chars", "INTEGER", "REQUIRED"),  # the whole raw text's length in characters
-    ("raw_sha256", "STRING", "REQUIRED"),  # sha256 hex of the whole raw text's UTF-8 bytes
+    ("raw_chars", "INTEGER", "REQUIRED"),  # the whole raw text's length in characters (too_long: the record's)
+    ("raw_sha256", "STRING", "REQUIRED"),  # sha256 hex of the whole raw text's UTF-8 bytes (too_long: of raw)
     ("raw_truncated", "BOOLEAN", "REQUIRED"),  # raw is a prefix (raw_chars > len(raw))
 )}
 

@@ -222,13 +222,15 @@ def test_a_large_malformed_message_becomes_a_dead_letter_under_1_mb(
     not_utf8 = b'{"id": "big", "question": "q", "context": "' + bytes(range(128, 256)) * 17_000 + b'"}'
     huge = _question("huge", "Where?", "Amazon " * 450_000)
     assert 2_000_000 < len(not_utf8) < 2_300_000 and len(huge) > 3_000_000
-    shas = {_raw_sha(not_utf8): ("invalid_encoding", not_utf8), _raw_sha(huge): ("too_long", huge)}
+    # a record over the record limit is not read whole: its dead letter hashes the 10,000 characters it keeps
+    shas = {_raw_sha(not_utf8): ("invalid_encoding", not_utf8), _raw_sha(huge[:10_000]): ("too_long", huge)}
     questions.publish_many([not_utf8, huge])
     outputs.wait_for(lambda: len(outputs.rejected_for(set(shas))) == 2)
     for row in outputs.rejected_for(set(shas)):
         code, body = shas[row["raw_sha256"]]
         assert row["reason_code"] == code
         assert row["raw_truncated"] is True and len(row["raw"]) < row["raw_chars"]
+        assert row["raw_chars"] == len(body.decode("utf-8", errors="backslashreplace")) or code == "too_long"
         assert body.decode("utf-8", errors="backslashreplace").startswith(row["raw"])
     assert max(outputs.sizes) < ONE_MB, "a dead letter over 1 MB"
     assert pipeline.alive()
@@ -275,7 +277,7 @@ def test_sigterm_mid_burst_stops_with_a_summary_line_that_adds_up(stopped: Tuple
     assert code == 0, stderr
     (line,) = [x for x in stdout.splitlines() if x.startswith("stopped by SIGTERM: summary: read ")]
     read, answered, rejected = (int(n) for n in re.findall(r"(?:read|answered|rejected) (\d+)", line)[:3])
-    assert read - answered - rejected == _lost(stderr)
+    assert 0 <= read - answered - rejected <= _lost(stderr)  # lost: also those pulled but not yet read
     time.sleep(3)  # the last outcomes reach our subscriptions
     assert (answered, rejected) == (len(outputs.answers), len(outputs.rejected))
 
