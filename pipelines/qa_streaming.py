@@ -17,7 +17,8 @@ Each message is one JSON question ``{id, question, context}``. Answers go to ``-
 messages) and/or ``--bigquery-table``; dead letters to ``--rejected-topic`` and/or
 ``--bigquery-rejected-table``. The graph is the batch pipeline's, but every message is its own
 request: two messages that reuse an id get an answer each. A local run acks each message when it
-pulls it: messages in flight when it is stopped are lost (docs/streaming.md).
+pulls it: a stop pulls nothing new and finishes the messages it took, but a crash loses those in
+flight (docs/streaming.md).
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ from pipelines.transforms import (
 
 LOGGER = logging.getLogger(__name__)
 
-__all__ = ["build_parser", "build_pipeline", "is_local", "main", "parse_args", "run"]
+__all__ = ["LocalCounts", "PublishAndCount", "StopAwarePulls", "WatchedModelHandler", "build_parser", "build_pipeline",
+           "is_local", "lift_emulator_message_limit", "main", "parse_args", "pubsub_problem", "run", "run_local",
+           "run_remote"]
 
 # The batching timer where the runner fires it promptly (Dataflow). The DirectRunner runs everything on
 # one thread that blocks up to 30 s in each Pub/Sub pull, so a timer there fires only when the next
@@ -69,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Pub/Sub subscription to read questions from (projects/P/subscriptions/S)")
     io.add_argument("--topic", default=None, help="Pub/Sub topic for answers (JSON)")
     io.add_argument("--rejected-topic", default=None,
-                    help="Pub/Sub topic for dead letters (JSON: reason, raw text up to 120,000 characters, its "
+                    help="Pub/Sub topic for dead letters (JSON: reason, raw text up to 64,000 characters, its "
                          "length and sha256)")
     io.add_argument("--wait", action="store_true",
                     help="Dataflow: wait until the job ends (Ctrl-C stops waiting, the job keeps running); without "

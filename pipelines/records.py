@@ -54,9 +54,10 @@ RAW_KEEP_CHARS = 10_000
 
 # Every dead letter keeps at most this much of its raw text (with the whole text's length and
 # sha256), its reason and id at most these: as a JSON line (6 bytes a character at worst, a
-# control character's \u00XX) a dead letter stays under DEAD_LETTER_MAX_BYTES, far below
-# Pub/Sub's 10 MB message and BigQuery's row limits, whatever the input.
-DEAD_LETTER_RAW_CHARS = 120_000
+# control character's \u00XX) a dead letter stays around 400 KB at most, under DEAD_LETTER_MAX_BYTES,
+# far below Pub/Sub's 10 MB message and BigQuery's row limits whatever the input, and ten of them fit
+# the 4 MB a gRPC client receives by default in one pull.
+DEAD_LETTER_RAW_CHARS = 64_000
 DEAD_LETTER_REASON_CHARS = 2_000
 DEAD_LETTER_ID_CHARS = 1_000
 DEAD_LETTER_MAX_BYTES = 1 << 20

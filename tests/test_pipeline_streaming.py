@@ -176,7 +176,7 @@ def _sha(text: str) -> str:
 
 def test_a_2_mb_non_utf8_message_gives_a_dead_letter_under_1_mb() -> None:
     """The issue's case: kept whole (escaped) it was an 11.5 MB dead letter that Pub/Sub refused."""
-    from pipelines.records import parse_record
+    from pipelines.records import DEAD_LETTER_RAW_CHARS, parse_record
     from pipelines.transforms import rejection_json
 
     body = b'{"id": "big", "question": "q", "context": "' + bytes(range(128, 256)) * 17_000 + b'"}'
@@ -186,7 +186,7 @@ def test_a_2_mb_non_utf8_message_gives_a_dead_letter_under_1_mb() -> None:
     assert row["reason_code"] == "invalid_encoding" and len(line) < ONE_MB
     whole = body.decode("utf-8", errors="backslashreplace")
     assert row["raw_chars"] == len(whole) and row["raw_sha256"] == _sha(whole)
-    assert row["raw_truncated"] and whole.startswith(row["raw"]) and len(row["raw"]) >= 100_000
+    assert row["raw_truncated"] and whole.startswith(row["raw"]) and len(row["raw"]) == DEAD_LETTER_RAW_CHARS
 
 
 def test_any_rejection_is_written_under_1_mb() -> None:
