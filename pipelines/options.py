@@ -4,6 +4,7 @@ Our flags use dashes (``--max-seq-length``); the rest go to Beam untouched (``--
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from dataclasses import dataclass, fields
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -63,6 +64,9 @@ class QASettings:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name.replace('_', ' ')} must be at least 1, got {value}")
+        if self.max_batch_duration_secs is not None and not 0 < self.max_batch_duration_secs < math.inf:
+            raise ValueError(f"the batching timer must be positive, finite seconds or None (no timer), got "
+                             f"{self.max_batch_duration_secs}")
         if self.inference_timeout_secs is not None and not self.inference_timeout_secs > 0:
             raise ValueError(f"the inference timeout must be positive seconds, got {self.inference_timeout_secs}")
         if self.threshold_source not in ("flag", "model", "default"):
@@ -118,6 +122,17 @@ def _int_list(text: str) -> Tuple[int, ...]:
         return validate_buckets([int(x) for x in text.split(",") if x.strip()])
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of lengths: {exc}") from exc
+
+
+def seconds(text: str) -> float:
+    """An argparse type: finite seconds, 0 or more ("0.5"); anything else is a one-line usage error."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more)")
+    return value
 
 
 def _optional_limit(text: str) -> Optional[int]:

@@ -7,6 +7,7 @@ become ``\\udXXX`` escapes), so writing a dead letter cannot fail either.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -51,13 +52,42 @@ REASON_CODES: Tuple[str, ...] = (
 # A Rejection for a whole document, or a record too large to parse, keeps this much of the raw text.
 RAW_KEEP_CHARS = 10_000
 
+# Every dead letter keeps at most this much of its raw text (with the whole text's length and
+# sha256), its reason and id at most these: as a JSON line (6 bytes a character at worst, a
+# control character's \u00XX) a dead letter stays around 400 KB at most, under DEAD_LETTER_MAX_BYTES,
+# far below Pub/Sub's 10 MB message and BigQuery's row limits whatever the input, and ten of them fit
+# the 4 MB a gRPC client receives by default in one pull.
+DEAD_LETTER_RAW_CHARS = 64_000
+DEAD_LETTER_REASON_CHARS = 2_000
+DEAD_LETTER_ID_CHARS = 1_000
+DEAD_LETTER_MAX_BYTES = 1 << 20
 
-def reject(code: str, sentence: str, raw: str, *, stage: str = "parse", example_id: Optional[str] = None) -> Rejection:
-    """A Rejection whose reason starts with a known code; unknown codes are a programming error."""
+
+def reject(code: str, sentence: str, raw: str, *, stage: str = "parse", example_id: Optional[str] = None,
+           whole_length: Optional[int] = None) -> Rejection:
+    """A Rejection whose reason starts with a known code; unknown codes are a programming error. Its raw
+    text is bounded (:func:`bounded_raw`); reason and id too. ``whole_length``: ``raw`` is already a
+    prefix of a record this long (not read whole, not hashed: raw_sha256 is then the prefix's)."""
     if code not in REASON_CODES:
         raise ValueError(f"unknown rejection code {code!r}; add it to REASON_CODES with a comment saying when it applies")
-    return Rejection(reason=utf8_safe(f"{code}: {sentence}"), raw=utf8_safe(raw), stage=stage,
-                     example_id=None if example_id is None else utf8_safe(example_id))
+    kept, chars, sha = bounded_raw(raw)
+    chars = chars if whole_length is None else max(chars, whole_length)
+    return Rejection(reason=_clip(utf8_safe(f"{code}: {sentence}"), DEAD_LETTER_REASON_CHARS), raw=kept,
+                     stage=stage, example_id=None if example_id is None else _clip(utf8_safe(example_id),
+                                                                                 DEAD_LETTER_ID_CHARS),
+                     raw_chars=chars, raw_sha256=sha)
+
+
+def bounded_raw(raw: str, keep: int = DEAD_LETTER_RAW_CHARS) -> Tuple[str, int, str]:
+    """(the UTF-8-safe raw text's first ``keep`` characters, its length in characters, the sha256 hex of
+    its UTF-8 bytes): what a dead letter carries of its record, so it stays small and can still be
+    matched to the record it came from."""
+    text = utf8_safe(raw)
+    return text[:keep], len(text), hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]} ... [{len(text) - limit:,} more characters]"
 
 
 def utf8_safe(text: str) -> str:
@@ -173,7 +203,7 @@ def parse_record(raw: RawRecord, limits: RecordLimits = RecordLimits()) -> Union
         unit = "bytes" if isinstance(raw, bytes) else "characters"
         return reject("too_long", f"the record is {len(raw):,} {unit} long, more than the limit {limit:,} "
                       "(RecordLimits.max_record_chars); it was not parsed, and raw keeps its first "
-                      f"{RAW_KEEP_CHARS:,} characters", raw_text(raw[:RAW_KEEP_CHARS]))
+                      f"{RAW_KEEP_CHARS:,} characters", raw_text(raw[:RAW_KEEP_CHARS]), whole_length=len(raw))
     try:
         return _parse_record(raw, limits)
     except Exception as exc:  # noqa: BLE001 - no record may fail the job; this one is a bug to report
@@ -332,7 +362,10 @@ REJECTED_BQ_SCHEMA = {"fields": _bq_fields(
     ("reason", "STRING", "REQUIRED"),
     ("stage", "STRING", "REQUIRED"),
     ("id", "STRING", "NULLABLE"),
-    ("raw", "STRING", "REQUIRED"),
+    ("raw", "STRING", "REQUIRED"),  # the first DEAD_LETTER_RAW_CHARS characters of the raw record
+    ("raw_chars", "INTEGER", "REQUIRED"),  # the whole raw text's length in characters (too_long: the record's)
+    ("raw_sha256", "STRING", "REQUIRED"),  # sha256 hex of the whole raw text's UTF-8 bytes (too_long: of raw)
+    ("raw_truncated", "BOOLEAN", "REQUIRED"),  # raw is a prefix (raw_chars > len(raw))
 )}
 
 
@@ -371,11 +404,19 @@ def answer_row(answer: Answer, top_k: int = 1) -> Dict[str, Any]:
 
 
 def rejection_row(rejection: Rejection) -> Dict[str, Any]:
-    """One dead-letter line / BigQuery row (fields of :data:`REJECTED_BQ_SCHEMA`)."""
+    """One dead-letter line / BigQuery row (fields of :data:`REJECTED_BQ_SCHEMA`), bounded like
+    :func:`reject`'s Rejections even for one made otherwise: as JSON under DEAD_LETTER_MAX_BYTES."""
+    if rejection.raw_sha256 is None or rejection.raw_chars is None:  # not made by reject(): bound it here
+        raw, chars, sha = bounded_raw(rejection.raw)
+    else:
+        raw, chars, sha = utf8_safe(rejection.raw[:DEAD_LETTER_RAW_CHARS]), rejection.raw_chars, rejection.raw_sha256
     return {
-        "reason_code": reason_code(rejection),
-        "reason": rejection.reason,
-        "stage": rejection.stage,
-        "id": rejection.example_id,
-        "raw": rejection.raw,
+        "reason_code": _clip(utf8_safe(reason_code(rejection)), 100),
+        "reason": _clip(utf8_safe(rejection.reason), DEAD_LETTER_REASON_CHARS),
+        "stage": _clip(utf8_safe(rejection.stage), 100),
+        "id": None if rejection.example_id is None else _clip(utf8_safe(rejection.example_id), DEAD_LETTER_ID_CHARS),
+        "raw": raw,
+        "raw_chars": chars,
+        "raw_sha256": sha,
+        "raw_truncated": chars > len(raw),
     }

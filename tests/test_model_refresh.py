@@ -9,6 +9,10 @@ is only read once its watermark is final (all ModelMetadata at once: "more than 
 accessed as a singleton"). The test therefore puts questions and models in 10-second event-time
 windows, so a question sees the model of its window; the handler path (update_model_path ->
 new bundle, its sidecar/export.json re-read, new model id) is the same one WatchFilePattern drives.
+
+On the DirectRunner --watch-model cannot use WatchFilePattern at all (its splittable Watch is refused
+in a streaming job): there qa_streaming's WatchedModelHandler looks for new files between batches;
+its swap is checked here and, end to end on the real Pub/Sub emulator, in test_streaming_pubsub.py.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, List
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import ModelMetadata
@@ -86,21 +90,85 @@ def test_a_new_bundle_replaces_the_model_while_the_stream_runs(bundled_model: Pa
     p.run().wait_until_finish()
 
 
-def test_watch_model_flag_puts_watch_file_pattern_in_front_of_run_inference(bundled_model: Path) -> None:
-    """--watch-model wires Beam's WatchFilePattern as RunInference's model side input."""
+def _watch_graph(bundled_model: Path, runner: str) -> Any:
+    """The streaming graph of --watch-model for ``runner`` (built, not run), as its runner API proto."""
     from pipelines import qa_streaming
 
-    args, settings, _ = qa_streaming.parse_args(
-        ["--subscription", "s", "--topic", "t", "--rejected-topic", "r", "--model", str(bundled_model),
-         "--watch-model", str(bundled_model.parent / "*" / "model.onnx"), "--watch-interval-secs", "30"])
+    argv = ["--subscription", "s", "--topic", "t", "--rejected-topic", "r", "--model", str(bundled_model),
+            "--watch-model", str(bundled_model.parent / "*" / "model.onnx"), "--watch-interval-secs", "30",
+            "--runner", runner]
+    args, settings, beam_args = qa_streaming.parse_args(argv)
     args.topic = args.rejected_topic = None
-    options = PipelineOptions([])
+    options = PipelineOptions(beam_args)
     options.view_as(StandardOptions).streaming = True
     p = beam.Pipeline(options=options)
     qa_streaming.build_pipeline(p | beam.Create([_msg(0)]), args, settings)
-    proto = p.to_runner_api()
+    return p.to_runner_api()
+
+
+def _run_inference_inputs(proto: Any) -> List[int]:
+    return [len(t.inputs) for t in proto.components.transforms.values()
+            if t.unique_name.endswith("ParDo(_RunInferenceDoFn)") and t.inputs]
+
+
+def test_watch_model_on_dataflow_puts_watch_file_pattern_in_front_of_run_inference(bundled_model: Path) -> None:
+    """On a remote runner (Dataflow), --watch-model wires Beam's WatchFilePattern as RunInference's model
+    side input. (The graph is built for PortableRunner: a DataflowRunner pipeline checks its bucket online.)"""
+    proto = _watch_graph(bundled_model, "PortableRunner")
     names = [t.unique_name for t in proto.components.transforms.values()]
-    assert any(n.endswith("WatchModel/MatchContinuously") or "WatchModel/MatchContinuously" in n for n in names)
-    run_inference = [t for t in proto.components.transforms.values()
-                     if t.unique_name.endswith("ParDo(_RunInferenceDoFn)") and t.inputs]
-    assert run_inference and any(len(t.inputs) == 2 for t in run_inference)  # main input + model side input
+    assert any("WatchModel/MatchContinuously" in n for n in names)
+    assert 2 in _run_inference_inputs(proto)  # main input + model side input
+
+
+def test_watch_model_on_the_direct_runner_watches_in_the_handler(bundled_model: Path) -> None:
+    """The DirectRunner refuses WatchFilePattern in a streaming job (its splittable Watch "was not
+    replaced as expected"): there the handler looks for new models, and the graph has no side input.
+    (The swap itself, on the real emulator: tests/test_streaming_pubsub.py.)"""
+    proto = _watch_graph(bundled_model, "DirectRunner")
+    assert not any("WatchModel" in t.unique_name for t in proto.components.transforms.values())
+    assert _run_inference_inputs(proto) and 2 not in _run_inference_inputs(proto)
+
+
+def _unlinked(bundle: Path) -> Path:
+    """``bundle`` with a model.onnx of its own: the watch goes by modification time, and a link's is the target's."""
+    onnx = bundle / "model.onnx"
+    data = onnx.read_bytes()
+    onnx.unlink()
+    onnx.write_bytes(data)
+    return bundle
+
+
+def test_the_watched_handler_loads_a_newer_model_between_batches(bundled_model: Path, tmp_path: Path) -> None:
+    """A file older than the start is ignored; a newer one is loaded before the next batch and its
+    answers carry its id and saved threshold; one that cannot be loaded leaves the model in use."""
+    import os
+    import time
+
+    from pipelines import qa_streaming
+    from pipelines.qa_streaming import WatchedModelHandler
+    from pipelines.transforms import make_handler
+    from trt_handler.qa.types import QAExample, QuestionWindows
+    from trt_handler.qa.windows import WindowMaker, load_tokenizer
+
+    old = _unlinked(_bundle(bundled_model, tmp_path / "old", threshold=-1000.0))
+    os.utime(old / "model.onnx", (1, 1))
+    _, settings, _ = qa_streaming.parse_args(["--subscription", "s", "--topic", "t", "--rejected-topic", "r",
+                                              "--model", str(bundled_model)])
+    handler = WatchedModelHandler(make_handler(settings), str(tmp_path / "*" / "model.onnx"), interval=0.2)
+    maker = WindowMaker(load_tokenizer(bundled_model), settings.feature_config())
+    example = QAExample("q", "Which countries is it in?", CTX)
+    batch = [QuestionWindows(example, tuple(maker.windows(example)), "")]
+    model = handler.load_model()
+    first = handler.run_inference(batch, model)[0].inference
+    assert first.provenance.model_id == settings.model_dir and first.text == "Brazil and Peru"
+    new = _unlinked(_bundle(bundled_model, tmp_path / "new", threshold=-1000.0))
+    time.sleep(0.3)
+    second = handler.run_inference(batch, model)[0].inference
+    assert second.provenance.model_id == str(new / "model.onnx") and second.text == ""
+    assert second.provenance.null_threshold == -1000.0
+    broken = tmp_path / "broken"  # a newer file that is no model: logged, skipped, the model in use answers
+    broken.mkdir()
+    (broken / "model.onnx").write_bytes(b"not an onnx model")
+    time.sleep(0.3)
+    third = handler.run_inference(batch, model)[0].inference
+    assert third.provenance.model_id == str(new / "model.onnx") and third.text == ""

@@ -1,7 +1,9 @@
 """Streaming: the whole streaming pipeline on a TestStream of Pub/Sub-like messages with the ONNX
 Runtime handler. It is the batch graph (a question travels with all its windows): no state, no
 timers, so there is nothing to wait for; what is checked is that every message gets exactly one
-outcome, in whatever order the messages arrive, whatever fails."""
+outcome, in whatever order the messages arrive, whatever fails. Also: the batching flags (checked
+when parsed; no timer by default on the DirectRunner) and dead letters bounded under 1 MB. The
+pipeline against the real Pub/Sub emulator: test_streaming_pubsub.py."""
 
 from __future__ import annotations
 
@@ -116,3 +118,108 @@ def test_answers_do_not_depend_on_arrival_order(bundle: str, test_cache: Any, or
     rows = out.answers | "JsonA" >> beam.Map(answer_json) | beam.Map(lambda b: (json.loads(b)["id"], json.loads(b)["answer"]))
     assert_that(rows, equal_to([(qid, a.text) for qid, a in reference.items()]))
     p.run().wait_until_finish()
+
+
+# --- batching flags: checked when parsed, one line each; the default timer depends on the runner ---
+
+_SINKS = ["--subscription", "projects/p/subscriptions/s", "--topic", "projects/p/topics/a",
+          "--rejected-topic", "projects/p/topics/r"]
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "soon"])
+def test_a_bad_batching_timer_is_one_usage_line(bundled_model: Any, capsys: Any, value: str) -> None:
+    from pipelines import qa_streaming
+
+    with pytest.raises(SystemExit) as exit_:
+        qa_streaming.parse_args([*_SINKS, "--model", str(bundled_model), "--max-batch-duration-secs", value])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err
+    assert err.splitlines()[-1] == (f"python -m pipelines.qa_streaming: error: argument --max-batch-duration-secs: "
+                                    f"'{value}' is not a number of seconds (0 or more)")
+
+
+@pytest.mark.parametrize("flags, timer", [
+    ([], None),  # DirectRunner: no timer (it would fire only when the next message arrives)
+    (["--max-batch-duration-secs", "0"], None),  # 0 = no timer, anywhere
+    (["--runner", "DataflowRunner"], 1.0),  # Dataflow fires timers promptly: 1 s by default
+    (["--runner", "DataflowRunner", "--max-batch-duration-secs", "0"], None),
+    (["--max-batch-duration-secs", "2.5"], 2.5),  # asked for explicitly: kept (with a warning locally)
+])
+def test_the_batching_timer_reaches_beams_batch_elements(bundled_model: Any, flags: List[str], timer: Any) -> None:
+    from pipelines import qa_streaming
+    from pipelines.transforms import make_handler
+
+    _, settings, _ = qa_streaming.parse_args([*_SINKS, "--model", str(bundled_model), *flags])
+    assert settings.max_batch_duration_secs == timer
+    kwargs = make_handler(settings).batch_elements_kwargs()
+    assert kwargs.get("max_batch_duration_secs") == timer
+
+
+def test_settings_refuse_a_zero_or_endless_timer(bundled_model: Any) -> None:
+    from pipelines.options import QASettings
+
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="batching timer"):
+            QASettings(model_dir=str(bundled_model), max_batch_duration_secs=bad)
+
+
+# --- dead letters: bounded whatever the record, and still traceable to it ---
+
+ONE_MB = 1 << 20
+
+
+def _sha(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def test_a_2_mb_non_utf8_message_gives_a_dead_letter_under_1_mb() -> None:
+    """The issue's case: kept whole (escaped) it was an 11.5 MB dead letter that Pub/Sub refused."""
+    from pipelines.records import DEAD_LETTER_RAW_CHARS, parse_record
+    from pipelines.transforms import rejection_json
+
+    body = b'{"id": "big", "question": "q", "context": "' + bytes(range(128, 256)) * 17_000 + b'"}'
+    rejection = parse_record(body)
+    line = rejection_json(rejection).encode("utf-8")
+    row = json.loads(line)
+    assert row["reason_code"] == "invalid_encoding" and len(line) < ONE_MB
+    whole = body.decode("utf-8", errors="backslashreplace")
+    assert row["raw_chars"] == len(whole) and row["raw_sha256"] == _sha(whole)
+    assert row["raw_truncated"] and whole.startswith(row["raw"]) and len(row["raw"]) == DEAD_LETTER_RAW_CHARS
+
+
+def test_any_rejection_is_written_under_1_mb() -> None:
+    """Made by hand with huge texts, and of the characters JSON escapes longest (control characters)."""
+    from pipelines.records import REJECTED_BQ_SCHEMA, reject
+    from pipelines.transforms import rejection_json
+    from trt_handler.qa.types import Rejection
+
+    control = "\x01" * 3_000_000
+    for rejection in (Rejection(reason="inference_failed: " + "x" * 2_000_000, raw=control, stage="inference",
+                                example_id="i" * 1_000_000),
+                      reject("inference_failed", "y" * 2_000_000, control, example_id="j" * 1_000_000)):
+        line = rejection_json(rejection).encode("utf-8")
+        row = json.loads(line)
+        assert len(line) < ONE_MB
+        assert list(row) == [f["name"] for f in REJECTED_BQ_SCHEMA["fields"]]
+        assert row["raw_chars"] == len(control) and row["raw_sha256"] == _sha(control) and row["raw_truncated"]
+        assert row["reason"].startswith("inference_failed: ") and len(row["reason"]) < 3_000
+    small = json.loads(rejection_json(reject("invalid_json", "not JSON", "{x")))
+    assert small["raw"] == "{x" and small["raw_chars"] == 2 and not small["raw_truncated"]
+    assert small["raw_sha256"] == _sha("{x")
+
+
+def test_batch_dead_letters_are_bounded_too(bundled_model: Any, tmp_path: Any) -> None:
+    """qa_batch writes the same bounded rows: a 2 MB bad line leaves a dead-letter line under 1 MB."""
+    from pipelines import qa_batch
+
+    bad = b'{"id": "big", "question": "q", "context": "' + bytes(range(128, 256)) * 17_000 + b'"}'
+    good = _message("ok", "Which countries is it in?")
+    (tmp_path / "in.jsonl").write_bytes(good + b"\n" + bad + b"\n")
+    outcome = qa_batch.run(["--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "out"),
+                            "--model", str(bundled_model), "--progress-every", "0"])
+    assert outcome["counters"]["answered"] == 1 and outcome["counters"]["rejected"] == 1
+    (path,) = tmp_path.glob("out-rejected-*.jsonl")
+    (line,) = path.read_bytes().splitlines()
+    assert len(line) < ONE_MB and json.loads(line)["reason_code"] == "invalid_encoding"

@@ -122,9 +122,13 @@ class Answer:
 
 @dataclass(frozen=True)
 class Rejection:
-    """A record that could not be answered, with the reason and the raw input (dead-letter)."""
+    """A record that could not be answered, with the reason and the raw input (dead-letter).
+    ``raw`` may be a prefix of the record: ``raw_chars`` and ``raw_sha256`` then describe the whole
+    raw text (its length in characters, the sha256 hex of its UTF-8 bytes); None when not recorded."""
 
     reason: str
     raw: str
     stage: str = "parse"
     example_id: Optional[str] = None
+    raw_chars: Optional[int] = None
+    raw_sha256: Optional[str] = None
