@@ -16,14 +16,14 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import apache_beam as beam
 from apache_beam import pvalue
-from apache_beam.io import fileio
 from apache_beam.metrics import Metrics
 
 from pipelines.options import QASettings
+from pipelines.outputs import escape_glob, has_glob
 from pipelines.records import (
     ANSWER_BQ_SCHEMA,
     REJECTED_BQ_SCHEMA,
@@ -38,6 +38,7 @@ from pipelines.records import (
     split_squad_document,
 )
 from trt_handler.qa.answers import Provenance, with_provenance
+from trt_handler.qa.reading import foreign_encoding
 from trt_handler.qa.types import Answer, QAExample, QuestionWindows, Rejection
 
 NAMESPACE = "trt_qa"  # Beam metrics namespace of every counter below
@@ -102,31 +103,88 @@ def input_format(path: str, requested: str = "auto") -> str:
     return "squad" if re.sub(r"(\.(gz|bz2|deflate|zst))+$", "", path.lower()).endswith(".json") else "jsonl"
 
 
-class ReadRecords(beam.PTransform):
-    """Raw records of ``path``: JSONL lines as bytes, or one JSON string per question of a SQuAD JSON
-    document (read whole by one worker, see :attr:`one_reader`; a document that cannot be read yields a
-    Rejection)."""
+def input_files(path: str) -> List[str]:
+    """The files ``--input PATH`` reads (local or remote). A path that names an existing file is that file,
+    whatever its name holds (``*``, ``?``, ``[``, spaces); any other path holding ``*``, ``?`` or ``[`` is a
+    glob (Beam's: ``*`` within a folder, ``**`` across folders, ``[abc]`` one of) and reads every file it
+    matches. ValueError (one line) for a folder, a path that names nothing, a glob that matches nothing."""
+    from apache_beam.io.filesystems import FileSystems
 
-    def __init__(self, path: str, fmt: str = "auto"):
+    if os.path.isdir(path):  # a remote path is no local folder
+        raise ValueError(f"--input {path} is a folder; pass a file or a glob such as {path.rstrip('/')}/*.jsonl")
+    try:
+        if FileSystems.exists(path):
+            return [path]
+        if not has_glob(path):
+            raise ValueError(f"--input {path} does not exist (no file of that name; a glob needs *, ? or [...])")
+        matched = sorted(m.path for m in FileSystems.match([path])[0].metadata_list)
+    except ValueError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Beam raises its own BeamIOError types
+        raise ValueError(f"--input {path} cannot be listed: {' '.join(str(exc).split())[:300]}") from None
+    if not matched:
+        raise ValueError(f"--input {path} matches no file; check the glob (or the path, if a file was meant)")
+    return matched
+
+
+def _check_text_file(path: str) -> Iterator[Any]:
+    """A JSONL file about to be read by lines: its path as a Beam pattern of that one file, or, when its
+    first bytes show compressed data or UTF-16 text, one ``invalid_encoding`` Rejection in its stead."""
+    from apache_beam.io.filesystems import FileSystems
+
+    _count("files_read")
+    with FileSystems.open(path) as f:  # decompressed by extension, as the reader will
+        head = f.read(4096)
+    found = foreign_encoding(head)
+    if found is None:
+        yield escape_glob(path)
+        return
+    yield pvalue.TaggedOutput(REJECTED, reject(
+        "invalid_encoding", f"the file {path} is not UTF-8 JSON text: it is {found}; none of its lines was read",
+        raw_text(head[:200])))
+
+
+def _read_document(path: str) -> Iterator[Any]:
+    """The questions of one SQuAD JSON file (read whole; decompressed by extension) as JSONL records."""
+    from apache_beam.io.filesystems import FileSystems
+
+    _count("files_read")
+    with FileSystems.open(path) as f:
+        data = f.read()
+    yield from split_squad_document(data, path)
+
+
+class ReadRecords(beam.PTransform):
+    """Raw records of the input files: JSONL lines as bytes, or one JSON string per question of a SQuAD
+    JSON document (read whole by one worker). ``path``: as :func:`input_files` takes it, or the list of
+    files it gave; each file's format by ``fmt``, else by its own name (a folder may mix JSONL and SQuAD
+    JSON). A file that cannot be read as text (a gzip file without .gz, UTF-16) is one Rejection, and so
+    is a SQuAD document whose structure is wrong. Counts ``files_read``."""
+
+    def __init__(self, path: Union[str, Sequence[str]], fmt: str = "auto"):
         super().__init__()
-        self._path = path
-        self._format = input_format(path, fmt)
+        self.files = input_files(path) if isinstance(path, str) else list(path)
+        self._formats = {f: input_format(f, fmt) for f in self.files}
 
     def expand(self, pbegin: pvalue.PBegin) -> pvalue.PCollection:
-        if self._format == "jsonl":
+        jsonl = [f for f in self.files if self._formats[f] == "jsonl"]
+        squad = [f for f in self.files if self._formats[f] == "squad"]
+        parts = []
+        if jsonl:
+            checked = (pbegin | "JsonlFiles" >> beam.Create(jsonl)
+                       | "CheckText" >> beam.FlatMap(_check_text_file).with_outputs(REJECTED, main="files"))
             # Bytes, not str: a line that is not UTF-8 becomes a dead letter instead of a crash.
-            return pbegin | "ReadLines" >> beam.io.ReadFromText(self._path, coder=beam.coders.BytesCoder())
-        return (
-            pbegin
-            | "MatchDocument" >> fileio.MatchFiles(self._path)
-            | "ReadDocument" >> fileio.ReadMatches()
-            | "SplitQuestions" >> beam.FlatMap(lambda f: split_squad_document(f.read(), f.metadata.path))
-        )
+            parts += [checked.files | "ReadLines" >> beam.io.ReadAllFromText(coder=beam.coders.BytesCoder()),
+                      checked[REJECTED]]
+        if squad:
+            parts.append(pbegin | "SquadFiles" >> beam.Create(squad) | "ReadDocuments" >> beam.FlatMap(_read_document))
+        return tuple(parts) | "AllRecords" >> beam.Flatten()
 
     @property
     def one_reader(self) -> bool:
-        """Whether one worker reads each file whole (SQuAD JSON): pass it as ``AnswerQuestions(spread=...)``."""
-        return self._format == "squad"
+        """Whether records come from few readers and must be spread over the workers (pass it as
+        ``AnswerQuestions(spread=...)``): always, since a file is read by one worker (whole, or in 64 MB ranges)."""
+        return True
 
 
 def _parse(raw: Any, limits: RecordLimits) -> Any:
