@@ -256,29 +256,42 @@ class _GcsLock:
     def __init__(self, path: str, prefix: str, me: Holder, *, heartbeat: float, stale_after: float) -> None:
         from apache_beam.io.gcp import gcsio
 
-        bucket, name = gcsio.parse_gcs_path(path)
+        bucket, self._name = gcsio.parse_gcs_path(path)
         self.path, self.prefix, self.me = path, prefix, me
-        self._blob = _gcs().client.bucket(bucket).blob(name)
+        self._bucket = _gcs().client.bucket(bucket)
         self._heartbeat, self._stale_after = heartbeat, stale_after
         self._generation: Optional[int] = None
         self._stop = threading.Event()
         self._lost = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
+    def _blob(self) -> Any:
+        """A new handle on the lock object (one that was reloaded downloads through its media link, which
+        some emulators do not escape)."""
+        return self._bucket.blob(self._name)
+
     def _put(self, generation: int) -> None:
-        self._blob.upload_from_string(self.me.dump(), content_type="application/json",
-                                      if_generation_match=generation)
-        self._generation = int(self._blob.generation)
+        blob = self._blob()
+        blob.upload_from_string(self.me.dump(), content_type="application/json", if_generation_match=generation)
+        self._generation = int(blob.generation if blob.generation is not None else
+                               self._bucket.get_blob(self._name).generation)
+
+    def _read(self) -> tuple[bytes, int]:
+        """(the lock's content, its generation), or (b"", 0) when there is none."""
+        current = self._bucket.get_blob(self._name)
+        if current is None:
+            return b"", 0
+        generation = int(current.generation)
+        return self._blob().download_as_bytes(if_generation_match=generation), generation
 
     def acquire(self) -> None:
         from google.api_core.exceptions import NotFound, PreconditionFailed
 
         for _ in range(5):
             try:  # the holder now, if any (read first: not every GCS emulator honours preconditions)
-                data = self._blob.download_as_bytes()
-                generation = int(self._blob.generation)
-            except NotFound:
-                data, generation = b"", 0
+                data, generation = self._read()
+            except (NotFound, PreconditionFailed):
+                continue  # deleted or rewritten between the two reads: look again
             if generation:
                 holder = Holder.parse(data)
                 if not holder.dead(time.time(), self._stale_after):
@@ -288,7 +301,7 @@ class _GcsLock:
                 self._put(generation)
             except PreconditionFailed:
                 continue  # another run wrote it meanwhile: look again
-            if Holder.parse(self._blob.download_as_bytes()).run == self.me.run:
+            if Holder.parse(self._read()[0]).run == self.me.run:
                 self._thread = threading.Thread(target=self._beat, name="qa-output-lock", daemon=True)
                 self._thread.start()
                 return
@@ -317,7 +330,7 @@ class _GcsLock:
             self._thread.join()
         if self._generation is not None and not self._lost.is_set():
             with contextlib.suppress(GoogleAPICallError):
-                self._blob.delete(if_generation_match=self._generation)
+                self._blob().delete(if_generation_match=self._generation)
         self._generation = None
 
 

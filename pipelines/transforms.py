@@ -23,7 +23,7 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
 from pipelines.options import QASettings
-from pipelines.outputs import escape_glob, has_glob
+from pipelines.outputs import has_glob
 from pipelines.records import (
     ANSWER_BQ_SCHEMA,
     REJECTED_BQ_SCHEMA,
@@ -127,21 +127,29 @@ def input_files(path: str) -> List[str]:
     return matched
 
 
-def _check_text_file(path: str) -> Iterator[Any]:
-    """A JSONL file about to be read by lines: its path as a Beam pattern of that one file, or, when its
-    first bytes show compressed data or UTF-16 text, one ``invalid_encoding`` Rejection in its stead."""
+def _read_lines(path: str, block: int = 1 << 20) -> Iterator[Any]:
+    """The lines of a JSONL file as bytes (without their ``\\n`` / ``\\r\\n``; decompressed by extension),
+    read by its exact name; when its first bytes show compressed data or UTF-16 text, one
+    ``invalid_encoding`` Rejection in their stead."""
     from apache_beam.io.filesystems import FileSystems
 
     _count("files_read")
-    with FileSystems.open(path) as f:  # decompressed by extension, as the reader will
-        head = f.read(4096)
-    found = foreign_encoding(head)
-    if found is None:
-        yield escape_glob(path)
-        return
-    yield pvalue.TaggedOutput(REJECTED, reject(
-        "invalid_encoding", f"the file {path} is not UTF-8 JSON text: it is {found}; none of its lines was read",
-        raw_text(head[:200])))
+    with FileSystems.open(path) as f:
+        data = f.read(block)
+        found = foreign_encoding(data[:4096])
+        if found is not None:
+            yield reject("invalid_encoding", f"the file {path} is not UTF-8 JSON text: it is {found}; none of its "
+                         "lines was read", raw_text(data[:200]))
+            return
+        rest = b""
+        while data:
+            lines = (rest + data).split(b"\n")
+            rest = lines.pop()
+            for line in lines:
+                yield line[:-1] if line.endswith(b"\r") else line
+            data = f.read(block)
+    if rest:
+        yield rest[:-1] if rest.endswith(b"\r") else rest
 
 
 def _read_document(path: str) -> Iterator[Any]:
@@ -170,12 +178,8 @@ class ReadRecords(beam.PTransform):
         jsonl = [f for f in self.files if self._formats[f] == "jsonl"]
         squad = [f for f in self.files if self._formats[f] == "squad"]
         parts = []
-        if jsonl:
-            checked = (pbegin | "JsonlFiles" >> beam.Create(jsonl)
-                       | "CheckText" >> beam.FlatMap(_check_text_file).with_outputs(REJECTED, main="files"))
-            # Bytes, not str: a line that is not UTF-8 becomes a dead letter instead of a crash.
-            parts += [checked.files | "ReadLines" >> beam.io.ReadAllFromText(coder=beam.coders.BytesCoder()),
-                      checked[REJECTED]]
+        if jsonl:  # bytes, not str: a line that is not UTF-8 becomes a dead letter instead of a crash
+            parts.append(pbegin | "JsonlFiles" >> beam.Create(jsonl) | "ReadLines" >> beam.FlatMap(_read_lines))
         if squad:
             parts.append(pbegin | "SquadFiles" >> beam.Create(squad) | "ReadDocuments" >> beam.FlatMap(_read_document))
         return tuple(parts) | "AllRecords" >> beam.Flatten()
@@ -183,7 +187,7 @@ class ReadRecords(beam.PTransform):
     @property
     def one_reader(self) -> bool:
         """Whether records come from few readers and must be spread over the workers (pass it as
-        ``AnswerQuestions(spread=...)``): always, since a file is read by one worker (whole, or in 64 MB ranges)."""
+        ``AnswerQuestions(spread=...)``): always, since each file is read whole by one worker."""
         return True
 
 
