@@ -141,15 +141,18 @@ def _read_lines(path: str, block: int = 1 << 20) -> Iterator[Any]:
             yield reject("invalid_encoding", f"the file {path} is not UTF-8 JSON text: it is {found}; none of its "
                          "lines was read", raw_text(data[:200]))
             return
-        rest = b""
+        pending: List[bytes] = []  # the blocks of a line not yet ended (kept apart: a long line costs no copies)
         while data:
-            lines = (rest + data).split(b"\n")
-            rest = lines.pop()
-            for line in lines:
-                yield line[:-1] if line.endswith(b"\r") else line
+            *ended, rest = data.split(b"\n")
+            if ended:
+                ended[0] = b"".join([*pending, ended[0]])
+                pending = []
+                yield from (line.removesuffix(b"\r") for line in ended)
+            pending.append(rest)
             data = f.read(block)
-    if rest:
-        yield rest[:-1] if rest.endswith(b"\r") else rest
+    last = b"".join(pending)
+    if last:
+        yield last.removesuffix(b"\r")
 
 
 def _read_document(path: str) -> Iterator[Any]:
