@@ -4,7 +4,6 @@ Our flags use dashes (``--max-seq-length``); the rest go to Beam untouched (``--
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import dataclass, fields
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -186,7 +185,7 @@ def settings_or_exit(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     checked model; a missing or failing model, or bad settings, exit with status 2 and the message."""
     try:
         model_dir = resolve_model(args.model, args.cache_dir, args.backend)
-        check_model(model_dir, args.backend)
+        check_model(model_dir, args.backend, args.engine)
         values: Dict[str, Any] = {f.name: getattr(args, f.name) for f in fields(QASettings) if hasattr(args, f.name)}
         if args.null_threshold is None:
             saved = saved_threshold(model_dir, args.backend, args.engine)
@@ -224,19 +223,12 @@ def resolve_model(model: str, cache_dir: str, backend: str) -> str:
     return str(resolve_model_bundle(model, cache_dir))
 
 
-def check_model(model_dir: str, backend: str) -> None:
-    """The launch check: a local ONNX bundle must match its recorded hash and hold a real tokenizer;
-    a local checkpoint (torch, tensorrt) a real tokenizer. Workers check remote models as they load."""
-    if not os.path.isdir(model_dir):  # a remote path is no local folder
-        return
-    if backend == "onnx":
-        from trt_handler.engines.export import check_model_bundle
+def check_model(model_dir: str, backend: str, engine: Optional[str] = None) -> None:
+    """The launch check (:mod:`pipelines.launch_checks`): the model files, engine and tokenizer are the ones
+    exported / built and recorded, and give the recorded canary answers; ValueError otherwise."""
+    from pipelines.launch_checks import check_model as check
 
-        check_model_bundle(model_dir)
-    else:
-        from trt_handler.qa.windows import load_tokenizer
-
-        load_tokenizer(model_dir)
+    check(model_dir, backend, engine)
 
 
 def split_argv(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, List[str]]:

@@ -13,7 +13,6 @@ import pickle
 import random
 import re
 import sys
-import tempfile
 import threading
 import time
 from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
@@ -22,6 +21,7 @@ import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
+from pipelines.launch_checks import local_model_dir
 from pipelines.options import QASettings
 from pipelines.outputs import has_glob
 from pipelines.records import (
@@ -263,33 +263,6 @@ class RejectDuplicateIds(beam.PTransform):
         routed = keyed | "KeepOne" >> beam.Map(_keep_least, beam.pvalue.AsDict(duplicated)).with_output_types(
             Tuple[str, QAExample]).with_outputs(REJECTED, main="kept")
         return routed.kept, routed[REJECTED]
-
-
-_STAGED: Dict[str, str] = {}
-_STAGE_LOCK = threading.Lock()
-
-
-def local_model_dir(model_dir: str) -> str:
-    """A local folder with the bundle's tokenizer files (the tokenizer loads only locally): ``model_dir``
-    when local, else a per-process copy of a remote folder's files but ONNX and engine files."""
-    from apache_beam.io.filesystems import FileSystems
-
-    if FileSystems.get_scheme(model_dir) in (None, "file"):
-        return model_dir
-    with _STAGE_LOCK:
-        if model_dir in _STAGED:
-            return _STAGED[model_dir]
-        target = tempfile.mkdtemp(prefix="trt-qa-model-")
-        matched = FileSystems.match([FileSystems.join(model_dir.rstrip("/"), "*")])[0].metadata_list
-        if not matched:
-            raise FileNotFoundError(f"no files under {model_dir}; upload the model bundle folder there")
-        for meta in matched:
-            name = meta.path.rstrip("/").rsplit("/", 1)[-1]
-            if not name.endswith((".onnx", ".onnx.data", ".engine", ".plan")):
-                with FileSystems.open(meta.path) as src, open(os.path.join(target, name), "wb") as dst:
-                    dst.write(src.read())
-        _STAGED[model_dir] = target
-        return target
 
 
 class _MakeQuestions(beam.DoFn):
