@@ -31,6 +31,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Pattern
 
 from apache_beam.io.filesystems import FileSystems
@@ -129,10 +130,9 @@ def _remove_folder(folder: str) -> None:
 
 def _write(path: str, data: bytes) -> None:
     if _is_local(path):
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        from trt_handler.engines.sidecar import atomic_write
+
+        atomic_write(Path(path), data)
     else:
         with FileSystems.create(path) as f:
             f.write(data)
