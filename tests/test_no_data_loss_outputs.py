@@ -236,3 +236,24 @@ def test_gs_lock_refuses_a_live_run_and_takes_over_a_dead_one(bundled_model: Pat
     assert "read 20 records from 1 file, answered 20" in stdout
     listed = sorted(m.path for m in FileSystems.match([gcs_emulator.url(f"{tmp_path.name}/out/**")])[0].metadata_list)
     assert listed == sorted([decoy, prefix + "-00000-of-00001.jsonl", prefix + "-rejected-00000-of-00001.jsonl"]), listed
+
+
+def test_gs_lock_heartbeat_keeps_a_long_run_alive(gcs_emulator: Any, tmp_path: Path) -> None:  # noqa: F811
+    """While a run holds a gs:// lock its heartbeat is rewritten, so a run that outlives the stale age is
+    not taken for dead; the lock is gone when the run ends."""
+    from apache_beam.io.filesystems import FileSystems
+
+    prefix = gcs_emulator.url(f"{tmp_path.name}/answers")
+
+    def holder() -> Dict[str, Any]:
+        with FileSystems.open(prefix + ".lock") as f:
+            return json.loads(f.read())
+
+    with OutputRun(prefix, qa_batch.OUTPUT_TAILS, heartbeat=0.2, stale_after=2.0):
+        first = holder()
+        time.sleep(2.5)  # older than the stale age, but beaten meanwhile
+        later = holder()
+        assert later["run"] == first["run"] and later["heartbeat"] > first["heartbeat"]
+        with pytest.raises(ValueError, match="another run"):
+            OutputRun(prefix, qa_batch.OUTPUT_TAILS, stale_after=2.0).__enter__()
+    assert not FileSystems.exists(prefix + ".lock")
