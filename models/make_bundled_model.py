@@ -26,6 +26,10 @@ rebuilds without that field):
 4. Self-check: ``models/bundle_to_checkpoint.py`` (how tests rebuild a PyTorch checkpoint from the
    bundle on a clone without ../shared) must read the checkpoint's exact weights back from the
    float32 export.
+5. The float32 export's ``tokenizer`` (sha256 of the tokenizer files) and ``canaries`` (questions with
+   the answers the checkpoint gave) are kept, and the int8 model must give those answers too; runs
+   replay them at launch. ``--record-only`` writes just these two into an existing bundle's export.json
+   (from the checkpoint, checked on the bundle's int8 model) without quantizing again.
 
 MODEL_CARD.md in the output folder is kept (it is written by hand, with the measured accuracy).
 """
@@ -43,7 +47,15 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from trt_handler.engines.export import BUNDLE_META, BUNDLE_ONNX, export_onnx, file_sha256
+from trt_handler.engines.export import (
+    BUNDLE_META,
+    BUNDLE_ONNX,
+    EXPORT_FORMAT_VERSION,
+    export_onnx,
+    file_sha256,
+    model_checks,
+    replay_canaries,
+)
 from trt_handler.qa.types import OUTPUT_NAMES, ModelBatch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -211,6 +223,7 @@ def make(model: str, out_dir: Path, *, method: str = "weight-only", per_channel:
         else:
             raise ValueError(f"unknown method {method!r}")
         meta = json.loads((fp32 / BUNDLE_META).read_text(encoding="utf-8"))
+        check_int8_canaries(meta["canaries"], fp32, staged / BUNDLE_ONNX)
         check_weight_mapping(model, fp32 / BUNDLE_ONNX)
         diffs, scales = compare(fp32 / BUNDLE_ONNX, staged / BUNDLE_ONNX, real_batches(fp32))
         for f in sorted(fp32.iterdir()):
@@ -251,6 +264,36 @@ def make(model: str, out_dir: Path, *, method: str = "weight-only", per_channel:
     return meta
 
 
+def check_int8_canaries(record: Dict[str, Any], tokenizer_dir: Path, int8_onnx: Path) -> int:
+    """The int8 model must give the canary answers the checkpoint gave (ModelCheckError otherwise)."""
+    from trt_handler.engines.canaries import onnx_answers
+    from trt_handler.qa.windows import load_tokenizer
+
+    return replay_canaries(record, load_tokenizer(tokenizer_dir), onnx_answers(str(int8_onnx)),
+                           "the checkpoint (float32), replayed on the int8 model")
+
+
+def record_only(model: str, out_dir: Path) -> Dict[str, Any]:
+    """Add the tokenizer and canary record (:func:`trt_handler.engines.export.model_checks`) of checkpoint
+    ``model`` to the existing bundle ``out_dir``'s export.json; its tokenizer files must be the checkpoint's."""
+    import torch
+    from transformers import AutoModelForQuestionAnswering
+
+    from trt_handler.engines.export import _int32_wrapper
+
+    with tempfile.TemporaryDirectory(prefix="bundled-model-record-") as tmp:
+        for f in out_dir.iterdir():  # the bundle's tokenizer files, as a run loads them
+            if f.is_file() and f.suffix == ".json" and f.name != BUNDLE_META:
+                shutil.copy2(f, Path(tmp) / f.name)
+        qa_model = AutoModelForQuestionAnswering.from_pretrained(model, dtype=torch.float32)
+        checks = model_checks(Path(tmp), _int32_wrapper(qa_model), None, model)
+    check_int8_canaries(checks["canaries"], out_dir, out_dir / BUNDLE_ONNX)
+    meta = json.loads((out_dir / BUNDLE_META).read_text(encoding="utf-8"))
+    meta.update(format_version=EXPORT_FORMAT_VERSION, **checks)
+    (out_dir / BUNDLE_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return meta
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default=str(REPO.parent / "shared" / "models" / "minilm-l6-squad2"),
@@ -262,7 +305,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--per-channel", action="store_true", help="dynamic only: per-output-channel MatMul weight scales")
     p.add_argument("--exclude", nargs="*", default=[], help="node-name substrings kept in float32")
     p.add_argument("--op-types", nargs="+", default=["MatMul", "Gather"], help="op types to quantize")
+    p.add_argument("--record-only", action="store_true",
+                   help="only add the tokenizer sha256 and canary answers to the existing bundle's export.json")
     args = p.parse_args(argv)
+    if args.record_only:
+        meta = record_only(args.model, args.out)
+        print(f"{args.out}: recorded {len(meta['canaries']['questions'])} canary answers and the tokenizer files "
+              f"{sorted(meta['tokenizer']['files'])}")
+        return 0
     meta = make(args.model, args.out, method=args.method, per_channel=args.per_channel, exclude=args.exclude,
                 op_types=args.op_types)
     print(f"{args.out}: model.onnx {meta['onnx_bytes'] / 1e6:.1f} MB "

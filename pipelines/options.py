@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from dataclasses import dataclass, fields
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -232,7 +231,7 @@ def settings_or_exit(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     checked model; a missing or failing model, or bad settings, exit with status 2 and the message."""
     try:
         model_dir = resolve_model(args.model, args.cache_dir, args.backend)
-        check_model(model_dir, args.backend)
+        check_model(model_dir, args.backend, args.engine)
         values: Dict[str, Any] = {f.name: getattr(args, f.name) for f in fields(QASettings) if hasattr(args, f.name)}
         if args.null_threshold is None:
             saved = saved_threshold(model_dir, args.backend, args.engine)
@@ -270,29 +269,52 @@ def resolve_model(model: str, cache_dir: str, backend: str) -> str:
     return str(resolve_model_bundle(model, cache_dir))
 
 
-def check_model(model_dir: str, backend: str) -> None:
-    """The launch check: a local ONNX bundle must match its recorded hash and hold a real tokenizer;
-    a local checkpoint (torch, tensorrt) a real tokenizer. Workers check remote models as they load."""
-    if not os.path.isdir(model_dir):  # a remote path is no local folder
-        return
-    if backend == "onnx":
-        from trt_handler.engines.export import check_model_bundle
+def check_model(model_dir: str, backend: str, engine: Optional[str] = None) -> None:
+    """The launch check (:mod:`pipelines.launch_checks`): the model files, engine and tokenizer are the ones
+    exported / built and recorded, and give the recorded canary answers; ValueError otherwise."""
+    from pipelines.launch_checks import check_model as check
 
-        check_model_bundle(model_dir)
-    else:
-        from trt_handler.qa.windows import load_tokenizer
-
-        load_tokenizer(model_dir)
+    check(model_dir, backend, engine)
 
 
 def split_argv(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, List[str]]:
-    """Our flags, and the rest for Beam; a misspelt flag of ours ('--max-seq-lenght') is an error,
-    not a silently ignored Beam option."""
+    """Our flags, and Beam's for Beam. Anything else stops the run with one line (status 2) instead of
+    Beam's "Discarding unparseable args" warning: a misspelt flag of ours ('--max-seq-lenght'), a flag
+    neither knows, or a stray word (a path the shell expanded from an unquoted glob: only the first
+    would have been read)."""
     args, rest = parser.parse_known_args(argv)
     ours = {s for a in parser._actions for s in a.option_strings}
     for token in rest:
         name = token.split("=", 1)[0]
         if name.startswith("--") and "-" in name[2:] and name not in ours:
-            parser.error(f"unknown option {name}: Beam options use underscores (--temp_location); "
-                         f"ours are listed by --help")
+            _refuse(parser, f"unknown option {name}: Beam options use underscores (--temp_location); "
+                            "ours are listed by --help")
+    unknown = _unknown_to_beam(rest)
+    if unknown:
+        word = unknown[0]
+        if word.startswith("-"):
+            _refuse(parser, f"unknown option {word.split('=', 1)[0]}: neither ours (--help lists them) nor Beam's")
+        _refuse(parser, f"unexpected argument {word!r}{f' (and {len(unknown) - 1} more)' if len(unknown) > 1 else ''}: "
+                        "every value belongs to a flag; if the shell expanded an unquoted glob into several paths, "
+                        "quote it (--input 'data/*.jsonl') so that every file it matches is read")
     return args, rest
+
+
+def _refuse(parser: argparse.ArgumentParser, message: str) -> None:
+    parser.exit(2, f"{parser.prog}: error: {message}\n")
+
+
+def _unknown_to_beam(args: Sequence[str]) -> List[str]:
+    """The arguments no Beam PipelineOptions class knows, as Beam itself parses them (it would drop them
+    with a warning). Beam internals: when they change, nothing is refused."""
+    from apache_beam.options import pipeline_options as po
+
+    try:
+        beam_parser = po._BeamArgumentParser(allow_abbrev=False)
+        classes = {str(cls): cls for cls in po.PipelineOptions.__subclasses__()}
+        for cls in classes.values():
+            cls._add_argparse_args(beam_parser)
+        _, unknown = beam_parser.parse_known_args(list(args))
+    except Exception:  # noqa: BLE001 - Beam changed: leave the arguments to Beam
+        return []
+    return list(unknown)

@@ -3,37 +3,47 @@
     python -m pipelines.qa_batch --input samples/squad_sample.jsonl --output out/answers \\
         --model ../shared/models/minilm-l6-squad2 --backend onnx --show 5
 
-Input: JSONL ({id, question, context[, answers, is_impossible]} a line) or a SQuAD v1.1/v2.0
-JSON file, local or gs://. Output: ``OUTPUT-SSSSS-of-NNNNN.jsonl`` (one answer a line) or a
-BigQuery table, and the dead letters in ``OUTPUT-rejected-SSSSS-of-NNNNN.jsonl`` (reason + raw
-record). ``--eval`` also writes ``OUTPUT-metric.json`` and prints it as the last line.
-Unknown flags go to Beam (``--runner``, ``--project``, ``--temp_location``, ...).
+Input: JSONL ({id, question, context[, answers, is_impossible]} a line) or SQuAD v1.1/v2.0 JSON
+files, local or gs://: a path that names a file is read as that file (even with *, ? or [ in its
+name); any other path with *, ? or [...] is a glob and every file it matches is read, each in the
+format its name says (*.json SQuAD, else JSONL) unless --input-format says. Output:
+``OUTPUT-SSSSS-of-NNNNN.jsonl`` (one answer a line) or a BigQuery table, and the dead letters in
+``OUTPUT-rejected-SSSSS-of-NNNNN.jsonl`` (reason + raw record); ``--eval`` also writes
+``OUTPUT-metric.json`` and prints it as the last line. OUTPUT is a plain prefix, never a glob; the
+files are staged and replace an earlier run's only once this run has finished, one run at a time
+(``OUTPUT.lock``). Beam's own flags go to Beam (``--runner``, ``--project``, ``--temp_location``, ...);
+anything else stops the run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import json
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
+from apache_beam.runners.runner import PipelineState
 
 from pipelines.options import QASettings, add_qa_arguments, new_parser, resolve_model, settings_or_exit, split_argv
+from pipelines.outputs import OutputRun
 from pipelines.records import answer_row
 from pipelines.transforms import (
     NAMESPACE,
     AnswerQuestions,
     ReadRecords,
     answer_json,
+    input_files,
     rejection_json,
     report_progress,
     write_to_bigquery,
@@ -42,7 +52,10 @@ from trt_handler.qa.types import Answer, QAExample
 
 LOGGER = logging.getLogger(__name__)
 
-__all__ = ["build_parser", "build_pipeline", "main", "resolve_model", "run"]
+__all__ = ["OUTPUT_TAILS", "build_parser", "build_pipeline", "main", "resolve_model", "run"]
+
+# What follows OUTPUT in the name of each file a run writes (the earlier files a finished run replaces).
+OUTPUT_TAILS = re.compile(r"-[0-9]+-of-[0-9]+\.jsonl|-rejected-[0-9]+-of-[0-9]+\.jsonl|-metric\.json|-show\.jsonl")
 
 # Runners that run the pipeline in this process, where the progress line can count it.
 _LOCAL_RUNNERS = (None, "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner", "FnApiRunner",
@@ -51,11 +64,14 @@ _LOCAL_RUNNERS = (None, "DirectRunner", "BundleBasedDirectRunner", "SwitchingDir
 
 def build_parser() -> argparse.ArgumentParser:
     parser, io = new_parser("python -m pipelines.qa_batch", __doc__)
-    io.add_argument("--input", required=True, help="JSONL or SQuAD JSON file (local or gs://, globs allowed)")
+    io.add_argument("--input", required=True,
+                    help="JSONL or SQuAD JSON file (local or gs://), read as named; a path naming no file but holding "
+                         "*, ? or [...] is a glob, and every file it matches is read")
     io.add_argument("--input-format", choices=("auto", "jsonl", "squad"), default="auto",
-                    help="auto: *.json is SQuAD JSON, anything else JSONL (default auto)")
+                    help="auto: each file by its name, *.json (.gz, ...) SQuAD JSON, anything else JSONL (default auto)")
     io.add_argument("--output", required=True,
-                    help="output prefix (local or gs://): answers OUTPUT-*.jsonl, dead letters OUTPUT-rejected-*.jsonl")
+                    help="output prefix (local or gs://, never a glob): answers OUTPUT-*.jsonl, dead letters "
+                         "OUTPUT-rejected-*.jsonl; they replace an earlier run's once this run has finished")
     io.add_argument("--show", type=int, default=0, metavar="N", help="print N answers (with their questions) at the end")
     io.add_argument("--allow-duplicate-ids", action="store_true",
                     help="answer every record even when ids repeat (default: all but one record of a repeated id "
@@ -84,59 +100,33 @@ def _metric_json(pairs: List[Tuple[QAExample, Answer]]) -> str:
     return json.dumps({**metric, "unscored": len(pairs) - len(scored)}, sort_keys=True)
 
 
-def check_input(path: str) -> None:
-    """Refuse, before the pipeline is built, an input that matches no file or is a folder."""
-    if os.path.isdir(path):  # a remote path is no local folder
-        raise ValueError(f"--input {path} is a folder; pass a file or a glob such as {path.rstrip('/')}/*.jsonl")
-    try:
-        matched = FileSystems.match([path])[0].metadata_list
-    except Exception as exc:  # noqa: BLE001 - Beam raises its own BeamIOError types
-        raise ValueError(f"--input {path} cannot be listed: {exc}") from None
-    if not matched:
-        raise ValueError(f"--input {path} matches no file; check the path (globs are allowed)")
-
-
-def replace_earlier_outputs(prefix: str) -> None:
-    """Make the local output folder (ValueError when it cannot) and delete an earlier run's files at the prefix."""
-    if FileSystems.get_scheme(prefix) in (None, "file"):
-        folder = os.path.dirname(os.path.abspath(prefix))
-        try:
-            os.makedirs(folder, exist_ok=True)
-        except OSError as exc:
-            raise ValueError(f"--output {prefix}: cannot create the folder {folder} ({exc.strerror})") from None
-        if not os.access(folder, os.W_OK):
-            raise ValueError(f"--output {prefix}: the folder {folder} is not writable")
-    patterns = [f"{prefix}-[0-9]*-of-[0-9]*.jsonl", f"{prefix}-rejected-[0-9]*-of-[0-9]*.jsonl",
-                f"{prefix}-metric.json", f"{prefix}-show.jsonl"]
-    stale = [m.path for r in FileSystems.match(patterns) for m in r.metadata_list]
-    if stale:
-        FileSystems.delete(stale)
-        LOGGER.warning("replaced %d files of an earlier run at %s", len(stale), prefix)
-
-
 def _show_line(pair: Tuple[QAExample, Answer], top_k: int = 1) -> str:
     ex, a = pair
     return json.dumps({"question": ex.question, **answer_row(a, top_k)}, ensure_ascii=False)
 
 
-def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, settings: QASettings, handler: Any = None) -> None:
-    """Read -> AnswerQuestions -> write answers, dead letters, [metric], [shown answers]."""
-    read = ReadRecords(args.input, args.input_format)
+def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, settings: QASettings, handler: Any = None, *,
+                   files: Optional[Sequence[str]] = None, write_to: Optional[Callable[[str], str]] = None) -> None:
+    """Read -> AnswerQuestions -> write answers, dead letters, [metric], [shown answers]. ``files``: the
+    input files (default: those ``args.input`` names); ``write_to(tail)``: where the output
+    ``OUTPUT<tail>`` is written (default ``args.output + tail``; a run writes to its staging folder)."""
+    read = ReadRecords(args.input if files is None else files, args.input_format)
     out = p | "Read" >> read | "AnswerQuestions" >> AnswerQuestions(
         settings, handler, unique_ids=not args.allow_duplicate_ids, spread=read.one_reader)
+    to = write_to or (lambda tail: args.output + tail)
 
     write_to_bigquery(out, args.bigquery_table, args.bigquery_rejected_table, top_k=settings.top_k)
     if not args.bigquery_table:
         _ = (
             out.answers
             | "AnswerLines" >> beam.Map(functools.partial(answer_json, top_k=settings.top_k))
-            | "WriteAnswers" >> beam.io.WriteToText(args.output, file_name_suffix=".jsonl")
+            | "WriteAnswers" >> beam.io.WriteToText(to(""), file_name_suffix=".jsonl")
         )
     if not args.bigquery_rejected_table:
         _ = (
             out.rejected
             | "RejectedLines" >> beam.Map(rejection_json)
-            | "WriteRejected" >> beam.io.WriteToText(f"{args.output}-rejected", file_name_suffix=".jsonl")
+            | "WriteRejected" >> beam.io.WriteToText(to("-rejected"), file_name_suffix=".jsonl")
         )
     if args.eval:
         _ = (
@@ -144,14 +134,14 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, settings: QASetti
             | "ForMetric" >> beam.MapTuple(lambda ex, a: (ex, dataclasses.replace(a, n_best=())))  # smaller list
             | "AllAnswers" >> beam.combiners.ToList()
             | "Metric" >> beam.Map(_metric_json)
-            | "WriteMetric" >> beam.io.WriteToText(f"{args.output}-metric", file_name_suffix=".json", shard_name_template="")
+            | "WriteMetric" >> beam.io.WriteToText(to("-metric"), file_name_suffix=".json", shard_name_template="")
         )
     if args.show > 0:
         _ = (
             out.answers
             | "PickShown" >> beam.combiners.Top.Smallest(args.show, key=lambda pair: pair[0].id)
             | "ShownLines" >> beam.FlatMap(lambda pairs, k: [_show_line(pair, k) for pair in pairs], settings.top_k)
-            | "WriteShown" >> beam.io.WriteToText(f"{args.output}-show", file_name_suffix=".jsonl", shard_name_template="")
+            | "WriteShown" >> beam.io.WriteToText(to("-show"), file_name_suffix=".jsonl", shard_name_template="")
         )
 
 
@@ -172,11 +162,14 @@ def counters(result: Any) -> Dict[str, int]:
 
 
 def summary_line(counts: Dict[str, int], seconds: float) -> str:
-    """``read N, answered A, rejected R (code n, ...), Q questions/s``; says so when they don't add up."""
+    """``read N records from F files, answered A, rejected R (code n, ...), Q questions/s``; says so when
+    they don't add up."""
     read, answered, rejected = counts.get("records_read", 0), counts.get("answered", 0), counts.get("rejected", 0)
+    files = counts.get("files_read", 0)
     by_reason = sorted((k.split(".", 1)[1], v) for k, v in counts.items() if k.startswith("rejected.") and v)
     reasons = ", ".join(f"{code} {n}" for code, n in by_reason)
-    line = (f"summary: read {read}, answered {answered}, rejected {rejected}"
+    line = (f"summary: read {read} records from {files} file{'' if files == 1 else 's'}, answered {answered}, "
+            f"rejected {rejected}"
             f"{f' ({reasons})' if reasons else ''}; {read / max(seconds, 1e-9):.1f} questions/s over {seconds:.1f} s")
     if read != answered + rejected:
         line += f"; WARNING: {read - answered - rejected} records have no outcome"
@@ -195,26 +188,37 @@ def run(argv: Optional[Sequence[str]] = None, handler: Any = None) -> Dict[str, 
         parser.error("--progress-every must be 0 (off) or more seconds")
     settings = settings_or_exit(parser, args)
     try:
-        check_input(args.input)
-        replace_earlier_outputs(args.output)
+        files = input_files(args.input)
+        outputs = OutputRun(args.output, OUTPUT_TAILS)
         if args.save_threshold:
             threshold_target(settings)  # refuse before the run, not after it
     except ValueError as exc:  # a fault of the run, not of the command line: no usage text
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
     options = PipelineOptions(beam_args)
-    t0 = time.perf_counter()
-    p = beam.Pipeline(options=options)
-    build_pipeline(p, args, settings, handler)
     outcome: Dict[str, Any] = {"counters": {}, "metric": None, "shown": [], "threshold": settings.threshold_note(),
                                "saved_threshold": None}
+    t0 = time.perf_counter()
     template = options.view_as(GoogleCloudOptions).template_location
-    if template:  # DataflowRunner writes the job description there and runs nothing
+    if template:  # DataflowRunner writes the job description there and runs nothing: outputs go straight to OUTPUT
+        p = beam.Pipeline(options=options)
+        build_pipeline(p, args, settings, handler, files=files)
         p.run()
         return {**outcome, "seconds": time.perf_counter() - t0, "template": str(template)}
-    with report_progress(args.progress_every if options.view_as(StandardOptions).runner in _LOCAL_RUNNERS else 0):
-        result = p.run()
-        result.wait_until_finish()
-    outcome.update(counters=counters(result), seconds=time.perf_counter() - t0)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(outputs)  # the lock: one live run per prefix; cleans after dead runs
+        except ValueError as exc:
+            parser.exit(2, f"{parser.prog}: error: {exc}\n")
+        p = beam.Pipeline(options=options)
+        build_pipeline(p, args, settings, handler, files=files, write_to=outputs.staged)
+        with report_progress(args.progress_every if options.view_as(StandardOptions).runner in _LOCAL_RUNNERS else 0):
+            result = p.run()
+            state = result.wait_until_finish()
+        if state is not None and state != PipelineState.DONE:  # e.g. a Dataflow job cancelled from the console
+            raise RuntimeError(f"the pipeline ended {state}, not DONE; the outputs of earlier runs at {args.output} "
+                               "are kept")
+        outcome.update(counters=counters(result), seconds=time.perf_counter() - t0)
+        outputs.commit()  # the run finished: its files replace the earlier ones
     if args.show > 0:
         outcome["shown"] = [json.loads(line) for line in _read_text(f"{args.output}-show.jsonl").splitlines() if line]
     if args.eval:

@@ -18,8 +18,11 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 from trt_handler.qa.reading import (
     RECORD_FIELDS,
     DataFormatError,
+    DuplicateKeyError,
+    RepeatedKeys,
     TooLongNumber,
     example_from_record,
+    foreign_encoding,
     load_json,
     lone_surrogate,
 )
@@ -27,9 +30,10 @@ from trt_handler.qa.types import Answer, QAExample, Rejection
 
 # Why a record was rejected; the first word of every Rejection.reason.
 REASON_CODES: Tuple[str, ...] = (
-    "invalid_encoding",  # bytes that are not UTF-8
+    "invalid_encoding",  # bytes that are not UTF-8 (the reason names gzip, UTF-16, ... where the bytes show it)
     "empty_record",  # blank line / empty message
     "invalid_json",  # not parseable as JSON
+    "duplicate_key",  # a JSON object holding one key twice (readers would keep the last value only)
     "not_an_object",  # JSON, but not an object ({...})
     "invalid_squad_document",  # a SQuAD JSON file whose structure is wrong
     "missing_field",  # id, question or context absent (or null)
@@ -141,21 +145,28 @@ class RecordLimits:
 RawRecord = Union[str, bytes]
 
 
-def _decode(raw: RawRecord) -> Union[str, Rejection]:
+def _decode(raw: RawRecord, what: str = "the record") -> Union[str, Rejection]:
     if isinstance(raw, bytes):
+        found = foreign_encoding(raw)
+        if found is not None:
+            return reject("invalid_encoding", f"{what} is not UTF-8 JSON text: it is {found}",
+                          raw_text(raw[:RAW_KEEP_CHARS]))
         try:
             return raw.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             text = raw.decode("utf-8", errors="backslashreplace")
-            return reject("invalid_encoding", f"the record is not UTF-8 ({exc.reason} at byte {exc.start})", text)
+            return reject("invalid_encoding", f"{what} is not UTF-8 ({exc.reason} at byte {exc.start})", text)
     # A byte-order mark at the start of a file ends up on its first line; JSON refuses it.
     return raw.removeprefix("\ufeff")
 
 
-def _load(text: str, what: str, keep: Optional[int] = None) -> Any:
-    """The JSON value of ``text``, or an ``invalid_json`` Rejection (raw: ``text[:keep]``)."""
+def _load(text: str, what: str, keep: Optional[int] = None, marked: Optional[List[RepeatedKeys]] = None) -> Any:
+    """The JSON value of ``text`` (:func:`load_json`: repeated keys marked in ``marked``, else refused),
+    or an ``invalid_json`` / ``duplicate_key`` Rejection (raw: ``text[:keep]``)."""
     try:
-        return load_json(text)
+        return load_json(text, marked)
+    except DuplicateKeyError as exc:
+        return reject("duplicate_key", f"{what}: {exc}", text[:keep])
     except (json.JSONDecodeError, RecursionError) as exc:
         why = str(exc) if isinstance(exc, json.JSONDecodeError) else "nested too deeply to read"
         return reject("invalid_json", f"{what} is not valid JSON ({why})", text[:keep])
@@ -252,25 +263,36 @@ def split_squad_document(raw: RawRecord, source: str = "") -> Iterator[Union[str
 
 
 def _split_squad_document(raw: RawRecord, where: str) -> Iterator[Union[str, Rejection]]:
-    text = _decode(raw)
-    doc = text if isinstance(text, Rejection) else _load(text, f"the SQuAD document{where}", RAW_KEEP_CHARS)
+    text = _decode(raw, f"the SQuAD document{where}")
+    marked: List[RepeatedKeys] = []
+    doc = text if isinstance(text, Rejection) else _load(text, f"the SQuAD document{where}", RAW_KEEP_CHARS, marked)
     if isinstance(doc, Rejection):
         yield doc
         return
-    # Records are searched for a TooLongNumber only when the document has a run of that many digits.
+    # Records are searched for a TooLongNumber only when the document has a run of that many digits,
+    # and for a repeated key only when the document has one.
     limit = sys.get_int_max_str_digits()
-    long_numbers = limit > 0 and re.search(f"[0-9]{{{limit + 1}}}", text) is not None
+    search = (limit > 0 and re.search(f"[0-9]{{{limit + 1}}}", text) is not None) or bool(marked)
+    if isinstance(doc, RepeatedKeys):
+        yield _repeated_rejection(doc, f"the SQuAD document{where}", text[:RAW_KEEP_CHARS])
+        return
     data = doc.get("data") if isinstance(doc, dict) else None
     if not isinstance(data, list):
         yield reject("invalid_squad_document", f"the SQuAD document{where} has no 'data' list", text[:RAW_KEEP_CHARS])
         return
     for a, article in enumerate(data):
+        if isinstance(article, RepeatedKeys):
+            yield _repeated_rejection(article, f"article {a}{where}")
+            continue
         paragraphs = article.get("paragraphs") if isinstance(article, dict) else None
         if not isinstance(paragraphs, list):
             yield reject("invalid_squad_document", f"article {a}{where} has no 'paragraphs' list", _dump(article))
             continue
         title = article.get("title")
         for p, paragraph in enumerate(paragraphs):
+            if isinstance(paragraph, RepeatedKeys):
+                yield _repeated_rejection(paragraph, f"paragraph {p} of article {a}{where}")
+                continue
             qas = paragraph.get("qas") if isinstance(paragraph, dict) else None
             if not isinstance(qas, list):
                 yield reject("invalid_squad_document", f"paragraph {p} of article {a}{where} has no 'qas' list",
@@ -280,27 +302,63 @@ def _split_squad_document(raw: RawRecord, where: str) -> Iterator[Union[str, Rej
                 if not isinstance(qa, dict):
                     yield _dump(qa)  # parse_record says what it is
                     continue
-                record: Dict[str, Any] = {k: qa[k] for k in ("id", "question", "answers", "is_impossible") if k in qa}
-                record |= {"context": paragraph.get("context"), **({} if title is None else {"title": title})}
-                long_number = _find_too_long_number(record) if long_numbers else None
-                if long_number is not None:
-                    key, digits = long_number
-                    eid = qa.get("id") if isinstance(qa.get("id"), str) else None
-                    yield reject("number_too_long", f"question {q} of paragraph {p} of article {a}{where} has an "
-                                 f"integer of {digits} digits in {key!r}, more than Python reads; write it as a "
-                                 "string or fix the producer", _dump(record), example_id=eid)
-                    continue
-                yield _dump(record)
+                yield _question_record(qa, paragraph, title, f"question {q} of paragraph {p} of article {a}{where}",
+                                       search)
 
 
-def _find_too_long_number(obj: Dict[str, Any]) -> Optional[Tuple[str, int]]:
-    """(top-level key, digits) of the first TooLongNumber anywhere in a record, or None."""
-    for key, value in obj.items():
+_QA_KEYS = ("id", "question", "answers", "is_impossible")
+
+
+def _question_record(qa: Dict[str, Any], paragraph: Dict[str, Any], title: Any, place: str,
+                     search: bool) -> Union[str, Rejection]:
+    """One question of a SQuAD document as a self-contained JSONL record, or its Rejection (a
+    repeated key or an integer too long for Python in it; searched for only when ``search``)."""
+    context = {"context": paragraph.get("context"), **({} if title is None else {"title": title})}
+    record: Dict[str, Any] = {k: qa[k] for k in _QA_KEYS if k in qa} | context
+    flaw = _find_flaw(record, qa) if search else None
+    if flaw is None:
+        return _dump(record)
+    eid = qa.get("id") if isinstance(qa.get("id"), str) else None
+    key, found = flaw
+    if isinstance(found, RepeatedKeys):  # the dead letter shows the record with its pairs as written
+        written = RepeatedKeys([(k, v) for k, v in found.pairs if k in _QA_KEYS] + list(context.items())) \
+            if found is qa else record
+        return _repeated_rejection(found, place, _as_written(written), eid)
+    return reject("number_too_long", f"{place} has an integer of {found.digits} digits in {key!r}, more than "
+                  "Python reads; write it as a string or fix the producer", _dump(record), example_id=eid)
+
+
+def _repeated_rejection(obj: RepeatedKeys, place: str, raw: Optional[str] = None,
+                        example_id: Optional[str] = None) -> Rejection:
+    """The ``duplicate_key`` Rejection of a part of a SQuAD document (raw: the part with every value as written)."""
+    keys = ", ".join(repr(k) for k in obj.repeated)
+    return reject("duplicate_key", f"{place} holds the key {keys} more than once; JSON readers keep only the last "
+                  "value, so the questions or fields of the others would be lost without a word: nothing of it "
+                  "was answered. Write each key once (merge the values) or fix the producer",
+                  raw if raw is not None else _as_written(obj), example_id=example_id)
+
+
+def _as_written(value: Any) -> str:
+    """``value`` as JSON text with each RepeatedKeys in it written with all its pairs, repeats included."""
+    if isinstance(value, dict):
+        pairs = value.pairs if isinstance(value, RepeatedKeys) else value.items()
+        return "{" + ", ".join(f"{_dump(k)}: {_as_written(v)}" for k, v in pairs) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_as_written(v) for v in value) + "]"
+    return _dump(value)
+
+
+def _find_flaw(record: Dict[str, Any], qa: Dict[str, Any]) -> Optional[Tuple[str, Any]]:
+    """(top-level key, the RepeatedKeys or TooLongNumber) of the first one in a record (or its question
+    object ``qa`` itself, key ""), else None."""
+    if isinstance(qa, RepeatedKeys):
+        return "", qa
+    for key, value in record.items():
         stack = [value]
         while stack:
             item = stack.pop()
-            if isinstance(item, TooLongNumber):
-                return key, item.digits
+            if isinstance(item, (TooLongNumber, RepeatedKeys)):
+                return key, item
             if isinstance(item, dict):
                 stack.extend(item.values())
             elif isinstance(item, list):

@@ -13,17 +13,17 @@ import pickle
 import random
 import re
 import sys
-import tempfile
 import threading
 import time
-from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import apache_beam as beam
 from apache_beam import pvalue
-from apache_beam.io import fileio
 from apache_beam.metrics import Metrics
 
+from pipelines.launch_checks import local_model_dir
 from pipelines.options import QASettings
+from pipelines.outputs import has_glob
 from pipelines.records import (
     ANSWER_BQ_SCHEMA,
     REJECTED_BQ_SCHEMA,
@@ -39,6 +39,7 @@ from pipelines.records import (
 )
 from trt_handler.answer_batch import ModelCallError
 from trt_handler.qa.answers import Provenance, with_provenance
+from trt_handler.qa.reading import foreign_encoding
 from trt_handler.qa.types import Answer, QAExample, QuestionWindows, Rejection
 
 NAMESPACE = "trt_qa"  # Beam metrics namespace of every counter below
@@ -103,31 +104,95 @@ def input_format(path: str, requested: str = "auto") -> str:
     return "squad" if re.sub(r"(\.(gz|bz2|deflate|zst))+$", "", path.lower()).endswith(".json") else "jsonl"
 
 
-class ReadRecords(beam.PTransform):
-    """Raw records of ``path``: JSONL lines as bytes, or one JSON string per question of a SQuAD JSON
-    document (read whole by one worker, see :attr:`one_reader`; a document that cannot be read yields a
-    Rejection)."""
+def input_files(path: str) -> List[str]:
+    """The files ``--input PATH`` reads (local or remote). A path that names an existing file is that file,
+    whatever its name holds (``*``, ``?``, ``[``, spaces); any other path holding ``*``, ``?`` or ``[`` is a
+    glob (Beam's: ``*`` within a folder, ``**`` across folders, ``[abc]`` one of) and reads every file it
+    matches. ValueError (one line) for a folder, a path that names nothing, a glob that matches nothing."""
+    from apache_beam.io.filesystems import FileSystems
 
-    def __init__(self, path: str, fmt: str = "auto"):
+    if os.path.isdir(path):  # a remote path is no local folder
+        raise ValueError(f"--input {path} is a folder; pass a file or a glob such as {path.rstrip('/')}/*.jsonl")
+    try:
+        if FileSystems.exists(path):
+            return [path]
+        if not has_glob(path):
+            raise ValueError(f"--input {path} does not exist (no file of that name; a glob needs *, ? or [...])")
+        matched = sorted(m.path for m in FileSystems.match([path])[0].metadata_list)
+    except ValueError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Beam raises its own BeamIOError types
+        raise ValueError(f"--input {path} cannot be listed: {' '.join(str(exc).split())[:300]}") from None
+    if not matched:
+        raise ValueError(f"--input {path} matches no file; check the glob (or the path, if a file was meant)")
+    return matched
+
+
+def _read_lines(path: str, block: int = 1 << 20) -> Iterator[Any]:
+    """The lines of a JSONL file as bytes (without their ``\\n`` / ``\\r\\n``; decompressed by extension),
+    read by its exact name; when its first bytes show compressed data or UTF-16 text, one
+    ``invalid_encoding`` Rejection in their stead."""
+    from apache_beam.io.filesystems import FileSystems
+
+    _count("files_read")
+    with FileSystems.open(path) as f:
+        data = f.read(block)
+        found = foreign_encoding(data[:4096])
+        if found is not None:
+            yield reject("invalid_encoding", f"the file {path} is not UTF-8 JSON text: it is {found}; none of its "
+                         "lines was read", raw_text(data[:200]))
+            return
+        pending: List[bytes] = []  # the blocks of a line not yet ended (kept apart: a long line costs no copies)
+        while data:
+            *ended, rest = data.split(b"\n")
+            if ended:
+                ended[0] = b"".join([*pending, ended[0]])
+                pending = []
+                yield from (line.removesuffix(b"\r") for line in ended)
+            pending.append(rest)
+            data = f.read(block)
+    last = b"".join(pending)
+    if last:
+        yield last.removesuffix(b"\r")
+
+
+def _read_document(path: str) -> Iterator[Any]:
+    """The questions of one SQuAD JSON file (read whole; decompressed by extension) as JSONL records."""
+    from apache_beam.io.filesystems import FileSystems
+
+    _count("files_read")
+    with FileSystems.open(path) as f:
+        data = f.read()
+    yield from split_squad_document(data, path)
+
+
+class ReadRecords(beam.PTransform):
+    """Raw records of the input files: JSONL lines as bytes, or one JSON string per question of a SQuAD
+    JSON document (read whole by one worker). ``path``: as :func:`input_files` takes it, or the list of
+    files it gave; each file's format by ``fmt``, else by its own name (a folder may mix JSONL and SQuAD
+    JSON). A file that cannot be read as text (a gzip file without .gz, UTF-16) is one Rejection, and so
+    is a SQuAD document whose structure is wrong. Counts ``files_read``."""
+
+    def __init__(self, path: Union[str, Sequence[str]], fmt: str = "auto"):
         super().__init__()
-        self._path = path
-        self._format = input_format(path, fmt)
+        self.files = input_files(path) if isinstance(path, str) else list(path)
+        self._formats = {f: input_format(f, fmt) for f in self.files}
 
     def expand(self, pbegin: pvalue.PBegin) -> pvalue.PCollection:
-        if self._format == "jsonl":
-            # Bytes, not str: a line that is not UTF-8 becomes a dead letter instead of a crash.
-            return pbegin | "ReadLines" >> beam.io.ReadFromText(self._path, coder=beam.coders.BytesCoder())
-        return (
-            pbegin
-            | "MatchDocument" >> fileio.MatchFiles(self._path)
-            | "ReadDocument" >> fileio.ReadMatches()
-            | "SplitQuestions" >> beam.FlatMap(lambda f: split_squad_document(f.read(), f.metadata.path))
-        )
+        jsonl = [f for f in self.files if self._formats[f] == "jsonl"]
+        squad = [f for f in self.files if self._formats[f] == "squad"]
+        parts = []
+        if jsonl:  # bytes, not str: a line that is not UTF-8 becomes a dead letter instead of a crash
+            parts.append(pbegin | "JsonlFiles" >> beam.Create(jsonl) | "ReadLines" >> beam.FlatMap(_read_lines))
+        if squad:
+            parts.append(pbegin | "SquadFiles" >> beam.Create(squad) | "ReadDocuments" >> beam.FlatMap(_read_document))
+        return tuple(parts) | "AllRecords" >> beam.Flatten()
 
     @property
     def one_reader(self) -> bool:
-        """Whether one worker reads each file whole (SQuAD JSON): pass it as ``AnswerQuestions(spread=...)``."""
-        return self._format == "squad"
+        """Whether records come from few readers and must be spread over the workers (pass it as
+        ``AnswerQuestions(spread=...)``): always, since each file is read whole by one worker."""
+        return True
 
 
 def _parse(raw: Any, limits: RecordLimits) -> Any:
@@ -199,33 +264,6 @@ class RejectDuplicateIds(beam.PTransform):
         routed = keyed | "KeepOne" >> beam.Map(_keep_least, beam.pvalue.AsDict(duplicated)).with_output_types(
             Tuple[str, QAExample]).with_outputs(REJECTED, main="kept")
         return routed.kept, routed[REJECTED]
-
-
-_STAGED: Dict[str, str] = {}
-_STAGE_LOCK = threading.Lock()
-
-
-def local_model_dir(model_dir: str) -> str:
-    """A local folder with the bundle's tokenizer files (the tokenizer loads only locally): ``model_dir``
-    when local, else a per-process copy of a remote folder's files but ONNX and engine files."""
-    from apache_beam.io.filesystems import FileSystems
-
-    if FileSystems.get_scheme(model_dir) in (None, "file"):
-        return model_dir
-    with _STAGE_LOCK:
-        if model_dir in _STAGED:
-            return _STAGED[model_dir]
-        target = tempfile.mkdtemp(prefix="trt-qa-model-")
-        matched = FileSystems.match([FileSystems.join(model_dir.rstrip("/"), "*")])[0].metadata_list
-        if not matched:
-            raise FileNotFoundError(f"no files under {model_dir}; upload the model bundle folder there")
-        for meta in matched:
-            name = meta.path.rstrip("/").rsplit("/", 1)[-1]
-            if not name.endswith((".onnx", ".onnx.data", ".engine", ".plan")):
-                with FileSystems.open(meta.path) as src, open(os.path.join(target, name), "wb") as dst:
-                    dst.write(src.read())
-        _STAGED[model_dir] = target
-        return target
 
 
 class _MakeQuestions(beam.DoFn):

@@ -32,7 +32,7 @@ def _main(capsys: pytest.CaptureFixture, *argv: str) -> tuple:
 
 @pytest.mark.parametrize("make_input, message", [
     (lambda d: d / "none-*.jsonl", "matches no file"),
-    (lambda d: d / "missing.json", "matches no file"),
+    (lambda d: d / "missing.json", "does not exist"),
     (lambda d: d, "is a folder"),
 ])
 def test_bad_inputs_exit_2_with_one_line(bundle: str, tmp_path: Path, capsys: pytest.CaptureFixture,
@@ -78,7 +78,7 @@ def test_all_rejected_exits_1_and_stale_outputs_are_replaced(bundle: str, tmp_pa
     assert code == 1 and "every record was rejected" in err
     assert not any(f.exists() for f in stale), "an earlier run's files were left beside the new ones"
     rejected = [json.loads(line) for f in out.parent.glob("answers-rejected-*.jsonl") for line in f.read_text().splitlines()]
-    assert len(rejected) == 3 and "summary: read 3, answered 0, rejected 3" in stdout
+    assert len(rejected) == 3 and "summary: read 3 records from 1 file, answered 0, rejected 3" in stdout
 
 
 def test_eval_counts_questions_without_gold_apart(bundle: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

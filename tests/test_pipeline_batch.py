@@ -105,7 +105,7 @@ def test_make_run_prints_answers_and_summary(model_dir: Path, test_cache: Path, 
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     assert sum(1 for line in lines if line.strip().startswith("-> ")) == 5
-    assert lines[-1].startswith("summary: read 20, answered 20, rejected 0;") and "questions/s" in lines[-1]
+    assert lines[-1].startswith("summary: read 20 records from 1 file, answered 20, rejected 0;") and "questions/s" in lines[-1]
     assert lines[-2].startswith("no-answer threshold ")  # which threshold applied, and why
     answers = _rows(tmp_path, "answers-0*-of-*.jsonl")
     assert len(answers) == 20 and set(answers[0]) == {f["name"] for f in ANSWER_BQ_SCHEMA["fields"]}

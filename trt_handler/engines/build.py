@@ -38,7 +38,7 @@ from trt_handler.engines.library import (
     local_gpu,
     make_logger,
 )
-from trt_handler.engines.sidecar import atomic_write
+from trt_handler.engines.sidecar import atomic_write, bundle_record
 from trt_handler.planning import DEFAULT_TOKEN_BUDGET, ProfileSpec, profiles_for_buckets, token_budget_profiles
 from trt_handler.qa.batching import DEFAULT_BUCKETS, validate_buckets
 from trt_handler.qa.types import INPUT_NAMES, OUTPUT_NAMES
@@ -422,6 +422,7 @@ def build_serialized(
         "host": socket.gethostname(),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "options": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(options).items()},
+        **bundle_record(src),  # the bundle's tokenizer sha256 and canary answers, checked at launch
     }
     return data, sidecar
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from trt_handler.engines.build import BuildOptions, build_serialized, onnx_sha256, resolve_library, write_engine_files
 from trt_handler.engines.library import GpuDescriptor, library_name, load_trt, local_gpu
-from trt_handler.engines.sidecar import SidecarError, atomic_write, read_sidecar
+from trt_handler.engines.sidecar import SidecarError, atomic_write, engine_file_problem, read_sidecar
 
 __all__ = ["build_into_cache", "engine_key", "engine_location", "ensure_engine"]
 
@@ -119,14 +119,9 @@ def _cached(path: str) -> dict[str, Any] | None:
         return None
     if sidecar is None:
         return None
-    h = hashlib.sha256()
-    with (FileSystems.open(path) if _is_remote(path) else open(path, "rb")) as f:
-        for block in iter(lambda: f.read(8 << 20), b""):
-            h.update(block)
-    sha = h.hexdigest()
-    if sha != sidecar.get("engine_sha256"):
-        LOGGER.warning("cached engine %s is damaged or unrecorded (sha256 %s..., its sidecar says %s); rebuilding it",
-                       path, sha[:12], sidecar.get("engine_sha256"))
+    problem = engine_file_problem(path, sidecar)
+    if problem is not None:
+        LOGGER.warning("cached engine %s is damaged or unrecorded (%s); rebuilding it", path, problem)
         return None
     return sidecar
 

@@ -25,6 +25,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from trt_handler.engines.canaries import CanaryError, make_record, onnx_answers, padded_answers, replay
 from trt_handler.qa.types import INPUT_NAMES, OUTPUT_NAMES, ModelBatch
 
 __all__ = [
@@ -36,6 +37,9 @@ __all__ = [
     "check_model_bundle",
     "export_onnx",
     "export_random_bert",
+    "model_checks",
+    "record_checkpoint",
+    "replay_canaries",
     "resolve_model_bundle",
     "verify_bundle",
 ]
@@ -49,7 +53,7 @@ DEFAULT_TOLERANCE = 1e-3
 # (batch, seq) shapes every export is checked at; seqs above the model's max positions are skipped.
 CHECK_SHAPES: Tuple[Tuple[int, int], ...] = ((1, 17), (3, 128), (2, 384))
 # Part of the cache key: bump when the exported graph changes for the same checkpoint.
-EXPORT_FORMAT_VERSION = 1
+EXPORT_FORMAT_VERSION = 2  # 2: export.json records the tokenizer files' sha256 and canary answers
 _EXTERNAL_DATA_BYTES = 2 * 1024**3  # protobuf's hard limit for one file
 _MAX_EXPORT_BATCH = 4096
 
@@ -128,11 +132,48 @@ def verify_bundle(bundle: PathLike) -> None:
     )
 
 
+def _verify_tokenizer_files(folder: PathLike, record: Any, recorded_by: str) -> None:
+    """ModelCheckError unless ``folder``'s tokenizer files have the sha256 ``record`` lists."""
+    from trt_handler.qa.windows import TokenizerCheckError, check_tokenizer_record
+
+    try:
+        check_tokenizer_record(folder, record, recorded_by)
+    except TokenizerCheckError as err:
+        raise ModelCheckError(str(err)) from None
+
+
+# Bundles (model file, tokenizer files, record) whose canary answers this process has replayed.
+_REPLAYED: set[Tuple[Any, ...]] = set()
+
+
 def check_model_bundle(path: PathLike) -> None:
     """A pipeline's launch check: ModelCheckError (cause and fix) unless ``path`` passes
-    :func:`verify_bundle` and its tokenizer ``qa.windows.load_tokenizer``."""
+    :func:`verify_bundle` (model.onnx as exported), its tokenizer ``qa.windows.load_tokenizer``, and,
+    where its export recorded them, the tokenizer files' sha256 and the canary questions' answers (a
+    handful of questions on ONNX Runtime)."""
     verify_bundle(path)
-    _checked_tokenizer(path, f"The model bundle {path} cannot be used because of its tokenizer")
+    tokenizer = _checked_tokenizer(path, f"The model bundle {path} cannot be used because of its tokenizer")
+    meta = _read_meta(Path(path))
+    if meta.get("tokenizer") is not None:
+        _verify_tokenizer_files(path, meta["tokenizer"], f"the {BUNDLE_META} of bundle {path}")
+    if meta.get("canaries") is not None:
+        from trt_handler.qa.windows import tokenizer_record
+
+        onnx = Path(path) / BUNDLE_ONNX
+        st = onnx.stat()  # a replay stands for the same model file, tokenizer files and record (one per process)
+        key = (str(onnx.resolve()), st.st_ino, st.st_size, st.st_mtime_ns,
+               json.dumps([meta["canaries"], tokenizer_record(path)], sort_keys=True))
+        if key not in _REPLAYED:
+            replay_canaries(meta["canaries"], tokenizer, onnx_answers(str(onnx)), f"the export of bundle {path}")
+            _REPLAYED.add(key)
+
+
+def replay_canaries(record: Any, tokenizer: Any, answer_fn: Any, where: str) -> int:
+    """:func:`canaries.replay`, its refusal a ModelCheckError; returns the answers compared."""
+    try:
+        return replay(record, tokenizer, answer_fn, where)
+    except CanaryError as err:
+        raise ModelCheckError(str(err)) from None
 
 
 def model_cache_key(model: PathLike, *, opset: int = DEFAULT_OPSET) -> str:
@@ -374,6 +415,7 @@ def _write_bundle(qa_model: Any, tokenizer: Any, out_dir: Path, *, source: str, 
             )
         tokenizer.save_pretrained(str(tmp))
         config.save_pretrained(str(tmp))
+        checks = model_checks(tmp, wrapper, onnx_path if check else None, source)
         meta = {
             "source": source,
             "format_version": EXPORT_FORMAT_VERSION,
@@ -392,6 +434,7 @@ def _write_bundle(qa_model: Any, tokenizer: Any, out_dir: Path, *, source: str, 
             "versions": {"torch": _torch().__version__, "transformers": transformers.__version__,
                          "onnx": onnx.__version__},
             "export_seconds": round(time.perf_counter() - t0, 1),
+            **checks,
         }
         (tmp / BUNDLE_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         _publish(tmp, out_dir)
@@ -399,6 +442,52 @@ def _write_bundle(qa_model: Any, tokenizer: Any, out_dir: Path, *, source: str, 
         shutil.rmtree(tmp, ignore_errors=True)
     LOGGER.info("exported %s -> %s in %.1f s, max |diff| %s", source, out_dir, time.perf_counter() - t0, diffs)
     return out_dir
+
+
+def _torch_answers(wrapper: Any) -> Any:
+    """An AnswerFn over an :func:`_int32_wrapper` (PyTorch float32 on the CPU)."""
+    torch = _torch()
+
+    def run(batch: ModelBatch) -> Tuple[Any, Any]:
+        with torch.no_grad():
+            start, end = wrapper(*(torch.from_numpy(a) for a in (batch.input_ids, batch.attention_mask,
+                                                                   batch.token_type_ids)))
+        return start.float().numpy(), end.float().numpy()
+
+    return padded_answers(run)
+
+
+def model_checks(folder: Path, wrapper: Any, onnx_path: Optional[Path], source: str) -> Dict[str, Any]:
+    """What an export records so that a model is proven before data flows: the sha256 of the tokenizer
+    files in ``folder`` and canary questions with the answers the checkpoint (``wrapper``) gives, with
+    the tokenizer as a run loads it from ``folder``; ``onnx_path``: the export must give them too
+    (ExportCheckError)."""
+    from trt_handler.qa.windows import tokenizer_record
+
+    tokenizer = _checked_tokenizer(folder, f"Not exporting {source}")
+    record = make_record(tokenizer, _torch_answers(wrapper), "PyTorch float32 (the checkpoint)")
+    if onnx_path is not None:
+        try:
+            replay(record, tokenizer, onnx_answers(str(onnx_path)), f"the checkpoint {source}")
+        except CanaryError as err:
+            raise ExportCheckError(f"the ONNX export of {source} does not answer as its checkpoint: {err}") from None
+    return {"tokenizer": tokenizer_record(folder), "canaries": record}
+
+
+def record_checkpoint(model: PathLike) -> Path:
+    """Write the tokenizer and canary record (:func:`model_checks`) of a local Hugging Face checkpoint into its
+    ``export.json`` (other keys kept), so runs with ``--backend torch`` prove it before data flows."""
+    from transformers import AutoModelForQuestionAnswering
+
+    from trt_handler.engines.sidecar import atomic_write
+
+    folder = Path(model)
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is not a checkpoint folder")
+    qa_model: Any = AutoModelForQuestionAnswering.from_pretrained(str(folder), dtype=_torch().float32)
+    meta = {**_read_meta(folder), **model_checks(folder, _int32_wrapper(qa_model), None, str(folder))}
+    atomic_write(folder / BUNDLE_META, (json.dumps(meta, indent=2) + "\n").encode())
+    return folder / BUNDLE_META
 
 
 def _publish(tmp: Path, out_dir: Path) -> None:
@@ -457,9 +546,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=None, help="export here instead of the cache")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     parser.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
+    parser.add_argument("--record-checkpoint", action="store_true",
+                        help="export nothing: write the tokenizer sha256 and canary answers of the checkpoint "
+                             "folder --model into its export.json (runs with --backend torch then prove it)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("trt_handler").setLevel(logging.INFO)
+    if args.record_checkpoint:
+        print(record_checkpoint(args.model))
+        return 0
     if args.out_dir is not None:
         bundle = export_onnx(args.model, args.out_dir, opset=args.opset, check=not args.no_check)
     else:

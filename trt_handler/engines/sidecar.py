@@ -6,6 +6,7 @@ I/O) without deserializing it, so a pipeline plans its batches before touching a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -18,9 +19,13 @@ from trt_handler.planning import ProfileSpec
 __all__ = [
     "SidecarError",
     "atomic_write",
+    "bundle_record",
+    "engine_file_problem",
     "profiles_from_sidecar",
     "read_engine_profiles",
     "read_sidecar",
+    "sha256_of",
+    "verify_engine_file",
 ]
 
 # A sidecar claiming a larger batch than this is wrong (no QA engine is built that wide).
@@ -86,6 +91,57 @@ def read_engine_profiles(engine_path: str) -> Optional[List[ProfileSpec]]:
     """Profiles from the sidecar of ``engine_path``; None when there is no sidecar."""
     meta = read_sidecar(engine_path)
     return None if meta is None else profiles_from_sidecar(meta, engine_path + ".json")
+
+
+def sha256_of(path: str) -> str:
+    """sha256 of a local or remote file (FileSystems, no decompression), read in 8 MiB blocks."""
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    h = hashlib.sha256()
+    local = "://" not in path or path.startswith("file://")
+    with (open(path.removeprefix("file://"), "rb") if local
+          else FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)) as f:
+        for block in iter(lambda: f.read(8 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def engine_file_problem(engine_path: str, sidecar: Dict[str, Any]) -> Optional[str]:
+    """What is wrong with the engine file against its sidecar (size, then sha256), or None when it is the
+    engine the sidecar describes; a sidecar that records neither says so."""
+    from apache_beam.io.filesystems import FileSystems
+
+    want_size, want_sha = sidecar.get("engine_bytes"), sidecar.get("engine_sha256")
+    if not isinstance(want_sha, str) or len(want_sha) != 64:
+        return "its sidecar records no engine_sha256"
+    got_size = FileSystems.get_filesystem(engine_path).size(engine_path)  # by exact name (match would glob)
+    if isinstance(want_size, int) and got_size != want_size:
+        return f"it is {got_size:,} bytes, its sidecar recorded {want_size:,}"
+    got = sha256_of(engine_path)
+    return None if got == want_sha else f"it has sha256 {got[:16]}..., its sidecar recorded {want_sha[:16]}..."
+
+
+def verify_engine_file(engine_path: str, sidecar: Dict[str, Any]) -> None:
+    """SidecarError (cause and fix) unless the engine file has the size and sha256 its sidecar recorded."""
+    problem = engine_file_problem(engine_path, sidecar)
+    if problem is not None:
+        raise SidecarError(
+            f"engine {engine_path} is not the engine its sidecar {engine_path}.json describes: {problem}. Cause: "
+            "the engine was rebuilt or copied without its sidecar, or the file is damaged or cut short. Fix: copy "
+            "the engine together with its .json sidecar, or build it again with `python -m trt_handler.engines.build`."
+        )
+
+
+def bundle_record(onnx_path: str | os.PathLike[str]) -> Dict[str, Any]:
+    """The ``tokenizer`` and ``canaries`` record of the model bundle an engine is built from (the
+    export.json beside its ONNX), for the engine's sidecar; empty when the ONNX has no such bundle."""
+    meta_path = Path(onnx_path).parent / "export.json"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {k: meta[k] for k in ("tokenizer", "canaries") if isinstance(meta, dict) and meta.get(k) is not None}
 
 
 def atomic_write(path: Path, data: bytes | IO[bytes]) -> None:

@@ -19,8 +19,11 @@ from trt_handler.qa.types import QAExample
 __all__ = [
     "RECORD_FIELDS",
     "DataFormatError",
+    "DuplicateKeyError",
+    "RepeatedKeys",
     "TooLongNumber",
     "example_from_record",
+    "foreign_encoding",
     "load_examples",
     "load_json",
     "lone_surrogate",
@@ -35,7 +38,7 @@ class DataFormatError(ValueError):
     """An input file or record that is not valid SQuAD JSON / JSONL; the message says where and why.
 
     ``field``: the record field at fault (None above the record level); ``missing``: absent or null,
-    not malformed; ``code``: ``number_too_long`` / ``invalid_text``, else None."""
+    not malformed; ``code``: ``number_too_long`` / ``invalid_text`` / ``duplicate_key``, else None."""
 
     def __init__(self, message: str, *, field: str | None = None, missing: bool = False,
                  code: str | None = None) -> None:
@@ -63,10 +66,62 @@ def _parse_int(literal: str) -> int | TooLongNumber:
         return TooLongNumber(len(literal.lstrip("-")))
 
 
-def load_json(text: str) -> Any:
+class DuplicateKeyError(DataFormatError):
+    """A JSON object that holds one key twice (``{"qas": [...], "qas": [...]}``): JSON readers keep the
+    last value, so the first would be lost without a word. ``keys``: the repeated keys."""
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        shown = ", ".join(_short(k) for k in keys[:3]) + (" ..." if len(keys) > 3 else "")
+        super().__init__(f"a JSON object holds the key{'s' if len(keys) > 1 else ''} {shown} more than once; JSON "
+                         "readers keep only the last value, so the others would be lost without a word: write each "
+                         "key once (merge the values) or fix the producer", code="duplicate_key")
+        self.keys = keys
+
+
+class RepeatedKeys(dict):  # type: ignore[type-arg]
+    """What :func:`load_json` (``repeated="mark"``) makes of an object with a repeated key: the dict JSON
+    readers would make (last value wins), plus every ``pairs`` as written and the ``repeated`` keys."""
+
+    def __init__(self, pairs: list[tuple[str, Any]]) -> None:
+        super().__init__(pairs)
+        self.pairs = pairs
+        self.repeated = _repeated(pairs)
+
+
+def _repeated(pairs: list[tuple[str, Any]]) -> tuple[str, ...]:
+    """The keys of ``pairs`` that appear more than once, in order of their first repeat."""
+    seen: set[str] = set()
+    out: dict[str, None] = {}
+    for key, _ in pairs:
+        if key in seen:
+            out[key] = None
+        seen.add(key)
+    return tuple(out)
+
+
+def _refuse_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) < len(pairs):
+        raise DuplicateKeyError(_repeated(pairs))
+    return obj
+
+
+def load_json(text: str, marked: list[RepeatedKeys] | None = None) -> Any:
     """``json.loads`` that never raises for a long integer (it becomes a :class:`TooLongNumber`); raises
-    json.JSONDecodeError and RecursionError (nesting too deep) as json.loads does."""
-    return json.loads(text, parse_int=_parse_int)
+    json.JSONDecodeError and RecursionError (nesting too deep) as json.loads does. An object holding a
+    key twice raises :class:`DuplicateKeyError`; with ``marked`` (a list) it becomes a :class:`RepeatedKeys`
+    appended to that list instead (for a caller that rejects only the part of a document holding it)."""
+    if marked is None:
+        return json.loads(text, parse_int=_parse_int, object_pairs_hook=_refuse_repeats)
+
+    def mark(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj = dict(pairs)
+        if len(obj) == len(pairs):
+            return obj
+        marked.append(RepeatedKeys(pairs))
+        return marked[-1]
+
+    return json.loads(text, parse_int=_parse_int, object_pairs_hook=mark)
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -113,6 +168,41 @@ def _at(where: str, message: str) -> str:
     return f"{where}: {message}" if where else message
 
 
+# (leading bytes, what they are, the fix); UTF-32's byte-order marks before UTF-16's, which they start with.
+_SIGNATURES: tuple[tuple[bytes, str, str], ...] = (
+    (b"\x1f\x8b", "gzip-compressed data (it starts with gzip's magic bytes 1f 8b)", "compressed"),
+    (b"BZh", "bzip2-compressed data (it starts with bzip2's magic bytes 'BZh')", "compressed"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed data (it starts with zstd's magic bytes 28 b5 2f fd)", "compressed"),
+    (b"\xff\xfe\x00\x00", "UTF-32 text (little-endian byte-order mark ff fe 00 00)", "text"),
+    (b"\x00\x00\xfe\xff", "UTF-32 text (big-endian byte-order mark 00 00 fe ff)", "text"),
+    (b"\xff\xfe", "UTF-16 text (little-endian byte-order mark ff fe)", "text"),
+    (b"\xfe\xff", "UTF-16 text (big-endian byte-order mark fe ff)", "text"),
+)
+_FIXES = {
+    "compressed": "give the file the extension of its compression (.gz, .bz2, .zst) so it is decompressed as it "
+                  "is read, or decompress it",
+    "text": "save it as UTF-8 (for example iconv -f UTF-16 -t UTF-8 IN > OUT)",
+}
+
+
+def foreign_encoding(data: bytes) -> str | None:
+    """What ``data`` evidently is when it is not UTF-8 JSON: compressed bytes or UTF-16/32 text, said
+    with the fix ("gzip-compressed data (...); give the file ..."); None when nothing gives it away.
+    UTF-16 without a byte-order mark (a line of it cut from a file) shows as NUL bytes, which UTF-8
+    JSON never holds."""
+    for magic, what, kind in _SIGNATURES:
+        if data.startswith(magic):
+            return f"{what}; {_FIXES[kind]}"
+    if b"\x00" not in data:
+        return None
+    head = data[:4096]
+    nuls = head.count(0)
+    if nuls * 4 >= len(head):  # ASCII in UTF-16: every other byte is NUL
+        return f"UTF-16 text ({nuls} NUL bytes in its first {len(head)}, one beside each ASCII character); " \
+               f"{_FIXES['text']}"
+    return "binary data (it holds NUL bytes, which UTF-8 JSON text never does)"
+
+
 def _read_text(path: str) -> str:
     """Whole file as text (UTF-8, a BOM allowed); FileNotFoundError, or Beam's ValueError for an
     unknown scheme (naming the extra to install)."""
@@ -120,6 +210,9 @@ def _read_text(path: str) -> str:
 
     with FileSystems.open(str(path)) as f:
         data = f.read()
+    found = foreign_encoding(data)
+    if found is not None:
+        raise DataFormatError(f"{path} is not UTF-8 text: it is {found}")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -216,6 +309,8 @@ def _decode(text: str, where: str) -> Any:
     """:func:`load_json`, its failures a DataFormatError saying ``where``."""
     try:
         return load_json(text)
+    except DuplicateKeyError as err:
+        raise DataFormatError(f"{where}: {err}", code="duplicate_key") from err
     except json.JSONDecodeError as err:
         at = f"line {err.lineno} column {err.colno}" if "\n" in text else f"column {err.colno}"
         raise DataFormatError(f"{where}: not valid JSON ({err.msg} at {at})") from err
@@ -240,6 +335,8 @@ def load_examples(path: str) -> list[QAExample]:
         doc = load_json(text)
     except (json.JSONDecodeError, RecursionError):
         return _parse_jsonl(text, str(path))  # several lines of JSON (or broken: it says where)
+    except DuplicateKeyError as err:
+        raise DataFormatError(f"{path}: {err}", code="duplicate_key") from err
     if isinstance(doc, dict) and "data" in doc:
         return _parse_squad(doc, str(path))
     if isinstance(doc, dict):

@@ -8,9 +8,10 @@ stride=128, return_overflowing_tokens=True)``, the question first cut to ``max_q
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,8 +24,8 @@ if TYPE_CHECKING:  # transformers is imported lazily: it is slow to import and o
     from tokenizers import Encoding, Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-__all__ = ["MIN_VOCAB", "TOKENIZER_FILES", "FeatureConfig", "FeatureError", "TokenizerCheckError", "WindowMaker",
-           "load_tokenizer"]
+__all__ = ["MIN_VOCAB", "TOKENIZER_FILES", "TOKENIZER_RECORD_FILES", "FeatureConfig", "FeatureError",
+           "TokenizerCheckError", "WindowMaker", "check_tokenizer_record", "load_tokenizer", "tokenizer_record"]
 
 # Tokens around the two sequences: [CLS] question [SEP] context [SEP].
 _NUM_SPECIAL = 3
@@ -51,6 +52,12 @@ TOKENIZER_FILES: tuple[str, ...] = ("tokenizer.json", "vocab.txt", "vocab.json",
                                     "sentencepiece.bpe.model", "tokenizer.model")
 # Fewer tokens than this is not a real WordPiece vocabulary (BERT's has 30,522).
 MIN_VOCAB = 1000
+# What a saved tokenizer consists of (its vocabulary and its settings): the files a record's sha256 cover.
+TOKENIZER_RECORD_FILES: tuple[str, ...] = (*TOKENIZER_FILES, "tokenizer_config.json", "special_tokens_map.json",
+                                           "added_tokens.json", "merges.txt")
+# A vocabulary with at least this share of tokens holding a capital letter is cased (bert-base-cased: ~30%);
+# one with none is uncased (bert-base-uncased: 0 of 30,522).
+_CASED_SHARE = 0.01
 
 
 @dataclass(frozen=True)
@@ -149,7 +156,73 @@ def load_tokenizer(model: str | Path, *, min_vocab: int = MIN_VOCAB) -> PreTrain
                 "the tokenizer files of the checkpoint the weights were trained with next to them."
             )
     _cls_sep(tokenizer, name)
+    _check_case(tokenizer, name)
     return tokenizer
+
+
+def _check_case(tokenizer: PreTrainedTokenizerFast, name: str) -> None:
+    """TokenizerCheckError when the vocabulary's case and the tokenizer's lowercasing disagree: an uncased
+    vocabulary read by a tokenizer that keeps case turns every capitalized word into [UNK] or wrong
+    pieces; a cased one read by a lowercasing tokenizer never reaches its capitalized tokens."""
+    words = [t.removeprefix("##") for t in tokenizer.get_vocab() if not (t.startswith("[") and t.endswith("]"))]
+    capitals = sum(1 for w in words if w != w.lower())
+    backend = tokenizer.backend_tokenizer
+    lowercases = (backend.encode("The Capital of Paris", add_special_tokens=False).ids
+                  == backend.encode("the capital of paris", add_special_tokens=False).ids)
+    if capitals == 0 and not lowercases:
+        raise TokenizerCheckError(
+            f"the tokenizer of {name!r} keeps upper case, but its vocabulary is uncased (none of its {len(words)} "
+            "tokens has a capital letter), so every capitalized word becomes [UNK] or wrong pieces and answers "
+            "degrade without an error. Cause: do_lower_case false in tokenizer_config.json, or a tokenizer.json "
+            "whose normalizer does not lowercase, next to an uncased model. Fix: set \"do_lower_case\": true (and "
+            "the normalizer's \"lowercase\": true), or restore the tokenizer files the model was trained with."
+        )
+    if capitals >= _CASED_SHARE * len(words) and lowercases:
+        raise TokenizerCheckError(
+            f"the tokenizer of {name!r} lowercases its input, but its vocabulary is cased ({capitals} of its "
+            f"{len(words)} tokens have capital letters), so those tokens are never produced and answers degrade "
+            "without an error. Cause: do_lower_case true (or a lowercasing normalizer) next to a cased model. Fix: "
+            "set \"do_lower_case\": false, or restore the tokenizer files the model was trained with."
+        )
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tokenizer_record(folder: str | Path) -> dict[str, dict[str, str]]:
+    """``{"files": {name: sha256}}`` of the tokenizer files (:data:`TOKENIZER_RECORD_FILES`) in ``folder``:
+    what an export or an engine sidecar records, so a tokenizer put beside the model later is caught."""
+    return {"files": {name: _file_sha256(Path(folder) / name) for name in TOKENIZER_RECORD_FILES
+                      if (Path(folder) / name).is_file()}}
+
+
+def check_tokenizer_record(folder: str | Path, record: Mapping[str, object], recorded_by: str) -> None:
+    """TokenizerCheckError unless ``folder``'s tokenizer files are the ones ``record`` (a
+    :func:`tokenizer_record`, kept in ``recorded_by``) lists: the same names, the same sha256."""
+    files = record.get("files") if isinstance(record, Mapping) else None
+    if not isinstance(files, Mapping) or not files:
+        raise TokenizerCheckError(f"{recorded_by} has an unreadable tokenizer record ({record!r}); rebuild it")
+    now = tokenizer_record(folder)["files"]
+    differ = []
+    for name in sorted(set(files) | set(now)):
+        if name not in now:
+            differ.append(f"{name} is missing")
+        elif name not in files:
+            differ.append(f"{name} was not there")
+        elif now[name] != files[name]:
+            differ.append(f"{name} has sha256 {now[name][:12]}..., recorded {str(files[name])[:12]}...")
+    if differ:
+        raise TokenizerCheckError(
+            f"the tokenizer in {str(folder)!r} is not the one {recorded_by} recorded: {'; '.join(differ)}. A tokenizer "
+            "of the same size but another model (a vocabulary in another order, other casing) answers wrongly "
+            "without an error. Fix: put back the tokenizer files the model was exported with, or export the model "
+            "again with the tokenizer it was trained with."
+        )
 
 
 def _cls_sep(tokenizer: PreTrainedTokenizerFast, name: str) -> tuple[int, int]:
