@@ -114,11 +114,11 @@ def _check_tokenizer(model_dir: str, meta: Dict[str, Any], recorded_by: str, rep
 
 
 def _torch_answers(model_dir: str) -> Any:
-    from trt_handler.answer_batch import BatchPlan, answer_batch
+    from trt_handler.answer_batch import BatchPlan, PlannedRunner, answer_batch
     from trt_handler.backends.torch_runner import TorchRunner
 
-    runner, plan = TorchRunner(model_dir, device="cpu", dtype="fp32"), BatchPlan.for_buckets()
-    return lambda questions: answer_batch(questions, runner, plan)
+    model = PlannedRunner(TorchRunner(model_dir, device="cpu", dtype="fp32"), BatchPlan.for_buckets())
+    return lambda questions: answer_batch(questions, model)
 
 
 def check_engine(engine: str, model_dir: str) -> None:
@@ -145,14 +145,14 @@ def _engine_answers(engine: str, sidecar: Dict[str, Any]) -> Any:
         return None
 
     def make(_model_dir: str) -> Any:
-        from trt_handler.answer_batch import BatchPlan, answer_batch
+        from trt_handler.answer_batch import BatchPlan, PlannedRunner, answer_batch
         from trt_handler.engines.session import EngineSession
         from trt_handler.engines.sidecar import profiles_from_sidecar
 
         with FileSystems.open(engine) as f:
             session = EngineSession(f.read(), sidecar=sidecar)
         profiles = tuple(profiles_from_sidecar(sidecar, f"{engine}.json"))
-        plan = BatchPlan(profiles, max_batch=max(p.max_batch for p in profiles))
-        return lambda questions: answer_batch(questions, session, plan)
+        model = PlannedRunner(session, BatchPlan(profiles, max_batch=max(p.max_batch for p in profiles)))
+        return lambda questions: answer_batch(questions, model)
 
     return make
