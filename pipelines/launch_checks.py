@@ -114,7 +114,8 @@ def _check_tokenizer(model_dir: str, meta: Dict[str, Any], recorded_by: str, rep
 
 
 def _torch_answers(model_dir: str) -> Any:
-    from trt_handler.answer_batch import BatchPlan, PlannedRunner, answer_batch
+    from trt_handler.answer_batch import PlannedRunner, answer_batch
+    from trt_handler.planning import BatchPlan
     from trt_handler.backends.torch_runner import TorchRunner
 
     model = PlannedRunner(TorchRunner(model_dir, device="cpu", dtype="fp32"), BatchPlan.for_buckets())
@@ -145,7 +146,8 @@ def _engine_answers(engine: str, sidecar: Dict[str, Any]) -> Any:
         return None
 
     def make(_model_dir: str) -> Any:
-        from trt_handler.answer_batch import BatchPlan, PlannedRunner, answer_batch
+        from trt_handler.answer_batch import PlannedRunner, answer_batch
+        from trt_handler.planning import BatchPlan
         from trt_handler.engines.session import EngineSession
         from trt_handler.engines.sidecar import profiles_from_sidecar
 
