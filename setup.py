@@ -76,7 +76,7 @@ setup(
     extras_require=EXTRAS,
     entry_points={
         "console_scripts": [
-            "trt-qa-engine=trt_handler.engines.build_cli:main",
+            "trt-qa-engine=trt_handler.engines.build:main",
         ]
     },
     classifiers=[

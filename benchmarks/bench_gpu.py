@@ -88,11 +88,8 @@ def squad_examples(path: Path) -> List[QAExample]:
 
 
 def _tokenizer_from_vocab(vocab: Path, out: Path) -> Path:
-    """The engines' ``tokenizer_from_vocab`` (it moved between modules: take whichever exists)."""
-    try:
-        from trt_handler.engines.build_cli import tokenizer_from_vocab
-    except ImportError:
-        from trt_handler.engines.build import tokenizer_from_vocab  # type: ignore[attr-defined,no-redef]
+    from trt_handler.engines.build import tokenizer_from_vocab
+
     return Path(tokenizer_from_vocab(vocab, out))
 
 

@@ -115,8 +115,8 @@ def _check_tokenizer(model_dir: str, meta: Dict[str, Any], recorded_by: str, rep
 
 def _torch_answers(model_dir: str) -> Any:
     from trt_handler.answer_batch import PlannedRunner, answer_batch
-    from trt_handler.planning import BatchPlan
     from trt_handler.backends.torch_runner import TorchRunner
+    from trt_handler.planning import BatchPlan
 
     model = PlannedRunner(TorchRunner(model_dir, device="cpu", dtype="fp32"), BatchPlan.for_buckets())
     return lambda questions: answer_batch(questions, model)
@@ -147,9 +147,9 @@ def _engine_answers(engine: str, sidecar: Dict[str, Any]) -> Any:
 
     def make(_model_dir: str) -> Any:
         from trt_handler.answer_batch import PlannedRunner, answer_batch
-        from trt_handler.planning import BatchPlan
         from trt_handler.engines.session import EngineSession
         from trt_handler.engines.sidecar import profiles_from_sidecar
+        from trt_handler.planning import BatchPlan
 
         with FileSystems.open(engine) as f:
             session = EngineSession(f.read(), sidecar=sidecar)

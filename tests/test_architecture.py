@@ -45,16 +45,10 @@ def _modules() -> Dict[str, Path]:
     return out
 
 
-def _is_main_guard(node: ast.AST) -> bool:
-    return (isinstance(node, ast.If) and isinstance(node.test, ast.Compare)
-            and isinstance(node.test.left, ast.Name) and node.test.left.id == "__name__")
-
-
 def _imports(path: Path, known: Set[str]) -> Set[str]:
-    """Our modules that ``path`` imports (``from a.b import c`` counts a.b.c when that is a module);
-    an ``if __name__ == "__main__":`` block (a CLI entry run as a script) does not count."""
+    """Our modules that ``path`` imports anywhere (``from a.b import c`` counts a.b.c when that is a module):
+    at the top, inside functions, and in an ``if __name__ == "__main__":`` block alike."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    tree.body = [n for n in tree.body if not _is_main_guard(n)]
     found: Set[str] = set()
     for node in ast.walk(tree):
         names: List[str] = []
@@ -132,3 +126,6 @@ def test_the_checks_catch_what_they_are_for(tmp_path: Path) -> None:
     known = set(_modules())
     graph = {"trt_handler.qa.answers": _imports(src, known)}
     assert upward_imports(graph) == ["trt_handler.qa.answers (layer 0) imports trt_handler.backends.handlers (layer 5)"]
+    # an import under ``if __name__ == "__main__":`` counts too (a CLI entry is a module's import like any other)
+    src.write_text('if __name__ == "__main__":\n    from trt_handler.backends.handlers import QAHandler\n')
+    assert _imports(src, known) == {"trt_handler.backends.handlers"}

@@ -23,8 +23,8 @@ import pytest
 
 from tests.conftest import REPO
 from trt_handler.engines import library as trt_lib
-from trt_handler.engines.build import BuildError, BuildOptions, build_serialized, write_engine_files
-from trt_handler.engines.build_cli import main
+from trt_handler.engines.build import main
+from trt_handler.engines.builder import BuildError, BuildOptions, build_serialized, write_engine_files
 from trt_handler.engines.calibration import calibration_batches
 from trt_handler.engines.library import GpuDescriptor, check_engine_bytes, sidecar_mismatches
 
@@ -424,7 +424,7 @@ def test_token_budget_plan_from_window_lengths() -> None:
 
 def test_cli_data_plan_reaches_the_sidecar(shared_onnx: Path, tmp_path: Path) -> None:
     """A real TensorRT-RTX build whose profiles come from SQuAD window lengths and a token budget."""
-    from trt_handler.engines.build_cli import window_lengths
+    from trt_handler.engines.build import window_lengths
     from trt_handler.engines.sidecar import read_engine_profiles
     from trt_handler.planning import ProfileSpec
     from trt_handler.qa.batching import suggest_buckets

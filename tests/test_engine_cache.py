@@ -14,7 +14,7 @@ import pytest
 
 from tests.gcs_emulator import gcs_emulator  # noqa: F401  (pytest fixture)
 from trt_handler.engines import cache as engine_cache
-from trt_handler.engines.build import BuildOptions, onnx_sha256, write_engine_files
+from trt_handler.engines.builder import BuildOptions, onnx_sha256, write_engine_files
 from trt_handler.engines.cache import engine_key, engine_location, ensure_engine
 from trt_handler.engines.library import GpuDescriptor
 

@@ -185,7 +185,7 @@ def engine(model_dir: Path, test_cache: Path) -> Dict[str, Path]:
     exported bundle, whose sidecar takes the bundle's tokenizer and canary record."""
     pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX builds engines here: pip install 'trt-bert-qa-beam[rtx]'")
     from tests.test_build import SMALL, _code_version
-    from trt_handler.engines.build import BuildOptions
+    from trt_handler.engines.builder import BuildOptions
     from trt_handler.engines.cache import build_into_cache
     from trt_handler.engines.export import bundle_onnx_path, resolve_model_bundle
 

@@ -25,8 +25,8 @@ __all__ = ["LEAN_MODULES", "STRICT_MODULES", "generate_stubs", "main", "repair_s
 REPO = Path(__file__).resolve().parents[1]
 STRICT_MODULES: tuple[str, ...] = (
     "trt_handler/engines/session.py",
+    "trt_handler/engines/builder.py",
     "trt_handler/engines/build.py",
-    "trt_handler/engines/build_cli.py",
     "trt_handler/engines/calibration.py",
     "trt_handler/engines/sidecar.py",
     "trt_handler/planning.py",

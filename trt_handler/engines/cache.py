@@ -21,7 +21,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from trt_handler.engines.build import BuildOptions, build_serialized, onnx_sha256, resolve_library, write_engine_files
+from trt_handler.engines.builder import BuildOptions, build_serialized, onnx_sha256, resolve_library, write_engine_files
 from trt_handler.engines.library import GpuDescriptor, library_name, load_trt, local_gpu
 from trt_handler.engines.sidecar import SidecarError, atomic_write, engine_file_problem, read_sidecar
 
