@@ -158,6 +158,7 @@ def stage_costs(data: Path, model_dir: str, handler: FreeQAHandler, limit: int =
 def _stage_costs_once(data: Path, model_dir: str, handler: FreeQAHandler, limit: int) -> Dict[str, Any]:
     from pipelines.records import answer_row, parse_record, split_squad_document
     from trt_handler.answer_batch import answer_batch, batches_of
+    from trt_handler.qa.answers import AnswerConfig
     from trt_handler.qa.types import QuestionWindows, Rejection
     from trt_handler.qa.windows import WindowMaker, load_tokenizer
 
@@ -180,7 +181,7 @@ def _stage_costs_once(data: Path, model_dir: str, handler: FreeQAHandler, limit:
     model = handler.load_model()
     t0 = time.process_time()
     answers = [a for part in batches_of(questions)  # the handlers' default batches, as BatchElements forms them
-               for a in answer_batch(part, model, handler.answer_config)]
+               for a in answer_batch(part, model, AnswerConfig())]
     t["answer_batch"] = time.process_time() - t0
 
     t0 = time.process_time()

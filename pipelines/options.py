@@ -29,9 +29,8 @@ class QASettings:
     max_windows_per_question: Optional[int] = 128
     n_best: int = 20
     max_answer_length: int = 30
-    null_threshold: float = 0.0
+    null_threshold: Optional[float] = None  # None: the model's saved one, else 0 (decided by the handler)
     version_2_with_negative: bool = True
-    threshold_source: str = "default"  # flag | model | default (what null_threshold came from)
     align_to_words: bool = False
     top_k: int = 1
     buckets: Optional[Tuple[int, ...]] = None
@@ -68,8 +67,6 @@ class QASettings:
                              f"{self.max_batch_duration_secs}")
         if self.inference_timeout_secs is not None and not self.inference_timeout_secs > 0:
             raise ValueError(f"the inference timeout must be positive seconds, got {self.inference_timeout_secs}")
-        if self.threshold_source not in ("flag", "model", "default"):
-            raise ValueError(f"threshold_source must be flag, model or default, got {self.threshold_source!r}")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or not 1 <= self.top_k <= self.n_best:
             raise ValueError(f"top k must be between 1 and the n-best size ({self.n_best}), got {self.top_k!r}")
         if self.buckets is not None:
@@ -91,8 +88,8 @@ class QASettings:
     def answer_config(self):  # -> AnswerConfig
         from trt_handler.qa.answers import AnswerConfig
 
-        return AnswerConfig(self.n_best, self.max_answer_length, self.null_threshold, self.version_2_with_negative,
-                            align_to_words=self.align_to_words)
+        return AnswerConfig(self.n_best, self.max_answer_length, self.null_threshold or 0.0,
+                            self.version_2_with_negative, align_to_words=self.align_to_words)
 
     def server_options(self):  # -> Optional[ServerOptions]
         """The inference server's options (None without ``--inference-server``); unset flags: its defaults."""
@@ -108,12 +105,6 @@ class QASettings:
         options["max_pool_windows"] = max(ServerOptions.max_pool_windows, 4 * pool)
         return ServerOptions(**options)
 
-    def threshold_note(self) -> str:
-        """One line for the run summary: which no-answer threshold applies and why."""
-        why = {"flag": "from --null-threshold",
-               "model": "learned on labelled data and saved with the model (--eval --save-threshold)",
-               "default": "the default; none saved with the model"}[self.threshold_source]
-        return f"no-answer threshold {self.null_threshold:g} ({why})"
 
 
 def _int_list(text: str) -> Tuple[int, ...]:
@@ -233,28 +224,19 @@ def settings_or_exit(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         model_dir = resolve_model(args.model, args.cache_dir, args.backend)
         check_model(model_dir, args.backend, args.engine)
         values: Dict[str, Any] = {f.name: getattr(args, f.name) for f in fields(QASettings) if hasattr(args, f.name)}
-        if args.null_threshold is None:
-            saved = saved_threshold(model_dir, args.backend, args.engine)
-            values.update(null_threshold=0.0 if saved is None else saved,
-                          threshold_source="default" if saved is None else "model")
-        else:
-            values["threshold_source"] = "flag"
         return QASettings(**values, model_dir=model_dir, version_2_with_negative=not args.v1, limits=RecordLimits(
             max_context_chars=args.max_context_chars, max_question_chars=args.max_question_chars))
     except (ValueError, FileNotFoundError, OSError) as exc:  # model / settings faults: the message, no usage
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
 
 
-def saved_threshold(model_dir: str, backend: str, engine: Optional[str] = None) -> Optional[float]:
-    """The threshold ``--eval --save-threshold`` saved: in the engine's sidecar (tensorrt), else in
-    the bundle's export.json; None when none was saved (or the files cannot be read)."""
-    from trt_handler.backends.handlers import bundle_metadata, engine_metadata
-
-    try:
-        saved = engine_metadata(engine)["null_threshold"] if backend == "tensorrt" and engine else None
-        return bundle_metadata(model_dir)["null_threshold"] if saved is None else saved
-    except (OSError, ValueError):
-        return None
+def threshold_note(handler: Any) -> str:
+    """One line for the run summary: the no-answer threshold the handler decided for its model, and why."""
+    provenance = handler.provenance()
+    why = {"flag": "from --null-threshold",
+           "model": "learned on labelled data and saved with the model (--eval --save-threshold)",
+           "default": "the default; none saved with the model"}[provenance.threshold_source]
+    return f"no-answer threshold {provenance.null_threshold:g} ({why})"
 
 
 def resolve_model(model: str, cache_dir: str, backend: str) -> str:

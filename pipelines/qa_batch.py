@@ -35,7 +35,15 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineState
 
-from pipelines.options import QASettings, add_qa_arguments, new_parser, resolve_model, settings_or_exit, split_argv
+from pipelines.options import (
+    QASettings,
+    add_qa_arguments,
+    new_parser,
+    resolve_model,
+    settings_or_exit,
+    split_argv,
+    threshold_note,
+)
 from pipelines.outputs import OutputRun
 from pipelines.records import answer_row
 from pipelines.transforms import (
@@ -44,6 +52,7 @@ from pipelines.transforms import (
     ReadRecords,
     answer_json,
     input_files,
+    make_handler,
     rejection_json,
     report_progress,
     write_to_bigquery,
@@ -195,7 +204,10 @@ def run(argv: Optional[Sequence[str]] = None, handler: Any = None) -> Dict[str, 
     except ValueError as exc:  # a fault of the run, not of the command line: no usage text
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
     options = PipelineOptions(beam_args)
-    outcome: Dict[str, Any] = {"counters": {}, "metric": None, "shown": [], "threshold": settings.threshold_note(),
+    from trt_handler.backends.handlers import QAHandler
+
+    decides = handler if isinstance(handler, QAHandler) else make_handler(settings)  # the threshold's one owner
+    outcome: Dict[str, Any] = {"counters": {}, "metric": None, "shown": [], "threshold": threshold_note(decides),
                                "saved_threshold": None}
     t0 = time.perf_counter()
     template = options.view_as(GoogleCloudOptions).template_location

@@ -37,7 +37,15 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 
-from pipelines.options import QASettings, add_qa_arguments, new_parser, seconds, settings_or_exit, split_argv
+from pipelines.options import (
+    QASettings,
+    add_qa_arguments,
+    new_parser,
+    seconds,
+    settings_or_exit,
+    split_argv,
+    threshold_note,
+)
 from pipelines.qa_batch import _LOCAL_RUNNERS, summary_line
 from pipelines.records import reason_code
 from pipelines.transforms import (
@@ -274,7 +282,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple:
     # 0 = no timer (the handler's per-bundle batching)
     args.max_batch_duration_secs = args.max_batch_duration_secs or None
     settings = settings_or_exit(parser, args)
-    LOGGER.info("%s", settings.threshold_note())
+    LOGGER.info("%s", threshold_note(make_handler(settings)))
     return args, settings, beam_args
 
 

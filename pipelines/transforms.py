@@ -4,7 +4,6 @@ as one element with all its windows, and every record leaves as exactly one answ
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import hashlib
 import json
@@ -38,7 +37,7 @@ from pipelines.records import (
     split_squad_document,
 )
 from trt_handler.answer_batch import ModelCallError
-from trt_handler.qa.answers import Provenance, with_provenance
+from trt_handler.qa.answers import AnswerConfig, QuestionLogits, answers_from_logits
 from trt_handler.qa.reading import foreign_encoding
 from trt_handler.qa.types import Answer, QAExample, QuestionWindows, Rejection
 
@@ -312,11 +311,8 @@ def make_handler(settings: QASettings) -> Any:
              "max_batch_windows": settings.batch_windows, "max_tokens": settings.max_tokens,
              "pad_to": settings.pad_to, "max_batch_duration_secs": settings.max_batch_duration_secs}
     kwargs: Dict[str, Any] = {k: v for k, v in given.items() if v is not None}
-    # Unless set by flag, the handler reads each model's saved threshold itself (models can be swapped).
-    flag = settings.threshold_source == "flag"
-    kwargs["threshold_source"] = "flag" if flag else "model"
-    kwargs["answer_config"] = dataclasses.replace(settings.answer_config(),
-                                                  null_threshold=settings.null_threshold if flag else 0.0)
+    # None: the handler applies each model's saved threshold (models can be swapped), else 0
+    kwargs["null_threshold"] = settings.null_threshold
     kwargs["inference_server"] = settings.server_options()
     if settings.backend == "onnx":
         return handlers.OnnxRuntimeQAHandler(settings.model_dir, intra_op_threads=settings.onnx_threads, **kwargs)
@@ -328,27 +324,47 @@ def make_handler(settings: QASettings) -> Any:
     return handlers.TensorRTQAHandler(settings.engine, gpu_count=settings.gpu_count, **kwargs)
 
 
-def _outcome(prediction: Any, settings: QASettings) -> Iterator[Any]:
-    """PredictionResult(question, Answer | error) -> (QAExample, Answer), or its Rejection; an answer
-    of a handler that records no provenance gets one from Beam's model id and the settings."""
-    question: QuestionWindows = prediction.example
-    outcome = prediction.inference
-    if isinstance(outcome, ModelCallError):  # a model call holding one of its windows failed (server)
-        yield pvalue.TaggedOutput(REJECTED, reject(
-            "inference_failed", str(outcome), question.raw, stage="inference", example_id=question.example.id))
-        return
-    if not isinstance(outcome, Answer):
-        yield pvalue.TaggedOutput(REJECTED, reject(
-            "answer_error", f"answer extraction failed: {type(outcome).__name__}: {outcome}", question.raw,
-            stage="answer", example_id=question.example.id))
-        return
-    if getattr(outcome, "provenance", None) is None:
-        model_id = prediction.model_id
-        outcome = with_provenance(outcome, Provenance(
-            model_id="" if model_id is None else str(model_id), backend=settings.backend,
-            null_threshold=settings.null_threshold, threshold_source=settings.threshold_source))
-    _count("answered")
-    yield question.example, outcome
+class _Answer(beam.DoFn):
+    """A batch of RunInference's PredictionResults -> (QAExample, ServedAnswer) on the main output, or a
+    Rejection on ``rejected`` (a failed model call holding one of its windows, or the question's own
+    extraction error); one ``answers_from_logits`` call for the whole batch."""
+
+    def __init__(self, config: AnswerConfig):
+        self._config = config
+
+    def process(self, batch: List[Any]) -> Iterator[Any]:
+        served = [p for p in batch if isinstance(p.inference, QuestionLogits)]
+        answers = iter(answers_from_logits([(p.example.example, p.example.windows, p.inference) for p in served],
+                                           self._config))
+        for prediction in batch:
+            question: QuestionWindows = prediction.example
+            outcome = next(answers) if isinstance(prediction.inference, QuestionLogits) else prediction.inference
+            if isinstance(outcome, Answer):
+                _count("answered")
+                yield question.example, outcome
+            elif isinstance(outcome, ModelCallError):  # a model call holding one of its windows failed (server)
+                yield pvalue.TaggedOutput(REJECTED, reject(
+                    "inference_failed", str(outcome), question.raw, stage="inference", example_id=question.example.id))
+            else:
+                yield pvalue.TaggedOutput(REJECTED, reject(
+                    "answer_error", f"answer extraction failed: {type(outcome).__name__}: {outcome}", question.raw,
+                    stage="answer", example_id=question.example.id))
+
+
+class ExtractAnswers(beam.PTransform):
+    """RunInference's PredictionResults (the QA handlers': a question's logits and its model's provenance)
+    -> (answers, rejected): the answer step, right after RunInference and fused with it (no
+    serialization in between); batched so that the numpy work runs once for many questions."""
+
+    def __init__(self, config: AnswerConfig, batch_size: int = 256):
+        super().__init__()
+        self._config = config
+        self._batch_size = batch_size
+
+    def expand(self, predictions: pvalue.PCollection) -> Any:
+        return (predictions
+                | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self._batch_size)
+                | "Answer" >> beam.ParDo(_Answer(self._config)).with_outputs(REJECTED, main="answers"))
 
 
 def _failed_batch(element: Tuple[List[QuestionWindows], Tuple[Any, Any, Any]]) -> Iterator[Rejection]:
@@ -415,8 +431,7 @@ class AnswerQuestions(beam.PTransform):
         inference = RunInference(handler, model_metadata_pcoll=self._model_metadata).with_exception_handling(
             timeout=s.inference_timeout_secs)
         predictions, dlq = questions.questions | "RunInference" >> inference
-        outcomes = predictions | "Outcomes" >> beam.FlatMap(functools.partial(_outcome, settings=s)).with_outputs(
-            REJECTED, main="answers")
+        outcomes = predictions | "ExtractAnswers" >> ExtractAnswers(s.answer_config())
         rejected.append(outcomes[REJECTED])
         rejected.append(dlq.failed_inferences | "FailedBatches" >> beam.FlatMap(_failed_batch))
 

@@ -23,6 +23,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import PredictionResult, RunInference
 from apache_beam.testing.util import assert_that, equal_to
 
+from pipelines.transforms import ExtractAnswers
 from tests.gcs_emulator import gcs_emulator  # noqa: F401  (pytest fixture)
 from tests.helpers import coded_question, coded_window
 from trt_handler.answer_batch import PlannedRunner, answer_batch
@@ -37,6 +38,7 @@ from trt_handler.backends.handlers import (
 from trt_handler.backends.onnx_runner import OnnxRunner
 from trt_handler.engines.export import BUNDLE_ONNX, export_random_bert, resolve_model_bundle
 from trt_handler.planning import BatchPlan, ProfileSpec, profiles_for_buckets
+from trt_handler.qa.answers import AnswerConfig, QuestionLogits, answers_from_logits
 from trt_handler.qa.batching import DEFAULT_BUCKETS
 from trt_handler.qa.types import Answer, ModelBatch, QAExample, QuestionWindows
 
@@ -95,12 +97,19 @@ def expected_answer(q: QuestionWindows) -> str:
     return q.example.context[start:end]
 
 
+def answers_of(results: Sequence[PredictionResult]) -> List[Any]:
+    """The answer step after RunInference (what ExtractAnswers runs): each result's Answer, or its error."""
+    ok = [r for r in results if isinstance(r.inference, QuestionLogits)]
+    answers = iter(answers_from_logits([(r.example.example, r.example.windows, r.inference) for r in ok]))
+    return [next(answers) if isinstance(r.inference, QuestionLogits) else r.inference for r in results]
+
+
 def check_results(questions: Sequence[QuestionWindows], results: Sequence[PredictionResult]) -> None:
     assert len(results) == len(questions)
-    for q, r in zip(questions, results):
+    for q, r, a in zip(questions, results, answers_of(results)):
         assert r.example is q
-        assert isinstance(r.inference, Answer) and r.inference.id == q.example.id
-        assert r.inference.text == expected_answer(q)
+        assert isinstance(a, Answer) and a.id == q.example.id
+        assert a.text == expected_answer(q)
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,9 +131,10 @@ def test_a_question_that_cannot_be_answered_is_its_own_outcome() -> None:
     bad = QuestionWindows(QAExample("bad", "q?", "ab"), (make_window("bad", 3),))  # no context token
     handler = FakeHandler()
     results = list(handler.run_inference([make_question("ok", 8), bad], handler.load_model()))
-    assert isinstance(results[0].inference, Answer)
-    assert isinstance(results[1].inference, ValueError) and "no window has a valid answer span" in str(
-        results[1].inference)
+    answers = answers_of(results)
+    assert all(isinstance(r.inference, QuestionLogits) for r in results)  # the handler gives logits only
+    assert isinstance(answers[0], Answer)
+    assert isinstance(answers[1], ValueError) and "no window has a valid answer span" in str(answers[1])
 
 
 def test_engine_profiles_from_the_session_decide_the_calls() -> None:
@@ -189,7 +199,7 @@ def test_beam_batches_hold_about_max_batch_windows() -> None:
     SEEN_BATCHES.clear()
     with beam.Pipeline() as p:
         out = p | beam.Create(questions) | RunInference(RecordingHandler(max_batch_windows=32))
-        assert_that(out | beam.Map(lambda r: r.inference.id), equal_to([q.example.id for q in questions]))
+        assert_that(out | beam.Map(lambda r: r.example.example.id), equal_to([q.example.id for q in questions]))
     sizes = [sum(b) for b in SEEN_BATCHES]
     assert sum(sizes) == sum(q.num_windows for q in questions)
     assert max(sizes) < 32 + 3 and sorted(sizes)[len(sizes) // 2] >= 32  # full batches; the last may be partial
@@ -223,7 +233,7 @@ def test_hooks() -> None:
         ({"min_batch_windows": 8, "max_batch_windows": 4}, r"min_batch_windows \(8\) must not exceed max_batch_windows"),
         ({"max_tokens": 0}, "max_tokens must be a positive int"),
         ({"pad_to": "max"}, "pad_to must be one of"),
-        ({"answer_config": {"n_best": 3}}, "answer_config must be a trt_handler.qa.answers.AnswerConfig"),
+        ({"null_threshold": float("nan")}, "null_threshold must be a finite number or None"),
         ({"intra_op_threads": 0}, "intra_op_threads must be a positive int"),
         ({"max_batch_duration_secs": 0}, "max_batch_duration_secs must be positive"),
     ],
@@ -371,13 +381,14 @@ def test_tensorrt_handler_in_a_beam_pipeline(tmp_path: Path, fake_engine_modules
     questions = [make_question(f"q{i}", n, 20) for i, n in enumerate([12, 300, 140, 64, 99, 7, 255])]
     expected = {q.example.id: expected_answer(q) for q in questions}
 
-    def matches(results: List[PredictionResult]) -> None:
-        assert sorted(r.inference.id for r in results) == sorted(expected)
-        for r in results:
-            assert r.inference.text == expected[r.inference.id] and r.model_id == engine
+    def matches(answered: List[Any]) -> None:
+        assert sorted(a.id for _, a in answered) == sorted(expected)
+        for _, a in answered:
+            assert a.text == expected[a.id] and a.provenance.model_id == engine
 
     with beam.Pipeline() as p:
-        out = p | beam.Create(questions) | RunInference(TensorRTQAHandler(engine))
+        out = (p | beam.Create(questions) | RunInference(TensorRTQAHandler(engine))
+               | ExtractAnswers(AnswerConfig())).answers
         assert_that(out, matches)
     assert len(fake_engine_modules["sessions"]) >= 1
 
@@ -425,15 +436,15 @@ def test_onnx_handler_in_a_beam_pipeline(bundle: Path, short_questions: List[Que
     reference = answer_batch(short_questions, PlannedRunner(runner, BatchPlan.for_buckets(pad_to="bucket")))
     expected = {q.example.id: (a.text, a.score) for q, a in zip(short_questions, reference)}  # type: ignore[union-attr]
 
-    def matches(results: List[PredictionResult]) -> None:
-        assert len(results) == len(short_questions)
-        for r in results:
-            text, score = expected[r.example.example.id]
-            assert r.inference.text == text and r.inference.score == pytest.approx(score, abs=1e-3)
+    def matches(answered: List[Any]) -> None:
+        assert len(answered) == len(short_questions)
+        for example, a in answered:
+            text, score = expected[example.id]
+            assert a.text == text and a.score == pytest.approx(score, abs=1e-3)
 
     handler = OnnxRuntimeQAHandler(str(bundle), max_model_batch=4, max_batch_windows=5, intra_op_threads=1)
     p = beam.Pipeline()
-    out = p | beam.Create(short_questions) | RunInference(handler)
+    out = (p | beam.Create(short_questions) | RunInference(handler) | ExtractAnswers(AnswerConfig())).answers
     assert_that(out, matches)
     result = p.run()
     result.wait_until_finish()
@@ -486,8 +497,8 @@ def _answers_through_beam(handler: Any, questions: List[QuestionWindows]) -> Dic
     out: Dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="torch-handler-") as folder:
         with beam.Pipeline() as p:
-            _ = (p | beam.Create(questions) | RunInference(handler)
-                 | beam.Map(lambda r: json.dumps([r.inference.id, r.inference.text]))
+            _ = ((p | beam.Create(questions) | RunInference(handler) | ExtractAnswers(AnswerConfig())).answers
+                 | beam.Map(lambda pair: json.dumps([pair[1].id, pair[1].text]))
                  | beam.io.WriteToText(f"{folder}/answers", file_name_suffix=".jsonl"))
         for f in Path(folder).glob("answers*.jsonl"):
             for line in f.read_text(encoding="utf-8").splitlines():

@@ -147,6 +147,7 @@ def test_the_watched_handler_loads_a_newer_model_between_batches(bundled_model: 
     from pipelines import qa_streaming
     from pipelines.qa_streaming import WatchedModelHandler
     from pipelines.transforms import make_handler
+    from trt_handler.qa.answers import answers_from_logits
     from trt_handler.qa.types import QAExample, QuestionWindows
     from trt_handler.qa.windows import WindowMaker, load_tokenizer
 
@@ -159,16 +160,16 @@ def test_the_watched_handler_loads_a_newer_model_between_batches(bundled_model: 
     example = QAExample("q", "Which countries is it in?", CTX)
     batch = [QuestionWindows(example, tuple(maker.windows(example)), "")]
     model = handler.load_model()
-    first = handler.run_inference(batch, model)[0].inference
+    (first,) = answers_from_logits([(example, batch[0].windows, handler.run_inference(batch, model)[0].inference)])
     assert first.provenance.model_id == settings.model_dir and first.text == "Brazil and Peru"
     new = _unlinked(_bundle(bundled_model, tmp_path / "new", threshold=-1000.0))
     time.sleep(0.3)
-    second = handler.run_inference(batch, model)[0].inference
+    (second,) = answers_from_logits([(example, batch[0].windows, handler.run_inference(batch, model)[0].inference)])
     assert second.provenance.model_id == str(new / "model.onnx") and second.text == ""
     assert second.provenance.null_threshold == -1000.0
     broken = tmp_path / "broken"  # a newer file that is no model: logged, skipped, the model in use answers
     broken.mkdir()
     (broken / "model.onnx").write_bytes(b"not an onnx model")
     time.sleep(0.3)
-    third = handler.run_inference(batch, model)[0].inference
+    (third,) = answers_from_logits([(example, batch[0].windows, handler.run_inference(batch, model)[0].inference)])
     assert third.provenance.model_id == str(new / "model.onnx") and third.text == ""

@@ -253,7 +253,7 @@ def test_pipeline_processes_share_one_server_and_answer_as_in_process(
     maker = WindowMaker(load_tokenizer(bundled_model))
     examples = b1_examples[:60]
     questions = [QuestionWindows(ex, tuple(ws)) for ex, ws in zip(examples, maker.windows_many(examples))]
-    local = answer_batch(questions, PlannedRunner(handler.load_runner(), handler.plan), handler.answer_config)
+    local = answer_batch(questions, PlannedRunner(handler.load_runner(), handler.plan))
     assert got == {q.example.id: a.text for q, a in zip(questions, local)}  # type: ignore[union-attr]
 
     logs = list(folder.glob("trt-qa-servers-*/*.log"))
@@ -307,6 +307,7 @@ def test_the_torch_server_on_the_gpu_answers_as_in_process(model_dir: Path, b1_e
     """One client: the server plans each batch alone, so its calls are the in-process calls and the
     fp16 answers are the same, text for text; the model sits on the GPU in the server only."""
     from trt_handler.backends.handlers import TorchQAHandler
+    from trt_handler.qa.answers import answers_from_logits
     from trt_handler.qa.types import QuestionWindows
     from trt_handler.qa.windows import WindowMaker, load_tokenizer
 
@@ -316,10 +317,14 @@ def test_the_torch_server_on_the_gpu_answers_as_in_process(model_dir: Path, b1_e
     local = TorchQAHandler(str(model_dir), dtype="fp16")
     served = TorchQAHandler(str(model_dir), dtype="fp16",
                             inference_server=ServerOptions(directory=str(folder), linger_s=1.0))
-    want = [r.inference.text for r in local.run_inference(questions, local.load_model())]
+    def texts(results: List[Any]) -> List[str]:
+        return [a.text for a in answers_from_logits([(r.example.example, r.example.windows, r.inference)
+                                                     for r in results])]
+
+    want = texts(local.run_inference(questions, local.load_model()))
     client = served.load_model()
     assert isinstance(client, InferenceClient) and client.stats()["description"] == "TorchRunner cuda:0"
-    assert [r.inference.text for r in served.run_inference(questions, client)] == want
+    assert texts(served.run_inference(questions, client)) == want
     client.close()
 
 

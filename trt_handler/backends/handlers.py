@@ -1,7 +1,9 @@
 """Beam RunInference model handlers for BERT QA: TensorRT engines, ONNX Runtime and PyTorch.
 
-Elements are QuestionWindows; results ``PredictionResult(question, Answer | the exception that question
-alone raised, model_id)``. Heavy imports happen in ``load_model`` only. The model runs in this process
+Elements are QuestionWindows; results ``PredictionResult(question, QuestionLogits | the ModelCallError of a
+failed call holding one of its windows, model_id)``: the handlers run the model only; answers are the next
+step (``trt_handler.qa.answers.answers_from_logits``; in pipelines ``pipelines.transforms.ExtractAnswers``).
+Heavy imports happen in ``load_model`` only. The model runs in this process
 (``load_local``: a runner and its plan) or, with ``inference_server=ServerOptions(...)``, in the one
 inference server of this process's GPU, shared by every process of the worker (``trt_handler.serving``).
 """
@@ -22,11 +24,11 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from trt_handler.answer_batch import DEFAULT_BATCH_WINDOWS, PlannedRunner, Runner, WindowModel, answer_batch
+from trt_handler.answer_batch import DEFAULT_BATCH_WINDOWS, PlannedRunner, Runner, WindowModel, question_logits
 from trt_handler.engines.export import BUNDLE_META, BUNDLE_ONNX
 from trt_handler.engines.sidecar import read_engine_profiles, read_sidecar
 from trt_handler.planning import DEFAULT_TOKEN_BUDGET, BatchPlan, ModelCall
-from trt_handler.qa.answers import AnswerConfig, Provenance, with_provenance
+from trt_handler.qa.answers import Provenance, QuestionLogits
 from trt_handler.qa.batching import DEFAULT_BUCKETS
 from trt_handler.qa.types import QuestionWindows
 from trt_handler.serving.options import ServerOptions
@@ -102,10 +104,12 @@ class _CallMetrics:
 
 
 class QAHandler(ModelHandler[QuestionWindows, PredictionResult, WindowModel]):
-    """What every QA handler shares: batching by window count, planning, answering, metrics.
+    """What every QA handler shares: batching by window count, planning, the model's logits, metrics.
 
     Subclasses provide ``load_runner`` and ``backend``, and set ``_model_path``; options: docs/handlers.md.
-    ``threshold_source="model"``: the threshold saved with the model replaces answer_config's.
+    ``null_threshold``: the no-answer threshold the answers apply; None: the one saved with the model
+    (``--eval --save-threshold``), else 0. The handler decides it once per model and reports it in every
+    result's provenance (``threshold_source``: flag | model | default).
     ``inference_server``: run the model in the inference server of this process's GPU, shared by all
     processes of the worker, instead of loading it in every process (see ``trt_handler.serving``).
     """
@@ -122,10 +126,9 @@ class QAHandler(ModelHandler[QuestionWindows, PredictionResult, WindowModel]):
         max_batch_windows: int = DEFAULT_BATCH_WINDOWS,
         min_batch_windows: int | None = None,
         pad_to: str = "longest",
-        answer_config: AnswerConfig = AnswerConfig(),
         max_batch_duration_secs: float | None = None,
         inference_server: ServerOptions | None = None,
-        threshold_source: str = "config",
+        null_threshold: float | None = None,
     ) -> None:
         _check_positive_ints(max_batch_windows=max_batch_windows, optional=False)
         _check_positive_ints(max_model_batch=max_model_batch, min_batch_windows=min_batch_windows,
@@ -135,10 +138,8 @@ class QAHandler(ModelHandler[QuestionWindows, PredictionResult, WindowModel]):
                              f"({max_batch_windows})")
         if max_batch_duration_secs is not None and not max_batch_duration_secs > 0:
             raise ValueError(f"max_batch_duration_secs must be positive or None, got {max_batch_duration_secs!r}")
-        if not isinstance(answer_config, AnswerConfig):
-            raise ValueError(f"answer_config must be a trt_handler.qa.answers.AnswerConfig, got {answer_config!r}")
-        if threshold_source not in ("config", "flag", "model"):
-            raise ValueError(f"threshold_source must be 'config', 'flag' or 'model', got {threshold_source!r}")
+        if null_threshold is not None and (isinstance(null_threshold, bool) or not np.isfinite(null_threshold)):
+            raise ValueError(f"null_threshold must be a finite number or None (the model's), got {null_threshold!r}")
         if inference_server is not None and not isinstance(inference_server, ServerOptions):
             raise ValueError("inference_server must be a trt_handler.serving.ServerOptions (or None: the model "
                              f"runs in every process), got {inference_server!r}")
@@ -151,9 +152,7 @@ class QAHandler(ModelHandler[QuestionWindows, PredictionResult, WindowModel]):
         # for_buckets' own errors name "buckets" already; an engine's handler replaces it by its sidecar's profiles
         self.plan = BatchPlan.for_buckets(tuple(int(b) for b in buckets), max_model_batch, max_tokens=max_tokens,
                                           pad_to=pad_to)
-        self.answer_config = answer_config
-        self._base_threshold = answer_config.null_threshold
-        self._threshold_source = threshold_source
+        self._null_threshold = None if null_threshold is None else float(null_threshold)
         self._provenance: Provenance | None = None
         self._metrics: _CallMetrics | None = None
         self._server = inference_server
@@ -182,8 +181,7 @@ class QAHandler(ModelHandler[QuestionWindows, PredictionResult, WindowModel]):
     def _server_twin(self) -> QAHandler:
         """A copy holding only what the server needs: the same key for every process of a worker."""
         twin = copy.copy(self)
-        twin.answer_config, twin._base_threshold, twin._threshold_source = AnswerConfig(), 0.0, "config"
-        twin._provenance = twin._metrics = twin._server = None
+        twin._null_threshold = twin._provenance = twin._metrics = twin._server = None
         return twin
 
     def _call_metrics(self) -> _CallMetrics:
@@ -225,17 +223,13 @@ class QAHandler(ModelHandler[QuestionWindows, PredictionResult, WindowModel]):
             self._provenance = None
 
     def provenance(self) -> Provenance:
-        """The current model's Provenance, read once per model (it may set the saved threshold)."""
+        """The current model's Provenance, read once per model: the one place the no-answer threshold
+        is decided (given, else saved with the model, else 0)."""
         if self._provenance is None:
             meta = self.model_metadata()
-            threshold, source = self._base_threshold, self._threshold_source
-            if source == "model":
-                saved = meta.get("null_threshold")
-                if saved is None:
-                    source = "default" if threshold == 0.0 else "config"
-                else:
-                    threshold = float(saved)
-            self.answer_config = dataclasses.replace(self.answer_config, null_threshold=threshold)
+            saved = meta.get("null_threshold")
+            threshold, source = ((self._null_threshold, "flag") if self._null_threshold is not None else
+                                 (float(saved), "model") if saved is not None else (0.0, "default"))
             sha = meta.get("sha256")
             self._provenance = Provenance(
                 model_id=self._model_path or self.backend, backend=self.backend,
@@ -249,18 +243,18 @@ class QAHandler(ModelHandler[QuestionWindows, PredictionResult, WindowModel]):
         model: WindowModel,
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[PredictionResult]:
-        """One PredictionResult per question, in input order; a question's own failure (or that of a
-        model call holding one of its windows) is its outcome; a failure of the whole batch raises
-        (and Beam dead-letters the batch)."""
+        """One PredictionResult per question, in input order: its windows' logits with the model's
+        provenance, or the ModelCallError of a failed call holding one of its windows; a failure of the
+        whole batch raises (and Beam dead-letters the batch)."""
         self.validate_inference_args(inference_args)
         questions = list(batch)
         metrics = self._call_metrics()
-        provenance = self.provenance()  # first: it may set answer_config's threshold
-        outcomes = answer_batch(questions, model, self.answer_config)
+        provenance = self.provenance()
+        per_question = question_logits(questions, model)
         metrics.model_state(model)
         make: Any = PredictionResult  # Beam's __new__ is unannotated; Any keeps strict mypy quiet
-        return [make(q, outcome if isinstance(outcome, Exception) else with_provenance(outcome, provenance),
-                     provenance.model_id) for q, outcome in zip(questions, outcomes)]
+        return [make(q, logits if isinstance(logits, Exception) else QuestionLogits(tuple(logits), provenance),
+                     provenance.model_id) for q, logits in zip(questions, per_question)]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._model_path!r}, buckets={self.plan.buckets})"

@@ -16,15 +16,15 @@ import math
 import string
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, Tuple
 
 import numpy as np
 
 from trt_handler.qa.types import Answer, QAExample, Window, WindowLogits
 
-__all__ = ["AnswerConfig", "Provenance", "ServedAnswer", "align_span_to_words", "extract_answer", "extract_answers",
-           "with_provenance"]
+__all__ = ["AnswerConfig", "Provenance", "QuestionLogits", "ServedAnswer", "align_span_to_words", "answers_from_logits",
+           "extract_answer", "extract_answers", "with_provenance"]
 
 
 @dataclass(frozen=True)
@@ -307,3 +307,29 @@ class ServedAnswer(Answer):
 def with_provenance(answer: Answer, provenance: Provenance) -> ServedAnswer:
     """``answer`` as a ServedAnswer carrying ``provenance`` (fields copied, nothing recomputed)."""
     return ServedAnswer(**{f.name: getattr(answer, f.name) for f in fields(Answer)}, provenance=provenance)
+
+
+@dataclass(frozen=True)
+class QuestionLogits:
+    """What the model gives for one question (RunInference's inference): its windows' logits in window
+    order, and the :class:`Provenance` of the model that gave them, which decided the no-answer threshold."""
+
+    logits: Tuple[WindowLogits, ...]
+    provenance: Provenance
+
+
+def answers_from_logits(items: Sequence[tuple[QAExample, Sequence[Window], QuestionLogits]],
+                        config: AnswerConfig = AnswerConfig()) -> list[ServedAnswer | ValueError]:
+    """The answer step after the model: :func:`extract_answers` for each question with the no-answer
+    threshold its model's provenance carries (``config``'s own is not used), the answer carrying that
+    provenance; a question's own ValueError in its place."""
+    out: list[ServedAnswer | ValueError | None] = [None] * len(items)
+    by_threshold: dict[float, list[int]] = {}
+    for i, (_, _, question) in enumerate(items):
+        by_threshold.setdefault(question.provenance.null_threshold, []).append(i)
+    for threshold, indices in by_threshold.items():
+        results = extract_answers([(items[i][0], items[i][1], list(items[i][2].logits)) for i in indices],
+                                  replace(config, null_threshold=threshold))
+        for i, result in zip(indices, results):
+            out[i] = result if isinstance(result, ValueError) else with_provenance(result, items[i][2].provenance)
+    return [o for o in out if o is not None]
