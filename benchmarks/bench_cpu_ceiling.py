@@ -110,13 +110,13 @@ class _FreeSession:
         return self._start[:b, :s], self._end[:b, :s]
 
 
-class FreeQAHandler(QAHandler[Any]):
-    """The real handler code path (``QAHandler.run_inference`` -> ``answer_batch``) over a model
-    that costs nothing."""
+class FreeQAHandler(QAHandler):
+    """The real handler code path (``QAHandler.run_inference``, planned model calls) over a model that
+    costs nothing."""
 
     backend = "free"
 
-    def load_model(self) -> Any:
+    def load_runner(self) -> Any:
         return _FreeSession(self.plan.max_batch, self.plan.max_seq)
 
 
