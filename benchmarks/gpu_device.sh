@@ -5,6 +5,15 @@
 # squad_B1 and the bert-base-uncased vocab, gzipped); for check and tests .devmodel/minilm-packed.npz
 # (the bundled MiniLM's weights, benchmarks/device_data.py). Writes under $OUT. On any NVIDIA machine
 # with the project installed, `make bench-gpu` runs the same benchmark without these steps.
+# Preparing them here (all three are in .git/info/exclude; .whl + .devdata ~38 MB, .devmodel 21 MB: carry
+# .devmodel in a later call on the same warm machine, the working tree may carry 64 MiB a call):
+#   for p in apache-beam==2.77.0 fastavro fasteners httplib2 jsonpickle objsize proto-plus pymongo pytz zstandard \
+#            'beartype<0.23' cryptography cffi pycparser; do python3 -m pip download --no-deps --only-binary=:all: \
+#     --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+#     --platform manylinux2014_x86_64 --platform manylinux_2_34_x86_64 -d .whl "$p"; done
+#   mkdir -p .devdata && for f in data/squad/squad_A.json data/squad/squad_B1.json vocab/bert-base-uncased-vocab.txt; do
+#     gzip -9 -c ../shared/$f > .devdata/$(basename $f).gz; done
+#   python -m benchmarks.device_data pack models/minilm-l6-squad2 .devmodel/minilm-packed.npz
 set -euo pipefail
 stage=${1:?stage}
 OUT=${OUT:-out/gpu}
