@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU runs on a lent machine, one stage a call (the figures under benchmarks/results/gpu_*):
-#   bash benchmarks/gpu_device.sh bench|check|tests
+#   bash benchmarks/gpu_device.sh bench|check|tests|model|accuracy
+# (benchmarks/gpu_h200.sh of earlier rounds, renamed: its pipeline-large stage is `MODES=independent ... bench`)
 # Travels with the call: .whl/ (Beam's cp312 wheels, installed to /tmp/site once), .devdata/ (squad_A,
 # squad_B1 and the bert-base-uncased vocab, gzipped); for check and tests .devmodel/minilm-packed.npz
 # (the bundled MiniLM's weights, benchmarks/device_data.py). Writes under $OUT. On any NVIDIA machine
@@ -46,5 +47,16 @@ case "$stage" in
   tests)
     TRT_QA_SHARED=$D TRT_QA_TEST_CACHE=/tmp/trt-qa-test-cache python3 -m pytest -q -ra -m gpu tests \
       2>&1 | tee "$OUT/gpu_tests.txt" | tail -25 ;;
+  model)  # the model alone by padding scheme (the earlier rounds' gpu_model_only_* figures)
+    python3 -m benchmarks.bench_gpu model --squad $D/data/squad/squad_A.json --vocab $D/vocab/bert-base-uncased-vocab.txt \
+      --sample-questions 3000 --schemes pad384,buckets3,buckets6,sorted_pad8,planner3,planner6 --batch-sizes 64,128 \
+      --no-runner-check --out "$OUT/gpu_model_only.jsonl" --md "$OUT/gpu_model_only.md" ;;
+  accuracy)  # all of B1, torch fp16 on the GPU: in process and through the Beam pipeline (official metric)
+    python3 -m trt_handler.evaluate --backend torch --device cuda --dtype fp16 --model $M \
+      --data $D/data/squad/squad_B1.json --answers "$OUT/b1_torch_fp16_inprocess.json" \
+      | tee "$OUT/b1_torch_fp16_inprocess_metric.json"
+    python3 -m pipelines.qa_batch --backend torch --torch-device cuda --torch-dtype fp16 --model $M \
+      --input $D/data/squad/squad_B1.json --output "$OUT/b1_torch_fp16" --eval | tail -1 \
+      | tee "$OUT/b1_torch_fp16_pipeline_metric.json" ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac
