@@ -16,12 +16,15 @@ from trt_handler.qa.types import ModelBatch
 
 class EchoRunner:
     """start = token ids, end = -token ids (so every window's logits trace back to it); sleeps
-    ``sleep_s`` per call; raises for a call holding token ``poison``."""
+    ``sleep_s`` per call; raises for a call holding token ``poison``, or for one whose profile (the
+    planner's choice, which a runner must be given) does not hold its length."""
 
-    def __init__(self, sleep_s: float = 0.0, poison: Optional[int] = None) -> None:
-        self.sleep_s, self.poison = sleep_s, poison
+    def __init__(self, sleep_s: float = 0.0, poison: Optional[int] = None, plan: Optional[BatchPlan] = None) -> None:
+        self.sleep_s, self.poison, self.plan = sleep_s, poison, plan
 
-    def run(self, batch: ModelBatch, profile: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    def run(self, batch: ModelBatch, profile: int) -> Tuple[np.ndarray, np.ndarray]:
+        if self.plan is not None and not self.plan.profile(profile).accepts(*batch.shape):
+            raise RuntimeError(f"profile {profile} was given for a call of shape {batch.shape}")
         if self.sleep_s:
             time.sleep(self.sleep_s)
         if self.poison is not None and bool((batch.input_ids == self.poison).any()):
@@ -42,8 +45,8 @@ class EchoLoader:
     def __call__(self) -> Any:
         if self.fail_to_load:
             raise RuntimeError(self.fail_to_load)
-        return SimpleNamespace(runner=EchoRunner(self.sleep_s, self.poison),
-                               plan=BatchPlan.for_buckets((32, 64), max_batch=self.max_rows, max_tokens=None))
+        plan = BatchPlan.for_buckets((32, 64), max_batch=self.max_rows, max_tokens=None)
+        return SimpleNamespace(runner=EchoRunner(self.sleep_s, self.poison, plan), plan=plan)
 
 
 
@@ -56,4 +59,4 @@ class PoisonHandler(OnnxRuntimeQAHandler):
         self.poison = poison
 
     def load_runner(self) -> Any:
-        return EchoRunner(poison=self.poison)
+        return EchoRunner(poison=self.poison, plan=self.plan)

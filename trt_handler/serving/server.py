@@ -35,7 +35,9 @@ from typing import Any, Callable, Deque, Dict, List, NamedTuple, Optional, Seque
 
 import numpy as np
 
+from trt_handler.answer_batch import AsyncRunner
 from trt_handler.planning import BatchPlan, ModelCall, check_logits_shape, pad_call, plan_model_calls
+from trt_handler.qa.types import ModelBatch
 from trt_handler.serving.options import ServerOptions
 from trt_handler.serving.shm import RequestArrays, map_segment, request_arrays
 
@@ -127,7 +129,7 @@ Member = Tuple[_Request, int]  # (request, window index): one row of a call
 
 
 class InferenceServer:
-    """Serves ``runner`` (``run(ModelBatch)``, and ``submit`` when it has one) with ``plan``."""
+    """Serves ``runner`` (a :class:`Runner`; an :class:`AsyncRunner` is submitted to) with ``plan``."""
 
     def __init__(self, runner: Any, plan: BatchPlan, options: ServerOptions = ServerOptions(),
                  description: str = "") -> None:
@@ -135,12 +137,13 @@ class InferenceServer:
         self._plan = plan
         self._options = options
         self.description = description or type(runner).__name__
-        submit = getattr(runner, "submit", None)
         self._executor: Optional[ThreadPoolExecutor] = None
-        if submit is None:  # run() blocks: a few threads keep queue_depth calls going
+        if isinstance(runner, AsyncRunner):
+            submit: Callable[[ModelBatch, int], Any] = runner.submit
+        else:  # run() blocks: a few threads keep queue_depth calls going
             self._executor = ThreadPoolExecutor(options.queue_depth, thread_name_prefix="qa-server-run")
             submit = functools.partial(self._executor.submit, runner.run)
-        self._submit: Callable[[Any], Any] = submit
+        self._submit = submit
         self._cond = threading.Condition()
         self._pool: Deque[_Request] = collections.deque()
         self._pooled = 0
@@ -341,7 +344,7 @@ class InferenceServer:
                 self._in_flight += 1
             t0 = time.monotonic()
             try:
-                pending = self._submit(pad_call(windows, call))
+                pending = self._submit(pad_call(windows, call), call.profile)  # the profile the planner chose
             except Exception as e:  # noqa: BLE001 - this call fails, the next ones may not
                 pending = _Failed(e)
             self._done.put((call, rows, pending, t0))
@@ -378,7 +381,7 @@ class InferenceServer:
             self._stats["failed_calls"] += 1
             message = f"the model call {call.shape} holding this window failed: {type(e).__name__}: {e}"
             for request, w in rows:
-                request.failed.setdefault(message, []).append(w)
+                self._fail(request, [w], message)
             return
         ready = time.monotonic()
         real = 0
