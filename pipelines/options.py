@@ -139,6 +139,9 @@ def new_parser(prog: str, description: Optional[str]) -> Tuple[argparse.Argument
                          "OUTPUT-*.jsonl")
     io.add_argument("--bigquery-rejected-table", default=None,
                     help="write dead letters to this BigQuery table; batch: instead of OUTPUT-rejected-*.jsonl")
+    io.add_argument("--progress-every", type=seconds, default=30.0, metavar="SECS",
+                    help="local runs: print read / answered / rejected and questions/s on stderr every SECS "
+                         "seconds; 0 = off (default 30)")
     return parser, io
 
 
@@ -165,19 +168,22 @@ def add_qa_arguments(parser: argparse.ArgumentParser) -> None:
                    help="a model load or batch running longer is abandoned; its questions are dead-lettered "
                         "as inference_timeout (default: no timeout)")
 
+    from trt_handler.serving import ServerOptions
+
     s = parser.add_argument_group("inference server (one per GPU, shared by the worker's processes)")
     s.add_argument("--inference-server", action="store_true",
                    help="run the model in one server process per GPU that pools the windows of every process "
                         "of the worker, sorts them and cuts full model calls (Dataflow GPU jobs: on); without "
                         "it every process loads its own model")
+    defaults = ServerOptions()  # the help states the defaults the server applies to flags left unset
     s.add_argument("--server-pool-windows", type=int, default=None,
-                   help="the server starts a pool once this many windows wait (default 2048)")
+                   help=f"the server starts a pool once this many windows wait (default {defaults.pool_windows})")
     s.add_argument("--server-max-wait-ms", type=float, default=None,
-                   help="... or once the oldest request has waited this long (default 20)")
+                   help=f"... or once the oldest request has waited this long (default {defaults.max_wait_ms:g})")
     s.add_argument("--server-queue-depth", type=int, default=None,
-                   help="model calls in flight on the device (default 3)")
+                   help=f"model calls in flight on the device (default {defaults.queue_depth})")
     s.add_argument("--server-linger-secs", type=float, default=None,
-                   help="the server exits this long after its last client left (default 60)")
+                   help=f"the server exits this long after its last client left (default {defaults.linger_s:g})")
 
     f = parser.add_argument_group("features (windows)")
     f.add_argument("--max-seq-length", type=int, default=384, help="tokens per window (default 384)")

@@ -90,9 +90,6 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--save-threshold", action="store_true",
                     help="with --eval: save best_f1_thresh with the model (a local bundle's export.json, or the "
                          "engine sidecar with --backend tensorrt); later runs apply it unless --null-threshold is set")
-    io.add_argument("--progress-every", type=float, default=30.0, metavar="SECS",
-                    help="local runs: print read / answered / rejected and questions/s on stderr every SECS seconds; "
-                         "0 = off (default 30)")
     add_qa_arguments(parser)
     return parser
 
@@ -193,8 +190,6 @@ def run(argv: Optional[Sequence[str]] = None, handler: Any = None) -> Dict[str, 
         parser.error("--show must be 0 or more")
     if args.save_threshold and not args.eval:
         parser.error("--save-threshold needs --eval (the threshold is learned from the gold answers)")
-    if args.progress_every < 0:
-        parser.error("--progress-every must be 0 (off) or more seconds")
     settings = settings_or_exit(parser, args)
     try:
         files = input_files(args.input)

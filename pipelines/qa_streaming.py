@@ -85,9 +85,6 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--wait", action="store_true",
                     help="Dataflow: wait until the job ends (Ctrl-C stops waiting, the job keeps running); without "
                          "it the command returns once the job is submitted. Local runs always run until stopped")
-    io.add_argument("--progress-every", type=seconds, default=30.0, metavar="SECS",
-                    help="local runs: print read / answered / rejected on stderr every SECS seconds; 0 = off "
-                         "(default 30)")
     io.add_argument("--max-batch-duration-secs", type=seconds, default=None, metavar="SECS",
                     help="longest RunInference waits to fill a batch (Beam's timer); 0 = no timer, each bundle "
                          f"is batched as it comes. Default: {REMOTE_BATCH_DURATION_SECS:g} on Dataflow, 0 locally "
