@@ -201,6 +201,7 @@ def run(argv: Optional[Sequence[str]] = None, handler: Any = None) -> Dict[str, 
     options = PipelineOptions(beam_args)
     from trt_handler.backends.handlers import QAHandler
 
+    handler = make_handler(settings) if handler is None else handler
     decides = handler if isinstance(handler, QAHandler) else make_handler(settings)  # the threshold's one owner
     outcome: Dict[str, Any] = {"counters": {}, "metric": None, "shown": [], "threshold": threshold_note(decides),
                                "saved_threshold": None}
