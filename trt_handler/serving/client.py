@@ -14,6 +14,7 @@ that outlasts ``request_timeout_s`` raises TimeoutError and is cancelled.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import hashlib
@@ -159,6 +160,7 @@ class InferenceClient:
         self._states: List[_ThreadState] = []
         self._lock = threading.Lock()
         self._pid = os.getpid()
+        atexit.register(self.close)  # unlink this process's segments (else the resource tracker warns of leaks)
         self._state()  # connect now
 
     def __getstate__(self) -> Dict[str, Any]:
@@ -254,7 +256,10 @@ class InferenceClient:
             return None
 
     def close(self) -> None:
-        """Close every thread's connection and segment (the server lingers, then exits). Idempotent."""
+        """Close every thread's connection and segment (the server lingers, then exits). Idempotent; in a
+        forked child that never used the client, the parent's connections and segments are left alone."""
+        if os.getpid() != self._pid:
+            return
         with self._lock:
             states, self._states = self._states, []
         for state in states:
